@@ -1,0 +1,106 @@
+"""Sample-based metrics: how well points ``y`` follow a target known through samples.
+
+* ``knn_nll``: the paper's kNN NLL proxy. With ``r_k(y)`` the distance from ``y`` to its k-th
+  nearest target sample (``n`` of them, dim ``d``), the kNN density estimate
+  ``p(y) ~ k / (n V_d r_k^d)`` gives ``NLL(y) ~ d log r_k(y) + log(n V_d / k)``: an affine
+  function of the paper's ``log r_k(y)``, on the NLL's scale.
+* ``mmd``: unbiased squared maximum mean discrepancy with a sum of Gaussian kernels at
+  bandwidths ``h / 2^k``, ``k = 0..5``, ``h`` the target's median pairwise distance (kernels
+  only as wide as ``h`` see which modes are hit but not the shape inside each mode).
+* ``sliced_wasserstein``: ``sqrt(E_theta W_2^2(theta^T y, theta^T x))`` over random directions.
+* ``spread_ratio`` and ``mode_shares``: how much latents spread and which modes they cover.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _chunked_cdist(a: torch.Tensor, b: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Distance from each row of ``a`` to its k-th nearest row of ``b``: ``(n,)``."""
+    out = [torch.cdist(a[i : i + chunk], b).kthvalue(k, dim=1).values for i in range(0, len(a), chunk)]
+    return torch.cat(out)
+
+
+def knn_nll(y: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """kNN estimate of ``-log p_target(y)``: ``(m, d), (n, d) -> (m,)``."""
+    n, d = target.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    r_k = _chunked_cdist(y, target, k).clamp_min(1e-12)
+    log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+    return d * torch.log(r_k) + math.log(n / k) + log_unit_ball
+
+
+def _median_distance(x: torch.Tensor, max_points: int = 2000) -> float:
+    x = x[:max_points]
+    dist = torch.cdist(x, x)
+    return dist[torch.triu(torch.ones_like(dist, dtype=torch.bool), diagonal=1)].median().item()
+
+
+def mmd(y: torch.Tensor, x: torch.Tensor, max_points: int = 2000) -> float:
+    """Unbiased multi-scale MMD^2 between samples ``y`` and target samples ``x`` (first ``max_points`` of each)."""
+    y, x = y[:max_points].double(), x[:max_points].double()
+    h = _median_distance(x)
+    bandwidths = [h / 2**k for k in range(6)]  # h .. h/32: sees both mode shares and mode shapes
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = torch.cdist(a, b).pow(2)
+        return sum(torch.exp(-d2 / (2 * s**2)) for s in bandwidths)
+
+    def mean_off_diagonal(k: torch.Tensor) -> torch.Tensor:
+        m = k.shape[0]
+        return (k.sum() - k.diagonal().sum()) / (m * (m - 1))
+
+    return (mean_off_diagonal(kernel(y, y)) + mean_off_diagonal(kernel(x, x)) - 2 * kernel(y, x).mean()).item()
+
+
+def sliced_wasserstein(
+    y: torch.Tensor, x: torch.Tensor, projections: int = 256, seed: int = 0, quantiles: int = 512
+) -> float:
+    """Sliced 2-Wasserstein distance, by matching ``quantiles`` quantiles along random directions."""
+    generator = torch.Generator().manual_seed(seed)
+    theta = torch.randn((y.shape[1], projections), generator=generator, dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)  # (d, P), unit columns
+    q = (torch.arange(quantiles, dtype=torch.float64) + 0.5) / quantiles
+    qy = torch.quantile(y.double() @ theta, q, dim=0)  # (Q, P)
+    qx = torch.quantile(x.double() @ theta, q, dim=0)
+    return (qy - qx).pow(2).mean().sqrt().item()
+
+
+def nearest_mode(y: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest mode for each point: ``(n, d), (M, d) -> (n,)``."""
+    return torch.cdist(y, modes).argmin(dim=1)
+
+
+def mode_shares(y: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
+    """Fraction of points nearest to each mode: ``(M,)``."""
+    return torch.bincount(nearest_mode(y, modes), minlength=len(modes)).double() / len(y)
+
+
+def mode_coverage(y: torch.Tensor, modes: torch.Tensor) -> float:
+    """Fraction of modes holding at least half their fair share (``0.5 / M``) of the points."""
+    return (mode_shares(y, modes) >= 0.5 / len(modes)).double().mean().item()
+
+
+def within_mode_spread(y: torch.Tensor, modes: torch.Tensor) -> float:
+    """Root-mean-square per-coordinate deviation of points from their nearest mode's centre."""
+    return ((y - modes[nearest_mode(y, modes)]).pow(2).mean()).sqrt().item()
+
+
+def local_spread(y: torch.Tensor, k: int = 5) -> float:
+    """Mean distance from each point to its k-th nearest other point (a density-free spread)."""
+    return _chunked_cdist(y, y, k + 1).mean().item()  # k + 1: the point itself is at distance 0
+
+
+def spread_ratio(y: torch.Tensor, x: torch.Tensor, modes: torch.Tensor | None = None) -> float:
+    """Spread of ``y`` relative to target samples ``x`` (1 = same, < 1 = collapsed).
+
+    With ``modes``: the ratio of within-mode spreads. Without: the ratio of mean k-NN
+    distances, on equally many points of each (``x`` is subsampled to ``len(y)``).
+    """
+    if modes is not None:
+        return within_mode_spread(y, modes) / within_mode_spread(x, modes)
+    return local_spread(y) / local_spread(x[: len(y)])

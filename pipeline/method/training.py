@@ -1,0 +1,117 @@
+"""One readable training loop for a velocity network (stage 1), nanoGPT style.
+
+AdamW, linear warm-up then cosine decay, grad-norm clipping, and an exponential moving
+average (EMA) of the weights; the EMA weights are what a prior keeps. The paper's settings
+are ``FitConfig.paper()``; the defaults are scaled for a CPU (fewer steps, larger lr).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from pipeline.method.losses import flow_matching_loss
+from pipeline.method.velocity import VelocityMLP
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings for fitting a prior."""
+
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    log_every: int = 250
+
+    @classmethod
+    def paper(cls) -> "FitConfig":
+        """The paper's stage-1 settings (1M steps: for a GPU cluster, not a laptop)."""
+        return cls(steps=1_000_000, lr=1e-4, warmup=2500, ema_decay=0.9999, log_every=1000)
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "lr", "log_every")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"FitConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("FitConfig: warmup and weight_decay must be >= 0, grad_clip > 0")
+        if not (0 <= self.ema_decay < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("FitConfig: ema_decay, beta1 and beta2 must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate at ``step`` (0-based): linear warm-up, then cosine decay to 0."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, ``theta_ema <- d theta_ema + (1 - d) theta``.
+
+    The decay warms up as ``min(d, (1 + step) / (10 + step))`` so short runs are not
+    dominated by the initial weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p, 1 - d)
+
+
+def fit_velocity(
+    model: VelocityMLP,
+    z: torch.Tensor,
+    config: FitConfig,
+    seed: int = 0,
+    progress: Callable[[dict], None] | None = None,
+) -> tuple[VelocityMLP, list[dict]]:
+    """Fit ``model`` on prior-space data ``z`` ``(n, d)`` by flow matching; return the EMA model
+    and the logged history (``step``, ``loss`` averaged since the last log, ``lr``, ``seconds``)."""
+    generator = torch.Generator(device=z.device).manual_seed(seed)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+    )
+    ema = EMA(model, config.ema_decay)
+    history: list[dict] = []
+    running, count, start = 0.0, 0, time.perf_counter()
+    model.train()
+    for step in range(config.steps):
+        for group in optimiser.param_groups:
+            group["lr"] = config.lr_at(step)
+        idx = torch.randint(0, len(z), (config.batch_size,), generator=generator, device=z.device)
+        loss = flow_matching_loss(model, z[idx], generator=generator).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimiser.step()
+        ema.update(model, step)
+        running, count = running + loss.item(), count + 1
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            record = {"step": step + 1, "loss": running / count, "lr": config.lr_at(step),
+                      "seconds": time.perf_counter() - start}
+            history.append(record)
+            if progress is not None:
+                progress(record)
+            running, count = 0.0, 0
+    return ema.model.eval(), history

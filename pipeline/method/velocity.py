@@ -1,0 +1,116 @@
+"""The velocity network ``v_theta(x, t)``: an MLP of residual AdaLN blocks (DiT style).
+
+Each block is
+
+    h = LayerNorm(x) * (1 + scale(c)) + shift(c)
+    x = x + gate(c) * Linear(SiLU(Linear(h)))
+
+with ``c`` the embedding of ``t``: sinusoidal features of ``1000 t`` followed by a 2-layer
+MLP. The modulation layers and the output layer start at zero, so an untrained network is
+the identity residual stack and predicts ``v = 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+TIME_SCALE = 1000.0  # t in [0, 1] is embedded as 1000 t, so the frequencies resolve small steps
+
+
+@dataclass(frozen=True)
+class VelocityConfig:
+    """Shape of a velocity network: data dim, hidden width, number of blocks.
+
+    Defaults are the paper's prior (1024 x 6); its 2-D toy prior is 512 x 4.
+    """
+
+    dim: int
+    width: int = 1024
+    depth: int = 6
+    frequency_dim: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "width", "depth", "frequency_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"VelocityConfig.{name} must be a positive integer, got {value!r}")
+        if self.frequency_dim % 2:
+            raise ValueError(f"VelocityConfig.frequency_dim must be even, got {self.frequency_dim}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of ``TIME_SCALE * t``: ``(n,) -> (n, dim)``, ``[cos | sin]``."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half
+    )  # (half,)
+    angles = TIME_SCALE * t[:, None] * freqs[None, :]  # (n, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (n, dim)
+
+
+class TimeEmbedding(nn.Module):
+    """``t -> c``: sinusoidal features, then Linear, SiLU, Linear."""
+
+    def __init__(self, width: int, frequency_dim: int) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width)
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.frequency_dim))
+
+
+class AdaLNBlock(nn.Module):
+    """Residual MLP block with shift/scale/gate modulation from the time embedding."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)  # 3 x (n, width)
+        h = self.norm(x) * (1 + scale) + shift
+        return x + gate * self.mlp(h)
+
+
+class VelocityMLP(nn.Module):
+    """``v_theta(x, t)``: ``(n, dim), (n,) -> (n, dim)``."""
+
+    def __init__(self, config: VelocityConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.input = nn.Linear(config.dim, w)
+        self.time = TimeEmbedding(w, config.frequency_dim)
+        self.blocks = nn.ModuleList(AdaLNBlock(w) for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(w, 2 * w))
+        self.output = nn.Linear(w, config.dim)
+        for layer in (self.final_modulation[1], self.output):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[-1] != self.config.dim:
+            raise ValueError(f"expected x of shape (n, {self.config.dim}), got {tuple(x.shape)}")
+        if t.shape != x.shape[:1]:
+            raise ValueError(f"expected t of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        c = self.time(t)  # (n, width)
+        h = self.input(x)  # (n, width)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        return self.output(self.final_norm(h) * (1 + scale) + shift)

@@ -1,0 +1,59 @@
+"""Shared oracles: the exact velocity field of a Gaussian target and its closed forms.
+
+For ``x_1 ~ N(mu, s^2 I)``, ``x_0 ~ N(0, I)`` and ``x_t = (1 - t) x_0 + t x_1``:
+
+    sigma_t^2 = (1 - t)^2 + t^2 s^2
+    v*(x, t)  = E[x_1 - x_0 | x_t = x] = mu + c_t (x - t mu),  c_t = (t s^2 - (1 - t)) / sigma_t^2
+    Var(x_1 - x_0 | x_t) = s^2 / sigma_t^2 per dimension, so  min L_FM = d int_0^1 s^2 / sigma_t^2 dt = d pi s / 2
+    L_align(y) = A |y - mu|^2 + B d,  A = int (1 - t)^2 / sigma_t^4 dt,  B = int t^2 s^4 / sigma_t^4 dt
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.integrate import quad
+
+
+class GaussianFlow:
+    """The exact (optimal) velocity field that transports N(0, I) to N(mu, s^2 I)."""
+
+    def __init__(self, mu: torch.Tensor, s: float) -> None:
+        self.mu, self.s = mu, s
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(x.dtype)[:, None]
+        var_t = (1 - t) ** 2 + t**2 * self.s**2
+        c_t = (t * self.s**2 - (1 - t)) / var_t
+        mu = self.mu.to(x.dtype)
+        return mu + c_t * (x - t * mu)
+
+    def _sigma4(self, t: float) -> float:
+        return ((1 - t) ** 2 + t**2 * self.s**2) ** 2
+
+    @property
+    def align_a(self) -> float:
+        return quad(lambda t: (1 - t) ** 2 / self._sigma4(t), 0, 1)[0]
+
+    @property
+    def align_b(self) -> float:
+        return quad(lambda t: t**2 * self.s**4 / self._sigma4(t), 0, 1)[0]
+
+    def min_fm_loss(self) -> float:
+        return len(self.mu) * math.pi * self.s / 2
+
+    def log_density(self, y: torch.Tensor) -> torch.Tensor:
+        d = y.shape[1]
+        return (-0.5 * ((y - self.mu.to(y.dtype)) / self.s).pow(2).sum(-1)
+                - d * math.log(self.s) - 0.5 * d * math.log(2 * math.pi))
+
+
+@pytest.fixture
+def gaussian_flow() -> GaussianFlow:
+    return GaussianFlow(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), s=0.6)
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_explains_the_toy_command():
+    result = run_cli("toy", "--help")
+    assert result.returncode == 0
+    for word in ("--distribution", "mog", "swissroll", "--quick", "--beta", "metrics.json"):
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["toy", "--distribution", "gauss"], "invalid choice: 'gauss'"),
+        (["toy", "--distribution", "mog", "--beta", "-1"], "beta must be 'auto' or a number >= 0"),
+        (["toy", "--distribution", "mog", "--width", "0"], "expected a positive integer"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_fail_with_a_clear_message(args, message, tmp_path):
+    result = run_cli(*args, "--out", str(tmp_path / "out")) if args[0] == "toy" else run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_console_script_entry_point_is_main():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "flowprior"]
+    assert script.load() is main

@@ -1,0 +1,12 @@
+"""The method library stands alone: importing it (and the toy) must not import Ray."""
+
+import subprocess
+import sys
+
+
+def test_method_library_does_not_import_ray():
+    code = ("import sys, pipeline, pipeline.method.prior, pipeline.method.matching, pipeline.toy.experiment, "
+            "pipeline.cli; bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
