@@ -28,11 +28,11 @@ def _nll_clip(land: dict) -> float:
 
 def plot_latents(summary: dict, arrays: dict, path: Path) -> None:
     land = arrays["landscape"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    for ax, key, name, stats in (
-        (axes[0], "y_align", "L_align only (paper)", summary),
-        (axes[1], "y_match", f"matching, beta={summary['matching']['beta']:.3g}", summary["matching"]),
-    ):
+    panels = [("y_align", "L_align only (paper)", summary)]
+    if arrays["y_match"] is not None:
+        panels.append(("y_match", f"matching, beta={summary['matching']['beta']:.3g}", summary["matching"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for ax, (key, name, stats) in zip(axes[0], panels):
         image = _heatmap(ax, land, land["nll"], f"{name}\nNLL {stats['nll_latents']:.2f} "
                          f"(target {summary['nll_target']:.2f}), spread x{stats['spread_ratio']:.2f}",
                          clip=_nll_clip(land))
@@ -40,7 +40,7 @@ def plot_latents(summary: dict, arrays: dict, path: Path) -> None:
         ax.scatter(y[:, 0], y[:, 1], s=2, c="crimson", alpha=0.6)
         if arrays["modes"] is not None:
             ax.scatter(arrays["modes"][:, 0], arrays["modes"][:, 1], marker="x", c="white", s=30)
-    fig.colorbar(image, ax=axes, label="true NLL (prior space)", shrink=0.8)
+    fig.colorbar(image, ax=axes[0].tolist(), label="true NLL (prior space)", shrink=0.8)
     fig.suptitle(f"{summary['distribution']}: 1,000 latents over the true NLL")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -60,9 +60,11 @@ def plot_landscape(summary: dict, arrays: dict, path: Path) -> None:
 
 
 def plot_curves(summary: dict, arrays: dict, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, name, stats in ((axes[0], "curve_align", "L_align only", summary),
-                                 (axes[1], "curve_match", "matching", summary["matching"])):
+    panels = [("curve_align", "L_align only", summary)]
+    if arrays["curve_match"]:
+        panels.append(("curve_match", "matching", summary["matching"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (key, name, stats) in zip(axes[0], panels):
         steps = [max(r["step"], 1) for r in arrays[key]]
         ax.plot(steps, [r["align"] for r in arrays[key]], color="tab:blue", label="mean L_align")
         ax.set_xscale("log")
