@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from pipeline.toy.targets import TARGETS
@@ -67,7 +67,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
         config = ToyConfig(distribution=name, beta=args.beta, seed=args.seed)
         if args.quick:
             config = config.quick()
-        config = ToyConfig(**{**config.__dict__, **overrides})
+        config = replace(config, **overrides)
         out = Path(args.out) / name if args.distribution == "all" else Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         summary, arrays = run_toy(config, progress=lambda line: print(line, flush=True))

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -73,8 +73,6 @@ def load_checkpoint(
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise CheckpointError(f"{path}: file hash does not match the recorded {expected_sha256[:12]}...; refusing to load")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))

@@ -85,8 +85,9 @@ class FlowPrior:
         z_raw = x @ p.T  # (n, d1)
         mean, scale = normaliser_stats(z_raw, normaliser)
         z = (z_raw - mean) / scale
-        torch.manual_seed(seed)
-        model = VelocityMLP(VelocityConfig(dim=latent_dim, width=width, depth=depth))
+        with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG
+            torch.manual_seed(seed)
+            model = VelocityMLP(VelocityConfig(dim=latent_dim, width=width, depth=depth))
         ema_model, history = fit_velocity(model, z, fit, seed=seed, progress=progress)
         info = {"projection": projection, "normaliser": normaliser, "seed": seed,
                 "feature_dim": d2, "fit": fit.to_dict(), "history": history}
