@@ -34,9 +34,9 @@ def test_mmd_is_zero_for_equal_distributions_and_grows_with_a_shift():
 
 def test_sliced_wasserstein_of_a_translation_has_a_closed_form():
     # W2 along direction theta is |theta . delta|; E (theta . delta)^2 = |delta|^2 / d
-    x = torch.randn((20_000, 3), generator=seeded(0))
+    x = torch.randn((5_000, 3), generator=seeded(0))
     delta = torch.tensor([1.0, -2.0, 0.5])
-    sw = metrics.sliced_wasserstein(x + delta, x, projections=2000)
+    sw = metrics.sliced_wasserstein(x + delta, x, projections=1000)
     assert sw == pytest.approx(delta.norm().item() / math.sqrt(3), rel=0.05)
     assert metrics.sliced_wasserstein(x, x) == pytest.approx(0.0, abs=1e-9)
 
