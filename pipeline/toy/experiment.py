@@ -58,6 +58,9 @@ class ToyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_eval <= self.latents:
+            raise ValueError(f"n_eval ({self.n_eval}) must exceed latents ({self.latents}): the target's "
+                             "kNN NLL is measured with held-out samples")
         if not 0 <= self.beta_warmup <= 1:
             raise ValueError(f"beta_warmup must be in [0, 1], got {self.beta_warmup!r}")
         if self.beta is not None and not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -205,8 +208,7 @@ def run_toy(config: ToyConfig, progress: Callable[[str], None] = print) -> tuple
     prior_metrics = run.fit_prior()
     z_eval = run.prior.to_prior(run.target.sample(config.n_eval, run.generator))
     nll_target = run.true_nll(z_eval).mean().item()
-    lo, hi = z_eval.min().item() - 0.5, z_eval.max().item() + 0.5
-    lim = max(abs(lo), abs(hi))
+    lim = z_eval.abs().max().item() + 0.5  # the landscape covers the data with a margin
     progress(f"[{config.distribution}] L_align landscape on a {config.grid}x{config.grid} grid")
     land = run.landscape(-lim, lim)
     progress(f"[{config.distribution}] aligning {config.latents} latents (L_align only)")
@@ -234,7 +236,6 @@ def run_toy(config: ToyConfig, progress: Callable[[str], None] = print) -> tuple
         "config": asdict(config),
         "seconds": time.perf_counter() - start,
     }
-    arrays = {"landscape": land, "z_eval": z_eval, "y_align": y_align, "y_match": y_match,
-              "curve_align": curve_align, "curve_match": curve_match,
-              "modes": run.modes_in_prior_space(), "lim": lim}
+    arrays = {"landscape": land, "y_align": y_align, "y_match": y_match, "curve_align": curve_align,
+              "curve_match": curve_match, "modes": run.modes_in_prior_space()}
     return summary, arrays

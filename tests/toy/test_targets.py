@@ -62,3 +62,4 @@ def test_mixture_density_is_the_closed_form():
 def test_unknown_target_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown distribution 'gauss'; choose one of mog, grid"):
         get_target("gauss")
+
