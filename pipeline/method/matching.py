@@ -32,6 +32,10 @@ from pipeline.method.losses import Velocity, alignment_loss
 from pipeline.method.ode import Solver
 
 
+class CalibrationError(ValueError):
+    """The prior's ``L_align`` does not grow with its NLL on the reference points: no ``beta`` to measure."""
+
+
 def matching_loss(
     velocity: Velocity,
     mean: torch.Tensor,
@@ -77,9 +81,9 @@ def calibrate_beta(
     nll_c = nll - nll.mean()
     variance = nll_c.pow(2).mean()
     if variance <= 0:
-        raise ValueError("reference points all have the same likelihood; cannot calibrate beta")
+        raise CalibrationError("reference points all have the same likelihood; cannot calibrate beta")
     slope = ((loss - loss.mean()) * nll_c).mean() / variance
     if slope <= 0:
-        raise ValueError(f"L_align does not grow with the NLL on these points (slope {slope:.3g}); "
+        raise CalibrationError(f"L_align does not grow with the NLL on these points (slope {slope:.3g}); "
                          "the prior may be undertrained: pass beta explicitly")
     return shrink * slope.item()

@@ -18,7 +18,7 @@ import math
 import torch
 
 
-def _chunked_cdist(a: torch.Tensor, b: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+def _kth_neighbour_distance(a: torch.Tensor, b: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
     """Distance from each row of ``a`` to its k-th nearest row of ``b``: ``(n,)``."""
     out = [torch.cdist(a[i : i + chunk], b).kthvalue(k, dim=1).values for i in range(0, len(a), chunk)]
     return torch.cat(out)
@@ -29,7 +29,7 @@ def knn_nll(y: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:
     n, d = target.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    r_k = _chunked_cdist(y, target, k).clamp_min(1e-12)
+    r_k = _kth_neighbour_distance(y, target, k).clamp_min(1e-12)
     log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
     return d * torch.log(r_k) + math.log(n / k) + log_unit_ball
 
@@ -92,7 +92,7 @@ def within_mode_spread(y: torch.Tensor, modes: torch.Tensor) -> float:
 
 def local_spread(y: torch.Tensor, k: int = 5) -> float:
     """Mean distance from each point to its k-th nearest other point (a density-free spread)."""
-    return _chunked_cdist(y, y, k + 1).mean().item()  # k + 1: the point itself is at distance 0
+    return _kth_neighbour_distance(y, y, k + 1).mean().item()  # k + 1: the point itself is at distance 0
 
 
 def spread_ratio(y: torch.Tensor, x: torch.Tensor, modes: torch.Tensor | None = None) -> float:

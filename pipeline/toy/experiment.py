@@ -22,6 +22,7 @@ import torch
 from scipy.stats import spearmanr
 
 from pipeline.method import metrics
+from pipeline.method.matching import CalibrationError
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.toy.targets import Target, get_target
@@ -216,7 +217,7 @@ def run_toy(config: ToyConfig, progress: Callable[[str], None] = print) -> tuple
     align_metrics = run.latent_metrics(y_align, z_eval, curve_align)
     try:
         beta = config.beta if config.beta is not None else run.prior.calibrate_beta(seed=config.seed)
-    except ValueError as error:  # the prior's L_align does not track its NLL: nothing to calibrate
+    except CalibrationError as error:
         progress(f"[{config.distribution}] matching skipped: {error}")
         y_match, curve_match, match_metrics = None, [], {"skipped": str(error)}
     else:

@@ -26,17 +26,23 @@ def _nll_clip(land: dict) -> float:
     return torch.quantile(land["nll"].float(), 0.6).item()  # keep the colour range on the data
 
 
+def _runs(summary: dict, arrays: dict) -> list[tuple[str, dict, torch.Tensor, list[dict]]]:
+    """``(title, metrics, latents, curve)`` of each optimisation that ran: alignment, then matching."""
+    runs = [("L_align only (paper)", summary, arrays["y_align"], arrays["curve_align"])]
+    if arrays["y_match"] is not None:
+        runs.append((f"matching, beta={summary['matching']['beta']:.3g}", summary["matching"],
+                     arrays["y_match"], arrays["curve_match"]))
+    return runs
+
+
 def plot_latents(summary: dict, arrays: dict, path: Path) -> None:
     land = arrays["landscape"]
-    panels = [("y_align", "L_align only (paper)", summary)]
-    if arrays["y_match"] is not None:
-        panels.append(("y_match", f"matching, beta={summary['matching']['beta']:.3g}", summary["matching"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
-    for ax, (key, name, stats) in zip(axes[0], panels):
+    runs = _runs(summary, arrays)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), squeeze=False)
+    for ax, (name, stats, y, _) in zip(axes[0], runs):
         image = _heatmap(ax, land, land["nll"], f"{name}\nNLL {stats['nll_latents']:.2f} "
                          f"(target {summary['nll_target']:.2f}), spread x{stats['spread_ratio']:.2f}",
                          clip=_nll_clip(land))
-        y = arrays[key]
         ax.scatter(y[:, 0], y[:, 1], s=2, c="crimson", alpha=0.6)
         if arrays["modes"] is not None:
             ax.scatter(arrays["modes"][:, 0], arrays["modes"][:, 1], marker="x", c="white", s=30)
@@ -60,18 +66,16 @@ def plot_landscape(summary: dict, arrays: dict, path: Path) -> None:
 
 
 def plot_curves(summary: dict, arrays: dict, path: Path) -> None:
-    panels = [("curve_align", "L_align only", summary)]
-    if arrays["curve_match"]:
-        panels.append(("curve_match", "matching", summary["matching"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (key, name, stats) in zip(axes[0], panels):
-        steps = [max(r["step"], 1) for r in arrays[key]]
-        ax.plot(steps, [r["align"] for r in arrays[key]], color="tab:blue", label="mean L_align")
+    runs = _runs(summary, arrays)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    for ax, (name, stats, _, curve) in zip(axes[0], runs):
+        steps = [max(r["step"], 1) for r in curve]
+        ax.plot(steps, [r["align"] for r in curve], color="tab:blue", label="mean L_align")
         ax.set_xscale("log")
         ax.set_xlabel("optimisation step")
         ax.set_ylabel("mean L_align", color="tab:blue")
         twin = ax.twinx()
-        twin.plot(steps, [r["nll"] for r in arrays[key]], color="tab:red", label="mean true NLL")
+        twin.plot(steps, [r["nll"] for r in curve], color="tab:red", label="mean true NLL")
         twin.set_yscale("symlog")
         twin.set_ylabel("mean true NLL", color="tab:red")
         ax.set_title(f"{name}: Spearman over the run {stats['spearman_training']:.3f}", fontsize=10)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.method.matching import calibrate_beta, matching_loss
+from pipeline.method.matching import CalibrationError, calibrate_beta, matching_loss
 from pipeline.method.ode import Solver
 from tests.conftest import GaussianFlow, seeded
 
@@ -48,3 +48,9 @@ def test_matching_input_errors(flow2d):
         matching_loss(flow2d, torch.zeros(3, 2), torch.zeros(3, 1), beta=0.1)
     with pytest.raises(ValueError, match="beta"):
         matching_loss(flow2d, torch.zeros(3, 2), torch.zeros(3, 2), beta=-1.0)
+
+
+def test_calibration_without_a_likelihood_spread_is_refused(flow2d):
+    z = flow2d.mu.expand(50, 2).clone()  # every point has the same NLL: no slope to measure
+    with pytest.raises(CalibrationError, match="same likelihood"):
+        calibrate_beta(flow2d, z, draws=4, solver=Solver("rk4", steps=10))
