@@ -3,10 +3,21 @@
 The public method API (no Ray needed):
 
     from pipeline import FlowPrior, FitConfig
+
+Layout: ``method`` (the maths, torch only), ``data`` (Parquet features), ``storage`` (the store),
+``registry`` (records and lineage), ``cli``. Names are imported lazily so that commands that
+only read the registry start without loading torch.
 """
 
-from pipeline.method.checkpoint import CheckpointError
-from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
+from importlib import import_module
 
-__all__ = ["CheckpointError", "FitConfig", "FlowPrior"]
+_EXPORTS = {"CheckpointError": "pipeline.method.checkpoint", "FlowPrior": "pipeline.method.prior",
+            "FitConfig": "pipeline.method.training"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -57,3 +57,47 @@ def gaussian_flow() -> GaussianFlow:
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+# -- stores: local disk and a real S3 server (SeaweedFS on 127.0.0.1) -----------------------------
+BUCKET = "flowprior-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS for the session, with the AWS variables a user would set pointing at it."""
+    import os
+
+    from tests.support.s3server import SeaweedServer
+
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed")).start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        server.make_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path) -> str:
+    """A fresh, empty store URI on each backend."""
+    import uuid
+
+    if request.param == "local":
+        return str(tmp_path / "store")
+    request.getfixturevalue("s3_server")
+    return f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(store_uri):
+    from pipeline.storage import Store
+
+    return Store.open(store_uri)

@@ -38,3 +38,10 @@ def test_console_script_entry_point_is_main():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "flowprior"]
     assert script.load() is main
+
+
+def test_cli_target_names_match_the_toy_targets():
+    from pipeline.cli.toy import TARGET_NAMES
+    from pipeline.toy.targets import TARGETS
+
+    assert list(TARGET_NAMES) == list(TARGETS)

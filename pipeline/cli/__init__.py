@@ -1,0 +1,45 @@
+"""The ``flowprior`` command line (also ``python -m pipeline``).
+
+One module per command group; each adds its parser and handler. Errors a user can fix print
+``flowprior <command>: error: ...`` and exit 2; an unreachable store exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import registry, toy
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowprior",
+        description="Flow priors for aligning latent spaces across sites. Every command that reads or writes "
+                    "the store takes --store URI (default: $FLOWPRIOR_STORE, else ./flowprior-store).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    toy.add_parser(commands)
+    registry.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.storage import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except StoreError as error:
+        print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as error:
+        print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""``--store`` and the S3 overrides, shared by every command that uses the store."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.storage import S3Options, Store
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("store")
+    group.add_argument("--store", metavar="URI", default=None,
+                       help="local path, file:///path or s3://bucket/prefix (default: $FLOWPRIOR_STORE, "
+                            "else ./flowprior-store). S3 credentials come from the AWS environment "
+                            "variables or profiles, never from the URI.")
+    group.add_argument("--s3-endpoint", metavar="URL", default=None,
+                       help="S3 endpoint (default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
+    group.add_argument("--s3-profile", metavar="NAME", default=None, help="AWS profile for S3 credentials")
+    group.add_argument("--s3-timeout", metavar="SECONDS", type=float, default=None,
+                       help="S3 connect timeout; reads get 10x (default: 2 s, or $FLOWPRIOR_S3_CONNECT_TIMEOUT)")
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    timeout = args.s3_timeout
+    options = S3Options.from_env(endpoint_url=args.s3_endpoint, profile=args.s3_profile, connect_timeout=timeout,
+                                 read_timeout=None if timeout is None else 10 * timeout)
+    return Store.open(args.store, options)

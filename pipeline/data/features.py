@@ -1,0 +1,187 @@
+"""Feature matrices from Parquet: a file, a folder of files or a glob, local or on S3.
+
+The feature columns are either one fixed-size-list column (``features`` by default) or every
+numeric column not excluded (the ``id``/``site``/``time`` columns). ``filters`` keeps rows
+whose column equals a value (or is one of a list of values), e.g. ``{"site": "R80711"}``.
+Every bad input raises ``DataError`` naming the source, file, column and value.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.data.fingerprint import SourceFile, fingerprint
+from pipeline.storage.s3 import S3Options
+
+DEFAULT_EXCLUDE = ("id", "site", "time")
+Filters = Mapping[str, object]
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file, column and value."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """``values`` (n, d) float32 with the provenance needed to register what was trained on."""
+
+    values: np.ndarray
+    columns: list[str]  # feature column names; ["features[0]", ...] for a list column
+    fingerprint: str  # sha256 over schema, filters and each file's name, size and content hash/etag
+    files: list[str] = field(default_factory=list)
+    rows_dropped: int = 0  # rows with NaN/inf dropped (only with drop_nonfinite=True)
+
+    @property
+    def dim(self) -> int:
+        return self.values.shape[1]
+
+
+def _filesystem(uri: str, s3: S3Options | None):
+    """(fsspec filesystem or None for local disk, path without scheme)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "s3":
+        return (s3 or S3Options.from_env()).filesystem(), f"{parts.netloc}{parts.path}".rstrip("/")
+    if parts.scheme not in ("", "file"):
+        raise DataError(f"{uri}: unsupported URI scheme {parts.scheme!r} (use a local path, file:// or s3://)")
+    return None, os.path.expanduser(parts.path if parts.scheme == "file" else uri)
+
+
+def _list_files(uri: str, fs, path: str) -> list[SourceFile]:
+    """The Parquet files of ``uri`` with sizes and content identity, sorted by name."""
+    is_glob = any(c in path for c in "*?[")
+    try:
+        if fs is None:
+            if is_glob:
+                names = sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
+            elif os.path.isdir(path):
+                names = sorted(os.path.join(d, f) for d, _, fs_ in os.walk(path) for f in fs_
+                               if f.endswith(".parquet") and not f.startswith((".", "_")))
+            elif os.path.isfile(path):
+                names = [path]
+            else:
+                raise DataError(f"{uri}: no such file or directory")
+            return [SourceFile.local(n, root=path if os.path.isdir(path) else os.path.dirname(path)) for n in names]
+        if is_glob:
+            infos = [fs.info(p) for p in sorted(fs.glob(path))]
+        elif fs.isdir(path):
+            infos = [i for i in fs.find(path, detail=True).values()
+                     if i["name"].endswith(".parquet") and not i["name"].rsplit("/", 1)[-1].startswith((".", "_"))]
+        elif fs.exists(path):
+            infos = [fs.info(path)]
+        else:
+            raise DataError(f"{uri}: no such object or prefix")
+        root = path if not is_glob and fs.isdir(path) else path.rsplit("/", 1)[0]
+        return sorted((SourceFile.remote(i, root) for i in infos if i.get("type") != "directory"),
+                      key=lambda f: f.name)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - unreadable URI, server gone, no permission
+        raise DataError(f"{uri}: cannot list ({type(error).__name__}: {error})") from None
+
+
+def _apply_filters(table: pa.Table, filters: Filters, where: str) -> pa.Table:
+    for column, wanted in filters.items():
+        if column not in table.column_names:
+            raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(table.column_names)})")
+        values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
+        try:
+            mask = pc.is_in(table[column], value_set=pa.array(values, type=table.schema.field(column).type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            raise DataError(f"{where}: filter value {wanted!r} does not fit column {column!r} "
+                            f"of type {table.schema.field(column).type}") from None
+        table = table.filter(mask)
+    return table
+
+
+def _matrix(table: pa.Table, feature_column: str, exclude: Sequence[str], where: str) -> tuple[np.ndarray, list[str]]:
+    """(n, d) float64 values and column names of one file's rows."""
+    if feature_column in table.column_names:
+        col_type = table.schema.field(feature_column).type
+        if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)) \
+                or not (pa.types.is_integer(col_type.value_type) or pa.types.is_floating(col_type.value_type)):
+            raise DataError(f"{where}: column {feature_column!r} has type {col_type}; expected a list of numbers")
+        column = table[feature_column].combine_chunks()
+        if column.null_count:
+            raise DataError(f"{where}: column {feature_column!r} has {column.null_count} null rows")
+        lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+        if len(lengths) > 1:
+            raise DataError(f"{where}: column {feature_column!r} mixes vector lengths {sorted(lengths.tolist())}")
+        dim = int(lengths[0]) if len(lengths) else (col_type.list_size if pa.types.is_fixed_size_list(col_type) else 0)
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        return flat.reshape(len(table), dim), [f"{feature_column}[{i}]" for i in range(dim)]  # (n, d)
+    names = [f.name for f in table.schema if f.name not in exclude
+             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    if not names:
+        raise DataError(f"{where}: no {feature_column!r} column and no numeric columns besides "
+                        f"{', '.join(exclude)} (columns: {', '.join(table.column_names) or 'none'})")
+    values = np.empty((len(table), len(names)), dtype=np.float64)  # (n, d)
+    for j, name in enumerate(names):
+        values[:, j] = table[name].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+    return values, names
+
+
+def read_features(
+    uri: str,
+    *,
+    feature_column: str = "features",
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    filters: Filters | None = None,
+    drop_nonfinite: bool = False,
+    s3: S3Options | None = None,
+) -> Features:
+    """Read the feature matrix of ``uri`` (see the module docstring). Nothing is written anywhere.
+
+    NaN, inf and null values are rejected with the file, column and row of the first one, unless
+    ``drop_nonfinite`` is set: then those rows are dropped and counted in ``rows_dropped``.
+    """
+    filters = dict(filters or {})
+    fs, path = _filesystem(uri, s3)
+    files = _list_files(uri, fs, path)
+    if not files:
+        raise DataError(f"{uri}: no Parquet files found")
+    blocks, columns, dropped, schema = [], None, 0, None
+    for source in files:
+        where = source.display
+        try:
+            table = pq.read_table(source.path, filesystem=fs)
+        except Exception as error:  # noqa: BLE001 - a corrupt or unreadable file
+            raise DataError(f"{where}: not a readable Parquet file ({type(error).__name__}: {error})") from None
+        table = _apply_filters(table, filters, where)
+        if table.num_rows == 0:
+            continue  # an empty file (or one the filters empty) adds nothing
+        values, names = _matrix(table, feature_column, exclude, where)
+        if columns is not None and names != columns:
+            raise DataError(f"{where}: feature columns {names[:4]}... (d={len(names)}) differ from "
+                            f"{files[0].display}'s {columns[:4]}... (d={len(columns)})")
+        columns, schema = names, schema or table.schema
+        bad = ~np.isfinite(values)
+        if bad.any():
+            if not drop_nonfinite:
+                row, col = map(int, np.argwhere(bad)[0])
+                raise DataError(f"{where}: {int(bad.any(axis=1).sum())} rows have NaN/inf/null values, first in "
+                                f"column {names[col]!r} at row {row} ({values[row, col]}); clean the data or "
+                                "ask to drop them (drop_nonfinite)")
+            dropped += int(bad.any(axis=1).sum())
+            values = values[~bad.any(axis=1)]
+        blocks.append(values)
+    values = np.concatenate(blocks).astype(np.float32) if blocks else np.empty((0, 0), np.float32)
+    if len(values) == 0:
+        detail = f" after filters {filters}" if filters else ""
+        detail += f" ({dropped} rows dropped for NaN/inf)" if dropped else ""
+        raise DataError(f"{uri}: no feature rows{detail} (the table is empty)")
+    if values.shape[1] == 0:
+        raise DataError(f"{uri}: column {feature_column!r} holds empty vectors")
+    digest = fingerprint(files, schema=[(c, "float") for c in columns], options={
+        "feature_column": feature_column, "exclude": sorted(exclude), "filters": filters,
+        "drop_nonfinite": drop_nonfinite})
+    return Features(values=values, columns=columns, fingerprint=digest, files=[f.display for f in files],
+                    rows_dropped=dropped)

@@ -1,0 +1,75 @@
+"""Aliases (the fleet's current core prior, each site's current encoder) as append-only logs.
+
+Alias ``name`` is the folder ``registry/aliases/<name>/`` holding one object per move,
+``<version>.json`` with version 1, 2, 3, ...; the current target is the highest version's.
+A move writes version ``n + 1`` create-if-absent (``If-None-Match: *`` on S3, ``link`` on local
+disk): of two writers racing for the same version exactly one wins and the other re-reads and
+tries ``n + 2``. So moves are serialised, none is lost, and each entry's ``previous`` is the
+target of the entry before it: the history is a chain.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from pipeline.storage import AlreadyExists, Store, validate_name
+
+ALIASES = "registry/aliases"
+VERSION_DIGITS = 10
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    alias: str
+    version: int
+    target: str  # the record id the alias points to from this move on
+    previous: str | None  # the target before this move
+    moved_at: str  # ISO 8601, UTC
+
+
+def _key(alias: str, version: int) -> str:
+    return f"{ALIASES}/{alias}/{version:0{VERSION_DIGITS}d}.json"
+
+
+def _read(store: Store, alias: str, version: int) -> AliasMove:
+    return AliasMove(**json.loads(store.read(_key(alias, version))))
+
+
+def latest(store: Store, alias: str) -> AliasMove | None:
+    versions = [int(n.split(".")[0]) for n in store.list(f"{ALIASES}/{validate_name(alias, 'alias')}")
+                if n.endswith(".json")]
+    return _read(store, alias, max(versions)) if versions else None
+
+
+def history(store: Store, alias: str) -> list[AliasMove]:
+    names = [n for n in store.list(f"{ALIASES}/{validate_name(alias, 'alias')}") if n.endswith(".json")]
+    keys = [f"{ALIASES}/{alias}/{n}" for n in names]
+    moves = [AliasMove(**json.loads(data)) for data in store.read_many(keys)]
+    return sorted(moves, key=lambda m: m.version)
+
+
+def names(store: Store) -> list[str]:
+    return store.list(ALIASES)
+
+
+def move(store: Store, alias: str, target: str, max_attempts: int = 1000) -> AliasMove:
+    """Point ``alias`` at ``target`` by appending the next version (compare-and-swap on the version)."""
+    validate_name(alias, "alias")
+    current = latest(store, alias)
+    for attempt in range(max_attempts):
+        version = (current.version if current else 0) + 1
+        entry = AliasMove(alias=alias, version=version, target=target,
+                          previous=current.target if current else None,
+                          moved_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+        try:
+            store.create(_key(alias, version), json.dumps(asdict(entry), sort_keys=True).encode())
+            return entry
+        except AlreadyExists:
+            current = _read(store, alias, version)  # someone else moved it first: chain after them
+            if attempt >= 4:
+                time.sleep(random.uniform(0, 0.005))  # jitter under heavy contention, so racers spread out
+    raise RuntimeError(f"alias {alias!r}: gave up after {max_attempts} contended attempts")

@@ -1,0 +1,63 @@
+"""Snapshots: many records gathered into one Parquet object, so ``ls`` reads one object, not 10,000.
+
+Records stay the source of truth (immutable JSON objects under ``registry/records/``). A snapshot
+``registry/snapshots/<count>-<digest>.parquet`` (columns ``id`` and ``record``, the record's JSON
+bytes unchanged; ``digest`` covers both, and a snapshot that does not match it is ignored) is a
+cache of some of them. Records never change, so a snapshot never goes
+stale: a reader takes the largest one and fetches only the records it lacks. Snapshots are
+written create-if-absent like everything else, so concurrent compactions are harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.storage import AlreadyExists, Store, StoreError
+
+SNAPSHOTS = "registry/snapshots"
+COMPACT_AFTER = 256  # records missing from the latest snapshot before a reader writes a new one
+
+log = logging.getLogger(__name__)
+
+
+def read_latest(store: Store) -> dict[str, bytes]:
+    """``{record id: record JSON}`` of the largest snapshot ({} if there is none)."""
+    names = [n for n in store.list(SNAPSHOTS) if n.endswith(".parquet")]
+    if not names:
+        return {}
+    name = max(names)
+    try:
+        table = pq.read_table(io.BytesIO(store.read(f"{SNAPSHOTS}/{name}")))
+        records = dict(zip(table["id"].to_pylist(), table["record"].to_pylist()))
+    except (pa.ArrowException, KeyError) as error:
+        records, name = {}, f"{name} ({error})"
+    if name != _name(records):
+        log.warning("ignoring registry snapshot %s: its content does not match its name", name)
+        return {}
+    return records
+
+
+def _name(records: dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for i in sorted(records):
+        h.update(i.encode() + b"\0" + records[i] + b"\0")
+    return f"{len(records):010d}-{h.hexdigest()[:32]}.parquet"
+
+
+def write(store: Store, records: dict[str, bytes]) -> None:
+    """Publish a snapshot of ``records``; a failure only costs speed, so it is logged, not raised."""
+    ids = sorted(records)
+    table = pa.table({"id": pa.array(ids, pa.string()), "record": pa.array([records[i] for i in ids], pa.binary())})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    try:
+        store.create(f"{SNAPSHOTS}/{_name(records)}", buffer.getvalue())
+    except AlreadyExists:
+        pass  # another reader published the same snapshot
+    except StoreError as error:  # e.g. read-only credentials: reading still works, just slower
+        log.warning("could not write a registry snapshot: %s", error)

@@ -1,0 +1,14 @@
+"""Errors of the store, shared by its backends."""
+
+from __future__ import annotations
+
+
+class StoreError(OSError):
+    """The store cannot be reached or used (server gone, no permission, bad URI).
+
+    Messages name the store URI and the object key, never credentials.
+    """
+
+
+class AlreadyExists(FileExistsError):
+    """A create-if-absent write found the object already there."""

@@ -1,0 +1,20 @@
+"""Validation of names that become parts of storage keys (site ids, aliases, run names)."""
+
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def validate_name(value: object, what: str = "name") -> str:
+    """Return ``value`` if it is a safe name, else raise ``ValueError`` naming it.
+
+    Safe: 1-128 characters from ``A-Z a-z 0-9 . _ -``, starting with a letter or digit, and no
+    ``..`` anywhere, so a name can never escape its folder or address another object.
+    """
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a "
+            "letter or digit, with no '..', slashes or spaces")
+    return value

@@ -1,0 +1,234 @@
+"""The store: one URI for priors, encoders, reports and the registry.
+
+``./flowprior-store`` (the default), any local path, ``file:///abs/path`` or
+``s3://bucket/prefix``. Objects are addressed by keys, ``/``-separated relative paths.
+
+Every write is a *publish*: the object appears whole or not at all, and only if no object of
+that key exists yet (create-if-absent). Local disk writes a hidden temporary file in the target
+folder and hard-links it into place (``link`` fails if the name exists, atomically); S3 uses
+``PutObject`` / ``CompleteMultipartUpload`` with ``If-None-Match: *`` (an object becomes visible
+only when its upload completes). Nothing is ever overwritten, so concurrent writers can race
+safely: at most one of them wins each key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
+
+from pipeline.storage.errors import AlreadyExists, StoreError
+from pipeline.storage.s3 import S3Options, is_precondition_failed
+
+DEFAULT_STORE = "./flowprior-store"
+STORE_ENV = "FLOWPRIOR_STORE"
+TMP_PREFIX = ".tmp-"
+KEY_PART = re.compile(r"[A-Za-z0-9._=-]+")
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+def check_key(key: str) -> str:
+    """A key is ``part/part/...`` with safe parts: no empty, ``.``/``..`` or hidden parts."""
+    parts = key.split("/")
+    if not key or any(not KEY_PART.fullmatch(p) or p.startswith(".") for p in parts):
+        raise ValueError(f"invalid store key {key!r}")
+    return key
+
+
+class Store:
+    """A store location plus the backend that reads and publishes its objects."""
+
+    def __init__(self, uri: str, backend: "LocalBackend | S3Backend") -> None:
+        self.uri = uri
+        self.backend = backend
+
+    @classmethod
+    def open(cls, uri: str | None = None, s3: S3Options | None = None) -> "Store":
+        """Open ``uri``, else ``$FLOWPRIOR_STORE``, else ``./flowprior-store``. Nothing is created yet."""
+        uri = uri or os.environ.get(STORE_ENV) or DEFAULT_STORE
+        parts = urlsplit(uri)
+        if parts.scheme == "s3":
+            if "@" in parts.netloc:
+                raise ValueError("the store URI must not embed credentials (s3://KEY:SECRET@...); "
+                                 "use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+            bucket, prefix = parts.netloc, parts.path.strip("/")
+            if not bucket:
+                raise ValueError(f"store URI {uri!r} names no bucket (expected s3://bucket/prefix)")
+            root = f"{bucket}/{prefix}" if prefix else bucket
+            return cls(f"s3://{root}", S3Backend(root, s3 or S3Options.from_env()))
+        if parts.scheme in ("file", ""):
+            path = Path(parts.path if parts.scheme == "file" else uri).expanduser().resolve()
+            return cls(str(path), LocalBackend(path))
+        raise ValueError(f"unsupported store URI {uri!r}: use a local path, file:///path or s3://bucket/prefix")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.backend, LocalBackend)
+
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri}/{check_key(key)}"
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of ``uri`` inside this store, or None if it lies elsewhere."""
+        prefix = self.uri + "/"
+        return check_key(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+    def _call(self, op: str, key: str, fn, *args):
+        try:
+            return fn(*args)
+        except (AlreadyExists, FileNotFoundError, ValueError):
+            raise
+        except Exception as error:  # noqa: BLE001 - every other backend failure becomes one clear error
+            if not self.is_local and is_precondition_failed(error):
+                raise AlreadyExists(f"{self.uri_of(key) if key else self.uri}: already exists") from None
+            raise StoreError(f"store {self.uri}: cannot {op} {key or '(root)'}: "
+                             f"{type(error).__name__}: {error}") from None
+
+    def create(self, key: str, data: bytes) -> None:
+        """Publish ``data`` at ``key`` if no object is there; else raise ``AlreadyExists``."""
+        self._call("write", key, self.backend.create, check_key(key), data)
+
+    def put_file(self, key: str, path: str | os.PathLike, progress: Progress | None = None) -> None:
+        """Publish a local file at ``key`` (create-if-absent), reporting bytes sent to ``progress``."""
+        self._call("upload", key, self.backend.put_file, check_key(key), Path(path), progress)
+
+    def read(self, key: str) -> bytes:
+        return self._call("read", key, self.backend.read, check_key(key))
+
+    def read_many(self, keys: list[str]) -> list[bytes]:
+        """Read many objects (concurrently on S3), in the order of ``keys``."""
+        return self._call("read", f"{len(keys)} objects", self.backend.read_many, [check_key(k) for k in keys])
+
+    def get_file(self, key: str, path: str | os.PathLike) -> None:
+        self._call("download", key, self.backend.get_file, check_key(key), Path(path))
+
+    def exists(self, key: str) -> bool:
+        return self._call("check", key, self.backend.exists, check_key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Names of the objects directly under ``prefix/`` (sorted; empty if there are none)."""
+        return sorted(self._call("list", prefix, self.backend.list, check_key(prefix)))
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+
+class LocalBackend:
+    """A folder on local disk (or a shared POSIX filesystem with working hard links)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _publish(self, key: str, write: Callable[[Path], None]) -> None:
+        final = self.root / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, final)  # atomic, and fails if ``final`` exists: create-if-absent
+            except FileExistsError:
+                raise AlreadyExists(f"{final}: already exists") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def create(self, key: str, data: bytes) -> None:
+        self._publish(key, lambda tmp: tmp.write_bytes(data))
+
+    def put_file(self, key: str, path: Path, progress: Progress | None) -> None:
+        total = path.stat().st_size
+
+        def copy(tmp: Path) -> None:
+            done = 0
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                for block in iter(lambda: src.read(8 << 20), b""):
+                    dst.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+
+        self._publish(key, copy)
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def read_many(self, keys: list[str]) -> list[bytes]:
+        return [self.read(k) for k in keys]
+
+    def get_file(self, key: str, path: Path) -> None:
+        path.write_bytes(self.read(key))
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def list(self, prefix: str) -> Iterable[str]:
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return []
+        return [name for name in os.listdir(folder) if not name.startswith(".")]
+
+
+class S3Backend:
+    """``bucket/prefix`` on an S3-compatible server, through s3fs."""
+
+    def __init__(self, root: str, options: S3Options) -> None:
+        self.root, self.options = root, options
+        self._fs = None
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs = self.options.filesystem()
+        return self._fs
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def create(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self._path(key), data, mode="create")
+
+    def put_file(self, key: str, path: Path, progress: Progress | None) -> None:
+        from fsspec.callbacks import Callback
+
+        class Report(Callback):
+            def call(self, *args, **kwargs):
+                if progress and self.size:
+                    progress(self.value, self.size)
+
+        self.fs.put_file(str(path), self._path(key), callback=Report(), mode="create",
+                         chunksize=8 << 20, max_concurrency=4)
+
+    def read(self, key: str) -> bytes:
+        return self.fs.cat_file(self._path(key))
+
+    def read_many(self, keys: list[str]) -> list[bytes]:
+        paths = [self._path(k) for k in keys]
+        if not paths:
+            return []
+        found = self.fs.cat(paths, on_error="return", batch_size=64)
+        out = []
+        for path in paths:
+            value = found.get(path)
+            if isinstance(value, BaseException):
+                raise value
+            out.append(value)
+        return out
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.fs.get_file(self._path(key), str(path))
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def list(self, prefix: str) -> Iterable[str]:
+        try:
+            entries = self.fs.ls(self._path(prefix), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return [e.rsplit("/", 1)[-1] for e in entries if not e.rsplit("/", 1)[-1].startswith(".")]

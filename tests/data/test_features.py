@@ -1,0 +1,115 @@
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.data import DataError, read_features
+
+
+def write(path, **columns):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def list_table(values: np.ndarray, site: list[str]) -> pa.Table:
+    flat = pa.array(values.reshape(-1).astype(np.float32))
+    return pa.table({"features": pa.FixedSizeListArray.from_arrays(flat, values.shape[1]), "site": site})
+
+
+def test_numeric_columns_exclude_id_site_time(tmp_path):
+    path = write(tmp_path / "t.parquet", id=[1, 2, 3], site=["a", "b", "a"], time=[0.0, 1.0, 2.0],
+                 power=[1.0, 2.0, 3.0], speed=[4, 5, 6], label=["x", "y", "z"])
+    features = read_features(str(path))
+    assert features.columns == ["power", "speed"]
+    np.testing.assert_array_equal(features.values, [[1, 4], [2, 5], [3, 6]])
+    assert features.values.dtype == np.float32 and features.dim == 2
+
+
+def test_fixed_size_list_column_folder_glob_and_filters(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 3)), rng.normal(size=(4, 3))
+    (tmp_path / "ds").mkdir()
+    pq.write_table(list_table(a, ["s1"] * 3 + ["s2"] * 3), tmp_path / "ds" / "part-0.parquet")
+    pq.write_table(list_table(b, ["s1"] * 4), tmp_path / "ds" / "part-1.parquet")
+    everything = read_features(str(tmp_path / "ds"))
+    np.testing.assert_allclose(everything.values, np.concatenate([a, b]), rtol=1e-6)
+    assert everything.columns == ["features[0]", "features[1]", "features[2]"]
+    assert len(everything.files) == 2
+    site1 = read_features(str(tmp_path / "ds" / "*.parquet"), filters={"site": "s1"})
+    np.testing.assert_allclose(site1.values, np.concatenate([a[:3], b]), rtol=1e-6)
+    both = read_features(f"file://{tmp_path}/ds", filters={"site": ["s1", "s2"]})
+    assert len(both.values) == 10
+
+
+def test_fingerprint_is_stable_and_tracks_content_and_options(tmp_path):
+    write(tmp_path / "d1" / "x.parquet", a=[1.0, 2.0], b=[3.0, 4.0])
+    shutil.copytree(tmp_path / "d1", tmp_path / "copy")
+    first = read_features(str(tmp_path / "d1")).fingerprint
+    assert read_features(str(tmp_path / "d1")).fingerprint == first
+    assert read_features(str(tmp_path / "copy")).fingerprint == first  # same bytes elsewhere: same data
+    assert read_features(str(tmp_path / "d1"), exclude=("a",)).fingerprint != first
+    write(tmp_path / "d1" / "x.parquet", a=[1.0, 2.0], b=[3.0, 5.0])
+    assert read_features(str(tmp_path / "d1")).fingerprint != first
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no such file or directory"),
+    (lambda p: write(p, a=pa.array([], pa.float64())), "no feature rows"),
+    (lambda p: write(p, name=["x", "y"], site=["a", "b"]), "no numeric columns besides id, site, time"),
+    (lambda p: write(p, a=[1.0, float("nan"), 3.0]), r"1 rows have NaN/inf/null values, first in column 'a' at row 1"),
+    (lambda p: write(p, a=[1.0, float("inf")]), "NaN/inf"),
+    (lambda p: write(p, a=pa.array([1.0, None])), "NaN/inf/null"),
+    (lambda p: write(p, features=[[1.0, 2.0], [1.0]]), "mixes vector lengths"),
+    (lambda p: write(p, features=[["a"], ["b"]]), "expected a list of numbers"),
+    (lambda p: p.write_bytes(b"not parquet"), "not a readable Parquet file"),
+    (lambda p: write(p, a=[1.0], site=["x"]), "no feature rows after filters"),
+])
+def test_bad_inputs_name_the_file_and_column(tmp_path, make, message):
+    path = tmp_path / "bad.parquet"
+    make(path)
+    filters = {"site": "elsewhere"} if "after filters" in message else None
+    with pytest.raises(DataError, match=message) as info:
+        read_features(str(path), filters=filters)
+    assert str(path) in str(info.value)
+
+
+def test_mixed_dimensions_across_files_name_both_files(tmp_path):
+    write(tmp_path / "ds" / "a.parquet", x=[1.0], y=[2.0])
+    write(tmp_path / "ds" / "b.parquet", x=[1.0], y=[2.0], z=[3.0])
+    with pytest.raises(DataError, match=r"b.parquet: feature columns .* \(d=3\) differ from .*a.parquet"):
+        read_features(str(tmp_path / "ds"))
+
+
+def test_filter_on_a_missing_column_or_with_a_wrong_type(tmp_path):
+    path = write(tmp_path / "t.parquet", a=[1.0, 2.0], site=["s", "t"])
+    with pytest.raises(DataError, match="filter column 'plant' not found"):
+        read_features(str(path), filters={"plant": "p"})
+    with pytest.raises(DataError, match="does not fit column 'a'"):
+        read_features(str(path), filters={"a": "text"}, exclude=("site",))
+
+
+def test_nonfinite_rows_are_dropped_and_counted_only_when_asked(tmp_path):
+    path = write(tmp_path / "t.parquet", a=[1.0, float("nan"), 3.0, 4.0], b=[1.0, 2.0, float("-inf"), 4.0])
+    features = read_features(str(path), drop_nonfinite=True)
+    assert features.rows_dropped == 2
+    np.testing.assert_array_equal(features.values, [[1, 1], [4, 4]])
+
+
+def test_reading_from_s3(s3_server, tmp_path):
+    import uuid
+
+    from pipeline.storage import Store
+
+    prefix = f"s3://flowprior-test/data-{uuid.uuid4().hex[:8]}"
+    local = write(tmp_path / "p.parquet", a=[1.0, 2.0, 3.0], site=["s1", "s2", "s1"])
+    store = Store.open(prefix)
+    store.put_file("ds/p.parquet", local)
+    features = read_features(f"{prefix}/ds", filters={"site": "s1"})
+    np.testing.assert_array_equal(features.values, [[1], [3]])
+    assert features.files == [f"{prefix}/ds/p.parquet"]
+    assert read_features(f"{prefix}/ds/*.parquet", filters={"site": "s1"}).fingerprint == features.fingerprint
+    with pytest.raises(DataError, match=f"{prefix}/nope: no such object or prefix"):
+        read_features(f"{prefix}/nope")

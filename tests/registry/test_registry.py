@@ -1,0 +1,147 @@
+import pyarrow as pa
+import pytest
+import torch
+
+from pipeline import FitConfig, FlowPrior
+from pipeline.method.checkpoint import CheckpointError
+from pipeline.registry import CORE_ALIAS, IntegrityError, Registry, RegistryError
+
+
+@pytest.fixture(scope="module")
+def tiny_prior() -> FlowPrior:
+    torch.manual_seed(0)
+    return FlowPrior.fit(torch.randn(200, 3), width=8, depth=1, fit=FitConfig(steps=2, warmup=1, log_every=1))
+
+
+def test_publish_and_load_a_prior_checks_its_hash(store, tiny_prior, tmp_path):
+    registry = Registry(store)
+    record = registry.publish_prior(tiny_prior, fingerprint="d" * 64, config={"steps": 2}, metrics={"fm": 1.5})
+    assert record.artifact == store.uri_of(f"artifacts/{record.hash}.safetensors")
+    assert registry.get(record.id) == record
+    assert registry.alias(CORE_ALIAS) == record.id
+    loaded = registry.load_prior(record.id)
+    y, t = torch.randn(4, 3), torch.rand(4)
+    assert torch.equal(loaded.velocity(y, t), tiny_prior.velocity(y, t))
+    # The same bytes published twice share one artifact; the records stay distinct.
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    first, second = (registry.register("sweep", artifact=tmp_path / "a.bin") for _ in range(2))
+    assert first.artifact == second.artifact and first.id != second.id
+    assert store.list("artifacts") == sorted([f"{record.hash}.safetensors", f"{first.hash}.bin"])
+
+
+def test_a_tampered_artifact_is_refused(store, tiny_prior, tmp_path):
+    registry = Registry(store)
+    record = registry.publish_prior(tiny_prior)
+    key = store.key_of(record.artifact)
+    data = bytearray(store.read(key))
+    data[-5] ^= 0x01
+    if store.is_local:
+        (store.backend.root / key).write_bytes(bytes(data))
+    else:  # an attacker with write access overwrites the object
+        store.backend.fs.pipe_file(f"{store.backend.root}/{key}", bytes(data))
+    with pytest.raises(IntegrityError, match=f"record {record.id}: artifact .* was changed after publishing"):
+        registry.load_prior(record.id)
+    assert issubclass(IntegrityError, ValueError) and not issubclass(IntegrityError, CheckpointError)
+
+
+def test_links_to_missing_records_and_bad_ids_are_refused(store):
+    registry = Registry(store)
+    with pytest.raises(RegistryError, match="no record 'prior-404'"):
+        registry.register("site-prior", site="s1", parents=["prior-404"])
+    with pytest.raises(ValueError, match="invalid record id"):
+        registry.get("../../etc/passwd")
+    with pytest.raises(ValueError, match="invalid site id"):
+        registry.register("encoder", site="../x", aligned_to="p")
+    assert registry.records() == []
+
+
+def build_fleet(registry: Registry) -> dict:
+    """Core v1 -> site priors and encoders for three sites; then core v2 with one site moved over."""
+    core1 = registry.register("prior", fingerprint="a" * 64, config={"v": 1})
+    s1 = registry.register("site-prior", site="s1", parents=[core1.id], fingerprint="b" * 64)
+    e1 = registry.register("encoder", site="s1", parents=[s1.id], aligned_to=s1.id)
+    e2 = registry.register("encoder", site="s2", parents=[core1.id], aligned_to=core1.id)
+    core2 = registry.register("prior", parents=[core1.id], fingerprint="c" * 64, config={"v": 2})
+    e3_old = registry.register("encoder", site="s3", aligned_to=core1.id)
+    s3 = registry.register("site-prior", site="s3", parents=[core2.id])
+    e3 = registry.register("encoder", site="s3", parents=[s3.id], aligned_to=s3.id)
+    return dict(core1=core1, s1=s1, e1=e1, e2=e2, core2=core2, e3_old=e3_old, s3=s3, e3=e3)
+
+
+def test_the_registry_answers_its_questions(store):
+    registry = Registry(store)
+    fleet = build_fleet(registry)
+    assert [r.id for r in registry.records()] == [r.id for r in fleet.values()]
+    assert {r.id for r in registry.records(kind="encoder", site="s3")} == {fleet["e3_old"].id, fleet["e3"].id}
+    assert registry.aligned("s1").id == fleet["s1"].id
+    assert registry.aligned("s3").id == fleet["s3"].id  # the current encoder, not the older one
+    assert registry.aligned("s9") is None
+    # lineage of s1's encoder: encoder -> site prior -> core v1 (with its data fingerprint)
+    assert [r.id for r in registry.lineage(fleet["e1"].id)] == [fleet[k].id for k in ("e1", "s1", "core1")]
+    assert registry.lineage(fleet["e1"].id)[-1].fingerprint == "a" * 64
+    # core v2 is current: s1 and s2 are aligned to core v1's family; s3 to core v2's
+    assert registry.alias(CORE_ALIAS) == fleet["core2"].id
+    assert {r.site for r in registry.stale()} == {"s1", "s2"}
+    assert registry.stale(prior=fleet["core1"].id) == []  # core2 descends from core1: nothing is stale
+    assert [m.target for m in registry.alias_history("encoder.s3")] == [fleet["e3_old"].id, fleet["e3"].id]
+
+
+def test_records_read_into_one_pyarrow_table(store):
+    registry = Registry(store)
+    fleet = build_fleet(registry)
+    table = registry.table()
+    assert isinstance(table, pa.Table) and table.num_rows == len(fleet)
+    assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    assert table.filter(pa.compute.equal(table["kind"], "encoder")).num_rows == 4
+    assert table["parents"].to_pylist()[1] == [fleet["core1"].id]
+
+
+def test_stale_without_a_core_prior_says_so(store):
+    with pytest.raises(RegistryError, match="no current core prior"):
+        Registry(store).stale()
+
+
+def test_alias_moves_form_a_chain(store):
+    registry = Registry(store)
+    ids = [registry.register("prior", make_current=False).id for _ in range(3)]
+    for rid in ids:
+        registry.move_alias("candidate", rid)
+    history = registry.alias_history("candidate")
+    assert [(m.version, m.target, m.previous) for m in history] == [
+        (1, ids[0], None), (2, ids[1], ids[0]), (3, ids[2], ids[1])]
+    assert registry.alias(CORE_ALIAS) is None  # make_current=False left the core alias alone
+    with pytest.raises(RegistryError, match="no record"):
+        registry.move_alias("candidate", "prior-missing")
+
+
+def test_snapshots_make_ls_read_one_object_and_never_change_its_answer(store, monkeypatch):
+    from pipeline.registry import snapshots
+
+    monkeypatch.setattr(snapshots, "COMPACT_AFTER", 3)
+    registry = Registry(store)
+    first = [registry.register("prior", config={"i": i}) for i in range(4)]
+    assert registry.records() == first  # 4 missing >= 3: this call also wrote a snapshot
+    (name,) = store.list(snapshots.SNAPSHOTS)
+    assert set(snapshots.read_latest(store)) == {r.id for r in first}
+    later = registry.register("encoder", site="s1", aligned_to=first[0].id)
+    assert registry.records() == [*first, later]  # snapshot + the one record it lacks
+    assert store.list(snapshots.SNAPSHOTS) == [name]  # 1 missing < 3: no new snapshot
+
+
+def test_a_tampered_snapshot_is_ignored(tmp_path, monkeypatch):
+    from pipeline.registry import snapshots
+    from pipeline.storage import Store
+
+    monkeypatch.setattr(snapshots, "COMPACT_AFTER", 1)
+    store = Store.open(str(tmp_path / "st"))
+    registry = Registry(store)
+    records = [registry.register("prior", metrics={"fm": 1.0}) for _ in range(2)]
+    registry.records()
+    (name,) = store.list(snapshots.SNAPSHOTS)
+    path = tmp_path / "st" / snapshots.SNAPSHOTS / name
+    forged = {r.id: r.to_json().replace(b'"fm": 1.0', b'"fm": 0.0') for r in records}
+    path.unlink()
+    snapshots.write(store, forged)
+    (tmp_path / "st" / snapshots.SNAPSHOTS / store.list(snapshots.SNAPSHOTS)[0]).rename(path)
+    assert snapshots.read_latest(store) == {}
+    assert [r.metrics for r in registry.records()] == [{"fm": 1.0}, {"fm": 1.0}]
