@@ -12,6 +12,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from pipeline.hashing import file_sha256
+
 
 @dataclass(frozen=True)
 class SourceFile:
@@ -23,11 +25,7 @@ class SourceFile:
 
     @classmethod
     def local(cls, path: str, root: str) -> "SourceFile":
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return cls(path, os.path.relpath(path, root), os.path.getsize(path), "sha256:" + h.hexdigest(), path)
+        return cls(path, os.path.relpath(path, root), os.path.getsize(path), "sha256:" + file_sha256(path), path)
 
     @classmethod
     def remote(cls, info: dict, root: str) -> "SourceFile":

@@ -19,18 +19,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from pipeline.hashing import file_sha256
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, malformed, of the wrong kind or has been changed."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_digest(kind: str, config: dict, tensors: dict[str, torch.Tensor]) -> str:

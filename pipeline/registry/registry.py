@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import pyarrow as pa
 
+from pipeline.hashing import file_sha256
 from pipeline.registry import aliases, snapshots
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.records import Record, RegistryError
@@ -42,14 +42,6 @@ def current_alias(kind: str, site: str | None) -> str | None:
     if kind in ("site-prior", "encoder") and site:
         return f"{kind}.{site}"
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Registry:
@@ -85,7 +77,7 @@ class Registry:
             path = Path(artifact)
             if not path.is_file():
                 raise RegistryError(f"artifact {path}: no such file")
-            digest = _sha256(path)
+            digest = file_sha256(path)
             key = f"{ARTIFACTS}/{digest}{''.join(path.suffixes[-1:])}"
             uri = self.store.uri_of(key)
         record = Record.new(kind, site=site, parents=parents, aligned_to=aligned_to, config=config or {},
@@ -179,7 +171,7 @@ class Registry:
             self.store.get_file(key, path)
         except FileNotFoundError:
             raise IntegrityError(f"record {record.id}: artifact {record.artifact} is missing") from None
-        found = _sha256(path)
+        found = file_sha256(path)
         if found != record.hash:
             path.unlink()
             raise IntegrityError(f"record {record.id}: artifact {record.artifact} has SHA-256 {found[:12]}... but the "
