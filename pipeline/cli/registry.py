@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from pipeline.cli.store_options import add_store_arguments, open_store
+from pipeline.cli.common import add_store_arguments, open_store
 from pipeline.registry import KINDS, Record, Registry
 
 COLUMNS = ("id", "kind", "site", "created", "links", "artifact hash", "fingerprint")

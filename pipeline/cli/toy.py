@@ -8,6 +8,8 @@ import math
 from dataclasses import fields, replace
 from pathlib import Path
 
+from pipeline.cli.common import positive
+
 # The names of pipeline.toy.targets.TARGETS, kept here so that building the CLI needs no torch.
 TARGET_NAMES = ("mog", "grid", "moons", "rings", "spiral", "swissroll")
 
@@ -27,16 +29,6 @@ def _beta(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"beta must be 'auto' or a number >= 0, got {text!r}") from None
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"beta must be 'auto' or a number >= 0, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
@@ -102,6 +94,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     for name, help_text in (("width", "velocity MLP width"), ("depth", "number of AdaLN blocks"),
                             ("fit_steps", "prior training steps"), ("align_steps", "latent optimisation steps"),
                             ("latents", "number of free latents"), ("draws", "noise draws K per latent")):
-        toy.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_positive, default=None,
+        toy.add_argument(f"--{name.replace('_', '-')}", dest=name, type=positive, default=None,
                          help=f"{help_text} (overrides the default or --quick value)")
     toy.set_defaults(handler=cmd_toy)

@@ -33,6 +33,16 @@ from pipeline.method.velocity import VelocityConfig, VelocityMLP
 CHECKPOINT_KIND = "flowprior.prior/v1"
 
 
+def fit_transform(
+    x: torch.Tensor, latent_dim: int, projection: str, normaliser: str = "global", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed map to prior space fitted on features ``x`` ``(n, d2)``: ``(P (d1, d2), mean (d1,), scale (d1,))``,
+    so that ``z = (x P^T - mean) / scale``."""
+    p = projection_matrix(projection, x, latent_dim, seed=seed)
+    mean, scale = normaliser_stats(x @ p.T, normaliser)
+    return p, mean, scale
+
+
 class FlowPrior:
     """A fitted, frozen flow prior. Build with :meth:`fit` or :meth:`load`."""
 
@@ -81,10 +91,8 @@ class FlowPrior:
         d2 = x.shape[1]
         latent_dim = d2 if latent_dim is None else latent_dim
         projection = projection or ("none" if latent_dim == d2 else "random")
-        p = projection_matrix(projection, x, latent_dim, seed=seed)
-        z_raw = x @ p.T  # (n, d1)
-        mean, scale = normaliser_stats(z_raw, normaliser)
-        z = (z_raw - mean) / scale
+        p, mean, scale = fit_transform(x, latent_dim, projection, normaliser, seed)
+        z = (x @ p.T - mean) / scale  # (n, d1)
         with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(seed)
             model = VelocityMLP(VelocityConfig(dim=latent_dim, width=width, depth=depth))

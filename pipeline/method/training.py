@@ -78,6 +78,36 @@ class EMA:
             ema_p.lerp_(p, 1 - d)
 
 
+def make_optimiser(model: torch.nn.Module, config: FitConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                             weight_decay=config.weight_decay)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    ema: EMA,
+    x_1: torch.Tensor,
+    step: int,
+    config: FitConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One optimisation step on the batch ``x_1`` ``(b, d)``: scheduled lr, ``L_FM``, clipping, EMA.
+
+    Returns the batch loss (a detached scalar tensor; no device sync is forced). ``model`` may be
+    wrapped (e.g. in DDP); the EMA follows the unwrapped module.
+    """
+    for group in optimiser.param_groups:
+        group["lr"] = config.lr_at(step)
+    loss = flow_matching_loss(model, x_1, generator=generator).mean()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimiser.step()
+    ema.update(getattr(model, "module", model), step)
+    return loss.detach()
+
+
 def fit_velocity(
     model: VelocityMLP,
     z: torch.Tensor,
@@ -88,25 +118,14 @@ def fit_velocity(
     """Fit ``model`` on prior-space data ``z`` ``(n, d)`` by flow matching; return the EMA model
     and the logged history (``step``, ``loss`` averaged since the last log, ``lr``, ``seconds``)."""
     generator = torch.Generator(device=z.device).manual_seed(seed)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-        weight_decay=config.weight_decay,
-    )
+    optimiser = make_optimiser(model, config)
     ema = EMA(model, config.ema_decay)
     history: list[dict] = []
     running, count, start = 0.0, 0, time.perf_counter()
     model.train()
     for step in range(config.steps):
-        for group in optimiser.param_groups:
-            group["lr"] = config.lr_at(step)
         idx = torch.randint(0, len(z), (config.batch_size,), generator=generator, device=z.device)
-        loss = flow_matching_loss(model, z[idx], generator=generator).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimiser.step()
-        ema.update(model, step)
-        running, count = running + loss.item(), count + 1
+        running, count = running + train_step(model, optimiser, ema, z[idx], step, config, generator).item(), count + 1
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             record = {"step": step + 1, "loss": running / count, "lr": config.lr_at(step),
                       "seconds": time.perf_counter() - start}

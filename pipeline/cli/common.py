@@ -1,4 +1,4 @@
-"""``--store`` and the S3 overrides, shared by every command that uses the store."""
+"""Arguments shared by the commands: ``--store`` with its S3 overrides, and argument types."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def open_store(args: argparse.Namespace) -> Store:
     options = S3Options.from_env(endpoint_url=args.s3_endpoint, profile=args.s3_profile, connect_timeout=timeout,
                                  read_timeout=None if timeout is None else 10 * timeout)
     return Store.open(args.store, options)
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -1,0 +1,195 @@
+"""The core prior fit as a Ray Train job (``TorchTrainer``, data-parallel), registered exactly once.
+
+    record = fit_core_prior(PriorFitSpec(features="s3://bucket/features/", latent_dim=8, workers=4),
+                            Store.open("s3://bucket/flowprior"))
+
+The driver reads and checks the features (every data error surfaces before any cluster time is
+spent), splits off held-out points, fits the fixed map to prior space (projection and
+normaliser) on the training split, and hands each worker only its shard through Ray's object
+store. Workers train by flow matching (``prior_fit_worker``); checkpoints go under the store
+(``<store>/ray-runs/<name>``), and a run restarted after a worker failure, or rerun with the same
+name, resumes from the last one. The driver then builds the prior from the EMA weights and
+registers it with its data fingerprint, settings, metrics and Ray run: once per run name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from pipeline.data import Features, read_features
+from pipeline.jobs import runtime
+from pipeline.method.prior import FlowPrior, fit_transform
+from pipeline.method.training import FitConfig
+from pipeline.method.transforms import NORMALISERS, PROJECTIONS
+from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.registry import Record, Registry
+from pipeline.storage import Store, validate_name
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PriorFitSpec:
+    """What to fit, on what, with how many workers. Defaults are the CPU-scaled paper settings."""
+
+    features: str  # Parquet file, folder or glob; local or s3://
+    feature_column: str = "features"
+    filters: dict = field(default_factory=dict)
+    drop_nonfinite: bool = False
+    latent_dim: int | None = None  # default: the feature dimension
+    projection: str | None = None  # default: none if latent_dim == feature dim, else random
+    normaliser: str = "global"
+    width: int = 256  # the paper's 1024 x 6 is for GPUs
+    depth: int = 4
+    fit: FitConfig = FitConfig()  # batch_size is the global batch, split across workers
+    workers: int = 1
+    gpu: bool = False
+    cpus_per_worker: int = 1
+    heldout_fraction: float = 0.1
+    report_every: int = 250  # steps between reports, held-out evaluations and checkpoints
+    name: str | None = None  # the Ray run name; rerun with the same name to resume
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            validate_name(self.name, "run name")
+        if self.projection is not None and self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
+        if self.normaliser not in NORMALISERS:
+            raise ValueError(f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
+        for name in ("width", "depth", "workers", "cpus_per_worker", "report_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not 0 < self.heldout_fraction < 0.5:
+            raise ValueError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
+
+    def with_name(self) -> "PriorFitSpec":
+        """This spec with a run name (a fresh unique one if none was given)."""
+        if self.name:
+            return self
+        return replace(self, name=f"prior-fit-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PreparedData:
+    """Training and held-out points in prior space, and the map that put them there."""
+
+    features: Features
+    projection_kind: str
+    projection: torch.Tensor  # (d1, d2)
+    mean: torch.Tensor  # (d1,)
+    scale: torch.Tensor  # (d1,)
+    z_train: np.ndarray  # (n_train, d1) float32
+    z_heldout: np.ndarray  # (n_heldout, d1) float32
+
+
+def prepare(spec: PriorFitSpec) -> PreparedData:
+    """Read and check the features, split off held-out rows, map both splits to prior space."""
+    features = read_features(spec.features, feature_column=spec.feature_column, filters=spec.filters,
+                             drop_nonfinite=spec.drop_nonfinite)
+    n, d2 = features.values.shape
+    n_heldout = max(1, int(round(n * spec.heldout_fraction)))
+    if n - n_heldout < 2 or n_heldout < 2:
+        raise ValueError(f"{spec.features}: {n} rows are too few to fit a prior with "
+                         f"{spec.heldout_fraction:.0%} held out (need at least 2 in each split)")
+    latent_dim = spec.latent_dim or d2
+    if spec.projection == "none" and latent_dim != d2:
+        raise ValueError(f"projection 'none' needs latent_dim == the feature dimension {d2}, got {latent_dim}")
+    if latent_dim > d2:
+        raise ValueError(f"latent_dim {latent_dim} exceeds the feature dimension {d2} of {spec.features}")
+    kind = spec.projection or ("none" if latent_dim == d2 else "random")
+    order = np.random.default_rng(spec.seed).permutation(n)
+    x = torch.from_numpy(features.values)
+    train, heldout = x[order[n_heldout:]], x[order[:n_heldout]]
+    p, mean, scale = fit_transform(train, latent_dim, kind, spec.normaliser, spec.seed)
+    to_prior = lambda v: ((v @ p.T - mean) / scale).numpy().astype(np.float32)  # noqa: E731  (n, d1)
+    return PreparedData(features, kind, p, mean, scale, to_prior(train), to_prior(heldout))
+
+
+def _check_resources(spec: PriorFitSpec, say: Progress) -> bool:
+    """Whether to use GPUs; refuses a worker count the cluster cannot hold."""
+    cpus, gpus = runtime.available("CPU"), runtime.available("GPU")
+    use_gpu = spec.gpu and gpus >= spec.workers
+    if spec.gpu and not use_gpu:
+        say(f"[prior fit] --gpu asked for {spec.workers} GPU worker(s) but the cluster has {gpus:g} GPU(s): using CPUs")
+    if spec.workers * spec.cpus_per_worker > cpus:
+        raise ValueError(f"{spec.workers} workers x {spec.cpus_per_worker} CPU need {spec.workers * spec.cpus_per_worker} "
+                         f"CPUs but the cluster has {cpus:g}; lower --workers or --cpus-per-worker")
+    return use_gpu
+
+
+def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
+                   say: Progress = print, make_current: bool = True) -> Record:
+    """Fit (or resume) the run ``spec.name`` on Ray, then register its prior; see the module docstring."""
+    spec = spec.with_name()
+    registry = Registry(store)
+    done = [r for r in registry.records(kind="prior") if r.name == spec.name]  # also checks the store answers
+    if done:
+        say(f"[prior fit] run {spec.name} is already registered as {done[0].id}")
+        return done[0]
+    data = prepare(spec)
+    say(f"[prior fit] {len(data.z_train)} training and {len(data.z_heldout)} held-out rows, "
+        f"d={data.features.dim} -> {data.z_train.shape[1]} ({data.projection_kind}); run {spec.name}")
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.jobs.prior_fit_worker import EMA_FILE, STATE_FILE, train_loop_per_worker
+
+    runtime.connect(address)
+    use_gpu = _check_resources(spec, say)
+    storage_path, storage_filesystem = runtime.storage_for(store)
+    velocity = VelocityConfig(dim=data.z_train.shape[1], width=spec.width, depth=spec.depth)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "shards": [ray.put(shard) for shard in np.array_split(data.z_train, spec.workers)],
+            "heldout": ray.put(data.z_heldout), "velocity": asdict(velocity), "fit": spec.fit.to_dict(),
+            "batch_per_worker": math.ceil(spec.fit.batch_size / spec.workers), "seed": spec.seed,
+            "report_every": spec.report_every, "threads": spec.cpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(
+            name=spec.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2), logging_config=LoggingConfig(log_level="WARNING")),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {spec.name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        weights = load_file(f"{folder}/{EMA_FILE}")
+        with open(f"{folder}/{STATE_FILE}") as f:
+            state = json.load(f)
+    model = VelocityMLP(velocity)
+    model.load_state_dict(weights)
+    history = state["history"]
+    info = {"projection": data.projection_kind, "normaliser": spec.normaliser, "seed": spec.seed,
+            "feature_dim": data.features.dim, "fit": spec.fit.to_dict(), "history": history}
+    prior = FlowPrior(model, data.projection, data.mean, data.scale, info)
+    config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
+                                            "use_gpu": use_gpu}}
+    record = registry.publish_prior(prior, fingerprint=data.features.fingerprint, config=config,
+                                    metrics={**history[-1], "train_rows": len(data.z_train),
+                                             "heldout_rows": len(data.z_heldout)},
+                                    name=spec.name, make_current=make_current)
+    say(f"[prior fit] registered {record.id} ({record.artifact})")
+    return record

@@ -1,0 +1,42 @@
+"""Connecting to Ray, and pointing Ray's storage at the store.
+
+Embedded default: with no address (flag or ``RAY_ADDRESS``) a local Ray starts in-process with
+this machine's CPUs. Production: ``ray job submit`` sets ``RAY_ADDRESS`` for the entrypoint, so
+the same command joins the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.storage import Store
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), log_to_driver=True)
+
+
+def available(resource: str) -> float:
+    """Total ``resource`` (``CPU``, ``GPU``) of the connected cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get(resource, 0.0))
+
+
+def storage_for(store: Store, folder: str = "ray-runs") -> tuple[str, object | None]:
+    """``(storage_path, storage_filesystem)`` for Ray Train / Tune runs kept under ``store``."""
+    if store.is_local:
+        return f"{store.uri}/{folder}", None
+    import pyarrow.fs
+
+    fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.backend.fs))
+    return f"{store.backend.root}/{folder}", fs

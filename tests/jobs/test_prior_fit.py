@@ -1,0 +1,135 @@
+"""The core prior fit on a real local Ray: registration, resume, failures and bad input."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.data import DataError
+from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, prepare
+from pipeline.method.training import FitConfig
+from pipeline.registry import CORE_ALIAS, Registry
+from pipeline.storage import S3Options, Store, StoreError
+
+SMALL = dict(width=32, depth=2, fit=FitConfig(steps=300, warmup=20, lr=2e-3), report_every=100)
+
+
+def test_prepare_splits_maps_and_keeps_the_fingerprint(two_blobs):
+    data = prepare(PriorFitSpec(features=str(two_blobs), heldout_fraction=0.2, **SMALL))
+    assert data.z_train.shape == (3200, 2) and data.z_heldout.shape == (800, 2)
+    z = torch.from_numpy(data.z_train)
+    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05  # the global normaliser, fitted on the train split
+    assert len(data.features.fingerprint) == 64
+    site_a = prepare(PriorFitSpec(features=str(two_blobs), filters={"site": "a"}, **SMALL))
+    assert len(site_a.z_train) + len(site_a.z_heldout) == 2000
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.parquet", "no such file or directory"),
+    (lambda d: _write(d, a=[]), "no feature rows"),
+    (lambda d: _write(d, name=["x", "y", "z"]), "no numeric columns"),
+    (lambda d: _write(d, a=[1.0, float("nan"), 2.0, 3.0]), "NaN/inf"),
+    (lambda d: _write(d, a=[1.0, 2.0, 3.0]), "too few to fit a prior"),
+])
+def test_bad_features_fail_before_any_ray_work(tmp_path, make, message):
+    import ray
+
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")), say=lambda _: None)
+    assert not ray.is_initialized() or ray.is_initialized()  # (a package fixture may have started it)
+    assert not (tmp_path / "store").exists()  # nothing written
+
+
+def _write(folder: Path, **columns) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / "bad.parquet"
+    pq.write_table(pa.table({k: pa.array(v, pa.float64() if k == "a" else None) for k, v in columns.items()}), path)
+    return path
+
+
+def test_unreachable_store_fails_before_reading_data_or_starting_ray(two_blobs):
+    store = Store.open("s3://bucket/p", S3Options(endpoint_url="http://127.0.0.1:9", retries=1, connect_timeout=1))
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="cannot list registry/records"):
+        fit_core_prior(PriorFitSpec(features=str(two_blobs), **SMALL), store, say=lambda _: None)
+    assert time.monotonic() - start < 10
+
+
+def test_invalid_specs_are_refused():
+    for kwargs, message in [({"workers": 0}, "workers must be >= 1"), ({"name": "../x"}, "invalid run name"),
+                            ({"projection": "umap"}, "unknown projection"), ({"heldout_fraction": 0.7}, "heldout")]:
+        with pytest.raises(ValueError, match=message):
+            PriorFitSpec(features="x", **kwargs)
+
+
+@pytest.mark.slow
+def test_more_workers_than_cpus_is_a_clear_error(local_ray, two_blobs, tmp_path):
+    with pytest.raises(ValueError, match="3 workers x 1 CPU need 3 CPUs but the cluster has 2"):
+        fit_core_prior(PriorFitSpec(features=str(two_blobs), workers=3, **SMALL), Store.open(str(tmp_path / "s")),
+                       say=lambda _: None)
+
+
+@pytest.mark.slow
+def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray, two_blobs, store_uri):
+    store = Store.open(store_uri)
+    lines = []
+    spec = PriorFitSpec(features=str(two_blobs), workers=2, name="core-v1", **SMALL)
+    record = fit_core_prior(spec, store, say=lines.append)
+    registry = Registry(store)
+    assert [r.id for r in registry.records()] == [record.id] and registry.alias(CORE_ALIAS) == record.id
+    assert record.name == "core-v1" and record.config["workers"] == 2
+    assert record.config["ray_run"]["path"].endswith("ray-runs/core-v1")
+    assert record.fingerprint == prepare(spec).features.fingerprint
+    assert record.metrics["step"] == 300 and record.metrics["resumes"] == 0
+    # the fit learned the two blobs: held-out FM loss well below an untrained model's, samples close to data
+    history = registry.load_prior(record.id).info["history"]
+    assert history[-1]["heldout_fm"] < 0.8 * history[0]["heldout_fm"] or history[0]["heldout_fm"] < 2.5
+    assert record.metrics["sliced_w2"] < 0.5
+    samples = registry.load_prior(record.id).sample(2000)
+    assert 0.3 < (samples[:, 0] > 0).float().mean() < 0.7  # both modes are populated
+    # rerunning the same name registers nothing new
+    again = fit_core_prior(spec, store, say=lines.append)
+    assert again.id == record.id and len(registry.records()) == 1
+    assert any("already registered" in line for line in lines)
+
+
+def _ray_train_worker_pids() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_registers_one_prior(local_ray, two_blobs, tmp_path):
+    store = Store.open(str(tmp_path / "store"))
+    runs = tmp_path / "store" / "ray-runs" / "faulty"
+    spec = PriorFitSpec(features=str(two_blobs), workers=2, name="faulty",
+                        **{**SMALL, "fit": FitConfig(steps=800, warmup=20), "report_every": 100})
+    killed = []
+
+    def kill_a_worker_after_the_first_checkpoint() -> None:  # (not a hook: watches the store from outside)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if (runs / "checkpoint_manager_snapshot.json").exists():  # a checkpoint is committed
+                pids = _ray_train_worker_pids()
+                if pids:
+                    os.kill(pids[-1], signal.SIGKILL)  # a real process death, mid-fit
+                    killed.append(pids[-1])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    record = fit_core_prior(spec, store, say=lambda _: None)
+    killer.join(timeout=5)
+    assert killed, "no worker was killed"
+    assert record.metrics["step"] == 800 and record.metrics["resumes"] >= 1
+    assert [r.id for r in Registry(store).records()] == [record.id]

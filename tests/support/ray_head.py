@@ -1,0 +1,86 @@
+"""A real Ray head node on 127.0.0.1 for the `ray job submit` tests, stopped without touching others.
+
+``ray start --head --block`` runs in a session of its own; stopping sends SIGTERM to its process
+group, then SIGKILL to whatever is left in that session (Ray's workers start their own process
+groups but stay in the session). ``ray stop`` is never used: it would kill every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support.s3server import _free_port_pair
+
+
+class RayHead:
+    def __init__(self, temp_dir: Path) -> None:
+        self.temp_dir = Path(temp_dir)
+        self.dashboard_port = _free_port_pair()
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        bin_dir = str(Path(sys.executable).parent)
+        # Token auth, as local clusters use by default; the job client needs the same token.
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                    "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, num_cpus: int = 2, timeout: float = 90) -> "RayHead":
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                f"--port={_free_port_pair()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={_free_port_pair()}", f"--num-cpus={num_cpus}",
+                f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        log = open(self.temp_dir / "head.log", "ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}; see {self.temp_dir / 'head.log'}")
+            try:
+                urllib.request.urlopen(f"{self.address}/api/version", timeout=1)
+                return self
+            except urllib.error.HTTPError:
+                return self  # the dashboard answered (401 without the token)
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Ray head did not answer within {timeout:.0f} s")
+
+    def session_pids(self) -> list[int]:
+        """Live (non-zombie) processes of the head's session."""
+        if self.process is None:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if os.getsid(int(entry)) == self.process.pid and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                        pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    def stop(self, grace: float = 10) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.process.poll() is None:
+            time.sleep(0.2)
+        for pid in self.session_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=30)
