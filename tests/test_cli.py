@@ -45,3 +45,22 @@ def test_cli_target_names_match_the_toy_targets():
     from pipeline.toy.targets import TARGETS
 
     assert list(TARGET_NAMES) == list(TARGETS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--features", "/nonexistent/x.parquet"], "no such file or directory"),
+    (["--features", "x.parquet", "--name", "../up"], "invalid run name '../up'"),
+    (["--features", "x.parquet", "--workers", "0"], "expected a positive integer"),
+    (["--features", "x.parquet", "--filter", "site"], "expected COLUMN=VALUE"),
+])
+def test_prior_fit_bad_input_fails_before_any_cluster_work(args, message, tmp_path):
+    result = run_cli("prior", "fit", *args, "--store", str(tmp_path / "store"))
+    assert result.returncode == 2 and message in result.stderr
+    assert "Started a local Ray" not in result.stdout + result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_prior_fit_help_explains_resume_and_submission():
+    result = run_cli("prior", "fit", "--help")
+    for word in ("--features", "--workers", "--gpu", "--name", "resume", "ray job submit", "--store", "--address"):
+        assert word in result.stdout

@@ -56,6 +56,7 @@ class PriorFitSpec:
     cpus_per_worker: int = 1
     heldout_fraction: float = 0.1
     report_every: int = 250  # steps between reports, held-out evaluations and checkpoints
+    eval_samples: int = 1000  # prior samples compared with held-out points at each report
     name: str | None = None  # the Ray run name; rerun with the same name to resume
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     seed: int = 0
@@ -67,7 +68,7 @@ class PriorFitSpec:
             raise ValueError(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
         if self.normaliser not in NORMALISERS:
             raise ValueError(f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
-        for name in ("width", "depth", "workers", "cpus_per_worker", "report_every"):
+        for name in ("width", "depth", "workers", "cpus_per_worker", "report_every", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latent_dim is not None and self.latent_dim < 1:
@@ -164,7 +165,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
             "shards": [ray.put(shard) for shard in np.array_split(data.z_train, spec.workers)],
             "heldout": ray.put(data.z_heldout), "velocity": asdict(velocity), "fit": spec.fit.to_dict(),
             "batch_per_worker": math.ceil(spec.fit.batch_size / spec.workers), "seed": spec.seed,
-            "report_every": spec.report_every, "threads": spec.cpus_per_worker},
+            "report_every": spec.report_every, "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(

@@ -108,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
         else:
-            metrics.update(heldout_metrics(ema.model, heldout, seed))
+            metrics.update(heldout_metrics(ema.model, heldout, seed, config["eval_samples"]))
             state = {**state, "step": step + 1, "history": [*state["history"], metrics], "seconds": metrics["seconds"]}
             say("[prior fit] " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in metrics.items()))

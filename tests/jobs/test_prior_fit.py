@@ -101,10 +101,15 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
 
 
 def _ray_train_worker_pids() -> list[int]:
-    import psutil
-
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    """Processes titled ``ray::RayTrainWorker`` (Ray Train's worker actors), from /proc."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return sorted(pids)
 
 
 @pytest.mark.slow

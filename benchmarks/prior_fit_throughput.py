@@ -1,0 +1,151 @@
+"""Prior-fitting throughput: a bare PyTorch loop vs the Ray Train job at 1 and 2 workers, side by side.
+
+    python benchmarks/prior_fit_throughput.py [--width 1024 --depth 6] [--dim 32] [--steps 60] [--json out.json]
+
+Same model (paper width by default), same data, same global batch (256), one run:
+
+* ``bare``: one process, ``train_step`` in a loop (AdamW, clipping, EMA), all cores' threads,
+  measured before and after the Ray runs (the mean is the baseline);
+* ``ray 1 worker``: ``fit_core_prior`` with 1 worker holding all cores (``cpus_per_worker``);
+* ``ray 2 workers``: 2 DDP workers with half the cores each, each on half the batch.
+
+Ray's samples/s is the median of what its workers measure between reports, after the first
+(training only; held-out evaluation and checkpointing show in the job's wall time). It also measures the achieved FLOP/s
+of the training step (FLOPs counted by ``torch.utils.flop_counter`` on one step) against the
+matmul peak measured in the same run (best of 2048^3 float32 matmuls), and prints the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
+from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
+from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.registry import Registry
+from pipeline.storage import Store
+
+BATCH = 256
+
+
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bare_loop(z: torch.Tensor, velocity: VelocityConfig, fit: FitConfig, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = VelocityMLP(velocity)
+    ema, optimiser = EMA(model, fit.ema_decay), make_optimiser(model, fit)
+    generator = torch.Generator().manual_seed(0)
+    batch = lambda: z[torch.randint(0, len(z), (BATCH,), generator=generator)]  # noqa: E731
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimiser, ema, batch(), 0, fit, generator)
+    flops = counter.get_total_flops()
+    for step in range(1, 4):  # warm-up
+        train_step(model, optimiser, ema, batch(), step, fit, generator)
+    start = time.perf_counter()
+    for step in range(4, fit.steps):
+        train_step(model, optimiser, ema, batch(), step, fit, generator).item()
+    seconds = time.perf_counter() - start
+    steps = fit.steps - 4
+    return {"samples_per_s": steps * BATCH / seconds, "step_seconds": seconds / steps, "flops_per_step": flops}
+
+
+def ray_job(data: Path, store: Path, workers: int, cpus: int, args, fit: FitConfig) -> dict:
+    spec = PriorFitSpec(features=str(data), width=args.width, depth=args.depth, fit=fit, workers=workers,
+                        cpus_per_worker=cpus, report_every=args.report_every, eval_samples=64,
+                        heldout_fraction=0.02, name=f"bench-{workers}w", max_failures=0)
+    start = time.perf_counter()
+    record = fit_core_prior(spec, Store.open(str(store)), say=lambda line: None)
+    wall = time.perf_counter() - start
+    history = Registry(Store.open(str(store))).load_prior(record.id).info["history"]
+    rates = [h["samples_per_s"] for h in history[1:]]  # the first report includes warm-up
+    return {"samples_per_s": statistics.median(rates), "wall_seconds": wall,
+            "train_seconds": history[-1]["seconds"], "reports": len(history)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--report-every", type=int, default=25)
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "prior_fit_throughput.json"))
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    fit = FitConfig(steps=args.steps, warmup=5, batch_size=BATCH)
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(20_000, args.dim)) + rng.choice([-2.0, 2.0], size=(20_000, 1))).astype(np.float32)
+    velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
+
+    results = {"settings": {**vars(args), "batch": BATCH, "cores": cores}}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "features.parquet"
+        pq.write_table(pa.table({"features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), args.dim)}),
+                       data)
+        peak = matmul_peak(cores)
+        print(f"matmul peak ({cores} threads): {peak / 1e9:.1f} GFLOP/s", flush=True)
+        z = torch.from_numpy((x - x.mean()) / x.std())
+        results["bare"] = bare_loop(z, velocity, fit, cores)
+        print(f"bare loop: {results['bare']['samples_per_s']:.0f} samples/s", flush=True)
+        import ray
+
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        results["ray_1"] = ray_job(data, Path(tmp) / "store", 1, cores, args, fit)
+        print(f"ray, 1 worker: {results['ray_1']['samples_per_s']:.0f} samples/s", flush=True)
+        results["ray_2"] = ray_job(data, Path(tmp) / "store", 2, max(1, cores // 2), args, fit)
+        print(f"ray, 2 workers: {results['ray_2']['samples_per_s']:.0f} samples/s", flush=True)
+        ray.shutdown()
+        results["bare_after"] = bare_loop(z, velocity, fit, cores)  # the machine may drift: measure again
+        print(f"bare loop again: {results['bare_after']['samples_per_s']:.0f} samples/s", flush=True)
+
+    bare = results["bare"]
+    bare["samples_per_s"] = (bare["samples_per_s"] + results["bare_after"]["samples_per_s"]) / 2
+    bare["step_seconds"] = BATCH / bare["samples_per_s"]
+    achieved = bare["flops_per_step"] / bare["step_seconds"]
+    results["flops"] = {"matmul_peak": peak, "train_step": achieved, "fraction_of_peak": achieved / peak,
+                        "flops_per_step": bare["flops_per_step"]}
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    results["machine"] = {"cpu": cpu, "cores": cores, "torch": torch.__version__, "python": platform.python_version()}
+    print(f"\nmodel {args.width} x {args.depth}, d = {args.dim}, global batch {BATCH}, {args.steps} steps")
+    print(f"{'':24} {'samples/s':>10} {'vs bare':>8} {'job wall s':>11}")
+    print(f"{'bare PyTorch loop':24} {bare['samples_per_s']:10.0f} {1.0:8.2f} {'':>11}")
+    for key, label in (("ray_1", "Ray Train, 1 worker"), ("ray_2", "Ray Train, 2 workers")):
+        r = results[key]
+        print(f"{label:24} {r['samples_per_s']:10.0f} {r['samples_per_s'] / bare['samples_per_s']:8.2f} "
+              f"{r['wall_seconds']:11.1f}")
+    print(f"\ntraining step: {bare['flops_per_step'] / 1e9:.1f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
+          f"{achieved / peak:.0%} of the measured matmul peak ({peak / 1e9:.1f} GFLOP/s)")
+    print(f"machine: {results['machine']}")
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
