@@ -7,7 +7,9 @@ Same model (paper width by default), same data, same global batch (256), one run
 * ``bare``: one process, ``train_step`` in a loop (AdamW, clipping, EMA), all cores' threads,
   measured before and after the Ray runs (the mean is the baseline);
 * ``ray 1 worker``: ``fit_core_prior`` with 1 worker holding all cores (``cpus_per_worker``);
-* ``ray 2 workers``: 2 DDP workers with half the cores each, each on half the batch.
+* ``ray 2 workers``: 2 DDP workers with half the cores each, each on half the batch;
+* ``ray task``: the bare loop inside a plain Ray task (separates Ray's worker process from
+  Ray Train's control plane).
 
 Ray's samples/s is the median of what its workers measure between reports, after the first
 (training only; held-out evaluation and checkpointing show in the job's wall time). It also measures the achieved FLOP/s
@@ -116,6 +118,9 @@ def main() -> None:
         import ray
 
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        task = ray.remote(num_cpus=cores)(bare_loop)  # the same loop in a plain Ray worker process
+        results["ray_task"] = ray.get(task.remote(z, velocity, fit, cores))
+        print(f"bare loop in a Ray task: {results['ray_task']['samples_per_s']:.0f} samples/s", flush=True)
         results["ray_1"] = ray_job(data, Path(tmp) / "store", 1, cores, args, fit)
         print(f"ray, 1 worker: {results['ray_1']['samples_per_s']:.0f} samples/s", flush=True)
         results["ray_2"] = ray_job(data, Path(tmp) / "store", 2, max(1, cores // 2), args, fit)
@@ -136,6 +141,8 @@ def main() -> None:
     print(f"\nmodel {args.width} x {args.depth}, d = {args.dim}, global batch {BATCH}, {args.steps} steps")
     print(f"{'':24} {'samples/s':>10} {'vs bare':>8} {'job wall s':>11}")
     print(f"{'bare PyTorch loop':24} {bare['samples_per_s']:10.0f} {1.0:8.2f} {'':>11}")
+    task = results["ray_task"]["samples_per_s"]
+    print(f"{'same loop in a Ray task':24} {task:10.0f} {task / bare['samples_per_s']:8.2f} {'':>11}")
     for key, label in (("ray_1", "Ray Train, 1 worker"), ("ray_2", "Ray Train, 2 workers")):
         r = results[key]
         print(f"{label:24} {r['samples_per_s']:10.0f} {r['samples_per_s'] / bare['samples_per_s']:8.2f} "

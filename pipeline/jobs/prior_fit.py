@@ -124,8 +124,12 @@ def prepare(spec: PriorFitSpec) -> PreparedData:
     return PreparedData(features, kind, p, mean, scale, to_prior(train), to_prior(heldout))
 
 
-def _check_resources(spec: PriorFitSpec, say: Progress) -> bool:
-    """Whether to use GPUs; refuses a worker count the cluster cannot hold."""
+def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
+    """Whether to use GPUs. On the embedded local Ray (fixed resources) a request it cannot hold is
+    refused and missing GPUs mean CPUs; a cluster's autoscaler may still add the nodes asked for
+    (a request it never meets fails after Ray Train's start timeouts, see ``FailureConfig``)."""
+    if not embedded:
+        return spec.gpu
     cpus, gpus = runtime.available("CPU"), runtime.available("GPU")
     use_gpu = spec.gpu and gpus >= spec.workers
     if spec.gpu and not use_gpu:
@@ -155,8 +159,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
 
     from pipeline.jobs.prior_fit_worker import EMA_FILE, STATE_FILE, train_loop_per_worker
 
-    runtime.connect(address)
-    use_gpu = _check_resources(spec, say)
+    use_gpu = _check_resources(spec, runtime.connect(address), say)
     storage_path, storage_filesystem = runtime.storage_for(store)
     velocity = VelocityConfig(dim=data.z_train.shape[1], width=spec.width, depth=spec.depth)
     trainer = TorchTrainer(

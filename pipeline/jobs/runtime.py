@@ -12,17 +12,22 @@ import os
 from pipeline.storage import Store
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
-    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance."""
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance.
+
+    Returns True for the embedded local Ray (fixed resources), False for a cluster (whose
+    autoscaler may add nodes, so its current resources are not a limit).
+    """
     import ray
 
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return not address
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), log_to_driver=True)
+    return not address
 
 
 def available(resource: str) -> float:
