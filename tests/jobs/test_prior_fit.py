@@ -138,3 +138,19 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_registers_one_prio
     assert killed, "no worker was killed"
     assert record.metrics["step"] == 800 and record.metrics["resumes"] >= 1
     assert [r.id for r in Registry(store).records()] == [record.id]
+
+
+@pytest.mark.slow
+def test_the_cli_starts_a_local_ray_and_uses_the_default_store(two_blobs, tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FLOWPRIOR_STORE")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "prior", "fit", "--features", str(two_blobs), "--steps", "100",
+         "--report-every", "50", "--width", "32", "--depth", "2", "--name", "embedded"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[prior fit] step 100" in result.stdout + result.stderr  # progress a person can follow
+    (record,) = Registry(Store.open(str(tmp_path / "flowprior-store"))).records()
+    assert record.name == "embedded" and f"prior {record.id}  run embedded" in result.stdout
