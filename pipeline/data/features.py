@@ -63,8 +63,8 @@ def _list_files(uri: str, fs, path: str) -> list[SourceFile]:
             if is_glob:
                 names = sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
             elif os.path.isdir(path):
-                names = sorted(os.path.join(d, f) for d, _, fs_ in os.walk(path) for f in fs_
-                               if f.endswith(".parquet") and not f.startswith((".", "_")))
+                names = sorted(os.path.join(folder, name) for folder, _, files in os.walk(path) for name in files
+                               if name.endswith(".parquet") and not name.startswith((".", "_")))
             elif os.path.isfile(path):
                 names = [path]
             else:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -137,8 +138,6 @@ class Registry:
 
     def table(self, kind: str | None = None, site: str | None = None) -> pa.Table:
         """The records as one pyarrow table (config and metrics as JSON text)."""
-        import json
-
         rows = [{**{k: getattr(r, k) for k in ("id", "kind", "site", "parents", "aligned_to", "artifact", "hash",
                                                 "fingerprint", "name")},
                  "created_at": r.created_at, "config": json.dumps(r.config, sort_keys=True, default=str),

@@ -17,13 +17,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support.s3server import _free_port_pair
+from tests.support.s3server import free_port_pair
 
 
 class RayHead:
     def __init__(self, temp_dir: Path) -> None:
         self.temp_dir = Path(temp_dir)
-        self.dashboard_port = _free_port_pair()
+        self.dashboard_port = free_port_pair()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         bin_dir = str(Path(sys.executable).parent)
         # Token auth, as local clusters use by default; the job client needs the same token.
@@ -34,8 +34,8 @@ class RayHead:
     def start(self, num_cpus: int = 2, timeout: float = 90) -> "RayHead":
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                f"--port={_free_port_pair()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={_free_port_pair()}", f"--num-cpus={num_cpus}",
+                f"--port={free_port_pair()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={free_port_pair()}", f"--num-cpus={num_cpus}",
                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
         log = open(self.temp_dir / "head.log", "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)

@@ -20,7 +20,7 @@ ACCESS_KEY, SECRET_KEY = "flowprior-test-key", "flowprior-test-secret"
 PORT_NAMES = ("s3.port", "master.port", "volume.port", "filer.port", "admin.port")
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     """A port p with p and p + 10000 both free (weed opens gRPC on p + 10000)."""
     for _ in range(200):
         with socket.socket() as s:
@@ -48,7 +48,7 @@ class SeaweedServer:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: _free_port_pair() for name in PORT_NAMES}
+        self.ports = {name: free_port_pair() for name in PORT_NAMES}
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.process: subprocess.Popen | None = None
         self.env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
