@@ -8,12 +8,12 @@ Every bad input raises ``DataError`` naming the source, file, column and value.
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,41 +46,31 @@ class Features:
 
 
 def _filesystem(uri: str, s3: S3Options | None):
-    """(fsspec filesystem or None for local disk, path without scheme)."""
+    """(fsspec filesystem, path without scheme, whether it is local disk)."""
     parts = urlsplit(uri)
     if parts.scheme == "s3":
-        return (s3 or S3Options.from_env()).filesystem(), f"{parts.netloc}{parts.path}".rstrip("/")
+        return (s3 or S3Options.from_env()).filesystem(), f"{parts.netloc}{parts.path}".rstrip("/"), False
     if parts.scheme not in ("", "file"):
         raise DataError(f"{uri}: unsupported URI scheme {parts.scheme!r} (use a local path, file:// or s3://)")
-    return None, os.path.expanduser(parts.path if parts.scheme == "file" else uri)
+    path = os.path.abspath(os.path.expanduser(parts.path if parts.scheme == "file" else uri))
+    return fsspec.filesystem("file"), path, True
 
 
-def _list_files(uri: str, fs, path: str) -> list[SourceFile]:
-    """The Parquet files of ``uri`` with sizes and content identity, sorted by name."""
-    is_glob = any(c in path for c in "*?[")
+def _list_files(uri: str, fs, path: str, local: bool) -> list[SourceFile]:
+    """The Parquet files of ``uri`` (a file, a folder searched recursively, or a glob) with sizes and
+    content identity, sorted by name."""
     try:
-        if fs is None:
-            if is_glob:
-                names = sorted(p for p in globlib.glob(path, recursive=True) if os.path.isfile(p))
-            elif os.path.isdir(path):
-                names = sorted(os.path.join(folder, name) for folder, _, files in os.walk(path) for name in files
-                               if name.endswith(".parquet") and not name.startswith((".", "_")))
-            elif os.path.isfile(path):
-                names = [path]
-            else:
-                raise DataError(f"{uri}: no such file or directory")
-            return [SourceFile.local(n, root=path if os.path.isdir(path) else os.path.dirname(path)) for n in names]
-        if is_glob:
-            infos = [fs.info(p) for p in sorted(fs.glob(path))]
+        if any(c in path for c in "*?["):
+            infos, root = [fs.info(p) for p in fs.glob(path)], path.rsplit("/", 1)[0]
         elif fs.isdir(path):
             infos = [i for i in fs.find(path, detail=True).values()
                      if i["name"].endswith(".parquet") and not i["name"].rsplit("/", 1)[-1].startswith((".", "_"))]
+            root = path
         elif fs.exists(path):
-            infos = [fs.info(path)]
+            infos, root = [fs.info(path)], path.rsplit("/", 1)[0]
         else:
-            raise DataError(f"{uri}: no such object or prefix")
-        root = path if not is_glob and fs.isdir(path) else path.rsplit("/", 1)[0]
-        return sorted((SourceFile.remote(i, root) for i in infos if i.get("type") != "directory"),
+            raise DataError(f"{uri}: {'no such file or directory' if local else 'no such object or prefix'}")
+        return sorted((SourceFile.of(i, root, local) for i in infos if i.get("type") == "file"),
                       key=lambda f: f.name)
     except DataError:
         raise
@@ -144,8 +134,8 @@ def read_features(
     ``drop_nonfinite`` is set: then those rows are dropped and counted in ``rows_dropped``.
     """
     filters = dict(filters or {})
-    fs, path = _filesystem(uri, s3)
-    files = _list_files(uri, fs, path)
+    fs, path, local = _filesystem(uri, s3)
+    files = _list_files(uri, fs, path, local)
     if not files:
         raise DataError(f"{uri}: no Parquet files found")
     blocks, columns, dropped, schema = [], None, 0, None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 
 from pipeline.hashing import file_sha256
@@ -24,15 +23,15 @@ class SourceFile:
     display: str  # what error messages call it
 
     @classmethod
-    def local(cls, path: str, root: str) -> "SourceFile":
-        return cls(path, os.path.relpath(path, root), os.path.getsize(path), "sha256:" + file_sha256(path), path)
-
-    @classmethod
-    def remote(cls, info: dict, root: str) -> "SourceFile":
+    def of(cls, info: dict, root: str, local: bool) -> "SourceFile":
+        """From an fsspec ``info`` dict: content is the file's SHA-256 on local disk, its ETag on S3."""
         name = info["name"]
-        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        if local:
+            content = "sha256:" + file_sha256(name)
+        else:
+            content = "etag:" + str(info.get("ETag") or info.get("etag") or "").strip('"')
         relative = name[len(root):].lstrip("/") if name.startswith(root) else name
-        return cls(name, relative, int(info.get("size") or 0), "etag:" + etag, "s3://" + name)
+        return cls(name, relative, int(info.get("size") or 0), content, name if local else "s3://" + name)
 
 
 def fingerprint(files: list[SourceFile], schema: list[tuple[str, str]], options: dict) -> str:

@@ -39,17 +39,19 @@ def _read(store: Store, alias: str, version: int) -> AliasMove:
     return AliasMove(**json.loads(store.read(_key(alias, version))))
 
 
+def _versions(store: Store, alias: str) -> list[int]:
+    return sorted(int(n.split(".")[0]) for n in store.list(f"{ALIASES}/{validate_name(alias, 'alias')}")
+                  if n.endswith(".json"))
+
+
 def latest(store: Store, alias: str) -> AliasMove | None:
-    versions = [int(n.split(".")[0]) for n in store.list(f"{ALIASES}/{validate_name(alias, 'alias')}")
-                if n.endswith(".json")]
-    return _read(store, alias, max(versions)) if versions else None
+    versions = _versions(store, alias)
+    return _read(store, alias, versions[-1]) if versions else None
 
 
 def history(store: Store, alias: str) -> list[AliasMove]:
-    names = [n for n in store.list(f"{ALIASES}/{validate_name(alias, 'alias')}") if n.endswith(".json")]
-    keys = [f"{ALIASES}/{alias}/{n}" for n in names]
-    moves = [AliasMove(**json.loads(data)) for data in store.read_many(keys)]
-    return sorted(moves, key=lambda m: m.version)
+    keys = [_key(alias, v) for v in _versions(store, alias)]
+    return [AliasMove(**json.loads(data)) for data in store.read_many(keys)]
 
 
 def names(store: Store) -> list[str]:

@@ -81,8 +81,9 @@ class Registry:
             digest = file_sha256(path)
             key = f"{ARTIFACTS}/{digest}{''.join(path.suffixes[-1:])}"
             uri = self.store.uri_of(key)
-        record = Record.new(kind, site=site, parents=parents, aligned_to=aligned_to, config=config or {},
-                            metrics=metrics or {}, fingerprint=fingerprint, artifact=uri, hash=digest, name=name)
+        fields = dict(site=site, parents=parents, aligned_to=aligned_to, config=config or {}, metrics=metrics or {},
+                      fingerprint=fingerprint, artifact=uri, hash=digest, name=name)
+        record = Record.new(kind, **fields)
         for ref in [*parents, *([aligned_to] if aligned_to else [])]:
             self.get(ref)  # refuse links to records that do not exist
         if key is not None:
@@ -95,8 +96,7 @@ class Registry:
                 self.store.create(f"{RECORDS}/{record.id}.json", record.to_json())
                 break
             except AlreadyExists:  # an id collision (same second, same 32 random bits): draw again
-                record = Record.new(kind, **{k: getattr(record, k) for k in (
-                    "site", "parents", "aligned_to", "config", "metrics", "fingerprint", "artifact", "hash", "name")})
+                record = Record.new(kind, **fields)
         alias = current_alias(kind, site)
         if make_current and alias:
             aliases.move(self.store, alias, record.id)
