@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import prior, registry, toy
+from pipeline.cli import demo, prior, registry, site, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     toy.add_parser(commands)
+    demo.add_parser(commands)
     prior.add_parser(commands)
+    site.add_parser(commands)
     registry.add_parser(commands)
     return parser
 

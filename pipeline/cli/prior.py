@@ -25,7 +25,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         filters.setdefault(column, []).append(value)
     spec = PriorFitSpec(
         features=args.features, feature_column=args.feature_column, filters=filters,
+        columns=tuple(args.columns.split(",")) if args.columns else None,
         drop_nonfinite=args.drop_nonfinite, latent_dim=args.latent_dim, projection=args.projection,
+        normaliser=args.normaliser,
         width=args.width, depth=args.depth, fit=fit, workers=args.workers, gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker, report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
@@ -51,6 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="Parquet file, folder or glob (local, file:// or s3://)")
     fit.add_argument("--feature-column", default="features",
                      help="fixed-size-list column of features; if absent, every numeric column except id/site/time")
+    fit.add_argument("--columns", metavar="A,B,...", help="numeric feature columns to use (instead of --feature-column)")
     fit.add_argument("--filter", action="append", type=_filter, metavar="COLUMN=VALUE",
                      help="keep rows whose COLUMN equals VALUE (repeat for several values or columns)")
     fit.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf (and count them) "
@@ -58,6 +61,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--latent-dim", type=positive, help="prior dimension (default: the feature dimension)")
     fit.add_argument("--projection", choices=("none", "random", "pca", "pool"),
                      help="features -> prior space (default: none if dims match, else random)")
+    fit.add_argument("--normaliser", choices=("global", "per-dim"), default="global",
+                     help="scale of prior space: one scale for all dims, or one per dim (default: %(default)s)")
     fit.add_argument("--width", type=positive, default=256, help="velocity MLP width (default: %(default)s; paper 1024)")
     fit.add_argument("--depth", type=positive, default=4, help="AdaLN blocks (default: %(default)s; paper 6)")
     fit.add_argument("--steps", type=positive, help="optimisation steps (default: 3000)")

@@ -83,8 +83,16 @@ def _apply_filters(table: pa.Table, filters: Filters, where: str) -> pa.Table:
         if column not in table.column_names:
             raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(table.column_names)})")
         values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
+        kind = table.schema.field(column).type
+        data = table[column]
+        if pa.types.is_dictionary(kind):  # e.g. a categorical site column: compare its values
+            kind, data = kind.value_type, data.cast(kind.value_type)
         try:
-            mask = pc.is_in(table[column], value_set=pa.array(values, type=table.schema.field(column).type))
+            if all(isinstance(v, str) for v in values) and not pa.types.is_string(kind):
+                value_set = pa.array(values).cast(kind)  # e.g. "2015" or "false" from a command line
+            else:
+                value_set = pa.array(values, type=kind)
+            mask = pc.is_in(data, value_set=value_set)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             raise DataError(f"{where}: filter value {wanted!r} does not fit column {column!r} "
                             f"of type {table.schema.field(column).type}") from None
@@ -113,8 +121,20 @@ def _matrix(table: pa.Table, feature_column: str, exclude: Sequence[str], where:
     if not names:
         raise DataError(f"{where}: no {feature_column!r} column and no numeric columns besides "
                         f"{', '.join(exclude)} (columns: {', '.join(table.column_names) or 'none'})")
+    return _named_columns(table, names, where)
+
+
+def _named_columns(table: pa.Table, names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+    """(n, d) float64 values of the numeric columns ``names``, in that order."""
+    if not names:
+        raise DataError(f"{where}: the list of feature columns is empty")
     values = np.empty((len(table), len(names)), dtype=np.float64)  # (n, d)
     for j, name in enumerate(names):
+        if name not in table.column_names:
+            raise DataError(f"{where}: feature column {name!r} not found (columns: {', '.join(table.column_names)})")
+        kind = table.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise DataError(f"{where}: feature column {name!r} has type {kind}; expected numbers")
         values[:, j] = table[name].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
     return values, names
 
@@ -124,6 +144,7 @@ def read_features(
     *,
     feature_column: str = "features",
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    columns: Sequence[str] | None = None,
     filters: Filters | None = None,
     drop_nonfinite: bool = False,
     s3: S3Options | None = None,
@@ -132,13 +153,14 @@ def read_features(
 
     NaN, inf and null values are rejected with the file, column and row of the first one, unless
     ``drop_nonfinite`` is set: then those rows are dropped and counted in ``rows_dropped``.
+    ``columns`` names the numeric feature columns explicitly (in that order) instead.
     """
     filters = dict(filters or {})
     fs, path, local = _filesystem(uri, s3)
     files = _list_files(uri, fs, path, local)
     if not files:
         raise DataError(f"{uri}: no Parquet files found")
-    blocks, columns, dropped, schema = [], None, 0, None
+    blocks, names_seen, dropped, schema = [], None, 0, None
     for source in files:
         where = source.display
         try:
@@ -148,11 +170,12 @@ def read_features(
         table = _apply_filters(table, filters, where)
         if table.num_rows == 0:
             continue  # an empty file (or one the filters empty) adds nothing
-        values, names = _matrix(table, feature_column, exclude, where)
-        if columns is not None and names != columns:
+        values, names = _matrix(table, feature_column, exclude, where) if columns is None else \
+            _named_columns(table, list(columns), where)
+        if names_seen is not None and names != names_seen:
             raise DataError(f"{where}: feature columns {names[:4]}... (d={len(names)}) differ from "
-                            f"{files[0].display}'s {columns[:4]}... (d={len(columns)})")
-        columns, schema = names, schema or table.schema
+                            f"{files[0].display}'s {names_seen[:4]}... (d={len(names_seen)})")
+        names_seen, schema = names, schema or table.schema
         bad = ~np.isfinite(values)
         if bad.any():
             if not drop_nonfinite:
@@ -170,8 +193,8 @@ def read_features(
         raise DataError(f"{uri}: no feature rows{detail} (the table is empty)")
     if values.shape[1] == 0:
         raise DataError(f"{uri}: column {feature_column!r} holds empty vectors")
-    digest = fingerprint(files, schema=[(c, "float") for c in columns], options={
-        "feature_column": feature_column, "exclude": sorted(exclude), "filters": filters,
-        "drop_nonfinite": drop_nonfinite})
-    return Features(values=values, columns=columns, fingerprint=digest, files=[f.display for f in files],
+    options = {"feature_column": feature_column, "exclude": sorted(exclude), "filters": filters,
+               "drop_nonfinite": drop_nonfinite, **({"columns": list(columns)} if columns is not None else {})}
+    digest = fingerprint(files, schema=[(c, "float") for c in names_seen], options=options)
+    return Features(values=values, columns=names_seen, fingerprint=digest, files=[f.display for f in files],
                     rows_dropped=dropped)

@@ -43,6 +43,7 @@ class PriorFitSpec:
 
     features: str  # Parquet file, folder or glob; local or s3://
     feature_column: str = "features"
+    columns: tuple[str, ...] | None = None  # numeric feature columns, instead of feature_column
     filters: dict = field(default_factory=dict)
     drop_nonfinite: bool = False
     latent_dim: int | None = None  # default: the feature dimension
@@ -103,8 +104,8 @@ class PreparedData:
 
 def prepare(spec: PriorFitSpec) -> PreparedData:
     """Read and check the features, split off held-out rows, map both splits to prior space."""
-    features = read_features(spec.features, feature_column=spec.feature_column, filters=spec.filters,
-                             drop_nonfinite=spec.drop_nonfinite)
+    features = read_features(spec.features, feature_column=spec.feature_column, columns=spec.columns,
+                             filters=spec.filters, drop_nonfinite=spec.drop_nonfinite)
     n, d2 = features.values.shape
     n_heldout = max(1, int(round(n * spec.heldout_fraction)))
     if n - n_heldout < 2 or n_heldout < 2:

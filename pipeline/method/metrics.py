@@ -9,6 +9,8 @@
   only as wide as ``h`` see which modes are hit but not the shape inside each mode).
 * ``sliced_wasserstein``: ``sqrt(E_theta W_2^2(theta^T y, theta^T x))`` over random directions.
 * ``spread_ratio`` and ``mode_shares``: how much latents spread and which modes they cover.
+* ``heldout_fm``: the flow-matching loss of held-out points with fixed noise (``draws`` per point).
+* ``auroc``: how well a score ranks positives above negatives (the Mann-Whitney U statistic).
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ from __future__ import annotations
 import math
 
 import torch
+
+from pipeline.method.losses import flow_matching_loss
+
+
+@torch.no_grad()
+def heldout_fm(velocity: torch.nn.Module, z: torch.Tensor, seed: int = 0, draws: int = 3) -> float:
+    """Mean ``L_FM`` of points ``z`` (n, d) over ``draws`` seeded ``(t, x_0)`` draws per point."""
+    generator = torch.Generator(device=z.device).manual_seed(seed)
+    return torch.stack([flow_matching_loss(velocity, z, generator=generator).mean() for _ in range(draws)]).mean().item()
 
 
 def _kth_neighbour_distance(a: torch.Tensor, b: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -104,3 +115,21 @@ def spread_ratio(y: torch.Tensor, x: torch.Tensor, modes: torch.Tensor | None = 
     if modes is not None:
         return within_mode_spread(y, modes) / within_mode_spread(x, modes)
     return local_spread(y) / local_spread(x[: len(y)])
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` (n,) for boolean ``labels`` (n,): the probability that a
+    random positive scores above a random negative, ties counting one half."""
+    labels = labels.bool()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"auroc needs positives and negatives, got {n_pos} and {n_neg}")
+    order = scores.double().argsort()
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    sorted_scores = scores.double()[order]
+    # average ranks over ties: group equal scores and give each the mean of its group's ranks
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    group_mean = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, ranks[order]) / counts
+    ranks[order] = group_mean[inverse]
+    return ((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()

@@ -114,9 +114,12 @@ def fit_velocity(
     config: FitConfig,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
+    evaluate: Callable[[torch.nn.Module], dict] | None = None,
 ) -> tuple[VelocityMLP, list[dict]]:
     """Fit ``model`` on prior-space data ``z`` ``(n, d)`` by flow matching; return the EMA model
-    and the logged history (``step``, ``loss`` averaged since the last log, ``lr``, ``seconds``)."""
+    and the logged history (``step``, ``loss`` averaged since the last log, ``lr``, ``seconds``,
+    plus whatever ``evaluate(ema_model)`` returns, e.g. a held-out loss). ``model`` may start
+    from trained weights (a fine-tune)."""
     generator = torch.Generator(device=z.device).manual_seed(seed)
     optimiser = make_optimiser(model, config)
     ema = EMA(model, config.ema_decay)
@@ -129,6 +132,8 @@ def fit_velocity(
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             record = {"step": step + 1, "loss": running / count, "lr": config.lr_at(step),
                       "seconds": time.perf_counter() - start}
+            if evaluate is not None:
+                record.update(evaluate(ema.model))
             history.append(record)
             if progress is not None:
                 progress(record)

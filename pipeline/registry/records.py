@@ -1,4 +1,4 @@
-"""Registry records: what one prior, site prior, encoder or sweep is, and where it came from.
+"""Registry records: what one prior, site prior, site check, encoder or sweep is, and where it came from.
 
 Typed links: ``parents`` (the prior a site prior was fine-tuned from, a refit's predecessor, ...),
 ``aligned_to`` (the prior an encoder's latents were aligned to) and ``fingerprint`` (the data it
@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from pipeline.storage.names import validate_name
 
-KINDS = ("prior", "site-prior", "encoder", "sweep")
+KINDS = ("prior", "site-prior", "site-check", "encoder", "sweep")
 SECRET_KEY = re.compile(r"secret|password|passwd|token|access.?key|credential", re.IGNORECASE)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN")
 
@@ -52,12 +52,12 @@ class Record:
             validate_name(self.name, "record name")
         for parent in self.parents:
             validate_name(parent, "parent id")
-        if self.kind in ("site-prior", "encoder") and self.site is None:
+        if self.kind in ("site-prior", "site-check", "encoder") and self.site is None:
             raise RegistryError(f"a {self.kind} record needs a site")
         if self.kind == "encoder" and self.aligned_to is None:
             raise RegistryError("an encoder record needs aligned_to (the prior its latents are aligned to)")
-        if self.kind == "site-prior" and not self.parents:
-            raise RegistryError("a site-prior record needs a parent (the prior it was derived from)")
+        if self.kind in ("site-prior", "site-check") and not self.parents:
+            raise RegistryError(f"a {self.kind} record needs a parent (the prior it was derived from or checked against)")
         if (self.artifact is None) != (self.hash is None):
             raise RegistryError("artifact and hash go together")
         _refuse_secrets({"config": self.config, "metrics": self.metrics})

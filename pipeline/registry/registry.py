@@ -40,7 +40,7 @@ def current_alias(kind: str, site: str | None) -> str | None:
     """The alias a new record of ``kind`` becomes current under: the core prior, or a site's latest."""
     if kind == "prior":
         return CORE_ALIAS
-    if kind in ("site-prior", "encoder") and site:
+    if kind in ("site-prior", "site-check", "encoder") and site:
         return f"{kind}.{site}"
     return None
 

@@ -54,3 +54,21 @@ def test_mode_shares_coverage_and_spread():
     # half the fair share (0.5 / 4 = 0.125) is enough to count as covered
     mostly = torch.cat([modes[:1].expand(130, 2), modes[1:].repeat(290, 1)])
     assert metrics.mode_coverage(mostly, modes) == 1.0
+
+
+def test_auroc_is_the_mann_whitney_statistic():
+    from scipy.stats import mannwhitneyu
+
+    from pipeline.method.metrics import auroc
+
+    labels = torch.tensor([0, 0, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    assert auroc(torch.arange(8.0), torch.arange(8) >= 4) == 1.0
+    assert auroc(-torch.arange(8.0), torch.arange(8) >= 4) == 0.0
+    assert auroc(torch.ones(8), labels) == 0.5  # all tied
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (200,), generator=g).double()  # many ties
+    labels = torch.rand(200, generator=g) < 0.3
+    expected = mannwhitneyu(scores[labels].numpy(), scores[~labels].numpy()).statistic / (int(labels.sum()) * int((~labels).sum()))
+    assert auroc(scores, labels) == pytest.approx(float(expected), abs=1e-12)
+    with pytest.raises(ValueError, match="positives and negatives"):
+        auroc(torch.ones(3), torch.zeros(3, dtype=torch.bool))

@@ -1,0 +1,135 @@
+"""Where reuse stops paying and refit starts: the numbers behind the site-check thresholds.
+
+    python benchmarks/site_decisions.py [--core-steps 2000] [--finetune-steps 1000] [--refit-steps 3000]
+
+On the bundled La Haute Borne data, in one process (the method library, no Ray), one run:
+
+1. fit the core prior on the healthy 2014 rows of all four turbines (the demo's settings);
+2. for each site -- the four turbines' healthy 2015 rows, one turbine's own 2014 held-out rows
+   (drawn from the core distribution), the same turbine's 2015 rows with its power curve degraded
+   (x0.9, x0.75, x0.5: a site that drifted) and with its columns permuted (an unrelated machine on
+   the same scale) -- measure the site check's numbers (``fm_ratio``, ``nll_gap``, ``mmd``), then
+   the held-out FM loss of (a) reusing the core, (b) fine-tuning it, (c) refitting from scratch;
+3. report, per site, how much a fine-tune gains over reuse, whether it reaches the refit's held-out
+   FM within 5% and with what fraction of the refit's steps, and where the decision falls.
+
+Writes ``benchmarks/results/site_decisions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.datasets import la_haute_borne as lhb
+from pipeline.demo.run import DemoSettings
+from pipeline.method.metrics import heldout_fm
+from pipeline.method.prior import FlowPrior
+from pipeline.method.training import FitConfig
+from pipeline.sites.decision import Thresholds, decide, measure
+from pipeline.sites.site_prior import site_fit_config, split, train_site_prior
+
+DEMO = DemoSettings()
+CORE = {"latent_dim": DEMO.latent_dim, "projection": "pca", "normaliser": "per-dim", "width": DEMO.width,
+        "depth": DEMO.depth}
+SAMPLES = 1000
+
+
+def load(filters: dict) -> np.ndarray:
+    table = pq.read_table(lhb.PARQUET)
+    mask = np.ones(table.num_rows, dtype=bool)
+    for column, value in filters.items():
+        mask &= table[column].to_numpy(zero_copy_only=False) == value
+    x = np.stack([table[c].to_numpy(zero_copy_only=False)[mask] for c in lhb.FEATURES], axis=1)  # (n, 10)
+    return x[np.isfinite(x).all(axis=1)].astype(np.float32)
+
+
+def degraded_power(x: np.ndarray, factor: float) -> np.ndarray:
+    """The rows with power scaled by ``factor`` in kW (the column is z-scored: undo, scale, redo)."""
+    scaling = json.loads(pq.read_schema(lhb.PARQUET).metadata[b"feature_scaling"])
+    mean, std = scaling["power"]
+    out = x.copy()
+    j = lhb.FEATURES.index("power")
+    out[:, j] = ((x[:, j] * std + mean) * factor - mean) / std
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--core-steps", type=int, default=DEMO.core_steps)
+    parser.add_argument("--finetune-steps", type=int, default=1000)
+    parser.add_argument("--refit-steps", type=int, default=3000)
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "site_decisions.json")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+
+    pool = load({"year": 2014, "fault": False})
+    train, held = split(len(pool), 0.1, seed=0)
+    core = FlowPrior.fit(pool[train], **CORE, fit=FitConfig(steps=args.core_steps), seed=0)
+    z_core = core.to_prior(pool[held])
+    own = measure(core, z_core, 1.0, 0.0, SAMPLES)
+    core_fm, core_nll = own["fm_site"], own["nll_site"]
+    print(f"core: {len(train)} rows, held-out FM {core_fm:.4f}, held-out kNN NLL {core_nll:.3f} "
+          f"({time.perf_counter() - started:.0f} s)")
+
+    r80711_2015 = load({"site": "R80711", "year": 2015, "fault": False})
+    rng = np.random.default_rng(0)
+    sites = {f"{t} 2015": load({"site": t, "year": 2015, "fault": False}) for t in lhb.TURBINES}
+    sites["R80711 2014 (core dist.)"] = load({"site": "R80711", "year": 2014, "fault": False})[:20000]
+    for factor in (0.9, 0.75, 0.5):
+        sites[f"R80711 2015 power x{factor}"] = degraded_power(r80711_2015, factor)
+    sites["R80711 2015 columns permuted"] = r80711_2015[:, rng.permutation(r80711_2015.shape[1])]
+    for shift in (3.0, 4.5, 6.0):  # every column moved by `shift` (pooled) standard deviations: far outside the core
+        sites[f"R80711 2015 shifted +{shift:g} sd"] = r80711_2015 + shift
+
+    rows = []
+    for name, x in sites.items():
+        tr, he = split(len(x), 0.1, seed=0)
+        z_train, z_held = core.to_prior(x[tr]), core.to_prior(x[he])
+        numbers = measure(core, z_held, core_fm, core_nll, SAMPLES)
+        runs = {}
+        for mode, steps in (("finetune", args.finetune_steps), ("refit", args.refit_steps)):
+            fit = site_fit_config(core, mode, steps, lr=3e-4, batch_size=256, log_every=50)  # lr: finetune only
+            prior = train_site_prior(core, z_train, z_held, mode, fit, seed=0)
+            runs[mode] = [(h["step"], h["heldout_fm"]) for h in prior.info["history"]]
+        refit_fm = runs["refit"][-1][1]
+        reached = next((step for step, fm in runs["finetune"] if fm <= 1.05 * refit_fm), None)
+        reached_1 = next((step for step, fm in runs["finetune"] if fm <= 1.01 * refit_fm), None)
+        row = {"site": name, "rows": len(x), **{k: numbers[k] for k in ("fm_ratio", "nll_gap", "mmd")},
+               "decision": decide(numbers, Thresholds()), "fm_reuse": numbers["fm_site"],
+               "fm_finetune": runs["finetune"][-1][1], "fm_refit": refit_fm,
+               "finetune_gain": 1 - runs["finetune"][-1][1] / numbers["fm_site"],
+               "finetune_vs_refit": runs["finetune"][-1][1] / refit_fm,
+               "reuse_vs_refit": numbers["fm_site"] / refit_fm,
+               "steps_to_refit_fm": reached, "fraction_of_refit_steps": reached / args.refit_steps if reached else None,
+               "steps_to_within_1pct": reached_1,
+               "curves": runs}
+        rows.append(row)
+        print(f"{name:30s} fm_ratio {row['fm_ratio']:.3f}  nll_gap {row['nll_gap']:+.3f}  mmd {row['mmd']:.4f}  "
+              f"-> {row['decision']:8s} | FM reuse {row['fm_reuse']:.4f} finetune {row['fm_finetune']:.4f} "
+              f"refit {refit_fm:.4f} | reuse/refit {row['reuse_vs_refit']:.3f} | finetune within 5% / 1% of refit "
+              f"at step {reached} / {reached_1} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpus": os.cpu_count(), "torch": torch.__version__},
+              "settings": {**CORE, "core_steps": args.core_steps, "finetune_steps": args.finetune_steps,
+                           "refit_steps": args.refit_steps, "samples": SAMPLES},
+              "core": {"heldout_fm": core_fm, "heldout_nll_proxy": core_nll}, "sites": rows,
+              "seconds": time.perf_counter() - started}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

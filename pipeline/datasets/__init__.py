@@ -1,0 +1,1 @@
+"""Datasets that ship with the package (no download at run time)."""

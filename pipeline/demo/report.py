@@ -1,0 +1,178 @@
+"""The demo's HTML report: one page, PNG figures beside it, every number from the registry's records."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.method.prior import FlowPrior  # noqa: E402
+from pipeline.registry import Record, Registry  # noqa: E402
+
+
+SCORE_DRAWS = 16
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def plot_decisions(checks: dict[str, Record], path: Path) -> str:
+    sites = list(checks)
+    t = next(iter(checks.values())).config["thresholds"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, lines, title in (
+        (axes[0], "fm_ratio", [(t["finetune_fm"], "finetune")], "held-out FM loss / core's own (refit above "
+                                                                f"{t['refit_fm']:g})"),
+        (axes[1], "nll_gap", [(t["finetune_nll"], "finetune")], "kNN NLL gap (nats/point)"),
+        (axes[2], "mmd", [], "MMD^2, prior samples vs site"),
+    ):
+        ax.bar(sites, [checks[s].metrics[key] for s in sites], color=["C0" if checks[s].config["decision"] == "reuse"
+                                                                      else "C1" for s in sites])
+        for value, label in lines:
+            ax.axhline(value, color="k", ls="--", lw=1)
+            ax.text(len(sites) - 0.5, value, f" {label}", va="bottom", ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, path)
+
+
+def plot_prior_fits(core: FlowPrior, site_priors: dict[str, Record], path: Path) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    history = core.info.get("history", [])
+    axes[0].plot([h["step"] for h in history], [h["train_fm"] for h in history], label="train FM")
+    axes[0].plot([h["step"] for h in history], [h["heldout_fm"] for h in history], label="held-out FM")
+    axes[0].set(title="core prior (Ray Train, 2014, all turbines)", xlabel="step", ylabel="L_FM")
+    axes[0].legend(fontsize=8)
+    for i, (site, record) in enumerate(site_priors.items()):
+        h = record.config["history"]
+        axes[1].plot([e["step"] for e in h], [e["heldout_fm"] for e in h], color=f"C{i}",
+                     label=f"{site} ({record.config['mode']})")
+        axes[1].axhline(record.metrics["heldout_fm_core"], color=f"C{i}", ls="--", lw=1)
+    axes[1].set(title="site priors: held-out FM on the site (dashed: core prior)", xlabel="step")
+    if site_priors:
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "every site reuses the core prior", ha="center", transform=axes[1].transAxes)
+    return _save(fig, path)
+
+
+def plot_alignment_curves(alignments: list, path: Path) -> str:
+    """L_align and the kNN NLL proxy of the latents during encoder training (the paper's Fig. 4)."""
+    fig, axes = plt.subplots(1, len(alignments), figsize=(3.6 * len(alignments), 3.2), squeeze=False)
+    for ax, a in zip(axes[0], alignments):
+        h = a.aligned.history
+        steps = [e["step"] for e in h]
+        ax.plot(steps, [e["l_align"] for e in h], color="C0", label="L_align")
+        ax.set(title=f"{a.record.site}, lambda={a.record.config['lambda']:g}", xlabel="step")
+        ax.set_ylabel("L_align", color="C0")
+        twin = ax.twinx()
+        twin.plot(steps, [e["knn_nll"] for e in h], color="C3", label="kNN NLL proxy")
+        twin.set_ylabel("kNN NLL proxy", color="C3")
+    return _save(fig, path)
+
+
+def plot_latents(alignments: list, priors: dict[str, FlowPrior], observations: dict[str, np.ndarray], path: Path) -> str:
+    """Latents of the aligned and the lambda = 0 encoder vs prior samples, on the prior samples' top-2 PCs."""
+    fig, axes = plt.subplots(1, len(alignments), figsize=(3.6 * len(alignments), 3.6), squeeze=False)
+    for ax, a in zip(axes[0], alignments):
+        prior = priors[a.record.site]
+        samples = prior.sample(1500, generator=torch.Generator().manual_seed(0))  # (1500, d1)
+        mean = samples.mean(0)
+        _, _, v = torch.linalg.svd(samples - mean, full_matrices=False)
+        to_2d = lambda y: ((y - mean) @ v[:2].T).numpy()  # noqa: E731  (n, d1) -> (n, 2)
+        o = torch.from_numpy(observations[a.record.site][:1500])
+        with torch.no_grad():
+            aligned, baseline = a.aligned.model.encode(o), a.baseline.model.encode(o)
+        for y, label, colour in ((samples, "prior samples", "0.6"), (baseline, "lambda = 0", "C1"),
+                                 (aligned, "aligned", "C0")):
+            p = to_2d(y)
+            ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, color=colour, label=label)
+        lim = np.abs(to_2d(samples)).max() * 1.5
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=a.record.site)
+        ax.legend(fontsize=7, markerscale=4, loc="upper right")
+    return _save(fig, path)
+
+
+def plot_tradeoff(alignments: list, path: Path) -> str:
+    """Reconstruction error vs kNN NLL proxy per site: lambda = 0 -> aligned."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, a in enumerate(alignments):
+        m = a.record.metrics
+        ax.annotate("", (m["recon"], m["knn_nll"]), (m["baseline_recon"], m["baseline_knn_nll"]),
+                    arrowprops={"arrowstyle": "->", "color": f"C{i}"})
+        ax.scatter([m["baseline_recon"]], [m["baseline_knn_nll"]], color=f"C{i}", marker="x")
+        ax.scatter([m["recon"]], [m["knn_nll"]], color=f"C{i}", label=a.record.site)
+    ax.set(xscale="log", xlabel="reconstruction error (standardised MSE)", ylabel="kNN NLL proxy of latents",
+           title="lambda = 0 (x) -> aligned (o)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows) + "</table>")
+
+
+def write_report(out: Path, registry: Registry, core: Record, checks: dict, site_priors: dict, alignments: list,
+                 priors: dict, per_site: dict, summary: dict) -> Path:
+    core_prior = registry.load_prior(core.id)
+    observations = {site: data[2015]["x"] for site, data in per_site.items()}
+    figures = {
+        "decisions": plot_decisions(checks, out / "decisions.png"),
+        "prior_fits": plot_prior_fits(core_prior, site_priors, out / "prior_fits.png"),
+        "alignment_curves": plot_alignment_curves(alignments, out / "alignment_curves.png"),
+        "latents": plot_latents(alignments, priors, observations, out / "latents.png"),
+        "tradeoff": plot_tradeoff(alignments, out / "tradeoff.png"),
+    }
+    decisions = _table(["site", "decision", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM", "check record"],
+                       [[s, c.config["decision"], c.metrics["fm_ratio"], c.metrics["nll_gap"], c.metrics["mmd"],
+                         c.metrics["fm_site"], c.metrics["fm_core"], c.id] for s, c in checks.items()])
+    encoders = _table(["site", "lambda", "recon", "recon (lambda 0)", "L_align", "L_align (lambda 0)", "kNN NLL",
+                       "kNN NLL (lambda 0)", "spread", "spread (lambda 0)", "aligned to"],
+                      [[a.record.site, a.record.config["lambda"], *[a.record.metrics[k] for k in (
+                          "recon", "baseline_recon", "l_align", "baseline_l_align", "knn_nll", "baseline_knn_nll",
+                          "spread", "baseline_spread")], a.record.aligned_to] for a in alignments])
+    fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v["recon_lambda0"], v["recon_aligned"]]
+                  for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
+    faults = _table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC recon (lambda 0)",
+                     "AUROC recon (aligned)"], fault_rows)
+    lineage = "".join(
+        f"<h3>{html.escape(a.record.site)}</h3><ul>" + "".join(
+            f"<li><code>{html.escape(r.id)}</code> ({html.escape(r.kind)}"
+            f"{', ' + html.escape(r.config.get('mode', '')) if r.kind == 'site-prior' else ''}), trained on "
+            f"<code>{html.escape((r.fingerprint or '-')[:16])}</code></li>" for r in registry.lineage(a.record.id))
+        + "</ul>" for a in alignments)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior demo: La Haute Borne</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:auto}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}}</style></head><body>
+<h1>flowprior demo: La Haute Borne wind farm</h1>
+<p>Core prior <code>{html.escape(core.id)}</code> fitted with Ray Train on the healthy 2014 readings of all four
+turbines; each turbine checked on its healthy 2015 readings, its encoder trained on all complete 2015 readings.
+Store: <code>{html.escape(registry.store.uri)}</code>. Data: ENGIE La Haute Borne open data (Etalab Open Licence 2.0).</p>
+<h2>Site decisions</h2>{decisions}<img src="{figures['decisions']}">
+<h2>Prior fits</h2><img src="{figures['prior_fits']}">
+<h2>Encoder alignment</h2>{encoders}
+<h3>L_align vs kNN NLL proxy during training</h3><img src="{figures['alignment_curves']}">
+<h3>Latents vs prior samples</h3><img src="{figures['latents']}">
+<h3>Reconstruction vs alignment</h3><img src="{figures['tradeoff']}">
+<h2>Flagging sensor faults</h2><p>Rows with physically impossible readings (temperature below -40 C, pitch outside
+[-5, 95] deg) scored by L_align of their latent under the site's prior ({SCORE_DRAWS} noise draws) and by the reconstruction
+error of the lambda = 0 autoencoder. 2014 rows were never seen by the encoders.</p>{faults}
+<h2>Lineage</h2>{lineage}
+<h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary["sites"], indent=1, default=str)[:20000])}</pre>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path.resolve()

@@ -1,0 +1,218 @@
+"""Per-site jobs: check against the core prior, fine-tune or refit a site prior, align the encoder.
+
+    check_site(spec, registry)                      # in the caller's process: reads, measures, records
+    run_sites(finetune_site, specs, store)          # one Ray task per site, in parallel
+    run_sites(align_site, specs, store, lam=1.0)
+
+Each job is an ordinary function over the method library and the registry; ``run_sites`` runs it
+as Ray tasks (1 CPU, 1 torch thread each) so many sites train at once on a cluster and two at a
+time on a 2-core laptop. Every result is registered by the task that produced it (the registry
+takes many writers), so a site that fails does not lose the others' work.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline.method.encoder import AlignConfig, EncoderRun, save_encoder, train_encoder
+from pipeline.method.metrics import heldout_fm
+from pipeline.method.prior import FlowPrior
+from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
+from pipeline.sites.decision import decide, measure
+from pipeline.sites.site_prior import site_fit_config, split, train_site_prior
+from pipeline.sites.spec import SiteSpec
+from pipeline.storage import Store
+
+Say = Callable[[str], None]
+METRIC_POINTS = 5000  # target points the encoder metrics (kNN NLL proxy, spread) compare latents with
+
+
+def _core_id(registry: Registry, prior_id: str | None) -> str:
+    prior_id = prior_id or registry.alias(CORE_ALIAS)
+    if prior_id is None:
+        raise RegistryError(f"no core prior in the registry at {registry.store.uri}; fit one with "
+                            "`flowprior prior fit` or name one with --prior")
+    return prior_id
+
+
+def _site_points(spec: SiteSpec, prior: FlowPrior):
+    """The site's target features (checked against the prior's dimension) and its train/held-out split."""
+    features = spec.target.read()
+    if features.dim != prior.feature_dim:
+        raise ValueError(f"{spec.path}: target {spec.target.uri} has {features.dim} feature columns "
+                         f"({', '.join(features.columns[:4])}...) but the prior expects {prior.feature_dim}")
+    train, heldout = split(len(features.values), spec.finetune.heldout_fraction, spec.seed)
+    return features, train, heldout
+
+
+def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, say: Say = print) -> Record:
+    """Measure how well the prior (default: the current core) explains the site's held-out target
+    features, decide reuse / finetune / refit, and record it as a ``site-check``."""
+    prior_id = _core_id(registry, prior_id)
+    record = registry.get(prior_id)
+    missing = [k for k in ("heldout_fm", "heldout_nll_proxy", "nll_samples") if record.metrics.get(k) is None]
+    if missing:
+        raise RegistryError(f"prior {prior_id} has no {', '.join(missing)} in its metrics (fitted before site "
+                            "checks existed); refit it with `flowprior prior fit`")
+    prior = registry.load_prior(prior_id)
+    features, _, heldout = _site_points(spec, prior)
+    z = prior.to_prior(features.values[heldout])  # (m, d1)
+    numbers = measure(prior, z, record.metrics["heldout_fm"], record.metrics["heldout_nll_proxy"],
+                      int(record.metrics["nll_samples"]), seed=spec.seed)
+    decision = decide(numbers, spec.thresholds)
+    check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
+                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(),
+                                      "spec": spec.path, "target": spec.target.uri},
+                              metrics={**numbers, "rows_dropped": features.rows_dropped})
+    t = spec.thresholds
+    say(f"[site {spec.site} check] {decision}: fm_ratio {numbers['fm_ratio']:.3f} (> {t.finetune_fm:g} finetunes, "
+        f"> {t.refit_fm:g} refits), nll_gap {numbers['nll_gap']:+.3f} nats (> {t.finetune_nll:g} finetunes), "
+        f"mmd {numbers['mmd']:.4f}; recorded {check.id}")
+    return check
+
+
+def latest_check(registry: Registry, site: str, prior_id: str) -> Record | None:
+    """The site's newest check against ``prior_id``."""
+    checks = [r for r in registry.records(kind="site-check", site=site) if prior_id in r.parents]
+    return checks[-1] if checks else None
+
+
+def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: str | None = None,
+                  say: Say = print) -> Record | None:
+    """Train and register a ``site-prior`` (parent: the core prior). ``mode`` ``auto`` follows the site's
+    latest check against that prior (checking first if there is none) and does nothing on ``reuse``."""
+    registry = Registry(store)
+    prior_id = _core_id(registry, prior_id)
+    if mode == "auto":
+        check = latest_check(registry, spec.site, prior_id) or check_site(spec, registry, prior_id, say)
+        mode = check.config["decision"]
+        if mode == "reuse":
+            say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
+            return None
+    core = registry.load_prior(prior_id)
+    features, train, heldout = _site_points(spec, core)
+    z_train, z_heldout = core.to_prior(features.values[train]), core.to_prior(features.values[heldout])
+    settings = spec.finetune
+    steps = settings.steps if mode == "finetune" else settings.refit_steps
+    fit = site_fit_config(core, mode, steps, settings.lr, settings.batch_size, settings.log_every)
+    say(f"[site {spec.site} {mode}] {len(z_train)} training / {len(z_heldout)} held-out rows, {steps} steps "
+        f"from {'the weights of ' if mode == 'finetune' else 'scratch in the space of '}{prior_id}")
+    progress = lambda h: say(f"[site {spec.site} {mode}] step {h['step']}/{steps}  train_fm {h['loss']:.4f}  "  # noqa: E731
+                             f"heldout_fm {h['heldout_fm']:.4f}")
+    site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
+    reuse_fm = heldout_fm(core.velocity, z_heldout, spec.seed)
+    final = site_prior.info["history"][-1]
+    record = registry.publish_prior(
+        site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
+        config={"mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
+                "history": site_prior.info["history"]},
+        metrics={"heldout_fm": final["heldout_fm"], "heldout_fm_core": reuse_fm, "steps": steps,
+                 "train_rows": len(z_train), "heldout_rows": len(z_heldout)})
+    say(f"[site {spec.site} {mode}] held-out FM {reuse_fm:.4f} (core) -> {final['heldout_fm']:.4f}; "
+        f"registered {record.id}")
+    return record
+
+
+def alignment_prior(registry: Registry, site: str, prior_id: str | None = None) -> str:
+    """The prior a site's encoder aligns to: its site prior derived from the current core prior if it
+    has one, else the core prior when its latest check said ``reuse``."""
+    if prior_id:
+        return prior_id
+    core = _core_id(registry, None)
+    site_prior = registry.alias(f"site-prior.{site}")
+    if site_prior and core in registry.get(site_prior).parents:
+        return site_prior
+    check = latest_check(registry, site, core)
+    if check is not None and check.config["decision"] != "reuse":
+        raise RegistryError(f"site {site}: its check {check.id} decided {check.config['decision']} but it has no "
+                            f"site prior from the core prior {core}; run `flowprior site finetune` first "
+                            "(or pass --prior)")
+    return core
+
+
+@dataclass
+class Alignment:
+    """An aligned encoder's record, and both runs (aligned and the lambda = 0 baseline) for reports."""
+
+    record: Record
+    aligned: EncoderRun
+    baseline: EncoderRun
+
+
+def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id: str | None = None,
+               say: Say = print) -> Alignment:
+    """Train the site's autoencoder with ``recon + lambda L_align`` against its prior, and a lambda = 0
+    baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics."""
+    registry = Registry(store)
+    prior_id = alignment_prior(registry, spec.site, prior_id)
+    prior = registry.load_prior(prior_id)
+    if spec.encoder.latent_dim is not None and spec.encoder.latent_dim != prior.latent_dim:
+        raise ValueError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior {prior_id} "
+                         f"has dimension {prior.latent_dim}")
+    observations = spec.observations.read()
+    target, _, _ = _site_points(spec, prior)
+    rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))[:METRIC_POINTS]
+    z_target = prior.to_prior(target.values[rows.numpy()])  # (<= 5000, d1)
+    config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
+    runs = {}
+    for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
+        say(f"[site {spec.site} align] {name}: lambda {run_config.lam:g}, {len(observations.values)} observations, "
+            f"{run_config.steps} steps, prior {prior_id}")
+        progress = lambda h, n=name: say(  # noqa: E731
+            f"[site {spec.site} align] {n} step {h['step']}  recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  "
+            f"knn_nll {h['knn_nll']:.3f}  spread {h['spread']:.2f}") if h["step"] % (5 * run_config.log_every) == 0 \
+            or h["step"] == run_config.steps else None
+        runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.widths,
+                                   seed=spec.seed, progress=progress)
+    aligned, baseline = runs["aligned"], runs["baseline"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_encoder(aligned.model, Path(tmp) / "encoder.safetensors",
+                            {"site": spec.site, "lambda": config.lam, "prior": prior_id})
+        record = registry.register(
+            "encoder", site=spec.site, parents=[prior_id], aligned_to=prior_id, artifact=path,
+            fingerprint=observations.fingerprint,
+            config={"lambda": config.lam, "align": config.to_dict(), "encoder": aligned.model.config.to_dict(),
+                    "spec": spec.path, "observations": spec.observations.uri,
+                    "history": aligned.history, "baseline_history": baseline.history},
+            metrics={**aligned.metrics, **{f"baseline_{k}": v for k, v in baseline.metrics.items()},
+                     "observations": len(observations.values), "rows_dropped": observations.rows_dropped})
+    say(f"[site {spec.site} align] registered {record.id}: recon {aligned.metrics['recon']:.4f} "
+        f"(lambda 0: {baseline.metrics['recon']:.4f}), knn_nll {aligned.metrics['knn_nll']:.3f} "
+        f"(lambda 0: {baseline.metrics['knn_nll']:.3f}), aligned to {prior_id}")
+    return Alignment(record, aligned, baseline)
+
+
+def _in_task(job: Callable, spec: SiteSpec, store: Store, kwargs: dict):
+    torch.set_num_threads(1)  # one CPU per task: threads beyond it only fight the other sites' tasks
+    return job(spec, store, **kwargs)
+
+
+def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str | None = None,
+              say: Say = print, **kwargs: object) -> list:
+    """``job(spec, store, **kwargs)`` for every site as parallel Ray tasks; results in ``specs`` order.
+
+    Every site runs to its end; if any failed, the first failure is raised after the rest finished
+    (their results are already registered)."""
+    import ray
+
+    from pipeline.jobs import runtime
+
+    runtime.connect(address)
+    task = ray.remote(num_cpus=1, max_retries=0)(_in_task)
+    refs = {task.remote(job, spec, store, kwargs): spec.site for spec in specs}
+    results, errors, pending = {}, [], list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            results[refs[done[0]]] = ray.get(done[0])
+        except ray.exceptions.RayTaskError as error:
+            errors.append((refs[done[0]], error.as_instanceof_cause()))
+            say(f"[site {refs[done[0]]}] failed: {errors[-1][1]}")
+    if errors:
+        raise errors[0][1]
+    return [results[spec.site] for spec in specs]

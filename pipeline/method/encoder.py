@@ -1,0 +1,208 @@
+"""A site's encoder: an MLP autoencoder whose latents ``y`` are aligned to a frozen prior (stage 2).
+
+For observations ``o`` (n, d_obs), encoder ``E`` and decoder ``D`` (``y = E(o)`` of dim d1, the
+prior's dimension), one run minimises
+
+    L(E, D) = mean_i ||D(E(o_i)) - o_i||^2 / d_obs  +  lambda * mean_i L_align(E(o_i))
+
+with ``L_align`` of :mod:`pipeline.method.losses` (K noise draws, the prior frozen). ``lambda = 0``
+is the plain autoencoder, the baseline every aligned encoder is compared with. Observations
+are standardised inside the model with the median and a robust scale (1.4826 x MAD) of the
+training rows, so a few wild sensor readings do not set the scale.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.method.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.method.inputs import as_points
+from pipeline.method.metrics import knn_nll, spread_ratio
+from pipeline.method.prior import FlowPrior
+
+CHECKPOINT_KIND = "flowprior.encoder/v1"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of an autoencoder: observation dim, latent dim (the prior's), hidden widths."""
+
+    obs_dim: int
+    latent_dim: int
+    widths: tuple[int, ...] = (128, 128)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if self.obs_dim < 1 or self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
+            raise ValueError(f"EncoderConfig needs positive dims and widths, got {self}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Stage-2 settings: the alignment weight ``lam`` (lambda), ``draws`` (K) and the optimiser."""
+
+    lam: float = 1.0
+    draws: int = 4
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    log_every: int = 100
+    eval_points: int = 2000  # held-fixed rows on which the logged metrics are measured
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lambda must be a finite number >= 0, got {self.lam!r}")
+        for name in ("draws", "steps", "batch_size", "log_every", "eval_points"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """``o -> y = E((o - centre) / scale) -> D(y) * scale + centre``."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = _mlp([config.obs_dim, *config.widths, config.latent_dim])
+        self.decoder = _mlp([config.latent_dim, *reversed(config.widths), config.obs_dim])
+        self.register_buffer("centre", torch.zeros(config.obs_dim))
+        self.register_buffer("scale", torch.ones(config.obs_dim))
+
+    def fit_scaling(self, o: torch.Tensor) -> None:
+        """Median and 1.4826 x MAD per column (1 where a column is constant)."""
+        centre = o.median(dim=0).values
+        mad = (o - centre).abs().median(dim=0).values * 1.4826
+        std = o.std(dim=0)
+        self.centre.copy_(centre)
+        self.scale.copy_(torch.where(mad > 1e-8, mad, torch.where(std > 1e-8, std, torch.ones_like(std))))
+
+    def encode(self, o: torch.Tensor) -> torch.Tensor:
+        """Latents ``(n, d1)`` of observations ``(n, d_obs)``."""
+        return self.encoder((o - self.centre) / self.scale)
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        return self.decoder(y) * self.scale + self.centre
+
+    def reconstruction_error(self, o: torch.Tensor) -> torch.Tensor:
+        """Per-row squared error ``(n,)`` in standardised units, averaged over columns."""
+        return ((self.decode(self.encode(o)) - o) / self.scale).pow(2).mean(-1)
+
+    def forward(self, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.encode(o)
+        return y, self.decode(y)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+
+@dataclass
+class EncoderRun:
+    """A trained autoencoder and what was measured along the way and at the end."""
+
+    model: Autoencoder
+    config: AlignConfig
+    history: list[dict] = field(default_factory=list)  # step, recon, l_align, knn_nll, spread (eval rows)
+    metrics: dict = field(default_factory=dict)  # the last history entry, without "step"
+
+
+@torch.no_grad()
+def evaluate(model: Autoencoder, prior: FlowPrior, o: torch.Tensor, target: torch.Tensor, draws: int = 16,
+             seed: int = 0) -> dict:
+    """Reconstruction error, ``L_align`` (fixed noise, ``draws`` draws), kNN NLL proxy of the latents
+    against target points in prior space ``target`` (m, d1), and their spread relative to the target."""
+    y = model.encode(o)
+    generator = torch.Generator(device=o.device).manual_seed(seed)
+    return {"recon": model.reconstruction_error(o).mean().item(),
+            "l_align": prior.alignment_loss(y, draws=draws, generator=generator).mean().item(),
+            "knn_nll": knn_nll(y, target).mean().item(),
+            "spread": spread_ratio(y, target)}
+
+
+def train_encoder(
+    observations,
+    prior: FlowPrior,
+    config: AlignConfig,
+    target,
+    widths: tuple[int, ...] = (128, 128),
+    seed: int = 0,
+    progress: Callable[[dict], None] | None = None,
+) -> EncoderRun:
+    """Train an autoencoder on ``observations`` (n, d_obs) with ``recon + lambda * L_align`` against
+    ``prior``; ``target`` (m, d1) are target features in prior space, used only for the logged kNN NLL
+    proxy and spread. Logs every ``config.log_every`` steps on ``config.eval_points`` fixed rows."""
+    o = as_points(observations, "observations", dtype=torch.float32)
+    target = as_points(target, "target points", dim=prior.latent_dim, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Autoencoder(EncoderConfig(o.shape[1], prior.latent_dim, widths))
+    model.fit_scaling(o)
+    evaluation_rows = o[torch.randperm(len(o), generator=generator)[: config.eval_points]]
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
+    run = EncoderRun(model, config)
+    start = time.perf_counter()
+    for step in range(config.steps):
+        batch = o[torch.randint(0, len(o), (config.batch_size,), generator=generator)]
+        y, reconstruction = model(batch)
+        recon = ((reconstruction - batch) / model.scale).pow(2).mean()
+        loss = recon
+        if config.lam > 0:
+            loss = loss + config.lam * prior.alignment_loss(y, draws=config.draws, generator=generator).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            model.eval()
+            entry = {"step": step + 1, **evaluate(model, prior, evaluation_rows, target, seed=seed),
+                     "seconds": time.perf_counter() - start}
+            model.train()
+            run.history.append(entry)
+            if progress is not None:
+                progress(entry)
+    run.metrics = {k: v for k, v in run.history[-1].items() if k not in ("step", "seconds")}
+    model.eval().requires_grad_(False)
+    return run
+
+
+def save_encoder(model: Autoencoder, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write a tensor-only checkpoint of ``model`` (see :mod:`pipeline.method.checkpoint`); returns ``path``."""
+    save_checkpoint(path, CHECKPOINT_KIND, {"encoder": model.config.to_dict(), "info": info or {}}, model.tensors())
+    return Path(path)
+
+
+def load_encoder(path: str | os.PathLike, expected_sha256: str | None = None) -> Autoencoder:
+    """Load a checkpoint written by :func:`save_encoder` (no code runs); refuses a changed file."""
+    config, tensors = load_checkpoint(path, CHECKPOINT_KIND, expected_sha256)
+    try:
+        model = Autoencoder(EncoderConfig(**config["encoder"]))
+        model.load_state_dict(tensors, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: checkpoint does not describe a valid encoder ({error})") from None
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,191 @@
+"""A site's spec (``sites/<site>.yaml``): its data, encoder, alignment and decision settings.
+
+    site: R80711
+    columns: [pitch, power, wind_speed, ...]      # feature columns, for both tables below
+    target:                                       # what the site's latents should follow
+      uri: ../pipeline/datasets/la_haute_borne.parquet   # relative to this file, or s3://...
+      filters: {site: R80711, year: 2015, fault: false}
+      drop_nonfinite: true
+    observations:                                 # what the site's encoder encodes
+      uri: ../pipeline/datasets/la_haute_borne.parquet
+      filters: {site: R80711, year: 2015}
+      drop_nonfinite: true
+    encoder: {latent_dim: 4, widths: [128, 128]}
+    alignment: {lambda: 1.0, draws: 4, steps: 2000}
+    finetune: {steps: 1000, lr: 0.0003}
+    thresholds: {finetune_fm: 1.15, finetune_nll: 1.0, refit_fm: 25}   # the defaults (in code)
+
+Everything but ``site``, ``target`` and ``observations`` has defaults. Loading validates once, at
+the edge: an unknown key, a wrong type or a bad value is a ``SpecError`` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from pipeline.method.encoder import AlignConfig
+from pipeline.sites.decision import Thresholds
+from pipeline.storage import validate_name
+
+
+class SpecError(ValueError):
+    """A site spec that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A Parquet table (file, folder or glob; local or s3://) and the rows and columns to use."""
+
+    uri: str
+    filters: dict = field(default_factory=dict)
+    columns: tuple[str, ...] | None = None  # numeric feature columns (else feature_column / all numeric)
+    feature_column: str = "features"
+    drop_nonfinite: bool = False
+
+    def read(self):
+        from pipeline.data import read_features
+
+        return read_features(self.uri, feature_column=self.feature_column, columns=self.columns,
+                             filters=self.filters, drop_nonfinite=self.drop_nonfinite)
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    latent_dim: int | None = None  # must equal the prior's dimension; None: take the prior's
+    widths: tuple[int, ...] = (128, 128)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Site prior training: ``steps`` from the core's weights (finetune) or ``refit_steps`` from scratch."""
+
+    steps: int = 1000
+    refit_steps: int = 3000
+    lr: float = 3e-4  # finetune; a refit uses the core fit's lr
+    batch_size: int = 256
+    heldout_fraction: float = 0.1
+    log_every: int = 100
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    site: str
+    target: DataSource
+    observations: DataSource
+    encoder: EncoderSettings = EncoderSettings()
+    alignment: AlignConfig = AlignConfig()
+    finetune: FinetuneSettings = FinetuneSettings()
+    thresholds: Thresholds = Thresholds()
+    seed: int = 0
+    path: str | None = None  # the YAML it came from
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SCALARS = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}
+
+
+def _typed(value: Any, kind: str, where: str) -> Any:
+    """``value`` checked against a field's annotation ``kind``: a scalar, ``dict``,
+    ``tuple[int|str, ...]``, or any of those ``| None``."""
+    optional = kind.endswith(" | None")
+    kind = kind.removesuffix(" | None")
+    if value is None:
+        if optional:
+            return None
+        raise SpecError(f"{where}: a value is required")
+    if kind.startswith("tuple["):
+        if not isinstance(value, list) or not value:
+            raise SpecError(f"{where}: expected a non-empty list, got {value!r}")
+        inner = kind[len("tuple["):].split(",")[0]
+        return tuple(_typed(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    python = SCALARS[kind]
+    if python is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, python) or (python is int and isinstance(value, bool)):
+        raise SpecError(f"{where}: expected {kind}, got {value!r}")
+    return value
+
+
+def _section(cls: type, data: Any, where: str, renames: dict[str, str] | None = None, **extra: Any) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping: unknown keys, wrong types and bad values are errors."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping, got {data!r}")
+    renames = renames or {}
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = dict(extra)
+    for key, value in data.items():
+        name = renames.get(key, key)
+        if name not in hints or name in extra:
+            spelled = {v: k for k, v in renames.items()}
+            known = sorted(spelled.get(h, h) for h in hints if h not in extra)
+            raise SpecError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+        values[name] = _typed(value, hints[name], f"{where}.{key}")
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise SpecError(f"{where}: {error}") from None
+    except ValueError as error:
+        raise SpecError(f"{where}: {error}") from None
+
+
+def _resolve(uri: str, base: Path) -> str:
+    """A relative local path is taken relative to the spec's folder; URIs stay as they are."""
+    if urlsplit(uri).scheme or os.path.isabs(os.path.expanduser(uri)):
+        return uri
+    return str((base / uri).resolve())
+
+
+def load_site_spec(path: str | os.PathLike) -> SiteSpec:
+    """Read and validate ``path`` (see the module docstring)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such site spec") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SpecError(f"{path}: not readable YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    top = {"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds", "seed"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise SpecError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(top))})")
+    for key in ("site", "target", "observations"):
+        if key not in data:
+            raise SpecError(f"{path}: missing key {key!r}")
+    site = _typed(data["site"], "str", f"{path}: site")
+    try:
+        validate_name(site, "site id")
+    except ValueError as error:
+        raise SpecError(f"{path}: site: {error}") from None
+    columns = _typed(data["columns"], "tuple[str, ...]", f"{path}: columns") if "columns" in data else None
+    sources = {}
+    for key in ("target", "observations"):
+        source = _section(DataSource, data[key], f"{path}: {key}")
+        source = dataclasses.replace(source, uri=_resolve(source.uri, path.parent),
+                                     columns=source.columns or columns)
+        sources[key] = source
+    encoder = _section(EncoderSettings, data.get("encoder", {}), f"{path}: encoder")
+    if encoder.latent_dim is not None and encoder.latent_dim < 1 or min(encoder.widths) < 1:
+        raise SpecError(f"{path}: encoder: latent_dim and widths must be positive, got {encoder}")
+    finetune = _section(FinetuneSettings, data.get("finetune", {}), f"{path}: finetune")
+    for name in ("steps", "refit_steps", "batch_size", "log_every"):
+        if getattr(finetune, name) < 1:
+            raise SpecError(f"{path}: finetune.{name} must be >= 1, got {getattr(finetune, name)}")
+    if not finetune.lr > 0 or not 0 < finetune.heldout_fraction < 0.5:
+        raise SpecError(f"{path}: finetune: lr must be > 0 and heldout_fraction in (0, 0.5), got {finetune}")
+    return SiteSpec(
+        site=site, target=sources["target"], observations=sources["observations"], encoder=encoder,
+        alignment=_section(AlignConfig, data.get("alignment", {}), f"{path}: alignment", renames={"lambda": "lam"}),
+        finetune=finetune,
+        thresholds=_section(Thresholds, data.get("thresholds", {}), f"{path}: thresholds"),
+        seed=_typed(data.get("seed", 0), "int", f"{path}: seed"), path=str(path))

@@ -1,0 +1,57 @@
+"""The one-command demo, CI-sized, on a real local Ray: decisions, registry answers, report, staleness."""
+
+import json
+import re
+
+import pytest
+
+from pipeline.datasets import la_haute_borne as lhb
+from pipeline.demo.run import DemoSettings, run_demo
+from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
+from pipeline.method.training import FitConfig
+from pipeline.registry import Registry
+from pipeline.storage import Store
+from tests.jobs.test_sites import flowprior
+
+
+@pytest.mark.slow
+def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(local_ray, tmp_path, capsys):
+    summary = run_demo(DemoSettings(out=tmp_path / "demo", quick=True))
+    store_uri = summary["store"]
+    registry = Registry(Store.open(store_uri))
+    core = registry.alias("core")
+    assert summary["core"]["id"] == core and set(summary["sites"]) == set(lhb.TURBINES)
+
+    for site, s in summary["sites"].items():
+        check = registry.get(s["check"])
+        assert check.parents == [core] and check.config["decision"] == s["decision"]
+        # a site prior exactly where the decision asked for one, and the encoder aligned to the right prior
+        if s["decision"] == "reuse":
+            assert s["site_prior"] is None and s["aligned_to"] == core
+        else:
+            assert registry.get(s["site_prior"]).parents == [core] and s["aligned_to"] == s["site_prior"]
+        encoder = registry.get(s["encoder"])
+        assert encoder.aligned_to == s["aligned_to"] and encoder.metrics["baseline_recon"] is not None
+
+        code, out, _ = flowprior(capsys, "registry", "aligned", site, "--json", "--store", store_uri)
+        assert code == 0 and [r["id"] for r in json.loads(out)] == [s["aligned_to"]]
+
+    pooled = summary["faults_auroc"]["2015"]["all"]
+    assert pooled["faults"] == 16 and 0 <= pooled["l_align"] <= 1 and 0 <= pooled["recon_lambda0"] <= 1
+    assert summary["faults_auroc"]["2014"]["all"]["faults"] == 61
+
+    page = (tmp_path / "demo" / "report.html").read_text()
+    for image in re.findall(r'<img src="([^"]+)"', page):
+        assert (tmp_path / "demo" / image).stat().st_size > 1000
+    assert len(re.findall(r"<img ", page)) == 5 and "Lineage" in page and core in page
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["core"]["id"] == core
+    code, out, _ = flowprior(capsys, "registry", "stale", "--json", "--store", store_uri)
+    assert code == 0 and json.loads(out) == []
+    new_core = fit_core_prior(PriorFitSpec(features=str(lhb.PARQUET), columns=lhb.FEATURES, drop_nonfinite=True,
+                                           latent_dim=7, projection="pca", width=32, depth=2,
+                                           fit=FitConfig(steps=20, warmup=5), report_every=20),
+                              Store.open(store_uri), say=lambda _: None)
+    assert registry.alias("core") == new_core.id
+    code, out, _ = flowprior(capsys, "registry", "stale", "--json", "--store", store_uri)
+    stale = json.loads(out)
+    assert sorted(r["site"] for r in stale) == sorted(lhb.TURBINES)

@@ -1,0 +1,109 @@
+"""Per-site jobs on a real local Ray, through the real command line, on both store backends."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.datasets import la_haute_borne as lhb
+from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
+from pipeline.method.training import FitConfig
+from pipeline.registry import Registry
+from pipeline.storage import Store
+
+SITE = "R80711"
+CORE = dict(features=str(lhb.PARQUET), columns=lhb.FEATURES, filters={"year": 2014, "fault": False},
+            drop_nonfinite=True, latent_dim=4, projection="pca", normaliser="per-dim", width=32, depth=2,
+            fit=FitConfig(steps=150, warmup=20, lr=2e-3), report_every=75)
+
+
+def small_spec(tmp_path: Path, **overrides) -> Path:
+    """The shipped spec of R80711 with a few dozen steps everywhere (and any overrides)."""
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "sites" / f"{SITE}.yaml").read_text())
+    for section in ("target", "observations"):
+        data[section]["uri"] = str(lhb.PARQUET)
+    data["finetune"] = {"steps": 60, "refit_steps": 60, "log_every": 30}
+    data["alignment"] = {"lambda": 1.0, "steps": 60, "log_every": 30, "eval_points": 500}
+    data.update(overrides)
+    path = tmp_path / f"{SITE}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def flowprior(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process; stdout without the lines Ray streams from its workers (which may
+    arrive late, in the middle of a later command's output)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    ours = [line for line in out.out.splitlines(keepends=True) if not RAY_LOG.match(line)]
+    return code, "".join(ours), out.err
+
+
+RAY_LOG = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
+
+
+@pytest.fixture
+def core_store(local_ray, store_uri):
+    core = fit_core_prior(PriorFitSpec(**CORE), Store.open(store_uri), say=lambda _: None)
+    return store_uri, core
+
+
+@pytest.mark.slow
+def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
+    store_uri, core = core_store
+    spec = str(small_spec(tmp_path))
+    registry = Registry(Store.open(store_uri))
+
+    code, out, _ = flowprior(capsys, "site", "check", spec, "--json", "--store", store_uri)
+    (check,) = json.loads(out)
+    assert code == 0 and check["site"] == SITE and check["prior"] == core.id
+    assert check["decision"] in ("reuse", "finetune", "refit") and check["fm_ratio"] > 0
+    (record,) = registry.records(kind="site-check", site=SITE)
+    assert record.id == check["check"] and record.config["decision"] == check["decision"]
+
+    code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri)
+    (site_prior,) = registry.records(kind="site-prior", site=SITE)
+    assert code == 0 and site_prior.parents == [core.id] and site_prior.config["mode"] == "finetune"
+    assert site_prior.id in out and [h["step"] for h in site_prior.config["history"]] == [30, 60]
+    assert registry.load_prior(site_prior.id).latent_dim == 4
+
+    code, out, _ = flowprior(capsys, "site", "align", spec, "--lambda", "2", "--store", store_uri)
+    (encoder,) = registry.records(kind="encoder", site=SITE)
+    assert code == 0 and encoder.aligned_to == site_prior.id and encoder.config["lambda"] == 2.0
+    for name in ("recon", "l_align", "knn_nll", "spread"):
+        assert encoder.metrics[name] is not None and encoder.metrics[f"baseline_{name}"] is not None
+    assert encoder.metrics["l_align"] < encoder.metrics["baseline_l_align"]
+    code, out, _ = flowprior(capsys, "registry", "aligned", SITE, "--json", "--store", store_uri)
+    assert [r["id"] for r in json.loads(out)] == [site_prior.id]
+
+
+@pytest.mark.slow
+def test_auto_mode_follows_the_check_and_align_refuses_a_missing_site_prior(local_ray, tmp_path, capsys):
+    store_uri = str(tmp_path / "store")
+    fit_core_prior(PriorFitSpec(**CORE), Store.open(store_uri), say=lambda _: None)
+    reuse = str(small_spec(tmp_path, thresholds={"finetune_fm": 100.0, "finetune_nll": 100.0, "refit_fm": 200.0}))
+    code, out, _ = flowprior(capsys, "site", "finetune", reuse, "--store", store_uri)
+    assert code == 0 and "reuse" in out and Registry(Store.open(store_uri)).records(kind="site-prior") == []
+
+    forced = tmp_path / "forced"
+    forced.mkdir()
+    finetune = str(small_spec(forced, thresholds={"finetune_fm": 0.01, "finetune_nll": -100.0}))
+    assert flowprior(capsys, "site", "check", finetune, "--store", store_uri)[0] == 0
+    code, _, err = flowprior(capsys, "site", "align", finetune, "--store", store_uri)
+    assert code == 2 and "decided finetune" in err and "run `flowprior site finetune` first" in err
+    assert Registry(Store.open(store_uri)).records(kind="encoder") == []
+
+
+def test_a_spec_whose_columns_do_not_fit_the_prior_is_refused(local_ray, tmp_path, capsys):
+    store_uri = str(tmp_path / "store")
+    fit_core_prior(PriorFitSpec(**{**CORE, "fit": FitConfig(steps=20, warmup=5)}, ), Store.open(store_uri),
+                   say=lambda _: None)
+    spec = str(small_spec(tmp_path, columns=["pitch", "power", "wind_speed"]))
+    code, _, err = flowprior(capsys, "site", "check", spec, "--store", store_uri)
+    assert code == 2 and "has 3 feature columns" in err and "expects 10" in err
+    code, _, err = flowprior(capsys, "site", "check", spec, "--store", str(tmp_path / "empty"))
+    assert code == 2 and "no core prior" in err

@@ -1,0 +1,74 @@
+"""Site specs: the shipped ones load and read; every kind of bad spec is refused naming file and key."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.datasets import la_haute_borne as lhb
+from pipeline.sites import SpecError, Thresholds, load_site_spec
+
+SITES = Path(__file__).resolve().parents[2] / "sites"
+GOOD = """\
+site: plant-7
+columns: [a, b]
+target: {uri: data.parquet, filters: {line: 2}}
+observations: {uri: s3://bucket/obs/, drop_nonfinite: true}
+encoder: {latent_dim: 2, widths: [16, 8]}
+alignment: {lambda: 0.5, steps: 10}
+thresholds: {finetune_fm: 1.2}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_specs_load_and_their_data_reads():
+    specs = [load_site_spec(p) for p in sorted(SITES.glob("*.yaml"))]
+    assert [s.site for s in specs] == list(lhb.TURBINES)
+    for spec in specs:
+        assert Path(spec.target.uri) == lhb.PARQUET and spec.target.columns == lhb.FEATURES
+        assert spec.target.filters == {"site": spec.site, "year": 2015, "fault": False}
+    target, observations = specs[0].target.read(), specs[0].observations.read()
+    assert target.values.shape[1] == len(lhb.FEATURES)
+    assert len(observations.values) - len(target.values) == 6  # R80711's six 2015 fault rows are observations only
+
+
+def test_a_spec_resolves_relative_paths_and_keeps_defaults(tmp_path):
+    spec = load_site_spec(write(tmp_path, GOOD))
+    assert spec.site == "plant-7" and spec.target.uri == str(tmp_path / "data.parquet")
+    assert spec.observations.uri == "s3://bucket/obs/" and spec.observations.columns == ("a", "b")
+    assert spec.alignment.lam == 0.5 and spec.alignment.steps == 10 and spec.alignment.draws == 4
+    assert spec.encoder.widths == (16, 8) and spec.thresholds == Thresholds(finetune_fm=1.2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("site: plant-7", "site: ../etc"), "site"),
+    (("site: plant-7\n", ""), "missing key 'site'"),
+    (("alignment: {lambda: 0.5", "alignment: {lambda: high"), "alignment.lambda: expected float"),
+    (("alignment: {lambda: 0.5", "alignment: {lambda: -1"), "lambda must be a finite number >= 0"),
+    (("alignment: {lambda: 0.5", "alignment: {lamda: 0.5"), "unknown key 'lamda' (known: batch_size, draws, "
+                                                            "eval_points, lambda"),
+    (("thresholds: {finetune_fm: 1.2}", "thresholds: {refit_fm: 0.1}"), "refit_fm (0.1) must be >= finetune_fm"),
+    (("widths: [16, 8]", "widths: [16, 0]"), "encoder"),
+    (("widths: [16, 8]", "widths: 16"), "encoder.widths: expected a non-empty list"),
+    (("columns: [a, b]", "colums: [a, b]"), "unknown key 'colums'"),
+    (("target: {uri: data.parquet", "target: {path: data.parquet"), "target: unknown key 'path'"),
+    (("encoder: {latent_dim: 2", "encoder: {latent_dim: true"), "encoder.latent_dim: expected int"),
+])
+def test_bad_specs_name_the_file_and_the_key(tmp_path, change, message):
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(SpecError, match="site.yaml") as error:
+        load_site_spec(path)
+    assert message in str(error.value)
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(SpecError, match="no such site spec"):
+        load_site_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="not readable YAML"):
+        load_site_spec(write(tmp_path, "site: [unclosed"))
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_site_spec(write(tmp_path, "- a list"))
