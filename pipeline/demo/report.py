@@ -17,7 +17,7 @@ from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.registry import Record, Registry  # noqa: E402
 
 
-SCORE_DRAWS = 16
+SCORE_DRAWS = 8  # noise draws per row when scoring readings by L_align
 
 
 def _save(fig, path: Path) -> str:
@@ -75,7 +75,8 @@ def plot_alignment_curves(alignments: list, path: Path) -> str:
         steps = [e["step"] for e in h]
         ax.plot(steps, [e["l_align"] for e in h], color="C0", label="L_align")
         ax.set(title=f"{a.record.site}, lambda={a.record.config['lambda']:g}", xlabel="step")
-        ax.set_ylabel("L_align", color="C0")
+        ax.set_ylabel("L_align (mean over evaluation rows)", color="C0")
+        ax.set_yscale("log")
         twin = ax.twinx()
         twin.plot(steps, [e["knn_nll"] for e in h], color="C3", label="kNN NLL proxy")
         twin.set_ylabel("kNN NLL proxy", color="C3")
@@ -139,11 +140,13 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
     decisions = _table(["site", "decision", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM", "check record"],
                        [[s, c.config["decision"], c.metrics["fm_ratio"], c.metrics["nll_gap"], c.metrics["mmd"],
                          c.metrics["fm_site"], c.metrics["fm_core"], c.id] for s, c in checks.items()])
-    encoders = _table(["site", "lambda", "recon", "recon (lambda 0)", "L_align", "L_align (lambda 0)", "kNN NLL",
-                       "kNN NLL (lambda 0)", "spread", "spread (lambda 0)", "aligned to"],
+    encoders = _table(["site", "lambda", "recon", "recon (lambda 0)", "median recon", "median recon (lambda 0)",
+                       "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)",
+                       "spread", "spread (lambda 0)", "aligned to"],
                       [[a.record.site, a.record.config["lambda"], *[a.record.metrics[k] for k in (
-                          "recon", "baseline_recon", "l_align", "baseline_l_align", "knn_nll", "baseline_knn_nll",
-                          "spread", "baseline_spread")], a.record.aligned_to] for a in alignments])
+                          "recon", "baseline_recon", "recon_median", "baseline_recon_median", "l_align",
+                          "baseline_l_align", "knn_nll", "baseline_knn_nll", "target_knn_nll", "spread",
+                          "baseline_spread")], a.record.aligned_to] for a in alignments])
     fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v["recon_lambda0"], v["recon_aligned"]]
                   for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
     faults = _table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC recon (lambda 0)",

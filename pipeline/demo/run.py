@@ -30,6 +30,7 @@ from pipeline.demo import SITES
 from pipeline.demo.report import SCORE_DRAWS, write_report
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
 from pipeline.jobs.sites import Alignment, align_site, check_site, finetune_site, run_sites
+from pipeline.method.encoder import Autoencoder
 from pipeline.method.metrics import auroc
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
@@ -56,6 +57,10 @@ class DemoSettings:
         if not paths:
             raise ValueError(f"{self.sites}: no site specs (*.yaml)")
         specs = [load_site_spec(p) for p in paths]
+        unknown = [s.site for s in specs if s.site not in lhb.TURBINES]
+        if unknown:
+            raise ValueError(f"{self.sites}: the demo runs the La Haute Borne turbines ({', '.join(lhb.TURBINES)}); "
+                             f"{', '.join(unknown)} is not one (use `flowprior site ...` for other sites)")
         if not self.quick:
             return specs
         return [replace(s, finetune=replace(s.finetune, steps=100, refit_steps=200, log_every=50),
@@ -72,17 +77,16 @@ def _rows(site: str, year: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def fault_scores(alignment: Alignment, prior: FlowPrior, x: np.ndarray, seed: int = 0,
+def fault_scores(encoder: Autoencoder, prior: FlowPrior, x: np.ndarray, seed: int = 0,
                  chunk: int = 4096) -> dict[str, np.ndarray]:
-    """Per-row anomaly scores: ``L_align`` of the aligned latent, and both encoders' reconstruction errors."""
+    """Per-row anomaly scores of readings ``x`` (n, d_obs): ``L_align`` of the encoder's latent under
+    ``prior`` (``SCORE_DRAWS`` draws, fixed noise) and the reconstruction error, each (n,)."""
     generator = torch.Generator().manual_seed(seed)
-    parts: dict[str, list] = {"l_align": [], "recon_aligned": [], "recon_lambda0": []}
-    for start in range(0, len(x), chunk):  # bounded memory: rows x draws x width at a time
+    parts: dict[str, list] = {"l_align": [], "recon": []}
+    for start in range(0, len(x), chunk):  # bounded memory: chunk x draws x width at a time
         o = torch.from_numpy(x[start:start + chunk])
-        y = alignment.aligned.model.encode(o)
-        parts["l_align"].append(prior.alignment_loss(y, draws=SCORE_DRAWS, generator=generator))
-        parts["recon_aligned"].append(alignment.aligned.model.reconstruction_error(o))
-        parts["recon_lambda0"].append(alignment.baseline.model.reconstruction_error(o))
+        parts["l_align"].append(prior.alignment_loss(encoder.encode(o), draws=SCORE_DRAWS, generator=generator))
+        parts["recon"].append(encoder.reconstruction_error(o))
     return {name: torch.cat(p).numpy() for name, p in parts.items()}
 
 
@@ -142,8 +146,11 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
         per_site[spec.site] = {}
         for year in (2015, 2014):
             x, labels = _rows(spec.site, year)
-            per_site[spec.site][year] = {"x": x, "labels": labels,
-                                         "scores": fault_scores(alignment, prior, x, spec.seed)}
+            aligned = fault_scores(alignment.aligned.model, prior, x, spec.seed)
+            with torch.no_grad():
+                recon_lambda0 = alignment.baseline.model.reconstruction_error(torch.from_numpy(x)).numpy()
+            scores = {"l_align": aligned["l_align"], "recon_aligned": aligned["recon"], "recon_lambda0": recon_lambda0}
+            per_site[spec.site][year] = {"x": x, "labels": labels, "scores": scores}
     faults = _auroc_table(per_site)
     timings["scoring"] = time.perf_counter() - started - sum(timings.values())
 
@@ -168,13 +175,14 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
 
 def format_summary(summary: dict) -> str:
     lines = [f"{'site':8s} {'decision':9s} {'fm_ratio':>8s} {'nll_gap':>8s} {'prior':>10s} {'recon':>7s} "
-             f"{'recon@0':>7s} {'knn_nll':>7s} {'nll@0':>7s} {'spread':>6s} {'AUROC L_align':>13s} {'AUROC recon@0':>13s}"]
+             f"{'recon@0':>7s} {'knn_nll':>7s} {'nll@0':>7s} {'nll tgt':>7s} {'spread':>6s} {'AUROC L_align':>13s} {'AUROC recon@0':>13s}"]
     auroc_2015 = summary["faults_auroc"]["2015"]
     for site, s in summary["sites"].items():
         m, c, a = s["metrics"], s["check_metrics"], auroc_2015.get(site, {})
         lines.append(f"{site:8s} {s['decision']:9s} {c['fm_ratio']:8.3f} {c['nll_gap']:+8.3f} "
                      f"{'site' if s['site_prior'] else 'core':>10s} {m['recon']:7.4f} {m['baseline_recon']:7.4f} "
-                     f"{m['knn_nll']:7.3f} {m['baseline_knn_nll']:7.3f} {m['spread']:6.2f} "
+                     f"{m['knn_nll']:7.3f} {m['baseline_knn_nll']:7.3f} {m['target_knn_nll'] or float('nan'):7.3f} "
+                     f"{m['spread']:6.2f} "
                      f"{a.get('l_align', float('nan')):13.3f} {a.get('recon_lambda0', float('nan')):13.3f}")
     pooled = auroc_2015["all"]
     lines.append(f"faults 2015, all sites ({pooled['faults']} of {pooled['rows']} rows): AUROC L_align "

@@ -20,9 +20,10 @@ from typing import Callable
 import torch
 
 from pipeline.method.encoder import AlignConfig, EncoderRun, save_encoder, train_encoder
-from pipeline.method.metrics import heldout_fm
+from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
+from pipeline.registry.registry import current_alias
 from pipeline.sites.decision import decide, measure
 from pipeline.sites.site_prior import site_fit_config, split, train_site_prior
 from pipeline.sites.spec import SiteSpec
@@ -124,7 +125,7 @@ def alignment_prior(registry: Registry, site: str, prior_id: str | None = None) 
     if prior_id:
         return prior_id
     core = _core_id(registry, None)
-    site_prior = registry.alias(f"site-prior.{site}")
+    site_prior = registry.alias(current_alias("site-prior", site))
     if site_prior and core in registry.get(site_prior).parents:
         return site_prior
     check = latest_check(registry, site, core)
@@ -133,6 +134,19 @@ def alignment_prior(registry: Registry, site: str, prior_id: str | None = None) 
                             f"site prior from the core prior {core}; run `flowprior site finetune` first "
                             "(or pass --prior)")
     return core
+
+
+def alignment_data(spec: SiteSpec, prior: FlowPrior):
+    """The site's observations, up to ``METRIC_POINTS`` target points in prior space (what the encoder
+    metrics compare latents with), and the kNN NLL proxy of other target points against those: the
+    value latents distributed exactly like the target would score."""
+    observations = spec.observations.read()
+    target, _, _ = _site_points(spec, prior)
+    rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))
+    z = prior.to_prior(target.values[rows[: METRIC_POINTS + 1000].numpy()])  # (<= 6000, d1)
+    z_target, z_other = z[:METRIC_POINTS], z[METRIC_POINTS:]
+    reference = knn_nll(z_other, z_target).mean().item() if len(z_other) >= 100 else None
+    return observations, z_target, reference
 
 
 @dataclass
@@ -154,10 +168,7 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
     if spec.encoder.latent_dim is not None and spec.encoder.latent_dim != prior.latent_dim:
         raise ValueError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior {prior_id} "
                          f"has dimension {prior.latent_dim}")
-    observations = spec.observations.read()
-    target, _, _ = _site_points(spec, prior)
-    rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))[:METRIC_POINTS]
-    z_target = prior.to_prior(target.values[rows.numpy()])  # (<= 5000, d1)
+    observations, z_target, reference = alignment_data(spec, prior)
     config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
     runs = {}
     for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
@@ -180,7 +191,8 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
                     "spec": spec.path, "observations": spec.observations.uri,
                     "history": aligned.history, "baseline_history": baseline.history},
             metrics={**aligned.metrics, **{f"baseline_{k}": v for k, v in baseline.metrics.items()},
-                     "observations": len(observations.values), "rows_dropped": observations.rows_dropped})
+                     "target_knn_nll": reference, "observations": len(observations.values),
+                     "rows_dropped": observations.rows_dropped})
     say(f"[site {spec.site} align] registered {record.id}: recon {aligned.metrics['recon']:.4f} "
         f"(lambda 0: {baseline.metrics['recon']:.4f}), knn_nll {aligned.metrics['knn_nll']:.3f} "
         f"(lambda 0: {baseline.metrics['knn_nll']:.3f}), aligned to {prior_id}")

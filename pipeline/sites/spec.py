@@ -13,7 +13,7 @@
     encoder: {latent_dim: 4, widths: [128, 128]}
     alignment: {lambda: 1.0, draws: 4, steps: 2000}
     finetune: {steps: 1000, lr: 0.0003}
-    thresholds: {finetune_fm: 1.15, finetune_nll: 1.0, refit_fm: 25}   # the defaults (in code)
+    thresholds: {finetune_fm: 1.15, finetune_nll: 1.0, refit_fm: 35}   # the defaults (in code)
 
 Everything but ``site``, ``target`` and ``observations`` has defaults. Loading validates once, at
 the edge: an unknown key, a wrong type or a bad value is a ``SpecError`` naming the file and key.
@@ -115,25 +115,23 @@ def _typed(value: Any, kind: str, where: str) -> Any:
     return value
 
 
-def _section(cls: type, data: Any, where: str, renames: dict[str, str] | None = None, **extra: Any) -> Any:
+def _section(cls: type, data: Any, where: str, renames: dict[str, str] | None = None) -> Any:
     """Build dataclass ``cls`` from a YAML mapping: unknown keys, wrong types and bad values are errors."""
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping, got {data!r}")
     renames = renames or {}
     hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    values = dict(extra)
+    values = {}
     for key, value in data.items():
         name = renames.get(key, key)
-        if name not in hints or name in extra:
+        if name not in hints:
             spelled = {v: k for k, v in renames.items()}
-            known = sorted(spelled.get(h, h) for h in hints if h not in extra)
+            known = sorted(spelled.get(h, h) for h in hints)
             raise SpecError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
         values[name] = _typed(value, hints[name], f"{where}.{key}")
     try:
         return cls(**values)
-    except TypeError as error:
-        raise SpecError(f"{where}: {error}") from None
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise SpecError(f"{where}: {error}") from None
 
 

@@ -35,14 +35,14 @@ def test_a_shifted_site_is_fine_tuned(core):
     # N(mu, I) with |mu| = 2: its expected NLL under N(0, I) is higher by |mu|^2 / 2 = 2 nats
     points = torch.randn(2000, 2, generator=torch.Generator().manual_seed(6)) + torch.tensor([2.0, 0.0])
     numbers = site(core, points)
-    assert 1.5 < numbers["nll_gap"] < 2.5 and 1.15 < numbers["fm_ratio"] < 25
+    assert 1.5 < numbers["nll_gap"] < 2.5 and 1.15 < numbers["fm_ratio"] < 35
     assert decide(numbers) == "finetune"
 
 
 def test_an_unrelated_site_is_refit(core):
-    points = 0.3 * torch.randn(2000, 2, generator=torch.Generator().manual_seed(7)) + torch.tensor([10.0, -10.0])
+    points = 0.3 * torch.randn(2000, 2, generator=torch.Generator().manual_seed(7)) + torch.tensor([12.0, -12.0])
     numbers = site(core, points)
-    assert numbers["nll_gap"] > 5 and numbers["fm_ratio"] > 25
+    assert numbers["nll_gap"] > 5 and numbers["fm_ratio"] > 35
     assert decide(numbers) == "refit"
 
 
