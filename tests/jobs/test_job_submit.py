@@ -15,6 +15,20 @@ from pipeline.storage import Store
 from tests.support.ray_head import RayHead
 
 REPO = Path(__file__).resolve().parents[2]
+NO_AGENT = "No available agent to submit job"  # the head's job agent is still starting (on a busy machine)
+
+
+def submit(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`ray job submit ...`, retried while the head node answers that its job agent is not up yet (its
+    own advice: "please try again later"); nothing was submitted then, so a retry cannot run a job twice."""
+    for _ in range(6):
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+        if result.returncode == 0 or NO_AGENT not in result.stdout + result.stderr:
+            return result
+        time.sleep(5)
+    return result
+
+
 EXCLUDES = [".git", ".venv", "flowprior-store", "flowprior-toy", "flowprior-demo", "ray_results", "**/__pycache__"]
 
 
@@ -26,12 +40,12 @@ def test_ray_job_submit_fits_and_registers_a_prior_on_a_real_head_node(two_blobs
     head = RayHead(Path(ray_dir)).start()
     try:
         store = tmp_path / "store"
-        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.address,
+        command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.address,
                   "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--",
                   "python", "-m", "pipeline", "prior", "fit", "--features", str(two_blobs), "--store", str(store),
                   "--workers", "2", "--steps", "200", "--width", "32", "--depth", "2", "--report-every", "100",
                   "--name", "submitted"]
-        result = subprocess.run(submit, capture_output=True, text=True, timeout=420, env=head.env)
+        result = submit(command, head.env, timeout=420)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "[prior fit] registered prior-" in result.stdout
         (record,) = Registry(Store.open(str(store))).records()
@@ -68,8 +82,7 @@ def test_a_site_lead_submits_the_site_steps_as_ray_jobs(tmp_path):
                      ["site", "check", str(spec)],
                      ["site", "finetune", str(spec), "--mode", "finetune"],
                      ["site", "align", str(spec)]):
-            result = subprocess.run([*flowprior, *step, "--store", str(store)], capture_output=True, text=True,
-                                    timeout=300, env=head.env)
+            result = submit([*flowprior, *step, "--store", str(store)], head.env, timeout=300)
             assert result.returncode == 0, " ".join(step) + result.stdout[-3000:] + result.stderr[-3000:]
             assert "succeeded" in result.stdout
         registry = Registry(Store.open(str(store)))

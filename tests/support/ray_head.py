@@ -36,6 +36,10 @@ class RayHead:
         args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                 f"--port={free_port_pair()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={free_port_pair()}", f"--num-cpus={num_cpus}",
+                # fixed default ports (e.g. the job agent's 52365) may be held by another Ray on this
+                # machine, such as a test session's in-process one: then no job agent ever comes up
+                f"--dashboard-agent-listen-port={free_port_pair()}", f"--dashboard-agent-grpc-port={free_port_pair()}",
+                f"--runtime-env-agent-port={free_port_pair()}", f"--metrics-export-port={free_port_pair()}",
                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
         log = open(self.temp_dir / "head.log", "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
