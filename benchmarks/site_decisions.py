@@ -35,12 +35,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.data import read_features
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo.run import DemoSettings, _rows, fault_scores
 from pipeline.jobs.sites import alignment_data
 from pipeline.method.encoder import train_encoder
 from pipeline.method.metrics import auroc
-from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
@@ -54,12 +54,8 @@ SAMPLES = 1000
 
 
 def load(filters: dict) -> np.ndarray:
-    table = pq.read_table(lhb.PARQUET)  # (the demo's _rows reads one turbine-year with labels)
-    mask = np.ones(table.num_rows, dtype=bool)
-    for column, value in filters.items():
-        mask &= table[column].to_numpy(zero_copy_only=False) == value
-    x = np.stack([table[c].to_numpy(zero_copy_only=False)[mask] for c in lhb.FEATURES], axis=1)  # (n, 10)
-    return x[np.isfinite(x).all(axis=1)].astype(np.float32)
+    """The complete rows matching ``filters``, as the model features (n, 10)."""
+    return read_features(str(lhb.PARQUET), columns=lhb.FEATURES, filters=filters, drop_nonfinite=True).values
 
 
 def degraded_power(x: np.ndarray, factor: float) -> np.ndarray:

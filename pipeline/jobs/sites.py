@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from pipeline.method.encoder import AlignConfig, EncoderRun, save_encoder, train_encoder
+from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
 from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError

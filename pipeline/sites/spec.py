@@ -61,6 +61,10 @@ class EncoderSettings:
     latent_dim: int | None = None  # must equal the prior's dimension; None: take the prior's
     widths: tuple[int, ...] = (128, 128)
 
+    def __post_init__(self) -> None:
+        if self.latent_dim is not None and self.latent_dim < 1 or min(self.widths) < 1:
+            raise ValueError(f"latent_dim and widths must be positive, got {self}")
+
 
 @dataclass(frozen=True)
 class FinetuneSettings:
@@ -72,6 +76,13 @@ class FinetuneSettings:
     batch_size: int = 256
     heldout_fraction: float = 0.1
     log_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "refit_steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 < self.heldout_fraction < 0.5:
+            raise ValueError(f"lr must be > 0 and heldout_fraction in (0, 0.5), got {self}")
 
 
 @dataclass(frozen=True)
@@ -172,18 +183,10 @@ def load_site_spec(path: str | os.PathLike) -> SiteSpec:
         source = dataclasses.replace(source, uri=_resolve(source.uri, path.parent),
                                      columns=source.columns or columns)
         sources[key] = source
-    encoder = _section(EncoderSettings, data.get("encoder", {}), f"{path}: encoder")
-    if encoder.latent_dim is not None and encoder.latent_dim < 1 or min(encoder.widths) < 1:
-        raise SpecError(f"{path}: encoder: latent_dim and widths must be positive, got {encoder}")
-    finetune = _section(FinetuneSettings, data.get("finetune", {}), f"{path}: finetune")
-    for name in ("steps", "refit_steps", "batch_size", "log_every"):
-        if getattr(finetune, name) < 1:
-            raise SpecError(f"{path}: finetune.{name} must be >= 1, got {getattr(finetune, name)}")
-    if not finetune.lr > 0 or not 0 < finetune.heldout_fraction < 0.5:
-        raise SpecError(f"{path}: finetune: lr must be > 0 and heldout_fraction in (0, 0.5), got {finetune}")
     return SiteSpec(
-        site=site, target=sources["target"], observations=sources["observations"], encoder=encoder,
+        site=site, target=sources["target"], observations=sources["observations"],
+        encoder=_section(EncoderSettings, data.get("encoder", {}), f"{path}: encoder"),
         alignment=_section(AlignConfig, data.get("alignment", {}), f"{path}: alignment", renames={"lambda": "lam"}),
-        finetune=finetune,
+        finetune=_section(FinetuneSettings, data.get("finetune", {}), f"{path}: finetune"),
         thresholds=_section(Thresholds, data.get("thresholds", {}), f"{path}: thresholds"),
         seed=_typed(data.get("seed", 0), "int", f"{path}: seed"), path=str(path))
