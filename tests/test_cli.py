@@ -64,3 +64,17 @@ def test_prior_fit_help_explains_resume_and_submission():
     result = run_cli("prior", "fit", "--help")
     for word in ("--features", "--workers", "--gpu", "--name", "resume", "ray job submit", "--store", "--address"):
         assert word in result.stdout
+
+
+def test_sweep_help_and_a_bad_sweep_spec_fail_before_any_work(tmp_path):
+    result = run_cli("sweep", "--help")
+    assert result.returncode == 0
+    for word in ("SWEEP.yaml", "--report", "--json", "--name", "resumes", "ASHA"):
+        assert word in result.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites: []\nspace: {lambda: {grid: [0.1]}}\n")
+    result = run_cli("sweep", str(bad), "--store", str(tmp_path / "store"))
+    assert result.returncode == 2 and f"{bad}: sites: expected a non-empty list" in result.stderr
+    assert not (tmp_path / "store").exists()  # nothing written, no Ray started
+    result = run_cli("site", "align", "--help")
+    assert result.returncode == 0 and "--from-sweep" in result.stdout

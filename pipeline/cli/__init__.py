@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import demo, prior, registry, site, toy
+from pipeline.cli import demo, prior, registry, site, sweep, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(commands)
     prior.add_parser(commands)
     site.add_parser(commands)
+    sweep.add_parser(commands)
     registry.add_parser(commands)
     return parser
 

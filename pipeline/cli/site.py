@@ -52,7 +52,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import align_site, run_sites
 
     specs = _specs(args)
-    results = run_sites(align_site, specs, open_store(args), address=args.address, lam=args.lam, prior_id=args.prior)
+    results = run_sites(align_site, specs, open_store(args), address=args.address, lam=args.lam, prior_id=args.prior,
+                        sweep_id=args.from_sweep)
     print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  encoder -> prior")
     for r in results:
         m = r.record.metrics
@@ -91,6 +92,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "encoder aligned_to that prior, with reconstruction error, mean L_align, kNN NLL proxy and "
                     "latent spread ratio for both.")
     align.add_argument("--lambda", dest="lam", type=float, help="alignment weight (default: the spec's)")
+    align.add_argument("--from-sweep", metavar="ID", help="train with the setting (lambda, lr, draws, steps) and "
+                                                         "against the prior that this sweep chose for each site")
 
     for action in (check, finetune, align):
         action.add_argument("specs", nargs="+", metavar="SITE.yaml", help="site spec(s)")

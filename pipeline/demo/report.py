@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.registry import Record, Registry  # noqa: E402
+from pipeline.sweeps import report as sweeps_report  # noqa: E402
 
 
 SCORE_DRAWS = 8  # noise draws per row when scoring readings by L_align
@@ -120,14 +121,8 @@ def plot_tradeoff(alignments: list, path: Path) -> str:
     return _save(fig, path)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows) + "</table>")
-
-
 def write_report(out: Path, registry: Registry, core: Record, checks: dict, site_priors: dict, alignments: list,
-                 priors: dict, per_site: dict, summary: dict) -> Path:
+                 priors: dict, per_site: dict, summary: dict, sweep: Record | None = None) -> Path:
     core_prior = registry.load_prior(core.id)
     observations = {site: data[2015]["x"] for site, data in per_site.items()}
     figures = {
@@ -137,10 +132,16 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
         "latents": plot_latents(alignments, priors, observations, out / "latents.png"),
         "tradeoff": plot_tradeoff(alignments, out / "tradeoff.png"),
     }
-    decisions = _table(["site", "decision", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM", "check record"],
+    sweep_section = ""
+    if sweep is not None:
+        sweep_section = (f"<h2>Sweep: lambda per site</h2>{sweeps_report.summary(sweep)}"
+                         f"<h3>Chosen settings</h3>{sweeps_report.choices_table(sweep)}"
+                         f"<h3>Reconstruction vs alignment, every trial that ran to the end (chosen: circled)</h3>"
+                         f"<img src=\"{sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png')}\">")
+    decisions = sweeps_report.table(["site", "decision", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM", "check record"],
                        [[s, c.config["decision"], c.metrics["fm_ratio"], c.metrics["nll_gap"], c.metrics["mmd"],
                          c.metrics["fm_site"], c.metrics["fm_core"], c.id] for s, c in checks.items()])
-    encoders = _table(["site", "lambda", "recon", "recon (lambda 0)", "median recon", "median recon (lambda 0)",
+    encoders = sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon", "median recon (lambda 0)",
                        "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)",
                        "spread", "spread (lambda 0)", "aligned to"],
                       [[a.record.site, a.record.config["lambda"], *[a.record.metrics[k] for k in (
@@ -149,7 +150,7 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
                           "baseline_spread")], a.record.aligned_to] for a in alignments])
     fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v["recon_lambda0"], v["recon_aligned"]]
                   for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
-    faults = _table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC recon (lambda 0)",
+    faults = sweeps_report.table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC recon (lambda 0)",
                      "AUROC recon (aligned)"], fault_rows)
     lineage = "".join(
         f"<h3>{html.escape(a.record.site)}</h3><ul>" + "".join(
@@ -166,6 +167,7 @@ turbines; each turbine checked on its healthy 2015 readings, its encoder trained
 Store: <code>{html.escape(registry.store.uri)}</code>. Data: ENGIE La Haute Borne open data (Etalab Open Licence 2.0).</p>
 <h2>Site decisions</h2>{decisions}<img src="{figures['decisions']}">
 <h2>Prior fits</h2><img src="{figures['prior_fits']}">
+{sweep_section}
 <h2>Encoder alignment</h2>{encoders}
 <h3>L_align vs kNN NLL proxy during training</h3><img src="{figures['alignment_curves']}">
 <h3>Latents vs prior samples</h3><img src="{figures['latents']}">

@@ -5,7 +5,9 @@
 1. fit the core prior on the healthy 2014 rows of all four turbines (Ray Train, 1 worker);
 2. check every site (``sites/*.yaml``: its healthy 2015 rows) against it and record the decision;
 3. fine-tune or refit where the decision says so, the sites in parallel (Ray tasks);
-4. align every site's encoder to its prior with a lambda = 0 baseline, in parallel;
+4. with ``sweep``: sweep lambda (and friends) per site with Ray Tune (``pipeline.jobs.sweep``);
+   align every site's encoder to its prior -- with the sweep's choice if there was one -- and a
+   lambda = 0 baseline, in parallel;
 5. score every complete 2015 (and held-out 2014) reading by ``L_align`` of its latent under the
    site's prior and by the baseline's reconstruction error, and measure how well each flags the
    rows with physically impossible readings (AUROC);
@@ -30,6 +32,7 @@ from pipeline.demo import SITES
 from pipeline.demo.report import SCORE_DRAWS, write_report
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
 from pipeline.jobs.sites import Alignment, align_site, check_site, finetune_site, run_sites
+from pipeline.jobs.sweep import run_sweep
 from pipeline.method.encoder import Autoencoder
 from pipeline.method.metrics import auroc
 from pipeline.method.prior import FlowPrior
@@ -37,6 +40,7 @@ from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
 from pipeline.sites import SiteSpec, load_site_spec
 from pipeline.storage import Store
+from pipeline.sweeps import SweepSpec, load_sweep_spec
 
 
 
@@ -51,6 +55,31 @@ class DemoSettings:
     depth: int = 3
     quick: bool = False  # CI-sized: a few hundred steps everywhere
     address: str | None = None
+    sweep: Path | None = None  # a sweep spec over the demo's sites: sweep, then align with its choices
+
+    def core_spec(self) -> PriorFitSpec:
+        """The core prior: the healthy 2014 rows of all four turbines, PCA to ``latent_dim``, a fresh run name."""
+        steps = 300 if self.quick else self.core_steps
+        return PriorFitSpec(
+            features=str(lhb.PARQUET), columns=lhb.FEATURES, filters={"year": 2014, "fault": False},
+            drop_nonfinite=True, latent_dim=self.latent_dim, projection="pca", normaliser="per-dim", width=self.width,
+            depth=self.depth, fit=FitConfig(steps=steps, warmup=min(200, steps // 10)),
+            report_every=max(50, steps // 8), name=f"demo-core-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+
+    def sweep_spec(self, specs: list[SiteSpec]) -> SweepSpec | None:
+        """The sweep spec with the demo's own site specs (quick: 200 steps in epochs of 50)."""
+        if self.sweep is None:
+            return None
+        spec = load_sweep_spec(self.sweep)
+        ours = {s.site: s for s in specs}
+        if sorted(ours) != sorted(s.site for s in spec.sites):
+            raise ValueError(f"{self.sweep}: sweeps {', '.join(s.site for s in spec.sites)} but the demo runs "
+                             f"{', '.join(ours)}")
+        spec = replace(spec, sites=tuple(ours[s.site] for s in spec.sites))
+        if self.quick:
+            spec = replace(spec, steps=200, epoch_steps=50,
+                           scheduler=replace(spec.scheduler, grace_epochs=min(spec.scheduler.grace_epochs, 4)))
+        return spec
 
     def site_specs(self) -> list[SiteSpec]:
         paths = sorted(self.sites.glob("*.yaml"))
@@ -122,13 +151,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     registry = Registry(store)
     say(f"[demo] {len(specs)} sites ({', '.join(s.site for s in specs)}), store {store.uri}")
 
-    core_steps = 300 if settings.quick else settings.core_steps
-    core_spec = PriorFitSpec(
-        features=str(lhb.PARQUET), columns=lhb.FEATURES, filters={"year": 2014, "fault": False}, drop_nonfinite=True,
-        latent_dim=settings.latent_dim, projection="pca", normaliser="per-dim", width=settings.width,
-        depth=settings.depth, fit=FitConfig(steps=core_steps, warmup=min(200, core_steps // 10)),
-        report_every=max(50, core_steps // 8), name=f"demo-core-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
-    core = fit_core_prior(core_spec, store, address=settings.address, say=say)
+    core = fit_core_prior(settings.core_spec(), store, address=settings.address, say=say)
     timings = {"core_fit": time.perf_counter() - started}
 
     checks = {spec.site: check_site(spec, registry, core.id, say=say) for spec in specs}
@@ -137,7 +160,11 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     site_priors = dict(zip([s.site for s in to_train], run_sites(finetune_site, to_train, store, settings.address,
                                                                   say=say, prior_id=core.id))) if to_train else {}
     timings["site_priors"] = time.perf_counter() - started - sum(timings.values())
-    alignments: list[Alignment] = run_sites(align_site, specs, store, settings.address, say=say)
+    sweep_spec = settings.sweep_spec(specs)
+    sweep = run_sweep(sweep_spec, store, settings.address, say=say) if sweep_spec else None
+    timings["sweep"] = time.perf_counter() - started - sum(timings.values())
+    alignments: list[Alignment] = run_sites(align_site, specs, store, settings.address, say=say,
+                                            sweep_id=sweep.id if sweep else None)
     timings["alignment"] = time.perf_counter() - started - sum(timings.values())
 
     per_site, priors = {}, {}
@@ -163,8 +190,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
             "site_prior_metrics": site_priors[spec.site].metrics if spec.site in site_priors else None,
             "encoder": a.record.id, "aligned_to": a.record.aligned_to, "lambda": a.record.config["lambda"],
             "metrics": a.record.metrics} for spec, a in zip(specs, alignments)},
-        "faults_auroc": faults, "quick": settings.quick}
-    report = write_report(out, registry, core, checks, site_priors, alignments, priors, per_site, summary)
+        "faults_auroc": faults, "quick": settings.quick,
+        "sweep": {"id": sweep.id, "metrics": sweep.metrics, "choices": sweep.config["choices"]} if sweep else None}
+    report = write_report(out, registry, core, checks, site_priors, alignments, priors, per_site, summary, sweep)
     timings["report"] = time.perf_counter() - started - sum(timings.values())
     summary["seconds"] = {**timings, "total": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

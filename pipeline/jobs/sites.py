@@ -140,6 +140,9 @@ def alignment_data(spec: SiteSpec, prior: FlowPrior):
     """The site's observations, up to ``METRIC_POINTS`` target points in prior space (what the encoder
     metrics compare latents with), and the kNN NLL proxy of other target points against those: the
     value latents distributed exactly like the target would score."""
+    if spec.encoder.latent_dim is not None and spec.encoder.latent_dim != prior.latent_dim:
+        raise ValueError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior it aligns to "
+                         f"has dimension {prior.latent_dim}")
     observations = spec.observations.read()
     target, _, _ = _site_points(spec, prior)
     rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))
@@ -147,6 +150,17 @@ def alignment_data(spec: SiteSpec, prior: FlowPrior):
     z_target, z_other = z[:METRIC_POINTS], z[METRIC_POINTS:]
     reference = knn_nll(z_other, z_target).mean().item() if len(z_other) >= 100 else None
     return observations, z_target, reference
+
+
+def sweep_choice(registry: Registry, sweep_id: str, site: str) -> dict:
+    """The setting a recorded sweep chose for ``site`` (lam, lr, draws, steps, prior, trial, ...)."""
+    record = registry.get(sweep_id)
+    if record.kind != "sweep":
+        raise RegistryError(f"record {sweep_id} is a {record.kind}, not a sweep")
+    choices = record.config["choices"]
+    if site not in choices:
+        raise RegistryError(f"sweep {sweep_id} did not sweep site {site} (it swept {', '.join(sorted(choices))})")
+    return choices[site]
 
 
 @dataclass
@@ -159,17 +173,30 @@ class Alignment:
 
 
 def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id: str | None = None,
-               say: Say = print) -> Alignment:
+               sweep_id: str | None = None, say: Say = print) -> Alignment:
     """Train the site's autoencoder with ``recon + lambda L_align`` against its prior, and a lambda = 0
-    baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics."""
+    baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics.
+
+    With ``sweep_id`` the settings (lambda, lr, draws, steps) and the prior are the ones that sweep chose
+    for the site, and the sweep becomes a parent of the encoder."""
     registry = Registry(store)
+    config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
+    if sweep_id is not None:
+        if lam is not None or prior_id is not None:
+            raise ValueError("--from-sweep sets lambda and the prior; do not also pass --lambda or --prior")
+        choice = sweep_choice(registry, sweep_id, spec.site)
+        config = replace(config, **{k: choice[k] for k in ("lam", "lr", "draws", "steps")})
+        prior_id = choice["prior"]
+        try:
+            current = alignment_prior(registry, spec.site)
+        except RegistryError:
+            current = None
+        if current not in (None, prior_id):
+            say(f"[site {spec.site} align] note: sweep {sweep_id} ran against {prior_id}, but the site's prior is "
+                f"now {current}; the encoder will be aligned to the sweep's (run a new sweep to follow the new one)")
     prior_id = alignment_prior(registry, spec.site, prior_id)
     prior = registry.load_prior(prior_id)
-    if spec.encoder.latent_dim is not None and spec.encoder.latent_dim != prior.latent_dim:
-        raise ValueError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior {prior_id} "
-                         f"has dimension {prior.latent_dim}")
     observations, z_target, reference = alignment_data(spec, prior)
-    config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
     runs = {}
     for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
         say(f"[site {spec.site} align] {name}: lambda {run_config.lam:g}, {len(observations.values)} observations, "
@@ -185,9 +212,11 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
         path = save_encoder(aligned.model, Path(tmp) / "encoder.safetensors",
                             {"site": spec.site, "lambda": config.lam, "prior": prior_id})
         record = registry.register(
-            "encoder", site=spec.site, parents=[prior_id], aligned_to=prior_id, artifact=path,
+            "encoder", site=spec.site, parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
+            artifact=path,
             fingerprint=observations.fingerprint,
             config={"lambda": config.lam, "align": config.to_dict(), "encoder": aligned.model.config.to_dict(),
+                    "sweep": sweep_id,
                     "spec": spec.path, "observations": spec.observations.uri,
                     "history": aligned.history, "baseline_history": baseline.history},
             metrics={**aligned.metrics, **{f"baseline_{k}": v for k, v in baseline.metrics.items()},

@@ -29,6 +29,7 @@ from pipeline.method.metrics import knn_nll, spread_ratio
 from pipeline.method.prior import FlowPrior
 
 CHECKPOINT_KIND = "flowprior.encoder/v1"
+TRAINING_KIND = "flowprior.encoder-training/v1"  # an unfinished run, to continue (sweep trials)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,106 @@ def evaluate(model: Autoencoder, prior: FlowPrior, o: torch.Tensor, target: torc
             "spread": spread_ratio(y, target)}
 
 
+class EncoderTraining:
+    """One stage-2 run that can stop and continue: :meth:`advance` trains some more steps, :meth:`save`
+    writes everything needed to continue bit for bit (weights, Adam moments, the learning-rate schedule,
+    the sampling generator, the log so far) as a tensor-only checkpoint, and :meth:`resume` reads it.
+
+    ``observations`` (n, d_obs); ``target`` (m, d1) are target features in prior space, used only for
+    the logged kNN NLL proxy and spread. Logs every ``config.log_every`` steps on ``config.eval_points``
+    fixed rows, and at the last step.
+    """
+
+    def __init__(self, observations, prior: FlowPrior, config: AlignConfig, target,
+                 widths: tuple[int, ...] = (128, 128), seed: int = 0) -> None:
+        self.o = as_points(observations, "observations", dtype=torch.float32)
+        self.target = as_points(target, "target points", dim=prior.latent_dim, dtype=torch.float32)
+        self.prior, self.config, self.seed = prior, config, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = Autoencoder(EncoderConfig(self.o.shape[1], prior.latent_dim, widths))
+        self.model.fit_scaling(self.o)
+        self.evaluation_rows = self.o[torch.randperm(len(self.o), generator=self.generator)[: config.eval_points]]
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimiser, config.steps)
+        self.step = 0
+        self.history: list[dict] = []  # step, recon, recon_median, l_align, knn_nll, spread, seconds
+        self.seconds = 0.0  # training time so far, across resumes
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.steps
+
+    def advance(self, steps: int | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train ``steps`` more steps (default: to the end), never past ``config.steps``; returns the new
+        log entries."""
+        end = self.config.steps if steps is None else min(self.config.steps, self.step + steps)
+        model, config, new = self.model.train(), self.config, []
+        start = time.perf_counter() - self.seconds
+        while self.step < end:
+            batch = self.o[torch.randint(0, len(self.o), (config.batch_size,), generator=self.generator)]
+            y, reconstruction = model(batch)
+            loss = ((reconstruction - batch) / model.scale).pow(2).mean()
+            if config.lam > 0:
+                loss = loss + config.lam * self.prior.alignment_loss(y, draws=config.draws,
+                                                                     generator=self.generator).mean()
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimiser.step()
+            self.schedule.step()
+            self.step += 1
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                model.eval()
+                entry = {"step": self.step, **evaluate(model, self.prior, self.evaluation_rows, self.target,
+                                                       seed=self.seed), "seconds": time.perf_counter() - start}
+                model.train()
+                self.history.append(entry)
+                new.append(entry)
+                if progress is not None:
+                    progress(entry)
+        self.seconds = time.perf_counter() - start
+        model.eval()
+        return new
+
+    def result(self) -> EncoderRun:
+        """The run so far, its model frozen (train further only after :meth:`resume`)."""
+        metrics = {k: v for k, v in self.history[-1].items() if k not in ("step", "seconds")} if self.history else {}
+        self.model.eval().requires_grad_(False)
+        return EncoderRun(self.model, self.config, list(self.history), metrics)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the training state (see the class docstring); returns the file's SHA-256."""
+        adam = self.optimiser.state_dict()
+        tensors = {f"model.{k}": v for k, v in self.model.tensors().items()}
+        tensors |= {f"adam.{i}.{name}": value.detach().cpu().contiguous()
+                    for i, state in adam["state"].items() for name, value in state.items()}
+        tensors["generator"] = self.generator.get_state()
+        state = {"align": self.config.to_dict(), "encoder": self.model.config.to_dict(), "seed": self.seed,
+                 "step": self.step, "seconds": self.seconds, "history": self.history,
+                 "adam_groups": adam["param_groups"], "schedule": self.schedule.state_dict()}
+        return save_checkpoint(path, TRAINING_KIND, state, tensors)
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Continue from a state written by :meth:`save` for the same run (same settings and seed)."""
+        state, tensors = load_checkpoint(path, TRAINING_KIND)
+        mine = {"align": self.config.to_dict(), "encoder": self.model.config.to_dict(), "seed": self.seed}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise CheckpointError(f"{path}: training state is for another run ({theirs}), not {mine}")
+        self.model.requires_grad_(True)
+        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        adam_state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, name = key.split(".", 2)
+                adam_state.setdefault(int(index), {})[name] = value
+        self.optimiser.load_state_dict({"state": adam_state, "param_groups": state["adam_groups"]})
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(tensors["generator"])
+        self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
+
+
 def train_encoder(
     observations,
     prior: FlowPrior,
@@ -155,42 +256,10 @@ def train_encoder(
     progress: Callable[[dict], None] | None = None,
 ) -> EncoderRun:
     """Train an autoencoder on ``observations`` (n, d_obs) with ``recon + lambda * L_align`` against
-    ``prior``; ``target`` (m, d1) are target features in prior space, used only for the logged kNN NLL
-    proxy and spread. Logs every ``config.log_every`` steps on ``config.eval_points`` fixed rows."""
-    o = as_points(observations, "observations", dtype=torch.float32)
-    target = as_points(target, "target points", dim=prior.latent_dim, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Autoencoder(EncoderConfig(o.shape[1], prior.latent_dim, widths))
-    model.fit_scaling(o)
-    evaluation_rows = o[torch.randperm(len(o), generator=generator)[: config.eval_points]]
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, config.steps)
-    run = EncoderRun(model, config)
-    start = time.perf_counter()
-    for step in range(config.steps):
-        batch = o[torch.randint(0, len(o), (config.batch_size,), generator=generator)]
-        y, reconstruction = model(batch)
-        recon = ((reconstruction - batch) / model.scale).pow(2).mean()
-        loss = recon
-        if config.lam > 0:
-            loss = loss + config.lam * prior.alignment_loss(y, draws=config.draws, generator=generator).mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            model.eval()
-            entry = {"step": step + 1, **evaluate(model, prior, evaluation_rows, target, seed=seed),
-                     "seconds": time.perf_counter() - start}
-            model.train()
-            run.history.append(entry)
-            if progress is not None:
-                progress(entry)
-    run.metrics = {k: v for k, v in run.history[-1].items() if k not in ("step", "seconds")}
-    model.eval().requires_grad_(False)
-    return run
+    ``prior`` in one go (see :class:`EncoderTraining`)."""
+    training = EncoderTraining(observations, prior, config, target, widths, seed)
+    training.advance(progress=progress)
+    return training.result()
 
 
 def save_encoder(model: Autoencoder, path: str | os.PathLike, info: dict | None = None) -> Path:

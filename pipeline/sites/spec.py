@@ -25,18 +25,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-
-import yaml
 
 from pipeline.method.encoder import AlignConfig
 from pipeline.sites.decision import Thresholds
+from pipeline.specs import SpecError, read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
-
-
-class SpecError(ValueError):
-    """A site spec that cannot be used; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -101,69 +94,10 @@ class SiteSpec:
         return dataclasses.asdict(self)
 
 
-SCALARS = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}
-
-
-def _typed(value: Any, kind: str, where: str) -> Any:
-    """``value`` checked against a field's annotation ``kind``: a scalar, ``dict``,
-    ``tuple[int|str, ...]``, or any of those ``| None``."""
-    optional = kind.endswith(" | None")
-    kind = kind.removesuffix(" | None")
-    if value is None:
-        if optional:
-            return None
-        raise SpecError(f"{where}: a value is required")
-    if kind.startswith("tuple["):
-        if not isinstance(value, list) or not value:
-            raise SpecError(f"{where}: expected a non-empty list, got {value!r}")
-        inner = kind[len("tuple["):].split(",")[0]
-        return tuple(_typed(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
-    python = SCALARS[kind]
-    if python is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, python) or (python is int and isinstance(value, bool)):
-        raise SpecError(f"{where}: expected {kind}, got {value!r}")
-    return value
-
-
-def _section(cls: type, data: Any, where: str, renames: dict[str, str] | None = None) -> Any:
-    """Build dataclass ``cls`` from a YAML mapping: unknown keys, wrong types and bad values are errors."""
-    if not isinstance(data, dict):
-        raise SpecError(f"{where}: expected a mapping, got {data!r}")
-    renames = renames or {}
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in data.items():
-        name = renames.get(key, key)
-        if name not in hints:
-            spelled = {v: k for k, v in renames.items()}
-            known = sorted(spelled.get(h, h) for h in hints)
-            raise SpecError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
-        values[name] = _typed(value, hints[name], f"{where}.{key}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise SpecError(f"{where}: {error}") from None
-
-
-def _resolve(uri: str, base: Path) -> str:
-    """A relative local path is taken relative to the spec's folder; URIs stay as they are."""
-    if urlsplit(uri).scheme or os.path.isabs(os.path.expanduser(uri)):
-        return uri
-    return str((base / uri).resolve())
-
-
 def load_site_spec(path: str | os.PathLike) -> SiteSpec:
     """Read and validate ``path`` (see the module docstring)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such site spec") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise SpecError(f"{path}: not readable YAML ({error})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    data = read_mapping(path, "site spec")
     top = {"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds", "seed"}
     unknown = sorted(set(data) - top)
     if unknown:
@@ -171,22 +105,22 @@ def load_site_spec(path: str | os.PathLike) -> SiteSpec:
     for key in ("site", "target", "observations"):
         if key not in data:
             raise SpecError(f"{path}: missing key {key!r}")
-    site = _typed(data["site"], "str", f"{path}: site")
+    site = typed(data["site"], "str", f"{path}: site")
     try:
         validate_name(site, "site id")
     except ValueError as error:
         raise SpecError(f"{path}: site: {error}") from None
-    columns = _typed(data["columns"], "tuple[str, ...]", f"{path}: columns") if "columns" in data else None
+    columns = typed(data["columns"], "tuple[str, ...]", f"{path}: columns") if "columns" in data else None
     sources = {}
     for key in ("target", "observations"):
-        source = _section(DataSource, data[key], f"{path}: {key}")
-        source = dataclasses.replace(source, uri=_resolve(source.uri, path.parent),
+        source = section(DataSource, data[key], f"{path}: {key}")
+        source = dataclasses.replace(source, uri=resolve(source.uri, path.parent),
                                      columns=source.columns or columns)
         sources[key] = source
     return SiteSpec(
         site=site, target=sources["target"], observations=sources["observations"],
-        encoder=_section(EncoderSettings, data.get("encoder", {}), f"{path}: encoder"),
-        alignment=_section(AlignConfig, data.get("alignment", {}), f"{path}: alignment", renames={"lambda": "lam"}),
-        finetune=_section(FinetuneSettings, data.get("finetune", {}), f"{path}: finetune"),
-        thresholds=_section(Thresholds, data.get("thresholds", {}), f"{path}: thresholds"),
-        seed=_typed(data.get("seed", 0), "int", f"{path}: seed"), path=str(path))
+        encoder=section(EncoderSettings, data.get("encoder", {}), f"{path}: encoder"),
+        alignment=section(AlignConfig, data.get("alignment", {}), f"{path}: alignment", renames={"lambda": "lam"}),
+        finetune=section(FinetuneSettings, data.get("finetune", {}), f"{path}: finetune"),
+        thresholds=section(Thresholds, data.get("thresholds", {}), f"{path}: thresholds"),
+        seed=typed(data.get("seed", 0), "int", f"{path}: seed"), path=str(path))

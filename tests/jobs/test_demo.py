@@ -2,8 +2,10 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo.run import DemoSettings, run_demo
@@ -16,7 +18,11 @@ from tests.jobs.test_sites import flowprior
 
 @pytest.mark.slow
 def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(local_ray, tmp_path, capsys):
-    summary = run_demo(DemoSettings(out=tmp_path / "demo", quick=True))
+    sites = Path(__file__).resolve().parents[2] / "sites"
+    sweep = tmp_path / "sweep.yaml"  # two lambdas for the four turbines (the demo shortens the trials)
+    sweep.write_text(yaml.safe_dump({"sites": [str(sites / f"{t}.yaml") for t in lhb.TURBINES],
+                                     "space": {"lambda": {"grid": [0.003, 0.03]}}, "select": {"metric": "nll_gap"}}))
+    summary = run_demo(DemoSettings(out=tmp_path / "demo", quick=True, sweep=sweep))
     store_uri = summary["store"]
     registry = Registry(Store.open(store_uri))
     core = registry.alias("core")
@@ -32,6 +38,10 @@ def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(loc
             assert registry.get(s["site_prior"]).parents == [core] and s["aligned_to"] == s["site_prior"]
         encoder = registry.get(s["encoder"])
         assert encoder.aligned_to == s["aligned_to"] and encoder.metrics["baseline_recon"] is not None
+        choice = summary["sweep"]["choices"][site]  # aligned with the sweep's choice, against the prior it used
+        assert encoder.parents == [s["aligned_to"], summary["sweep"]["id"]] and choice["prior"] == s["aligned_to"]
+        assert encoder.config["lambda"] == choice["lam"] and encoder.metrics["recon"] == pytest.approx(choice["recon"],
+                                                                                                      rel=1e-5)
 
         code, out, _ = flowprior(capsys, "registry", "aligned", site, "--json", "--store", store_uri)
         assert code == 0 and [r["id"] for r in json.loads(out)] == [s["aligned_to"]]
@@ -43,7 +53,8 @@ def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(loc
     page = (tmp_path / "demo" / "report.html").read_text()
     for image in re.findall(r'<img src="([^"]+)"', page):
         assert (tmp_path / "demo" / image).stat().st_size > 1000
-    assert len(re.findall(r"<img ", page)) == 5 and "Lineage" in page and core in page
+    assert len(re.findall(r"<img ", page)) == 6 and "Lineage" in page and core in page
+    assert "sweep_pareto.png" in page and "Chosen settings" in page and summary["sweep"]["id"] in page
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["core"]["id"] == core
     code, out, _ = flowprior(capsys, "registry", "stale", "--json", "--store", store_uri)
     assert code == 0 and json.loads(out) == []

@@ -34,15 +34,15 @@ def publish_core(store_uri: str, steps: int = 150):
                                                    "nll_samples": 1000})
 
 
-def small_spec(tmp_path: Path, **overrides) -> Path:
-    """The shipped spec of R80711 with a few dozen steps everywhere (and any overrides)."""
-    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "sites" / f"{SITE}.yaml").read_text())
+def small_spec(tmp_path: Path, site: str = SITE, **overrides) -> Path:
+    """The shipped spec of ``site`` with a few dozen steps everywhere (and any overrides)."""
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "sites" / f"{site}.yaml").read_text())
     for section in ("target", "observations"):
         data[section]["uri"] = str(lhb.PARQUET)
     data["finetune"] = {"steps": 60, "refit_steps": 60, "log_every": 30}
     data["alignment"] = {"lambda": 1.0, "steps": 60, "log_every": 30, "eval_points": 500}
     data.update(overrides)
-    path = tmp_path / f"{SITE}.yaml"
+    path = tmp_path / f"{site}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 

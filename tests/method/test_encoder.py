@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pipeline.method.checkpoint import CheckpointError
-from pipeline.method.encoder import (AlignConfig, Autoencoder, EncoderConfig, load_encoder, save_encoder,
-                                     train_encoder)
+from pipeline.method.encoder import (AlignConfig, Autoencoder, EncoderConfig, EncoderTraining, load_encoder,
+                                     save_encoder, train_encoder)
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 
@@ -58,6 +58,27 @@ def test_checkpoints_round_trip_and_refuse_changes(setting, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="changed"):
         load_encoder(path)
+
+
+def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an_uninterrupted_one(setting, tmp_path):
+    observations, prior, z = setting
+    config = AlignConfig(lam=0.5, steps=60, log_every=20, eval_points=200, draws=2)
+    whole = train_encoder(observations, prior, config, z, widths=(16,), seed=3)
+    first = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3)
+    first.advance(40)  # two log entries, then "interrupted"
+    first.save(tmp_path / "state.safetensors")
+    first.advance(5)  # work after the save is lost with the process
+    second = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3)
+    second.resume(tmp_path / "state.safetensors")
+    assert second.step == 40 and len(second.history) == 2
+    assert [h["step"] for h in second.advance()] == [60]
+    resumed = second.result()
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert resumed.metrics == whole.metrics
+    other = EncoderTraining(observations, prior, AlignConfig(lam=0.1, steps=60), z, widths=(16,), seed=3)
+    with pytest.raises(CheckpointError, match="another run"):
+        other.resume(tmp_path / "state.safetensors")
 
 
 def test_bad_settings_and_inputs_are_refused(setting):

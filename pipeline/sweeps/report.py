@@ -1,0 +1,104 @@
+"""A sweep record as figures and tables: the per-site Pareto plot and the chosen settings.
+
+Used by ``flowprior sweep --report DIR`` (a page of its own) and by the demo's report.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+from pipeline.registry import Record  # noqa: E402
+from pipeline.sweeps.objective import Selection, pareto_front  # noqa: E402
+
+
+def _selection(record: Record) -> Selection:
+    return Selection(**record.config["spec"]["select"])
+
+
+def plot_pareto(record: Record, path: Path) -> str:
+    """Per site: reconstruction error vs alignment score of every trial that ran to the end (lambda
+    beside each), the lambda = 0 baseline, the reconstruction bound, the Pareto front and the choice."""
+    selection, choices = _selection(record), record.config["choices"]
+    sites = list(choices)
+    fig, axes = plt.subplots(1, len(sites), figsize=(4.2 * len(sites), 3.8), squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        choice = choices[site]
+        target = choice["target_knn_nll"]
+        done = [t for t in record.config["trials"] if t["site"] == site and t["completed"]]
+        points = [(selection.reconstruction(t["final"]), selection.score(t["final"], target)) for t in done]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0", s=18, label="trials (ran to the end)")
+        for t, (x, y) in zip(done, points):
+            ax.annotate(f"{t['config']['lam']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = [points[i] for i in pareto_front(points)]
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="C0", lw=1, label="Pareto front")
+        base = record.config["baselines"][site]["final"]
+        base_point = (selection.reconstruction(base), selection.score(base, target))
+        ax.scatter([base_point[0]], [base_point[1]], color="k", marker="x", label="lambda = 0")
+        ax.axvline((1 + selection.recon_tolerance) * base_point[0], color="k", ls="--", lw=1,
+                   label=f"recon bound (+{selection.recon_tolerance:.0%})")
+        chosen = next(p for t, p in zip(done, points) if t["trial"] == choice["trial"])
+        ax.scatter([chosen[0]], [chosen[1]], s=160, facecolors="none", edgecolors="C3", lw=2,
+                   label=f"chosen: lambda {choice['lam']:g}")
+        ax.set(xscale="log", title=site, xlabel=f"reconstruction error ({selection.recon})",
+               ylabel="kNN NLL proxy" if selection.metric == "knn_nll" else "|kNN NLL - target's|")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows) + "</table>")
+
+
+def choices_table(record: Record) -> str:
+    rows = [[site, c["lam"], c["lr"], c["draws"], c["steps"], c["recon"], c["baseline_recon"], c["recon_median"],
+             c["baseline_recon_median"], c["knn_nll"], c["baseline_knn_nll"], c["target_knn_nll"] or "-", c["spread"],
+             c["objective"], "yes" if c["feasible"] else "no", c["trial"]] for site, c in record.config["choices"].items()]
+    return table(["site", "lambda", "lr", "draws K", "steps", "recon", "recon (lambda 0)", "median recon",
+                  "median recon (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)", "spread",
+                  "objective", "within bound", "trial"], rows)
+
+
+def summary(record: Record) -> str:
+    m, spec = record.metrics, record.config["spec"]
+    s = _selection(record)
+    return (f"<p>Sweep <code>{html.escape(record.id)}</code> ({html.escape(record.name or '')}): {m['trials']} trials "
+            f"over {html.escape(', '.join(f'{k} {v}' for k, v in spec['space'].items()))}, scheduler "
+            f"{html.escape(spec['scheduler']['type'])}; {m['completed']} ran to the end; {m['trial_epochs']} of "
+            f"{m['full_epochs']} trial-epochs ({m['compute_fraction']:.0%} of running every trial to the end), plus "
+            f"{m['baseline_epochs']} for the lambda = 0 baselines. Choice per site: lowest "
+            f"{'kNN NLL proxy' if s.metric == 'knn_nll' else 'distance to the target kNN NLL'} whose {s.recon} "
+            f"reconstruction error is within {s.recon_tolerance:.0%} of the lambda = 0 run's (penalty "
+            f"{s.penalty:g} per unit of excess ratio otherwise).</p>")
+
+
+def write_sweep_report(out: Path, record: Record) -> Path:
+    """``out/sweep.html`` with the Pareto figure and the tables of choices and trials."""
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot_pareto(record, out / "sweep_pareto.png")
+    trials = table(["trial", "site", "lambda", "lr", "draws", "epochs", "recon", "median recon", "kNN NLL", "spread",
+                    "objective"],
+                   [[t["trial"], t["site"], t["config"]["lam"], t["config"]["lr"], t["config"]["draws"], t["epochs"],
+                     *[t["final"].get(k, "-") for k in ("recon", "recon_median", "knn_nll", "spread", "objective")]]
+                    for t in record.config["trials"]])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior sweep {html.escape(record.id)}</title>
+<style>body{{font-family:sans-serif;max-width:1400px;margin:auto}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}}</style></head><body>
+<h1>Sweep {html.escape(record.name or record.id)}</h1>{summary(record)}
+<h2>Chosen settings</h2>{choices_table(record)}
+<h2>Reconstruction vs alignment</h2><img src="{figure}">
+<h2>Every trial</h2><p>Trials stopped early show their last epoch's numbers.</p>{trials}
+</body></html>"""
+    path = out / "sweep.html"
+    path.write_text(page)
+    return path.resolve()

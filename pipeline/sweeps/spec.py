@@ -1,0 +1,214 @@
+"""A sweep's spec (``tuning/<name>.yaml``): which sites, what to search, how to stop early, what to choose.
+
+    name: lambda                                   # default: the file name
+    sites: [../sites/R80711.yaml, ../sites/R80721.yaml]   # site specs, relative to this file
+    space:                                         # each: {grid: [...]}, {choice: [...]} or {loguniform: [lo, hi]}
+      lambda: {grid: [0.001, 0.003, 0.01, 0.03, 0.1]}
+      lr: {grid: [0.001]}                          # default: each site spec's alignment.lr
+      draws: {choice: [2, 4, 8]}                   # K; default: each site spec's alignment.draws
+    samples: 1                                     # Tune num_samples: grid repeats / random draws per site
+    steps: 1500                                    # per trial; default: the site specs' alignment.steps
+    epoch_steps: 100                               # steps per reported epoch (ASHA's time unit)
+    scheduler: {type: asha, grace_epochs: 1, reduction_factor: 3}   # or {type: fifo}
+    resources: {cpu: 1}                            # per trial
+    max_concurrent: 0                              # 0: as many trials as the cluster holds
+    select: {metric: knn_nll, recon_tolerance: 0.1, penalty: 100}
+
+Every trial trains one site's encoder; each site also gets one lambda = 0 baseline run (its
+reconstruction error is what ``recon_tolerance`` is relative to). The latent dimension is not a
+sweep dimension here: it is fixed by the prior each site aligns to. Loading validates everything
+once; errors are ``SpecError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.sites.spec import SiteSpec, load_site_spec
+from pipeline.specs import SpecError, read_mapping, resolve, section, typed
+from pipeline.storage import validate_name
+from pipeline.sweeps.objective import Selection
+
+DIMENSIONS = {"lambda": "lam", "lr": "lr", "draws": "draws"}  # YAML name -> AlignConfig field
+NOT_SWEPT = {"latent_dim": "the latent dimension is fixed by the prior each site aligns to",
+             "projection": "the projection belongs to the prior each site aligns to, not to its encoder"}
+SAMPLERS = ("grid", "choice", "loguniform")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched setting: ``grid`` (every value, in order), ``choice`` (uniform draws) or
+    ``loguniform`` (``values`` = (low, high))."""
+
+    name: str  # lambda | lr | draws
+    sampler: str
+    values: tuple
+
+    def __post_init__(self) -> None:
+        if self.name not in DIMENSIONS:
+            raise ValueError(f"unknown dimension {self.name!r} (known: {', '.join(DIMENSIONS)})")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+        if self.sampler == "loguniform":
+            if self.name == "draws":
+                raise ValueError("draws is an integer: use grid or choice")
+            low, high = self.values if len(self.values) == 2 else (0, 0)
+            if not (0 < low < high and math.isfinite(high)):
+                raise ValueError(f"loguniform needs [low, high] with 0 < low < high, got {list(self.values)}")
+        elif not self.values:
+            raise ValueError(f"{self.sampler} needs at least one value")
+
+    @property
+    def field(self) -> str:
+        return DIMENSIONS[self.name]
+
+    def to_tune(self):
+        """The Tune domain a sampled dimension draws from (grids become the sweep's list of points)."""
+        from ray import tune
+
+        if self.sampler == "grid":
+            raise ValueError(f"{self.name}: a grid is not sampled")
+        if self.sampler == "choice":
+            return tune.choice(list(self.values))
+        return tune.loguniform(*self.values)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """``asha``: a trial stops at a rung (grace_epochs x reduction_factor^k epochs) unless its objective
+    is in the best 1/reduction_factor of its own site's trials there; ``fifo``: every trial runs to the end."""
+
+    type: str = "asha"
+    grace_epochs: int = 1
+    reduction_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.type not in ("asha", "fifo"):
+            raise ValueError(f"type must be asha or fifo, got {self.type!r}")
+        if self.grace_epochs < 1 or not self.reduction_factor > 1:
+            raise ValueError(f"grace_epochs must be >= 1 and reduction_factor > 1, got {self}")
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.cpu > 0:
+            raise ValueError(f"cpu must be > 0, got {self.cpu}")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    sites: tuple[SiteSpec, ...]
+    space: tuple[Dimension, ...]
+    steps: int
+    samples: int = 1
+    epoch_steps: int = 100
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    max_concurrent: int = 0
+    select: Selection = Selection()
+    path: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        """Reports per trial (the last may cover fewer than ``epoch_steps`` steps)."""
+        return math.ceil(self.steps / self.epoch_steps)
+
+    def site(self, site: str) -> SiteSpec:
+        for spec in self.sites:
+            if spec.site == site:
+                return spec
+        raise KeyError(site)
+
+    def to_dict(self) -> dict:
+        """JSON-able settings (the site specs by path): what the registry keeps and the name digests."""
+        out = dataclasses.asdict(self)
+        out["sites"] = {s.site: s.path for s in self.sites}
+        out["space"] = {d.name: {d.sampler: list(d.values)} for d in self.space}
+        return out
+
+
+def _dimension(name: object, value: object, where: str) -> Dimension:
+    if name in NOT_SWEPT:
+        raise SpecError(f"{where}.{name}: not a sweep dimension: {NOT_SWEPT[name]}")
+    if name not in DIMENSIONS:
+        raise SpecError(f"{where}: unknown dimension {name!r} (known: {', '.join(DIMENSIONS)})")
+    if not isinstance(value, dict) or len(value) != 1:
+        raise SpecError(f"{where}.{name}: expected one of {{grid: [...]}}, {{choice: [...]}}, "
+                        f"{{loguniform: [low, high]}}, got {value!r}")
+    (sampler, values), = value.items()
+    kind = "int" if name == "draws" else "float"
+    values = typed(values, f"tuple[{kind}, ...]", f"{where}.{name}.{sampler}")
+    try:
+        return Dimension(name, sampler, values)
+    except ValueError as error:
+        raise SpecError(f"{where}.{name}: {error}") from None
+
+
+def load_sweep_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate ``path`` and the site specs it names (see the module docstring)."""
+    path = Path(path)
+    data = read_mapping(path, "sweep spec")
+    top = {"name", "sites", "space", "samples", "steps", "epoch_steps", "scheduler", "resources",
+           "max_concurrent", "select"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise SpecError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(top))})")
+    for key in ("sites", "space"):
+        if key not in data:
+            raise SpecError(f"{path}: missing key {key!r}")
+    name = typed(data.get("name", path.stem), "str", f"{path}: name")
+    try:
+        validate_name(name, "sweep name")
+    except ValueError as error:
+        raise SpecError(f"{path}: name: {error}") from None
+
+    sites = []
+    for i, site_path in enumerate(typed(data["sites"], "tuple[str, ...]", f"{path}: sites")):
+        try:
+            sites.append(load_site_spec(resolve(site_path, path.parent)))
+        except SpecError as error:
+            raise SpecError(f"{path}: sites[{i}]: {error}") from None
+    seen = [s.site for s in sites]
+    if len(set(seen)) != len(seen):
+        raise SpecError(f"{path}: sites: site {next(s for s in seen if seen.count(s) > 1)!r} is listed twice")
+
+    space = data["space"]
+    if not isinstance(space, dict) or not space:
+        raise SpecError(f"{path}: space: expected a mapping of dimensions, got {space!r}")
+    dimensions = tuple(_dimension(k, v, f"{path}: space") for k, v in space.items())
+    for dimension in dimensions:  # every value must make a valid alignment setting for every site
+        for value in (dimension.values if dimension.sampler != "loguniform" else ()):
+            try:
+                dataclasses.replace(sites[0].alignment, **{dimension.field: value})
+            except ValueError as error:
+                raise SpecError(f"{path}: space.{dimension.name}: {error}") from None
+
+    if "steps" in data:
+        steps = typed(data["steps"], "int", f"{path}: steps")
+    else:
+        distinct = sorted({s.alignment.steps for s in sites})
+        if len(distinct) > 1:
+            raise SpecError(f"{path}: steps: the sites' alignment.steps differ ({distinct}); set steps for the sweep")
+        steps = distinct[0]
+    settings = {key: typed(data[key], "int", f"{path}: {key}")
+                for key in ("samples", "epoch_steps", "max_concurrent") if key in data}
+    for key, low in (("steps", 1), ("samples", 1), ("epoch_steps", 1), ("max_concurrent", 0)):
+        value = steps if key == "steps" else settings.get(key, low)
+        if value < low:
+            raise SpecError(f"{path}: {key}: must be >= {low}, got {value}")
+    scheduler = section(Scheduler, data.get("scheduler", {}), f"{path}: scheduler")
+    spec = SweepSpec(name=name, sites=tuple(sites), space=dimensions, steps=steps, **settings, scheduler=scheduler,
+                     resources=section(Resources, data.get("resources", {}), f"{path}: resources"),
+                     select=section(Selection, data.get("select", {}), f"{path}: select"), path=str(path))
+    if scheduler.type == "asha" and scheduler.grace_epochs > spec.epochs:
+        raise SpecError(f"{path}: scheduler.grace_epochs: {scheduler.grace_epochs} exceeds the {spec.epochs} epochs "
+                        f"of a trial ({steps} steps / epoch_steps {spec.epoch_steps})")
+    return spec

@@ -1,0 +1,145 @@
+"""Sweeps as real Ray Tune experiments on a real local Ray: from the command line on both store backends,
+the choice reproduced by `site align --from-sweep`, and an interrupted sweep resumed where it stopped."""
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.jobs.sweep import SweepInterrupted, grid_points, run_sweep, settings_of
+from pipeline.registry import Registry
+from pipeline.storage import Store
+from pipeline.sweeps import Selection, load_sweep_spec
+from tests.jobs.test_sites import flowprior, publish_core, small_spec
+
+SITES = ("R80711", "R80721")
+LAMBDAS = [0.001, 0.01, 0.1, 1.0]
+
+
+def sweep_spec(tmp_path: Path, **overrides) -> Path:
+    """A CI-sized sweep over two turbines: 4 lambdas, 80 steps in 4 epochs of 20."""
+    sites = [small_spec(tmp_path, site, alignment={"lambda": 0.01, "steps": 60, "log_every": 30,
+                                                   "eval_points": 500}).name for site in SITES]
+    data = {"name": "ci", "sites": sites, "space": {"lambda": {"grid": LAMBDAS}}, "steps": 80, "epoch_steps": 20,
+            "scheduler": {"type": "asha", "grace_epochs": 1, "reduction_factor": 2}, "select": {"metric": "knn_nll"},
+            **overrides}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the space's order is the trials' order
+    return path
+
+
+def check_record(record, spec) -> None:
+    """Every trial is there with its epochs in order; each site's choice is the lowest recomputed objective
+    among its trials that ran to the end; the compute accounting adds up."""
+    trials = record.config["trials"]
+    assert sorted((t["site"], t["config"]["lam"]) for t in trials) == sorted((s, x) for s in SITES for x in LAMBDAS)
+    selection = Selection(**record.config["spec"]["select"])
+    for t in trials:
+        assert [h["epoch"] for h in t["history"]] == list(range(1, t["epochs"] + 1))  # never restarted
+        assert t["completed"] == (t["epochs"] == spec.epochs)
+        base = record.config["baselines"][t["site"]]["history"]
+        target = record.config["choices"][t["site"]]["target_knn_nll"]
+        for h in t["history"]:  # the objective ASHA ranked by: against the baseline at the same epoch
+            assert h["objective"] == pytest.approx(selection.objective(h, selection.reconstruction(base[h["epoch"] - 1]),
+                                                                       target))
+    for site in SITES:
+        done = [t for t in trials if t["site"] == site and t["completed"]]
+        best = min(done, key=lambda t: (t["final"]["objective"], t["config"]["lam"]))
+        choice = record.config["choices"][site]
+        assert choice["trial"] == best["trial"] and choice["lam"] == best["config"]["lam"]
+        assert set(record.config["pareto"][site]) <= {t["trial"] for t in done}
+        assert best["trial"] in record.config["pareto"][site] or not choice["feasible"]
+    assert record.metrics["trial_epochs"] == sum(t["epochs"] for t in trials)
+    assert record.metrics["full_epochs"] == len(trials) * spec.epochs
+    assert record.metrics["baseline_epochs"] == len(SITES) * spec.epochs
+
+
+def test_trials_follow_the_grid_as_listed_with_the_sites_interleaved(tmp_path):
+    spec = load_sweep_spec(sweep_spec(tmp_path, space={"lambda": {"grid": [0.1, 0.01]}, "draws": {"grid": [2, 8]},
+                                                       "lr": {"loguniform": [1e-4, 1e-2]}}))
+    points = grid_points(spec, list(SITES))
+    assert [(p["lam"], p["draws"], p["site"]) for p in points] == [
+        (lam, draws, site) for lam in (0.1, 0.01) for draws in (2, 8) for site in SITES]
+    assert "lr" not in points[0]  # sampled per trial by Tune, not part of the grid
+    assert settings_of({"point": points[1], "lr": 0.001}) == {"lam": 0.1, "draws": 2, "site": SITES[1], "lr": 0.001}
+    assert grid_points(spec, ["a"], {"lam": 0.0}) == [{"lam": 0.0, "site": "a"}]  # the baselines
+
+
+@pytest.mark.slow
+def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(local_ray, store_uri, tmp_path, capsys):
+    core = publish_core(store_uri)
+    path = sweep_spec(tmp_path)
+    spec = load_sweep_spec(path)
+    registry = Registry(Store.open(store_uri))
+
+    code, out, err = flowprior(capsys, "sweep", str(path), "--store", store_uri, "--json", "--report",
+                               str(tmp_path / "report"))
+    assert code == 0, err
+    answer = json.loads(out)
+    (record,) = registry.records(kind="sweep")
+    assert answer["sweep"] == record.id and set(answer["choices"]) == set(SITES)
+    assert record.parents == [core.id] and record.name.startswith("ci-")
+    check_record(record, spec)
+    assert record.metrics["trial_epochs"] < record.metrics["full_epochs"]  # ASHA stopped some trials early
+    assert Store.open(store_uri).exists(f"ray-runs/{record.name}/tuner.pkl")  # Tune's experiment lives in the store
+    page = (tmp_path / "report" / "sweep.html").read_text()
+    assert (tmp_path / "report" / "sweep_pareto.png").stat().st_size > 10_000
+    assert all(record.config["choices"][s]["trial"] in page for s in SITES)
+
+    code, out, _ = flowprior(capsys, "sweep", str(path), "--store", store_uri)  # the same sweep: nothing reruns
+    assert code == 0 and record.id in out and len(registry.records(kind="sweep")) == 1
+
+    site_spec = str(tmp_path / f"{SITES[0]}.yaml")
+    code, out, err = flowprior(capsys, "site", "align", site_spec, "--from-sweep", record.id, "--store", store_uri)
+    assert code == 0, err
+    (encoder,) = registry.records(kind="encoder")
+    choice = record.config["choices"][SITES[0]]
+    assert encoder.parents == [choice["prior"], record.id] and encoder.aligned_to == choice["prior"]
+    assert encoder.config["lambda"] == choice["lam"] and encoder.config["align"]["steps"] == spec.steps
+    for name in ("recon", "recon_median", "knn_nll", "spread"):  # same seed, same settings: the trial's numbers
+        assert encoder.metrics[name] == pytest.approx(choice[name], rel=1e-5), name
+    assert record.id in [r.id for r in registry.lineage(encoder.id)]
+
+    other = str(small_spec(tmp_path, "R80736"))
+    code, _, err = flowprior(capsys, "site", "align", other, "--from-sweep", record.id, "--store", store_uri)
+    assert code == 2 and f"did not sweep site R80736 (it swept {', '.join(SITES)})" in err
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
+    from ray import tune
+
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri)
+    spec = load_sweep_spec(sweep_spec(tmp_path, scheduler={"type": "fifo"}))
+    store = Store.open(store_uri)
+    lines = []
+
+    def interrupt_after_two_trials(line: str) -> None:  # Ctrl+C, delivered while Tune runs the main experiment
+        lines.append(line)
+        if "baseline" not in line and "] 2/8 " in line:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(SweepInterrupted, match="rerun the same command to resume"):
+        run_sweep(spec, store, say=interrupt_after_two_trials)
+    (experiment,) = [p for p in (tmp_path / "store" / "ray-runs").iterdir() if "baseline" not in p.name]
+    saved = tune.ExperimentAnalysis(str(experiment)).trials
+    ended = {t.trial_id for t in saved if t.status == "TERMINATED"}
+    assert 2 <= len(ended) < 8
+    logs = {t.trial_id: (Path(t.path) / "result.json").read_bytes() for t in saved if t.trial_id in ended}
+    assert Registry(store).records(kind="sweep") == []
+
+    lines.clear()
+    record = run_sweep(spec, store, say=lines.append)
+    check_record(record, spec)
+    assert record.metrics["completed"] == 8  # FIFO: every trial ran to the end
+    resumed = [line for line in lines if re.search(r"\] [3-8]/8 .*: ran to the end", line)]  # counting on
+    assert len(resumed) == 8 - len(ended) and "picking up the Tune experiment" in "".join(lines)
+    assert not any("-baseline-" in line and "ran to the end" in line for line in lines)  # baselines kept
+    for t in tune.ExperimentAnalysis(str(experiment)).trials:
+        if t.trial_id in ended:  # finished before the interruption: not run again
+            assert (Path(t.path) / "result.json").read_bytes() == logs[t.trial_id]

@@ -1,0 +1,94 @@
+"""Sweep specs: a good one loads with its defaults and its sites; every bad one is refused, naming file and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.sweeps import SweepSpec, load_sweep_spec
+from pipeline.sites import SpecError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def site_spec(folder: Path, site: str, steps: int = 300) -> str:
+    path = folder / f"{site}.yaml"
+    path.write_text(yaml.safe_dump({"site": site, "target": {"uri": "t.parquet"}, "observations": {"uri": "o.parquet"},
+                                    "alignment": {"steps": steps}}))
+    return path.name
+
+
+def write(tmp_path: Path, **data) -> Path:
+    base = {"sites": [site_spec(tmp_path, "a"), site_spec(tmp_path, "b")], "space": {"lambda": {"grid": [0.01, 0.1]}}}
+    base.update(data)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in base.items() if v is not None}))
+    return path
+
+
+def test_the_shipped_lambda_sweep_loads_with_the_demo_sites():
+    spec = load_sweep_spec(ROOT / "tuning" / "lambda.yaml")
+    assert isinstance(spec, SweepSpec) and spec.name == "lambda"
+    assert [s.site for s in spec.sites] == ["R80711", "R80721", "R80736", "R80790"]
+    assert spec.space[0].name == "lambda" and spec.space[0].sampler == "grid" and spec.scheduler.type == "asha"
+    assert spec.epochs == spec.steps // spec.epoch_steps
+
+
+def test_defaults_come_from_the_site_specs_and_the_file_name(tmp_path):
+    spec = load_sweep_spec(write(tmp_path, space={"lambda": {"loguniform": [1e-4, 1]}, "draws": {"choice": [2, 8]}}))
+    assert spec.name == "sweep" and spec.steps == 300 and spec.epoch_steps == 100 and spec.epochs == 3
+    assert spec.sites[0].path == str(tmp_path / "a.yaml")  # relative to the sweep spec
+    assert spec.select.metric == "knn_nll" and spec.select.recon_tolerance == 0.1
+    assert spec.to_dict()["space"] == {"lambda": {"loguniform": [1e-4, 1.0]}, "draws": {"choice": [2, 8]}}
+    assert spec.resources.cpu == 1.0 and spec.max_concurrent == 0 and spec.samples == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, "unknown key 'colour'"),
+    ({"sites": None}, "missing key 'sites'"),
+    ({"space": None}, "missing key 'space'"),
+    ({"space": {}}, "space: expected a mapping of dimensions"),
+    ({"space": {"width": {"grid": [1]}}}, "unknown dimension 'width'"),
+    ({"space": {"latent_dim": {"grid": [4, 8]}}}, "latent dimension is fixed by the prior"),
+    ({"space": {"lambda": [0.1, 1]}}, r"space.lambda: expected one of \{grid"),
+    ({"space": {"lambda": {"grid": []}}}, "space.lambda.grid: expected a non-empty list"),
+    ({"space": {"lambda": {"grid": [-1.0]}}}, "space.lambda: lambda must be a finite number >= 0"),
+    ({"space": {"lambda": {"loguniform": [1, 0.1]}}}, "0 < low < high"),
+    ({"space": {"lambda": {"uniform": [0, 1]}}}, "unknown sampler 'uniform'"),
+    ({"space": {"draws": {"loguniform": [1, 8]}}}, "draws is an integer"),
+    ({"space": {"draws": {"grid": [2.5]}}}, r"space.draws.grid\[0\]: expected int"),
+    ({"space": {"lr": {"grid": [0.0]}}}, "lr must be > 0"),
+    ({"name": "../escape"}, "name: invalid sweep name"),
+    ({"steps": 0}, "steps: must be >= 1"),
+    ({"samples": "two"}, "samples: expected int"),
+    ({"scheduler": {"type": "pbt"}}, "scheduler: type must be asha or fifo"),
+    ({"scheduler": {"reduction_factor": 1}}, "reduction_factor > 1"),
+    ({"scheduler": {"grace_epochs": 5}}, "grace_epochs: 5 exceeds the 3 epochs"),
+    ({"resources": {"cpu": 0}}, "resources: cpu must be > 0"),
+    ({"resources": {"gpu": 1}}, "resources: unknown key 'gpu'"),
+    ({"select": {"metric": "mmd"}}, "select: metric must be one of knn_nll, nll_gap"),
+    ({"select": {"recon_tolerance": -0.1}}, "recon_tolerance must be a finite number >= 0"),
+    ({"select": {"recon": "max"}}, "recon must be one of mean, median"),
+    ({"sites": ["a.yaml", "a.yaml"]}, "site 'a' is listed twice"),
+    ({"sites": ["missing.yaml"]}, r"sites\[0\]: .*missing.yaml: no such site spec"),
+])
+def test_bad_specs_are_refused_naming_the_file_and_key(tmp_path, change, message):
+    path = write(tmp_path, **change)
+    with pytest.raises(SpecError, match=message) as error:
+        load_sweep_spec(path)
+    assert str(path) in str(error.value)
+
+
+def test_sites_with_different_lengths_need_the_sweep_to_set_steps(tmp_path):
+    sites = [site_spec(tmp_path, "c", 300), site_spec(tmp_path, "d", 500)]
+    with pytest.raises(SpecError, match=r"alignment.steps differ \(\[300, 500\]\)"):
+        load_sweep_spec(write(tmp_path, sites=sites))
+    assert load_sweep_spec(write(tmp_path, sites=sites, steps=400)).steps == 400
+
+
+def test_a_missing_or_unreadable_sweep_spec_is_named(tmp_path):
+    with pytest.raises(SpecError, match="no such sweep spec"):
+        load_sweep_spec(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("space: [unclosed")
+    with pytest.raises(SpecError, match="not readable YAML"):
+        load_sweep_spec(tmp_path / "bad.yaml")
