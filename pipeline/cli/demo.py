@@ -34,7 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--core-steps", type=positive, default=2000, help="core prior steps (default: %(default)s)")
     demo.add_argument("--quick", action="store_true", help="CI-sized run: a few hundred steps everywhere (~1 min)")
     demo.add_argument("--sweep", type=Path, metavar="SWEEP.yaml",
-                      help="sweep lambda per site first (e.g. tuning/lambda.yaml: ~+4 min on 2 CPUs) and align with "
+                      help="sweep lambda per site first (e.g. tuning/lambda.yaml: +6 min on 2 CPUs) and align with "
                            "the choices; the report gains a Pareto plot per site and the table of chosen settings")
     demo.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     demo.set_defaults(handler=cmd_demo)

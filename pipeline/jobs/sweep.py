@@ -254,6 +254,28 @@ def experiment_names(spec: SweepSpec, sites: dict[str, SiteData]) -> tuple[str, 
             f"{spec.name}-baseline-{_digest(identity)}")
 
 
+def _choices(spec: SweepSpec, sites: dict[str, SiteData], trials: list[dict], baselines: dict) -> tuple[dict, dict]:
+    """Per site: the chosen setting with its numbers beside the baseline's, and the Pareto front
+    (reconstruction vs alignment score) of the trials that ran to the end."""
+    choices, fronts = {}, {}
+    for site, data in sites.items():
+        own = [t for t in trials if t["site"] == site]
+        chosen = choose(own)
+        if chosen is None:
+            raise RuntimeError(f"sweep {spec.name}: no trial of site {site} ran to the end")
+        done = [t for t in own if t["completed"]]
+        front = pareto_front([(spec.select.reconstruction(t["final"]), spec.select.score(t["final"], data.target_nll))
+                              for t in done])
+        fronts[site] = [done[i]["trial"] for i in front]
+        base = baselines[site]["final"]
+        choices[site] = {"trial": chosen["trial"], "prior": data.prior_id, **chosen["config"], "steps": spec.steps,
+                         **{k: chosen["final"][k] for k in ("objective", "recon", "recon_median", "knn_nll", "spread",
+                                                            "feasible")},
+                         "baseline_recon": base["recon"], "baseline_recon_median": base["recon_median"],
+                         "baseline_knn_nll": base["knn_nll"], "target_knn_nll": data.target_nll}
+    return choices, fronts
+
+
 def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Say = print,
               name: str | None = None) -> Record:
     """Run (or resume, or return the recorded) sweep; see the module docstring."""
@@ -282,52 +304,33 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     site_ids = [s.site for s in spec.sites]
     say(f"[sweep {spec.name}] {name}: {len(site_ids)} sites ({', '.join(site_ids)}), {spec.steps} steps "
         f"({spec.epochs} epochs) per trial, scheduler {spec.scheduler.type}")
-    baselines = _experiment(baseline_name, _trainable(sites, spec),
-                            {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
-                            len(site_ids), spec, store,
-                            None, say)
-    baseline_entries = {}
-    for result in baselines:
+    baselines = {}
+    for result in _experiment(baseline_name, _trainable(sites, spec),
+                              {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
+                              len(site_ids), spec, store, None, say):
         site = settings_of(result.config)["site"]
-        entry = baseline_entries[site] = _trial_entry(result, spec, sites[site])
-        data = sites[site]
-        data.baseline_recon = [spec.select.reconstruction(h) for h in entry["history"]]
+        baselines[site] = _trial_entry(result, spec, sites[site])
+        sites[site].baseline_recon = [spec.select.reconstruction(h) for h in baselines[site]["history"]]
 
     points = grid_points(spec, site_ids)
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
-    total = len(points) * spec.samples
     scheduler = PerSiteASHA(spec) if spec.scheduler.type == "asha" else None
-    results = _experiment(name, _trainable(sites, spec), space, spec.samples, total, spec, store, scheduler, say)
+    results = _experiment(name, _trainable(sites, spec), space, spec.samples, len(points) * spec.samples, spec, store,
+                          scheduler, say)
     trials = [_trial_entry(r, spec, sites[settings_of(r.config)["site"]]) for r in results]
-
-    choices, fronts = {}, {}
-    for site, data in sites.items():
-        own = [t for t in trials if t["site"] == site]
-        chosen = choose(own)
-        if chosen is None:
-            raise RuntimeError(f"sweep {spec.name}: no trial of site {site} ran to the end")
-        done_trials = [t for t in own if t["completed"]]
-        front = pareto_front([(spec.select.reconstruction(t["final"]), spec.select.score(t["final"], data.target_nll))
-                              for t in done_trials])
-        fronts[site] = [done_trials[i]["trial"] for i in front]
-        base = baseline_entries[site]["final"]
-        choices[site] = {"trial": chosen["trial"], "prior": data.prior_id, **chosen["config"], "steps": spec.steps,
-                         **{k: chosen["final"][k] for k in ("objective", "recon", "recon_median", "knn_nll", "spread",
-                                                            "feasible")},
-                         "baseline_recon": base["recon"], "baseline_recon_median": base["recon_median"],
-                         "baseline_knn_nll": base["knn_nll"], "target_knn_nll": data.target_nll}
+    choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)
     metrics = {"trials": len(trials), "completed": sum(t["completed"] for t in trials),
                "trial_epochs": trial_epochs, "full_epochs": len(trials) * spec.epochs,
                "compute_fraction": trial_epochs / (len(trials) * spec.epochs),
-               "baseline_epochs": sum(e["epochs"] for e in baseline_entries.values()),
+               "baseline_epochs": sum(e["epochs"] for e in baselines.values()),
                "seconds": time.perf_counter() - started}
     fingerprint = hashlib.sha256(json.dumps({s: d.fingerprint for s, d in sorted(sites.items())}).encode()).hexdigest()
     storage_path, _ = runtime.storage_for(store)
     record = registry.register(
         "sweep", parents=sorted({d.prior_id for d in sites.values()}), name=name, fingerprint=fingerprint,
         config={"spec": spec.to_dict(), "experiment": f"{storage_path}/{name}", "choices": choices, "pareto": fronts,
-                "baselines": baseline_entries, "trials": trials},
+                "baselines": baselines, "trials": trials},
         metrics=metrics)
     say(f"[sweep {spec.name}] recorded {record.id}: {metrics['trials']} trials, {metrics['completed']} ran to the end, "
         f"{trial_epochs} of {metrics['full_epochs']} trial-epochs ({metrics['compute_fraction']:.0%})")

@@ -23,7 +23,8 @@ def _selection(record: Record) -> Selection:
 
 def plot_pareto(record: Record, path: Path) -> str:
     """Per site: reconstruction error vs alignment score of every trial that ran to the end (lambda
-    beside each), the lambda = 0 baseline, the reconstruction bound, the Pareto front and the choice."""
+    beside each) and of those stopped early (lambda@epoch, grey), the lambda = 0 baseline, the
+    reconstruction bound, the Pareto front and the choice."""
     selection, choices = _selection(record), record.config["choices"]
     sites = list(choices)
     fig, axes = plt.subplots(1, len(sites), figsize=(4.2 * len(sites), 3.8), squeeze=False)
@@ -35,6 +36,14 @@ def plot_pareto(record: Record, path: Path) -> str:
         ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0", s=18, label="trials (ran to the end)")
         for t, (x, y) in zip(done, points):
             ax.annotate(f"{t['config']['lam']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        stopped = [t for t in record.config["trials"] if t["site"] == site and not t["completed"]]
+        if stopped:  # where early stopping left them: earlier in training, so not comparable with the rest
+            early = [(selection.reconstruction(t["final"]), selection.score(t["final"], target)) for t in stopped]
+            ax.scatter([p[0] for p in early], [p[1] for p in early], color="0.6", marker=".", s=14,
+                       label="stopped early (at their last epoch)")
+            for t, (x, y) in zip(stopped, early):
+                ax.annotate(f"{t['config']['lam']:g}@{t['epochs']}", (x, y), fontsize=6, color="0.5",
+                            xytext=(3, -6), textcoords="offset points")
         front = [points[i] for i in pareto_front(points)]
         ax.plot([p[0] for p in front], [p[1] for p in front], color="C0", lw=1, label="Pareto front")
         base = record.config["baselines"][site]["final"]

@@ -12,10 +12,12 @@
     scheduler: {type: asha, grace_epochs: 1, reduction_factor: 3}   # or {type: fifo}
     resources: {cpu: 1}                            # per trial
     max_concurrent: 0                              # 0: as many trials as the cluster holds
-    select: {metric: knn_nll, recon_tolerance: 0.1, penalty: 100}
+    select: {metric: knn_nll, recon: mean, recon_tolerance: 0.1, penalty: 10}   # see pipeline.sweeps.objective
 
 Every trial trains one site's encoder; each site also gets one lambda = 0 baseline run (its
-reconstruction error is what ``recon_tolerance`` is relative to). The latent dimension is not a
+reconstruction error is what ``recon_tolerance`` is relative to). Trials start in the order the
+grid lists its values (first dimension slowest), the sites interleaved; each site's first trial
+runs to the end and sets ASHA's bar, so list grid values coarse-to-fine, best guess first. The latent dimension is not a
 sweep dimension here: it is fixed by the prior each site aligns to. Loading validates everything
 once; errors are ``SpecError`` naming the file and the key.
 """
