@@ -115,7 +115,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
 
     store_uri = str(tmp_path / "store")
     publish_core(store_uri)
-    spec = load_sweep_spec(sweep_spec(tmp_path, scheduler={"type": "fifo"}))
+    space = {"lambda": {"grid": LAMBDAS}, "lr": {"loguniform": [5e-4, 2e-3]}}  # lr: drawn by Tune per trial
+    spec = load_sweep_spec(sweep_spec(tmp_path, scheduler={"type": "fifo"}, space=space))
     store = Store.open(store_uri)
     lines = []
 
@@ -137,6 +138,8 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
     record = run_sweep(spec, store, say=lines.append)
     check_record(record, spec)
     assert record.metrics["completed"] == 8  # FIFO: every trial ran to the end
+    rates = [t["config"]["lr"] for t in record.config["trials"]]
+    assert all(5e-4 <= lr <= 2e-3 for lr in rates) and len(set(rates)) == 8
     resumed = [line for line in lines if re.search(r"\] [3-8]/8 .*: ran to the end", line)]  # counting on
     assert len(resumed) == 8 - len(ended) and "picking up the Tune experiment" in "".join(lines)
     assert not any("-baseline-" in line and "ran to the end" in line for line in lines)  # baselines kept
