@@ -4,25 +4,41 @@ The feature columns are either one fixed-size-list column (``features`` by defau
 numeric column not excluded (the ``id``/``site``/``time`` columns). ``filters`` keeps rows
 whose column equals a value (or is one of a list of values), e.g. ``{"site": "R80711"}``.
 Every bad input raises ``DataError`` naming the source, file, column and value.
+
+Reading is in two steps, so that a cluster can share the work:
+
+    scan = scan_features(uri, filters={"site": "R80711"})   # lists files, reads one footer: no data
+    for source in scan.files:                               # anywhere: a process, a Ray task
+        for x in scan.blocks(source):                       # (b, d) float32, checked, streamed
+            ...
+    read_features(uri, ...)                                 # both steps, in memory: a Features
+
+Only the feature columns are read, and the filters are pushed into the Parquet reader (row
+groups whose statistics exclude the wanted values are skipped). Values go from Arrow to float32
+directly. Hidden and temporary paths (any part of the path below the dataset root starting with
+``.`` or ``_``: ``_temporary/``, ``_SUCCESS``, ``.part-0.crc``) are skipped, as Spark and Hive
+writers expect.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.data.fingerprint import SourceFile, fingerprint
 from pipeline.storage.s3 import S3Options
 
 DEFAULT_EXCLUDE = ("id", "site", "time")
+BATCH_ROWS = 65_536  # rows per streamed block
 Filters = Mapping[str, object]
 
 
@@ -36,7 +52,7 @@ class Features:
 
     values: np.ndarray
     columns: list[str]  # feature column names; ["features[0]", ...] for a list column
-    fingerprint: str  # sha256 over schema, filters and each file's name, size and content hash/etag
+    fingerprint: str  # see pipeline.data.fingerprint: files' names, sizes and identities, columns, options
     files: list[str] = field(default_factory=list)
     rows_dropped: int = 0  # rows with NaN/inf dropped (only with drop_nonfinite=True)
 
@@ -56,87 +72,224 @@ def _filesystem(uri: str, s3: S3Options | None):
     return fsspec.filesystem("file"), path, True
 
 
+def _hidden(name: str, root: str) -> bool:
+    """Whether any part of ``name`` below ``root`` starts with ``.`` or ``_`` (Spark/Hive's hidden files)."""
+    relative = name[len(root):] if name.startswith(root) else name.rsplit("/", 1)[-1]
+    return any(part.startswith((".", "_")) for part in relative.strip("/").split("/"))
+
+
 def _list_files(uri: str, fs, path: str, local: bool) -> list[SourceFile]:
     """The Parquet files of ``uri`` (a file, a folder searched recursively, or a glob) with sizes and
-    content identity, sorted by name."""
+    a cheap identity (see ``SourceFile.of``), sorted by name; hidden and temporary paths skipped."""
     try:
         if any(c in path for c in "*?["):
-            infos, root = [fs.info(p) for p in fs.glob(path)], path.rsplit("/", 1)[0]
+            root = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+            infos = [fs.info(p) for p in fs.glob(path)]
         elif fs.isdir(path):
-            infos = [i for i in fs.find(path, detail=True).values()
-                     if i["name"].endswith(".parquet") and not i["name"].rsplit("/", 1)[-1].startswith((".", "_"))]
             root = path
+            infos = [i for i in fs.find(path, detail=True).values() if i["name"].endswith(".parquet")]
         elif fs.exists(path):
             infos, root = [fs.info(path)], path.rsplit("/", 1)[0]
         else:
             raise DataError(f"{uri}: {'no such file or directory' if local else 'no such object or prefix'}")
-        return sorted((SourceFile.of(i, root, local) for i in infos if i.get("type") == "file"),
-                      key=lambda f: f.name)
+        return sorted((SourceFile.of(i, root, local, fs) for i in infos
+                       if i.get("type") == "file" and not _hidden(i["name"], root)), key=lambda f: f.name)
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - unreadable URI, server gone, no permission
         raise DataError(f"{uri}: cannot list ({type(error).__name__}: {error})") from None
 
 
-def _apply_filters(table: pa.Table, filters: Filters, where: str) -> pa.Table:
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
+def _numeric_names(schema: pa.Schema, exclude: Sequence[str]) -> list[str]:
+    return [f.name for f in schema if f.name not in exclude and _is_number(f.type)]
+
+
+def _coerce_filters(filters: Filters, schema: pa.Schema, where: str) -> dict[str, list]:
+    """Each filter's values as a list of Python values of its column's type (``"2015"`` -> 2015)."""
+    coerced = {}
     for column, wanted in filters.items():
-        if column not in table.column_names:
-            raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(table.column_names)})")
+        if column not in schema.names:
+            raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(schema.names)})")
         values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
-        kind = table.schema.field(column).type
-        data = table[column]
+        kind = schema.field(column).type
         if pa.types.is_dictionary(kind):  # e.g. a categorical site column: compare its values
-            kind, data = kind.value_type, data.cast(kind.value_type)
+            kind = kind.value_type
         try:
             if all(isinstance(v, str) for v in values) and not pa.types.is_string(kind):
-                value_set = pa.array(values).cast(kind)  # e.g. "2015" or "false" from a command line
+                coerced[column] = pa.array(values).cast(kind).to_pylist()  # e.g. "2015" or "false" from a command line
             else:
-                value_set = pa.array(values, type=kind)
-            mask = pc.is_in(data, value_set=value_set)
+                coerced[column] = pa.array(values, type=kind).to_pylist()
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             raise DataError(f"{where}: filter value {wanted!r} does not fit column {column!r} "
-                            f"of type {table.schema.field(column).type}") from None
-        table = table.filter(mask)
-    return table
+                            f"of type {schema.field(column).type}") from None
+    return coerced
 
 
-def _matrix(table: pa.Table, feature_column: str, exclude: Sequence[str], where: str) -> tuple[np.ndarray, list[str]]:
-    """(n, d) float64 values and column names of one file's rows."""
-    if feature_column in table.column_names:
-        col_type = table.schema.field(feature_column).type
-        if not (pa.types.is_fixed_size_list(col_type) or pa.types.is_list(col_type) or pa.types.is_large_list(col_type)) \
-                or not (pa.types.is_integer(col_type.value_type) or pa.types.is_floating(col_type.value_type)):
-            raise DataError(f"{where}: column {feature_column!r} has type {col_type}; expected a list of numbers")
-        column = table[feature_column].combine_chunks()
-        if column.null_count:
-            raise DataError(f"{where}: column {feature_column!r} has {column.null_count} null rows")
-        lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
-        if len(lengths) > 1:
-            raise DataError(f"{where}: column {feature_column!r} mixes vector lengths {sorted(lengths.tolist())}")
-        dim = int(lengths[0]) if len(lengths) else (col_type.list_size if pa.types.is_fixed_size_list(col_type) else 0)
-        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
-        return flat.reshape(len(table), dim), [f"{feature_column}[{i}]" for i in range(dim)]  # (n, d)
-    names = [f.name for f in table.schema if f.name not in exclude
-             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
-    if not names:
-        raise DataError(f"{where}: no {feature_column!r} column and no numeric columns besides "
-                        f"{', '.join(exclude)} (columns: {', '.join(table.column_names) or 'none'})")
-    return _named_columns(table, names, where)
+@dataclass(frozen=True)
+class FeatureScan:
+    """What reading ``uri`` means, learned from its listing and one file's footer (no data read):
+    the files, the Parquet columns to read, the filters in their columns' types, and the fingerprint.
+    Small and picklable: Ray tasks read the files with it."""
+
+    uri: str
+    files: tuple[SourceFile, ...]
+    read_columns: tuple[str, ...]  # the Parquet columns holding the features
+    list_column: bool  # one list column (vectors) rather than numeric columns
+    filters: dict  # column -> list of values of its type
+    drop_nonfinite: bool
+    fingerprint: str
+    exclude: tuple[str, ...] | None = None  # every numeric column but these (None: columns named explicitly)
+    s3: S3Options | None = None
+
+    @property
+    def local(self) -> bool:
+        return urlsplit(self.uri).scheme != "s3"
+
+    def filesystem(self):
+        """A pyarrow filesystem for the files' paths (local disk, or S3 through s3fs)."""
+        if self.local:
+            return pa.fs.LocalFileSystem()
+        return pa.fs.PyFileSystem(pa.fs.FSSpecHandler((self.s3 or S3Options.from_env()).filesystem()))
+
+    def arrow_filter(self) -> pc.Expression | None:
+        """The filters as a pyarrow expression, for the Parquet reader to push down."""
+        expression = None
+        for column, values in self.filters.items():
+            # equality for one value: the reader can then skip row groups by their min/max statistics
+            term = pc.field(column) == values[0] if len(values) == 1 else pc.field(column).isin(values)
+            expression = term if expression is None else expression & term
+        return expression
+
+    def blocks(self, source: SourceFile, batch_rows: int = BATCH_ROWS,
+               filesystem=None) -> Iterator[tuple[np.ndarray, int]]:
+        """Stream one file's rows: ``(x (b, d) float32, rows dropped)`` per block, checked as
+        :func:`read_features` checks them (errors name the file, column and row)."""
+        where = source.display
+        try:
+            schema = pq.read_schema(source.path, filesystem=filesystem or self.filesystem())
+            fragment = ds.dataset(source.path, format="parquet", filesystem=filesystem or self.filesystem())
+        except Exception as error:  # noqa: BLE001 - a corrupt or unreadable file
+            raise DataError(f"{where}: not a readable Parquet file ({type(error).__name__}: {error})") from None
+        self._check_schema(schema, where)
+        try:
+            batches = fragment.to_batches(columns=list(self.read_columns), filter=self.arrow_filter(),
+                                          batch_size=batch_rows)
+            row = 0
+            for batch in batches:
+                if batch.num_rows:
+                    x, dropped = self.matrix(pa.Table.from_batches([batch]), where, row)
+                    row += batch.num_rows
+                    yield x, dropped
+        except DataError:
+            raise
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as error:
+            raise DataError(f"{where}: cannot read ({type(error).__name__}: {error})") from None
+
+    def _check_schema(self, schema: pa.Schema, where: str) -> None:
+        for column, values in self.filters.items():
+            if column not in schema.names:
+                raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(schema.names)})")
+        if self.list_column:
+            _list_type(schema, self.read_columns[0], where)
+            return
+        if self.exclude is not None and (names := _numeric_names(schema, self.exclude)) != list(self.read_columns):
+            raise DataError(f"{where}: feature columns {names[:4]}... (d={len(names)}) differ from "
+                            f"{self.files[0].display}'s {list(self.read_columns[:4])}... (d={len(self.read_columns)})")
+        for name in self.read_columns:
+            if name not in schema.names:
+                raise DataError(f"{where}: feature column {name!r} not found (columns: {', '.join(schema.names)})")
+            if not _is_number(schema.field(name).type):
+                raise DataError(f"{where}: feature column {name!r} has type {schema.field(name).type}; expected numbers")
+
+    def matrix(self, table: pa.Table, where: str, first_row: int = 0) -> tuple[np.ndarray, int]:
+        """``(x (n, d) float32, rows dropped)`` of a table of the feature columns. NaN/inf/null are an error
+        naming the column and row (``first_row`` + the row in ``table``), or dropped with ``drop_nonfinite``."""
+        if self.list_column:
+            name = self.read_columns[0]
+            column = table[name].combine_chunks()
+            if column.null_count:
+                raise DataError(f"{where}: column {name!r} has {column.null_count} null rows")
+            lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+            if len(lengths) > 1:
+                raise DataError(f"{where}: column {name!r} mixes vector lengths {sorted(lengths.tolist())}")
+            flat = pc.list_flatten(column).cast(pa.float32()).to_numpy(zero_copy_only=False)
+            x = flat.reshape(len(table), int(lengths[0]))  # (n, d)
+            names = [f"{name}[{i}]" for i in range(x.shape[1])]
+        else:
+            names = list(self.read_columns)
+            x = np.empty((len(table), len(names)), dtype=np.float32)  # (n, d)
+            for j, name in enumerate(names):
+                x[:, j] = table[name].cast(pa.float32()).to_numpy(zero_copy_only=False)  # nulls become NaN
+        bad = ~np.isfinite(x)
+        if not bad.any():
+            return x, 0
+        rows = bad.any(axis=1)
+        if not self.drop_nonfinite:
+            row, col = map(int, np.argwhere(bad)[0])
+            value = table[names[col]][row].as_py() if not self.list_column else x[row, col]
+            raise DataError(f"{where}: {int(rows.sum())} rows have NaN/inf/null values, first in column "
+                            f"{names[col]!r} at row {first_row + row} ({value}); clean the data or ask to drop them "
+                            "(drop_nonfinite)")
+        return x[~rows], int(rows.sum())
 
 
-def _named_columns(table: pa.Table, names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
-    """(n, d) float64 values of the numeric columns ``names``, in that order."""
-    if not names:
-        raise DataError(f"{where}: the list of feature columns is empty")
-    values = np.empty((len(table), len(names)), dtype=np.float64)  # (n, d)
-    for j, name in enumerate(names):
-        if name not in table.column_names:
-            raise DataError(f"{where}: feature column {name!r} not found (columns: {', '.join(table.column_names)})")
-        kind = table.schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise DataError(f"{where}: feature column {name!r} has type {kind}; expected numbers")
-        values[:, j] = table[name].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
-    return values, names
+def _list_type(schema: pa.Schema, name: str, where: str) -> pa.DataType:
+    kind = schema.field(name).type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) \
+            or not _is_number(kind.value_type):
+        raise DataError(f"{where}: column {name!r} has type {kind}; expected a list of numbers")
+    return kind
+
+
+def scan_features(
+    uri: str,
+    *,
+    feature_column: str = "features",
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    columns: Sequence[str] | None = None,
+    filters: Filters | None = None,
+    drop_nonfinite: bool = False,
+    s3: S3Options | None = None,
+) -> FeatureScan:
+    """List ``uri``'s files and read the first one's footer: which columns to read, the filters in their
+    columns' types, and the fingerprint. No data is read (see the module docstring)."""
+    filters = dict(filters or {})
+    fs, path, local = _filesystem(uri, s3)
+    files = _list_files(uri, fs, path, local)
+    if not files:
+        raise DataError(f"{uri}: no Parquet files found")
+    where = files[0].display
+    try:
+        schema = pq.read_schema(files[0].path, filesystem=fs)
+    except Exception as error:  # noqa: BLE001 - a corrupt or unreadable file
+        raise DataError(f"{where}: not a readable Parquet file ({type(error).__name__}: {error})") from None
+    if columns is not None:
+        if not columns:
+            raise DataError(f"{where}: the list of feature columns is empty")
+        read, list_column, auto = tuple(columns), False, None
+    elif feature_column in schema.names:
+        _list_type(schema, feature_column, where)
+        read, list_column, auto = (feature_column,), True, None
+    else:
+        read, list_column, auto = tuple(_numeric_names(schema, exclude)), False, tuple(exclude)
+        if not read:
+            raise DataError(f"{where}: no {feature_column!r} column and no numeric columns besides "
+                            f"{', '.join(exclude)} (columns: {', '.join(schema.names) or 'none'})")
+    options = {"feature_column": feature_column, "exclude": sorted(exclude), "filters": filters,
+               "drop_nonfinite": drop_nonfinite, **({"columns": list(columns)} if columns is not None else {})}
+    digest = fingerprint(files, columns=list(read), options=options)
+    return FeatureScan(uri=uri, files=tuple(files), read_columns=read, list_column=list_column,
+                       filters=_coerce_filters(filters, schema, where), drop_nonfinite=drop_nonfinite,
+                       fingerprint=digest, exclude=auto, s3=s3)
+
+
+def column_names(scan: FeatureScan, dim: int) -> list[str]:
+    """Display names of the ``dim`` feature columns: the numeric columns, or ``features[i]``."""
+    return [f"{scan.read_columns[0]}[{i}]" for i in range(dim)] if scan.list_column else list(scan.read_columns)
 
 
 def read_features(
@@ -149,52 +302,31 @@ def read_features(
     drop_nonfinite: bool = False,
     s3: S3Options | None = None,
 ) -> Features:
-    """Read the feature matrix of ``uri`` (see the module docstring). Nothing is written anywhere.
+    """Read the feature matrix of ``uri`` into memory (see the module docstring). Nothing is written.
 
     NaN, inf and null values are rejected with the file, column and row of the first one, unless
     ``drop_nonfinite`` is set: then those rows are dropped and counted in ``rows_dropped``.
-    ``columns`` names the numeric feature columns explicitly (in that order) instead.
+    ``columns`` names the numeric feature columns explicitly (in that order) instead. For data
+    larger than one process, scan it and stream ``scan.blocks`` (as the core prior fit does).
     """
-    filters = dict(filters or {})
-    fs, path, local = _filesystem(uri, s3)
-    files = _list_files(uri, fs, path, local)
-    if not files:
-        raise DataError(f"{uri}: no Parquet files found")
-    blocks, names_seen, dropped, schema = [], None, 0, None
-    for source in files:
-        where = source.display
-        try:
-            table = pq.read_table(source.path, filesystem=fs)
-        except Exception as error:  # noqa: BLE001 - a corrupt or unreadable file
-            raise DataError(f"{where}: not a readable Parquet file ({type(error).__name__}: {error})") from None
-        table = _apply_filters(table, filters, where)
-        if table.num_rows == 0:
-            continue  # an empty file (or one the filters empty) adds nothing
-        values, names = _matrix(table, feature_column, exclude, where) if columns is None else \
-            _named_columns(table, list(columns), where)
-        if names_seen is not None and names != names_seen:
-            raise DataError(f"{where}: feature columns {names[:4]}... (d={len(names)}) differ from "
-                            f"{files[0].display}'s {names_seen[:4]}... (d={len(names_seen)})")
-        names_seen, schema = names, schema or table.schema
-        bad = ~np.isfinite(values)
-        if bad.any():
-            if not drop_nonfinite:
-                row, col = map(int, np.argwhere(bad)[0])
-                raise DataError(f"{where}: {int(bad.any(axis=1).sum())} rows have NaN/inf/null values, first in "
-                                f"column {names[col]!r} at row {row} ({values[row, col]}); clean the data or "
-                                "ask to drop them (drop_nonfinite)")
-            dropped += int(bad.any(axis=1).sum())
-            values = values[~bad.any(axis=1)]
-        blocks.append(values)
-    values = np.concatenate(blocks).astype(np.float32) if blocks else np.empty((0, 0), np.float32)
+    scan = scan_features(uri, feature_column=feature_column, exclude=exclude, columns=columns, filters=filters,
+                         drop_nonfinite=drop_nonfinite, s3=s3)
+    filesystem = scan.filesystem()
+    blocks, dropped, dim_of = [], 0, None
+    for source in scan.files:
+        for x, lost in scan.blocks(source, filesystem=filesystem):
+            dropped += lost
+            if dim_of is not None and x.shape[1] != dim_of[1]:
+                raise DataError(f"{source.display}: feature columns {column_names(scan, x.shape[1])[:4]}... "
+                                f"(d={x.shape[1]}) differ from {dim_of[0]}'s (d={dim_of[1]})")
+            dim_of = dim_of or (source.display, x.shape[1])
+            blocks.append(x)
+    values = np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)  # (n, d)
     if len(values) == 0:
-        detail = f" after filters {filters}" if filters else ""
+        detail = f" after filters {dict(filters)}" if filters else ""
         detail += f" ({dropped} rows dropped for NaN/inf)" if dropped else ""
         raise DataError(f"{uri}: no feature rows{detail} (the table is empty)")
     if values.shape[1] == 0:
         raise DataError(f"{uri}: column {feature_column!r} holds empty vectors")
-    options = {"feature_column": feature_column, "exclude": sorted(exclude), "filters": filters,
-               "drop_nonfinite": drop_nonfinite, **({"columns": list(columns)} if columns is not None else {})}
-    digest = fingerprint(files, schema=[(c, "float") for c in names_seen], options=options)
-    return Features(values=values, columns=names_seen, fingerprint=digest, files=[f.display for f in files],
-                    rows_dropped=dropped)
+    return Features(values=values, columns=column_names(scan, values.shape[1]), fingerprint=scan.fingerprint,
+                    files=[f.display for f in scan.files], rows_dropped=dropped)

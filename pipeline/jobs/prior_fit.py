@@ -3,13 +3,21 @@
     record = fit_core_prior(PriorFitSpec(features="s3://bucket/features/", latent_dim=8, workers=4),
                             Store.open("s3://bucket/flowprior"))
 
-The driver reads and checks the features (every data error surfaces before any cluster time is
-spent), splits off held-out points, fits the fixed map to prior space (projection and
-normaliser) on the training split, and hands each worker only its shard through Ray's object
-store. Workers train by flow matching (``prior_fit_worker``); checkpoints go under the store
-(``<store>/ray-runs/<name>``), and a run restarted after a worker failure, or rerun with the same
-name, resumes from the last one. The driver then builds the prior from the EMA weights and
-registers it with its data fingerprint, settings, metrics and Ray run: once per run name.
+No single process holds the features (see :mod:`pipeline.jobs.ingest`):
+
+1. The driver lists the files and reads one footer (which columns, the filters in their types, the
+   fingerprint); a missing path, no numeric columns or a bad filter is an error before Ray starts.
+2. A validating pass of Ray tasks reads every row (columns and filters pushed down): a NaN, a wrong
+   type or a mixed dimension is an error naming the file, column and row before any training; it
+   returns the training rows' moments and a bounded held-out sample (``heldout_sample`` rows).
+3. The driver fits the map to prior space (projection and normaliser) from the moments.
+4. A ``ray.data`` dataset reads the files again and maps each block to prior space; the
+   ``TorchTrainer`` splits it so each worker streams only its own shard (``prior_fit_worker``).
+
+Checkpoints go under the store (``<store>/ray-runs/<name>``); a run restarted after a worker
+failure, or rerun with the same name, resumes from the last one. The driver then builds the prior
+from the EMA weights and registers it with its data fingerprint, settings, metrics and Ray run:
+once per run name.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from pipeline.data import Features, read_features
+from pipeline.data import DataError
+from pipeline.data.features import FeatureScan, column_names, scan_features
 from pipeline.jobs import runtime
-from pipeline.method.prior import FlowPrior, fit_transform
+from pipeline.jobs.ingest import FeatureStats, Split, gather_stats, training_dataset
+from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
-from pipeline.method.transforms import NORMALISERS, PROJECTIONS
+from pipeline.method.transforms import NORMALISERS, PROJECTIONS, default_projection, fit_transform
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Record, Registry
 from pipeline.storage import Store, validate_name
@@ -55,7 +65,11 @@ class PriorFitSpec:
     workers: int = 1
     gpu: bool = False
     cpus_per_worker: int = 1
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = 0.1  # expected share of rows held out (by row hash, see pipeline.data.split)
+    heldout_sample: int = 10_000  # held-out rows the driver keeps and rank 0 evaluates on
+    shuffle_buffer: int = 20_000  # rows in each worker's local shuffle buffer
+    cache_mb: int = 512  # a worker keeps a shard up to this size after its first epoch (else streams every epoch)
+    worker_resources: dict = field(default_factory=dict)  # extra custom resources per worker, e.g. {"trainer": 1}
     report_every: int = 250  # steps between reports, held-out evaluations and checkpoints
     eval_samples: int = 1000  # prior samples compared with held-out points at each report
     name: str | None = None  # the Ray run name; rerun with the same name to resume
@@ -69,7 +83,8 @@ class PriorFitSpec:
             raise ValueError(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
         if self.normaliser not in NORMALISERS:
             raise ValueError(f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
-        for name in ("width", "depth", "workers", "cpus_per_worker", "report_every", "eval_samples"):
+        for name in ("width", "depth", "workers", "cpus_per_worker", "report_every", "eval_samples", "heldout_sample",
+                     "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latent_dim is not None and self.latent_dim < 1:
@@ -91,38 +106,50 @@ class PriorFitSpec:
 
 @dataclass
 class PreparedData:
-    """Training and held-out points in prior space, and the map that put them there."""
+    """What the driver holds before training: the scan, the statistics, and the map to prior space."""
 
-    features: Features
+    scan: FeatureScan
+    stats: FeatureStats
     projection_kind: str
     projection: torch.Tensor  # (d1, d2)
     mean: torch.Tensor  # (d1,)
     scale: torch.Tensor  # (d1,)
-    z_train: np.ndarray  # (n_train, d1) float32
-    z_heldout: np.ndarray  # (n_heldout, d1) float32
+    z_heldout: np.ndarray  # (<= heldout_sample, d1) float32: the held-out sample in prior space
+
+    @property
+    def feature_dim(self) -> int:
+        return self.projection.shape[1]
 
 
-def prepare(spec: PriorFitSpec) -> PreparedData:
-    """Read and check the features, split off held-out rows, map both splits to prior space."""
-    features = read_features(spec.features, feature_column=spec.feature_column, columns=spec.columns,
-                             filters=spec.filters, drop_nonfinite=spec.drop_nonfinite)
-    n, d2 = features.values.shape
-    n_heldout = max(1, int(round(n * spec.heldout_fraction)))
-    if n - n_heldout < 2 or n_heldout < 2:
-        raise ValueError(f"{spec.features}: {n} rows are too few to fit a prior with "
-                         f"{spec.heldout_fraction:.0%} held out (need at least 2 in each split)")
+def scan(spec: PriorFitSpec) -> FeatureScan:
+    """List the features' files and read one footer (no data): errors here come before Ray starts."""
+    return scan_features(spec.features, feature_column=spec.feature_column, columns=spec.columns,
+                         filters=spec.filters, drop_nonfinite=spec.drop_nonfinite)
+
+
+def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) -> PreparedData:
+    """The validating pass over every row (Ray tasks), then the map to prior space from its moments."""
+    split = Split(spec.heldout_fraction, spec.seed)
+    stats = gather_stats(features, split, spec.heldout_sample, say)
+    n_train, n_heldout = stats.train_rows, stats.heldout_rows
+    if n_train + n_heldout == 0:
+        detail = f" after filters {spec.filters}" if spec.filters else ""
+        detail += f" ({stats.rows_dropped} rows dropped for NaN/inf)" if stats.rows_dropped else ""
+        raise DataError(f"{spec.features}: no feature rows{detail} (the table is empty)")
+    if n_train < 2 or n_heldout < 2:
+        raise ValueError(f"{spec.features}: {n_train + n_heldout} rows are too few to fit a prior with "
+                         f"{spec.heldout_fraction:.0%} held out (need at least 2 in each split, got {n_train} "
+                         f"and {n_heldout})")
+    d2 = stats.train.dim
     latent_dim = spec.latent_dim or d2
     if spec.projection == "none" and latent_dim != d2:
         raise ValueError(f"projection 'none' needs latent_dim == the feature dimension {d2}, got {latent_dim}")
     if latent_dim > d2:
         raise ValueError(f"latent_dim {latent_dim} exceeds the feature dimension {d2} of {spec.features}")
-    kind = spec.projection or ("none" if latent_dim == d2 else "random")
-    order = np.random.default_rng(spec.seed).permutation(n)
-    x = torch.from_numpy(features.values)
-    train, heldout = x[order[n_heldout:]], x[order[:n_heldout]]
-    p, mean, scale = fit_transform(train, latent_dim, kind, spec.normaliser, spec.seed)
-    to_prior = lambda v: ((v @ p.T - mean) / scale).numpy().astype(np.float32)  # noqa: E731  (n, d1)
-    return PreparedData(features, kind, p, mean, scale, to_prior(train), to_prior(heldout))
+    kind = default_projection(latent_dim, d2, spec.projection)
+    p, mean, scale = fit_transform(stats.train, latent_dim, kind, spec.normaliser, spec.seed)
+    z_heldout = ((torch.from_numpy(stats.sample) @ p.T - mean) / scale).numpy()  # (k, d1)
+    return PreparedData(features, stats, kind, p, mean, scale, z_heldout)
 
 
 def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
@@ -131,13 +158,14 @@ def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
     (a request it never meets fails after Ray Train's start timeouts, see ``FailureConfig``)."""
     if not embedded:
         return spec.gpu
-    cpus, gpus = runtime.available("CPU"), runtime.available("GPU")
+    cpus, gpus = runtime.available("CPU") - runtime.INGEST_CPUS, runtime.available("GPU")
     use_gpu = spec.gpu and gpus >= spec.workers
     if spec.gpu and not use_gpu:
         say(f"[prior fit] --gpu asked for {spec.workers} GPU worker(s) but the cluster has {gpus:g} GPU(s): using CPUs")
     if spec.workers * spec.cpus_per_worker > cpus:
         raise ValueError(f"{spec.workers} workers x {spec.cpus_per_worker} CPU need {spec.workers * spec.cpus_per_worker} "
-                         f"CPUs but the cluster has {cpus:g}; lower --workers or --cpus-per-worker")
+                         f"CPUs but the cluster has {cpus:g} for training (and {runtime.INGEST_CPUS} for reading "
+                         "data); lower --workers or --cpus-per-worker")
     return use_gpu
 
 
@@ -150,28 +178,36 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     if done:
         say(f"[prior fit] run {spec.name} is already registered as {done[0].id}")
         return done[0]
-    data = prepare(spec)
-    say(f"[prior fit] {len(data.z_train)} training and {len(data.z_heldout)} held-out rows, "
-        f"d={data.features.dim} -> {data.z_train.shape[1]} ({data.projection_kind}); run {spec.name}")
+    features = scan(spec)
+    say(f"[prior fit] {spec.features}: {len(features.files)} Parquet files, "
+        f"{sum(f.size for f in features.files) / 2**20:,.1f} MiB; checking every row")
 
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.jobs.prior_fit_worker import EMA_FILE, STATE_FILE, train_loop_per_worker
 
     use_gpu = _check_resources(spec, runtime.connect(address), say)
+    data = prepare(spec, features, say)
+    stats, d1 = data.stats, data.projection.shape[0]
+    say(f"[prior fit] {stats.train_rows:,} training and {stats.heldout_rows:,} held-out rows "
+        f"({len(data.z_heldout):,} kept for evaluation), d={data.feature_dim} -> {d1} ({data.projection_kind}); "
+        f"run {spec.name}")
     storage_path, storage_filesystem = runtime.storage_for(store)
-    velocity = VelocityConfig(dim=data.z_train.shape[1], width=spec.width, depth=spec.depth)
+    velocity = VelocityConfig(dim=d1, width=spec.width, depth=spec.depth)
+    dataset = training_dataset(features, Split(spec.heldout_fraction, spec.seed), data.projection.numpy(),
+                               data.mean.numpy(), data.scale.numpy(), spec.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "shards": [ray.put(shard) for shard in np.array_split(data.z_train, spec.workers)],
             "heldout": ray.put(data.z_heldout), "velocity": asdict(velocity), "fit": spec.fit.to_dict(),
             "batch_per_worker": math.ceil(spec.fit.batch_size / spec.workers), "seed": spec.seed,
-            "report_every": spec.report_every, "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker},
-        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            "shuffle_buffer": spec.shuffle_buffer, "cache_mb": spec.cache_mb, "report_every": spec.report_every,
+            "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker},
+        datasets={"train": dataset}, dataset_config=DataConfig(datasets_to_split=["train"]),
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker={
+            "CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {}), **spec.worker_resources}),
         run_config=RunConfig(
             name=spec.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
@@ -188,13 +224,17 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     model.load_state_dict(weights)
     history = state["history"]
     info = {"projection": data.projection_kind, "normaliser": spec.normaliser, "seed": spec.seed,
-            "feature_dim": data.features.dim, "fit": spec.fit.to_dict(), "history": history}
+            "feature_dim": data.feature_dim, "fit": spec.fit.to_dict(), "history": history}
     prior = FlowPrior(model, data.projection, data.mean, data.scale, info)
+    ingest = {"files": len(features.files), "bytes": stats.bytes, "train_rows": stats.train_rows,
+              "heldout_rows": stats.heldout_rows, "heldout_sample": len(data.z_heldout),
+              "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",
+              "columns": column_names(features, data.feature_dim), "shards": state.get("shards", [])}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
-                                            "use_gpu": use_gpu}}
-    record = registry.publish_prior(prior, fingerprint=data.features.fingerprint, config=config,
-                                    metrics={**history[-1], "train_rows": len(data.z_train),
-                                             "heldout_rows": len(data.z_heldout)},
+                                            "use_gpu": use_gpu}, "ingest": ingest}
+    record = registry.publish_prior(prior, fingerprint=features.fingerprint, config=config,
+                                    metrics={**history[-1], "train_rows": stats.train_rows,
+                                             "heldout_rows": stats.heldout_rows},
                                     name=spec.name, make_current=make_current)
     say(f"[prior fit] registered {record.id} ({record.artifact})")
     return record

@@ -11,6 +11,10 @@ import os
 
 from pipeline.storage import Store
 
+# Logical CPUs the embedded Ray adds for Ray Data's read tasks: a Train worker group that takes every
+# core would otherwise leave them no slot, and the fit would wait for data forever.
+INGEST_CPUS = 1
+
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance.
@@ -26,7 +30,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), log_to_driver=True)
+        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=True)
     return not address
 
 

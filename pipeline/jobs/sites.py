@@ -103,7 +103,7 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     fit = site_fit_config(core, mode, steps, settings.lr, settings.batch_size, settings.log_every)
     say(f"[site {spec.site} {mode}] {len(z_train)} training / {len(z_heldout)} held-out rows, {steps} steps "
         f"from {'the weights of ' if mode == 'finetune' else 'scratch in the space of '}{prior_id}")
-    progress = lambda h: say(f"[site {spec.site} {mode}] step {h['step']}/{steps}  train_fm {h['loss']:.4f}  "  # noqa: E731
+    progress = lambda h: say(f"[site {spec.site} {mode}] step {h['step']}/{steps}  train_fm {h['train_fm']:.4f}  "  # noqa: E731
                              f"heldout_fm {h['heldout_fm']:.4f}")
     site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
     reuse_fm = heldout_fm(core.velocity, z_heldout, spec.seed)

@@ -27,20 +27,10 @@ from pipeline.method.matching import calibrate_beta, matching_loss
 from pipeline.method.ode import Solver
 from pipeline.method.sampling import sample
 from pipeline.method.training import FitConfig, fit_velocity
-from pipeline.method.transforms import normaliser_stats, projection_matrix
+from pipeline.method.transforms import default_projection, fit_transform
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 
 CHECKPOINT_KIND = "flowprior.prior/v1"
-
-
-def fit_transform(
-    x: torch.Tensor, latent_dim: int, projection: str, normaliser: str = "global", seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fixed map to prior space fitted on features ``x`` ``(n, d2)``: ``(P (d1, d2), mean (d1,), scale (d1,))``,
-    so that ``z = (x P^T - mean) / scale``."""
-    p = projection_matrix(projection, x, latent_dim, seed=seed)
-    mean, scale = normaliser_stats(x @ p.T, normaliser)
-    return p, mean, scale
 
 
 class FlowPrior:
@@ -90,7 +80,7 @@ class FlowPrior:
             raise ValueError("target features x need at least 2 rows to fit a prior")
         d2 = x.shape[1]
         latent_dim = d2 if latent_dim is None else latent_dim
-        projection = projection or ("none" if latent_dim == d2 else "random")
+        projection = default_projection(latent_dim, d2, projection)
         p, mean, scale = fit_transform(x, latent_dim, projection, normaliser, seed)
         z = (x @ p.T - mean) / scale  # (n, d1)
         with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG

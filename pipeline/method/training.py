@@ -11,7 +11,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -108,6 +108,45 @@ def train_step(
     return loss.detach()
 
 
+def random_batches(z: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches ``(b, d)`` of rows of ``z`` drawn uniformly with replacement (in-memory data)."""
+    while True:
+        yield z[torch.randint(0, len(z), (batch_size,), generator=generator, device=z.device)]
+
+
+def train_loop(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    ema: EMA,
+    batches: Iterator[torch.Tensor],
+    config: FitConfig,
+    on_report: Callable[[dict], None],
+    every: int,
+    start_step: int = 0,
+    generator: torch.Generator | None = None,
+) -> None:
+    """The training loop every prior fit runs (in memory, and in each Ray Train worker).
+
+    Steps ``start_step .. config.steps - 1``, each on the next batch ``x_1`` ``(b, d)`` of ``batches``
+    (:func:`train_step`). Every ``every`` steps and at the last, ``on_report`` receives ``step``,
+    ``train_fm`` (mean batch loss since the last report), ``lr``, ``samples_per_s`` (this process's)
+    and ``seconds`` (since the loop started); it evaluates, logs or checkpoints as its caller needs.
+    """
+    running, count, rows, start, started = None, 0, 0, time.perf_counter(), time.perf_counter()
+    model.train()
+    for step in range(start_step, config.steps):
+        x_1 = next(batches)
+        loss = train_step(model, optimiser, ema, x_1, step, config, generator)
+        running, count, rows = loss if running is None else running + loss, count + 1, rows + len(x_1)
+        if (step + 1) % every and step + 1 != config.steps:
+            continue
+        now = time.perf_counter()
+        on_report({"step": step + 1, "train_fm": (running / count).item(), "lr": config.lr_at(step),
+                   "samples_per_s": rows / (now - start), "seconds": now - started})
+        running, count, rows = None, 0, 0
+        start = time.perf_counter()  # the report's own work (evaluation, checkpoints) is not training time
+
+
 def fit_velocity(
     model: VelocityMLP,
     z: torch.Tensor,
@@ -116,26 +155,22 @@ def fit_velocity(
     progress: Callable[[dict], None] | None = None,
     evaluate: Callable[[torch.nn.Module], dict] | None = None,
 ) -> tuple[VelocityMLP, list[dict]]:
-    """Fit ``model`` on prior-space data ``z`` ``(n, d)`` by flow matching; return the EMA model
-    and the logged history (``step``, ``loss`` averaged since the last log, ``lr``, ``seconds``,
-    plus whatever ``evaluate(ema_model)`` returns, e.g. a held-out loss). ``model`` may start
-    from trained weights (a fine-tune)."""
+    """Fit ``model`` on prior-space data ``z`` ``(n, d)`` in memory by flow matching; return the EMA model
+    and the history logged every ``config.log_every`` steps (see :func:`train_loop`), plus whatever
+    ``evaluate(ema_model)`` returns, e.g. a held-out loss. ``model`` may start from trained weights
+    (a fine-tune)."""
     generator = torch.Generator(device=z.device).manual_seed(seed)
     optimiser = make_optimiser(model, config)
     ema = EMA(model, config.ema_decay)
     history: list[dict] = []
-    running, count, start = 0.0, 0, time.perf_counter()
-    model.train()
-    for step in range(config.steps):
-        idx = torch.randint(0, len(z), (config.batch_size,), generator=generator, device=z.device)
-        running, count = running + train_step(model, optimiser, ema, z[idx], step, config, generator).item(), count + 1
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            record = {"step": step + 1, "loss": running / count, "lr": config.lr_at(step),
-                      "seconds": time.perf_counter() - start}
-            if evaluate is not None:
-                record.update(evaluate(ema.model))
-            history.append(record)
-            if progress is not None:
-                progress(record)
-            running, count = 0.0, 0
+
+    def report(record: dict) -> None:
+        if evaluate is not None:
+            record.update(evaluate(ema.model))
+        history.append(record)
+        if progress is not None:
+            progress(record)
+
+    train_loop(model, optimiser, ema, random_batches(z, config.batch_size, generator), config, report,
+               every=config.log_every, generator=generator)
     return ema.model.eval(), history

@@ -3,25 +3,41 @@
 ``to_prior(x) = (x P^T - mean) / scale``: a fixed linear projection ``P`` (``d1 x d2``),
 then a normaliser. Both are fitted once on the target features, seeded, and stored with
 the prior, so latents ``y`` of an encoder live in the same space as the prior's samples.
+Both are fitted from the features' :class:`~pipeline.method.moments.Moments` (count, mean,
+centred cross-products), so a fleet's features streamed through many tasks give the same map
+as the same rows in memory.
 
 Projections (paper, Sec. dimension mismatch): ``random`` (entries ``N(0, 1/d2)``, the
-paper's best), ``pca`` (top-``d1`` principal axes) and ``pool`` (average pooling of
-contiguous feature groups); ``none`` is the identity and needs ``d1 = d2``.
+paper's best), ``pca`` (top-``d1`` eigenvectors of the covariance) and ``pool`` (average
+pooling of contiguous feature groups); ``none`` is the identity and needs ``d1 = d2``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from pipeline.method.moments import Moments
 
 PROJECTIONS = ("none", "random", "pca", "pool")
 NORMALISERS = ("global", "per-dim")
 
 
+def _moments(x: "torch.Tensor | Moments") -> Moments:
+    return x if isinstance(x, Moments) else Moments.of(x.detach().cpu().double())
+
+
+def default_projection(latent_dim: int, feature_dim: int, projection: str | None) -> str:
+    """``projection``, or its default: ``none`` when the dimensions agree, else ``random``."""
+    return projection or ("none" if latent_dim == feature_dim else "random")
+
+
 def projection_matrix(
-    kind: str, x: torch.Tensor, latent_dim: int, seed: int = 0
+    kind: str, x: "torch.Tensor | Moments", latent_dim: int, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """The ``(d1, d2)`` matrix ``P`` of a projection fitted on features ``x`` ``(n, d2)``."""
-    d2 = x.shape[1]
+    """The ``(d1, d2)`` matrix ``P`` of a projection fitted on features ``x`` ``(n, d2)`` (or their moments)."""
+    d2 = x.dim if isinstance(x, Moments) else x.shape[1]
+    dtype = dtype if isinstance(x, Moments) else x.dtype
     if kind not in PROJECTIONS:
         raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     if not 1 <= latent_dim <= d2:
@@ -34,40 +50,51 @@ def projection_matrix(
                 f"projection 'none' needs latent_dim == feature dim ({d2}), got {latent_dim}; "
                 "choose 'random', 'pca' or 'pool'"
             )
-        return torch.eye(d2, dtype=x.dtype)
+        return torch.eye(d2, dtype=dtype)
     if kind == "random":
         generator = torch.Generator().manual_seed(seed)
         p = torch.randn((latent_dim, d2), generator=generator, dtype=torch.float64)
-        return (p / d2**0.5).to(x.dtype)
+        return (p / d2**0.5).to(dtype)
     if kind == "pca":
-        centred = (x - x.mean(0)).double()
-        _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # rows: principal axes
-        axes = vh[:latent_dim]
+        eigenvalues, vectors = np.linalg.eigh(_moments(x).covariance)  # ascending
+        axes = torch.from_numpy(vectors[:, ::-1][:, :latent_dim].T.copy())  # rows: principal axes
         # Sign convention: the largest-magnitude entry of each axis is positive (deterministic).
         signs = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))
-        return (axes * signs).to(x.dtype)
+        return (axes * signs).to(dtype)
     # pool: row i averages features [floor(i d2 / d1), ceil((i + 1) d2 / d1)), like adaptive pooling
-    p = torch.zeros((latent_dim, d2), dtype=x.dtype)
+    p = torch.zeros((latent_dim, d2), dtype=dtype)
     for i in range(latent_dim):
         start, stop = (i * d2) // latent_dim, -((-(i + 1) * d2) // latent_dim)
         p[i, start:stop] = 1.0 / (stop - start)
     return p
 
 
-def normaliser_stats(z: torch.Tensor, kind: str = "global") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, scale)`` of projected features ``z`` ``(n, d1)``; both of shape ``(d1,)``.
+def normaliser_stats(
+    z: "torch.Tensor | Moments", kind: str = "global", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, scale)`` of projected features ``z`` ``(n, d1)`` (or their moments); both of shape ``(d1,)``.
 
-    ``global`` divides every dimension by one global standard deviation (the official code's
-    choice, which keeps relative scales); ``per-dim`` standardises each dimension.
+    ``global`` divides every dimension by one global standard deviation,
+    ``sqrt(tr(Cov z) / d1)`` (the official code's choice, which keeps relative scales);
+    ``per-dim`` standardises each dimension, ``sqrt(diag(Cov z))``.
     """
     if kind not in NORMALISERS:
         raise ValueError(f"unknown normaliser {kind!r}; choose one of {', '.join(NORMALISERS)}")
-    mean = z.mean(0)
-    centred = z - mean
-    if kind == "global":
-        scale = centred.pow(2).mean().sqrt().expand(z.shape[1]).clone()
-    else:
-        scale = centred.pow(2).mean(0).sqrt()
-    if (scale <= 0).any():
+    dtype = dtype if isinstance(z, Moments) else z.dtype
+    moments = _moments(z)
+    variance = np.diag(moments.covariance)
+    scale = np.full(moments.dim, np.sqrt(variance.mean())) if kind == "global" else np.sqrt(variance)
+    if (scale <= 1e-12 * (1 + np.abs(moments.mean))).any():
         raise ValueError("target features have zero variance; cannot normalise them")
-    return mean, scale
+    return torch.from_numpy(moments.mean).to(dtype), torch.from_numpy(scale).to(dtype)
+
+
+def fit_transform(
+    x: "torch.Tensor | Moments", latent_dim: int, projection: str, normaliser: str = "global", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed map to prior space fitted on features ``x`` ``(n, d2)`` or their moments:
+    ``(P (d1, d2), mean (d1,), scale (d1,))``, so that ``z = (x P^T - mean) / scale``."""
+    moments = _moments(x)
+    p = projection_matrix(projection, moments, latent_dim, seed=seed)
+    mean, scale = normaliser_stats(moments.project(p.double().numpy()), normaliser)
+    return p, mean, scale

@@ -99,7 +99,7 @@ class ToyRun:
         start = time.perf_counter()
         self.prior = FlowPrior.fit(
             x, width=c.width, depth=c.depth, fit=fit, seed=c.seed,
-            progress=lambda r: self.progress(f"  prior step {r['step']:>6}/{c.fit_steps}  FM loss {r['loss']:.4f}"),
+            progress=lambda r: self.progress(f"  prior step {r['step']:>6}/{c.fit_steps}  FM loss {r['train_fm']:.4f}"),
         )
         z_eval = self.prior.to_prior(self.target.sample(c.n_eval, self.generator))
         heldout = self.prior.flow_matching_loss(z_eval, draws=8, generator=self.generator).item()

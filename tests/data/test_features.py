@@ -1,5 +1,7 @@
 import shutil
 
+import fsspec.implementations.local
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -113,3 +115,50 @@ def test_reading_from_s3(s3_server, tmp_path):
     assert read_features(f"{prefix}/ds/*.parquet", filters={"site": "s1"}).fingerprint == features.fingerprint
     with pytest.raises(DataError, match=f"{prefix}/nope: no such object or prefix"):
         read_features(f"{prefix}/nope")
+
+
+def test_hidden_and_temporary_paths_are_skipped_at_any_depth(tmp_path):
+    write(tmp_path / "ds" / "year=2014" / "part-0.parquet", a=[1.0, 2.0])
+    for hidden in ("_temporary/0/part-9.parquet", "year=2015/_temporary/part-1.parquet", ".staging/p.parquet",
+                   "year=2014/.part-0.parquet", "_SUCCESS", "year=2014/_part-2.parquet"):
+        (tmp_path / "ds" / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ds" / hidden).write_bytes(b"half-written")
+    features = read_features(str(tmp_path / "ds"))
+    assert features.files == [str(tmp_path / "ds" / "year=2014" / "part-0.parquet")]
+    assert read_features(str(tmp_path / "ds" / "*" / "*.parquet")).files == features.files
+
+
+class CountingFS(fsspec.implementations.local.LocalFileSystem):
+    """Local disk that counts the bytes read through it."""
+
+    read = 0
+
+    def _open(self, path, mode="rb", **kwargs):
+        f = super()._open(path, mode, **kwargs)
+        read = f.read
+
+        def counted(*args):
+            data = read(*args)
+            CountingFS.read += len(data)
+            return data
+
+        f.read = counted
+        return f
+
+
+def test_only_the_feature_and_filter_columns_are_read(tmp_path):
+    from pipeline.data.features import scan_features
+
+    n = 40_000
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"a": np.arange(n, dtype=np.float64), "site": ["s1"] * (n // 2) + ["s2"] * (n // 2),
+                             "blob": rng.normal(size=n)}), path, row_group_size=5_000, compression="none")
+    scan = scan_features(str(path), exclude=("site", "blob"), filters={"site": "s2"})
+    assert scan.read_columns == ("a",)
+    fs = pa.fs.PyFileSystem(pa.fs.FSSpecHandler(CountingFS(skip_instance_cache=True)))
+    CountingFS.read = 0
+    values = np.concatenate([x for x, _ in scan.blocks(scan.files[0], batch_rows=n, filesystem=fs)])
+    np.testing.assert_array_equal(values[:, 0], np.arange(n // 2, n))
+    # "a" is 320 kB of the file's 775 kB, "blob" as much again: it was never read
+    assert CountingFS.read < 0.55 * path.stat().st_size, (CountingFS.read, path.stat().st_size)

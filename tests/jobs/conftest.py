@@ -6,14 +6,16 @@ import pytest
 
 @pytest.fixture(scope="package")
 def local_ray(s3_server):
-    """A real local Ray for the job tests (2 CPUs), stopped afterwards; nothing else is touched.
+    """A real local Ray for the job tests, stopped afterwards; nothing else is touched. It has the
+    embedded runtime's shape: this machine's 2 CPUs for training plus one logical CPU for Ray Data's
+    read tasks (``runtime.INGEST_CPUS``).
 
     It starts after the S3 server so that its processes inherit the AWS variables pointing at it,
     as a cluster's nodes get theirs from the environment or an instance role.
     """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from pipeline.data import DataError
-from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, prepare
+from pipeline.data import read_features
+from pipeline.data.split import is_heldout, row_hash
+from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, scan
 from pipeline.method.training import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.storage import S3Options, Store, StoreError
@@ -18,24 +20,12 @@ from pipeline.storage import S3Options, Store, StoreError
 SMALL = dict(width=32, depth=2, fit=FitConfig(steps=300, warmup=20, lr=2e-3), report_every=100)
 
 
-def test_prepare_splits_maps_and_keeps_the_fingerprint(two_blobs):
-    data = prepare(PriorFitSpec(features=str(two_blobs), heldout_fraction=0.2, **SMALL))
-    assert data.z_train.shape == (3200, 2) and data.z_heldout.shape == (800, 2)
-    z = torch.from_numpy(data.z_train)
-    assert abs(z.mean()) < 0.05 and abs(z.std() - 1) < 0.05  # the global normaliser, fitted on the train split
-    assert len(data.features.fingerprint) == 64
-    site_a = prepare(PriorFitSpec(features=str(two_blobs), filters={"site": "a"}, **SMALL))
-    assert len(site_a.z_train) + len(site_a.z_heldout) == 2000
-
-
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing.parquet", "no such file or directory"),
-    (lambda d: _write(d, a=[]), "no feature rows"),
     (lambda d: _write(d, name=["x", "y", "z"]), "no numeric columns"),
-    (lambda d: _write(d, a=[1.0, float("nan"), 2.0, 3.0]), "NaN/inf"),
-    (lambda d: _write(d, a=[1.0, 2.0, 3.0]), "too few to fit a prior"),
+    (lambda d: _garbage(d / "bad.parquet"), "not a readable Parquet file"),
 ])
-def test_bad_features_fail_before_any_ray_work(tmp_path, make, message, monkeypatch):
+def test_bad_paths_and_schemas_fail_before_ray_starts(tmp_path, make, message, monkeypatch):
     from pipeline.jobs import runtime
 
     def no_ray(*args, **kwargs):
@@ -46,6 +36,25 @@ def test_bad_features_fail_before_any_ray_work(tmp_path, make, message, monkeypa
     with pytest.raises(ValueError, match=message):
         fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")), say=lambda _: None)
     assert not (tmp_path / "store").exists()  # nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make, message", [
+    (lambda d: _write(d, a=[]), "no feature rows"),
+    (lambda d: _write(d, a=[1.0, float("nan"), 2.0, 3.0]), r"bad.parquet: 1 rows have NaN/inf/null values, first in "
+                                                            r"column 'a' at row 1"),
+    (lambda d: _write(d, a=[1.0, 2.0, 3.0]), "too few to fit a prior"),
+])
+def test_bad_rows_fail_in_the_validating_pass_before_any_training(local_ray, tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")), say=lambda _: None)
+    assert not (tmp_path / "store").exists()  # no Ray Train run, no checkpoint, no record
+
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"PAR1 not parquet")
+    return path
 
 
 def _write(folder: Path, **columns) -> Path:
@@ -89,15 +98,24 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     assert [r.id for r in registry.records()] == [record.id] and registry.alias(CORE_ALIAS) == record.id
     assert record.name == "core-v1" and record.config["workers"] == 2
     assert record.config["ray_run"]["path"].endswith("ray-runs/core-v1")
-    assert record.fingerprint == prepare(spec).features.fingerprint
+    assert record.fingerprint == scan(spec).fingerprint
     assert record.metrics["step"] == 300 and record.metrics["resumes"] == 0
+    # the held-out split is the row hash's; the two workers read disjoint halves of the training rows
+    x = read_features(str(two_blobs)).values
+    heldout = is_heldout(row_hash(x, spec.seed), spec.heldout_fraction)
+    ingest = record.config["ingest"]
+    assert (ingest["train_rows"], ingest["heldout_rows"]) == ((~heldout).sum(), heldout.sum())
+    assert 300 < heldout.sum() < 500  # 10% of 4,000 rows, within binomial noise
+    shards = ingest["shards"]
+    assert [s["rank"] for s in shards] == [0, 1] and sum(s["rows"] for s in shards) == ingest["train_rows"]
+    assert sum(int(s["digest"], 16) for s in shards) % 2**64 == int(ingest["train_digest"], 16)
     # the fit learned the two blobs: held-out FM loss well below an untrained model's, samples close to data
     from pipeline.jobs.prior_fit_worker import heldout_metrics
     from pipeline.method.velocity import VelocityConfig, VelocityMLP
 
     torch.manual_seed(0)
     untrained = VelocityMLP(VelocityConfig(dim=2, width=SMALL["width"], depth=SMALL["depth"]))
-    heldout = torch.from_numpy(prepare(spec).z_heldout)
+    heldout = registry.load_prior(record.id).to_prior(x[heldout])
     assert record.metrics["heldout_fm"] < 0.8 * heldout_metrics(untrained, heldout, seed=0)["heldout_fm"]
     assert record.metrics["sliced_w2"] < 0.5
     samples = registry.load_prior(record.id).sample(2000)

@@ -1,0 +1,52 @@
+"""The held-out split as a function of each row's values: no permutation, no row index, no memory.
+
+    h = row_hash(x, seed)              # (n,) uint64, from the float32 bits of each row
+    heldout = is_heldout(h, 0.1)       # (n,) bool: h / 2^64 < 0.1
+
+A row's split depends only on its feature values and the seed, so it is the same whether the
+rows are read by one process or by a thousand Ray tasks, in any order, from any copy of the data
+and however its files are partitioned or compacted. Identical rows (repeated readings) share a
+split, so none leaks from training into the held-out set. The held-out share is ``fraction`` in
+expectation (binomial: about ``sqrt(n f (1 - f))`` rows either way).
+
+The hash is SplitMix64's finaliser folded over the columns (``h <- mix(h ^ bits(x_j))``), with
+``-0.0`` counted as ``0.0``; it is a fixed function, so a record's split can be recomputed later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (wrapping arithmetic)."""
+    h = (h ^ (h >> np.uint64(30))) * _M1
+    h = (h ^ (h >> np.uint64(27))) * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+def row_hash(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``(n, d)`` float32 rows -> ``(n,)`` uint64 hashes, a fixed function of the values and ``seed``."""
+    bits = np.ascontiguousarray(x, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
+    bits = bits.view(np.uint32).astype(np.uint64)  # (n, d)
+    with np.errstate(over="ignore"):
+        h = _mix(np.full(len(bits), np.uint64(seed % 2**64) * _GOLDEN + _GOLDEN, dtype=np.uint64))
+        for j in range(bits.shape[1]):
+            h = _mix(h ^ bits[:, j])
+    return h
+
+
+def is_heldout(hashes: np.ndarray, fraction: float) -> np.ndarray:
+    """``(n,)`` bool: the rows whose hash falls in the lowest ``fraction`` of the uint64 range."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"heldout fraction must be in [0, 1), got {fraction}")
+    return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+
+
+def digest(hashes: np.ndarray) -> int:
+    """An order-free digest of a set of rows: the sum of their hashes modulo 2^64. Two readers that
+    together saw every row exactly once have digests that add up to the whole set's."""
+    return int(hashes.sum(dtype=np.uint64)) if len(hashes) else 0

@@ -1,0 +1,28 @@
+"""The held-out split by row hash: a fixed function of the values, binomial in size, layout-free."""
+
+import numpy as np
+
+from pipeline.data.split import digest, is_heldout, row_hash
+
+
+def test_the_split_depends_on_the_values_only():
+    x = np.random.default_rng(0).normal(size=(20_000, 4)).astype(np.float32)
+    h = row_hash(x, seed=3)
+    assert h.dtype == np.uint64 and len(np.unique(h)) == len(x)
+    np.testing.assert_array_equal(row_hash(x[::-1], seed=3), h[::-1])  # order and blocks do not matter
+    np.testing.assert_array_equal(np.concatenate([row_hash(x[:7], 3), row_hash(x[7:], 3)]), h)
+    assert not np.array_equal(row_hash(x, seed=4), h)
+    negative_zero = np.array([[-0.0, 1.0]], np.float32)
+    assert row_hash(negative_zero, 0) == row_hash(np.abs(negative_zero), 0)
+    heldout = is_heldout(h, 0.1)
+    assert abs(heldout.sum() - 2000) < 4 * np.sqrt(20_000 * 0.1 * 0.9)  # binomial, 4 sigma
+    assert not is_heldout(h, 0.0).any()
+    duplicated = np.concatenate([x[:5], x[:5]])
+    np.testing.assert_array_equal(is_heldout(row_hash(duplicated, 3), 0.5)[:5], is_heldout(row_hash(duplicated, 3), 0.5)[5:])
+
+
+def test_digests_add_up_over_a_partition():
+    h = row_hash(np.random.default_rng(1).normal(size=(1000, 3)).astype(np.float32))
+    parts = [h[:300], h[300:301], h[301:]]
+    assert sum(digest(p) for p in parts) % 2**64 == digest(h)
+    assert (digest(h[:300]) + digest(h[299:])) % 2**64 != digest(h)  # a row read twice shows
