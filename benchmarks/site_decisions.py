@@ -45,7 +45,8 @@ from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
 from pipeline.sites.decision import Thresholds, decide, measure
-from pipeline.sites.site_prior import site_fit_config, split, train_site_prior
+from pipeline.data.split import split_indices
+from pipeline.sites.site_prior import site_fit_config, train_site_prior
 
 DEMO = DemoSettings()
 CORE = {"latent_dim": DEMO.latent_dim, "projection": "pca", "normaliser": "per-dim", "width": DEMO.width,
@@ -80,7 +81,7 @@ def main() -> None:
     started = time.perf_counter()
 
     pool = load({"year": 2014, "fault": False})
-    train, held = split(len(pool), 0.1, seed=0)
+    train, held = split_indices(pool, 0.1, seed=0)
     core = FlowPrior.fit(pool[train], **CORE, fit=FitConfig(steps=args.core_steps), seed=0)
     z_core = core.to_prior(pool[held])
     own = measure(core, z_core, 1.0, 0.0, SAMPLES)
@@ -100,7 +101,7 @@ def main() -> None:
 
     rows = []
     for name, x in sites.items():
-        tr, he = split(len(x), 0.1, seed=0)
+        tr, he = split_indices(x, 0.1, seed=0)
         z_train, z_held = core.to_prior(x[tr]), core.to_prior(x[he])
         numbers = measure(core, z_held, core_fm, core_nll, SAMPLES)
         runs = {}

@@ -14,6 +14,17 @@ def _filter(text: str) -> tuple[str, str]:
     return column, value
 
 
+def _resource(text: str) -> tuple[str, float]:
+    name, sep, amount = text.partition("=")
+    try:
+        value = float(amount)
+    except ValueError:
+        value = -1.0
+    if not sep or not name or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT with AMOUNT > 0, got {text!r}")
+    return name, value
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
     from pipeline.method.training import FitConfig
@@ -29,7 +40,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         drop_nonfinite=args.drop_nonfinite, latent_dim=args.latent_dim, projection=args.projection,
         normaliser=args.normaliser,
         width=args.width, depth=args.depth, fit=fit, workers=args.workers, gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker, report_every=args.report_every, name=args.name,
+        cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource or []),
+        heldout_sample=args.heldout_sample, shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
+        report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
     record = fit_core_prior(spec, open_store(args), address=args.address)
     print(f"prior {record.id}  run {record.name}  held-out FM {record.metrics.get('heldout_fm', float('nan')):.4f}  "
@@ -44,8 +57,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit = sub.add_parser(
         "fit", help="fit a core prior on target features with Ray Train and register it",
         description=(
-            "Fit a rectified-flow prior on target features (Parquet) as a Ray Train job: data-parallel "
-            "workers, checkpoints under <store>/ray-runs/<name>, restarts from the last checkpoint after a "
+            "Fit a rectified-flow prior on target features (Parquet) as a Ray Train job. No process holds the "
+            "features: Ray tasks check every row and gather the statistics of the map to prior space, then Ray "
+            "Data streams each worker its own shard (only the feature columns, filters pushed into the reader). "
+            "Data-parallel workers, checkpoints under <store>/ray-runs/<name>, restarts from the last checkpoint after a "
             "worker failure, and a rerun with the same --name resumes. The prior (EMA weights) is registered "
             "once, as the fleet's current core prior. Without --address or $RAY_ADDRESS a local Ray starts; "
             "under `ray job submit` the job joins the cluster."))
@@ -72,6 +87,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--workers", type=positive, default=1, help="data-parallel workers (default: %(default)s)")
     fit.add_argument("--cpus-per-worker", type=positive, default=1, help="CPUs (and torch threads) per worker")
     fit.add_argument("--gpu", action="store_true", help="one GPU per worker when the cluster has them (else CPU)")
+    fit.add_argument("--worker-resource", action="append", type=_resource, metavar="NAME=AMOUNT",
+                     help="a custom Ray resource each worker needs, e.g. a node pool's label (repeatable)")
+    fit.add_argument("--heldout-sample", type=positive, default=10_000,
+                     help="held-out rows kept for evaluation (the driver's only rows; default: %(default)s)")
+    fit.add_argument("--shuffle-buffer", type=positive, default=20_000,
+                     help="rows in each worker's local shuffle buffer (default: %(default)s)")
+    fit.add_argument("--cache-mb", type=int, default=512,
+                     help="a worker keeps a shard up to this size after its first epoch instead of streaming "
+                          "every epoch; 0 streams always (default: %(default)s)")
     fit.add_argument("--report-every", type=positive, default=250,
                      help="steps between progress reports, held-out evaluations and checkpoints")
     fit.add_argument("--name", help="Ray run name; rerun with the same name to resume (default: a fresh one)")

@@ -50,3 +50,15 @@ def digest(hashes: np.ndarray) -> int:
     """An order-free digest of a set of rows: the sum of their hashes modulo 2^64. Two readers that
     together saw every row exactly once have digests that add up to the whole set's."""
     return int(hashes.sum(dtype=np.uint64)) if len(hashes) else 0
+
+
+def split_indices(x: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, heldout)`` row indices of the in-memory rows ``x`` ``(n, d)`` by :func:`is_heldout`.
+    With ``n >= 2`` each side keeps at least one row (the smallest hash is held out, the largest trained on)."""
+    h = row_hash(x, seed)
+    heldout = is_heldout(h, fraction)
+    if len(h) >= 2 and not heldout.any():
+        heldout[np.argmin(h)] = True
+    if len(h) >= 2 and heldout.all():
+        heldout[np.argmax(h)] = False
+    return np.flatnonzero(~heldout), np.flatnonzero(heldout)

@@ -91,6 +91,8 @@ class PriorFitSpec:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if not 0 < self.heldout_fraction < 0.5:
             raise ValueError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
 
@@ -189,6 +191,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     from pipeline.jobs.prior_fit_worker import EMA_FILE, STATE_FILE, train_loop_per_worker
 
     use_gpu = _check_resources(spec, runtime.connect(address), say)
+    rss_before = runtime.peak_rss_mib()  # the driver with Ray and torch loaded, before any data work
     data = prepare(spec, features, say)
     stats, d1 = data.stats, data.projection.shape[0]
     say(f"[prior fit] {stats.train_rows:,} training and {stats.heldout_rows:,} held-out rows "
@@ -229,12 +232,14 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     ingest = {"files": len(features.files), "bytes": stats.bytes, "train_rows": stats.train_rows,
               "heldout_rows": stats.heldout_rows, "heldout_sample": len(data.z_heldout),
               "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",
-              "columns": column_names(features, data.feature_dim), "shards": state.get("shards", [])}
+              "columns": column_names(features, data.feature_dim), "shards": state.get("shards", []),
+              "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()}}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
                                             "use_gpu": use_gpu}, "ingest": ingest}
     record = registry.publish_prior(prior, fingerprint=features.fingerprint, config=config,
                                     metrics={**history[-1], "train_rows": stats.train_rows,
                                              "heldout_rows": stats.heldout_rows},
                                     name=spec.name, make_current=make_current)
-    say(f"[prior fit] registered {record.id} ({record.artifact})")
+    say(f"[prior fit] registered {record.id} ({record.artifact}); driver peak RSS {rss_before:,.0f} MiB before "
+        f"the data, {ingest['driver_peak_rss_mib']['end']:,.0f} MiB at the end")
     return record

@@ -34,6 +34,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     return not address
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def available(resource: str) -> float:
     """Total ``resource`` (``CPU``, ``GPU``) of the connected cluster."""
     import ray

@@ -19,13 +19,14 @@ from typing import Callable
 
 import torch
 
+from pipeline.data.split import split_indices
 from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
 from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
 from pipeline.registry.registry import current_alias
 from pipeline.sites.decision import decide, measure
-from pipeline.sites.site_prior import site_fit_config, split, train_site_prior
+from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import SiteSpec
 from pipeline.storage import Store
 
@@ -47,7 +48,7 @@ def _site_points(spec: SiteSpec, prior: FlowPrior):
     if features.dim != prior.feature_dim:
         raise ValueError(f"{spec.path}: target {spec.target.uri} has {features.dim} feature columns "
                          f"({', '.join(features.columns[:4])}...) but the prior expects {prior.feature_dim}")
-    train, heldout = split(len(features.values), spec.finetune.heldout_fraction, spec.seed)
+    train, heldout = split_indices(features.values, spec.finetune.heldout_fraction, spec.seed)
     return features, train, heldout
 
 

@@ -92,11 +92,14 @@ def grid_points(spec: SweepSpec, sites: list[str], fixed: dict | None = None) ->
 
 def _trial(config: dict, sites: dict, selection: Selection, epoch_steps: int, threads: int) -> None:
     """One Tune trial: train its site's encoder with its settings (``lam``, ``lr``, ``draws``; see
-    :func:`settings_of`), continuing from the trial's checkpoint if it has one; report every epoch."""
+    :func:`settings_of`), continuing from the trial's checkpoint if it has one; report every epoch.
+    ``sites`` maps each site to the object reference of its :class:`SiteData`."""
+    import ray
+
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per checkpoint
     torch.set_num_threads(threads)
     config = settings_of(config)
-    data: SiteData = sites[config["site"]]
+    data: SiteData = ray.get(sites[config["site"]])
     align = replace(data.alignment, **{k: config[k] for k in ("lam", "lr", "draws") if k in config})
     observations = np.array(data.observations)  # a writable copy of the object store's read-only array
     training = EncoderTraining(observations, data.prior, align, data.target, data.widths, data.seed)
@@ -216,7 +219,12 @@ def _experiment(name: str, trainable, param_space: dict, samples: int, total: in
 
 
 def _trainable(sites: dict, spec: SweepSpec):
-    trainable = tune.with_parameters(_trial, sites=sites, selection=spec.select, epoch_steps=spec.epoch_steps,
+    """The trial function with its parameters: one object reference per site, so a trial fetches only its
+    own site's prior, observations and target points, never the other sites' arrays."""
+    import ray
+
+    refs = {site: ray.put(data) for site, data in sites.items()}
+    trainable = tune.with_parameters(_trial, sites=refs, selection=spec.select, epoch_steps=spec.epoch_steps,
                                      threads=max(1, int(spec.resources.cpu)))
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu})
 

@@ -13,7 +13,6 @@ import copy
 from dataclasses import replace
 from typing import Callable
 
-import numpy as np
 import torch
 
 from pipeline.method.metrics import heldout_fm
@@ -22,13 +21,6 @@ from pipeline.method.training import FitConfig, fit_velocity
 from pipeline.method.velocity import VelocityMLP
 
 MODES = ("finetune", "refit")
-
-
-def split(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, heldout)`` row indices: a seeded permutation, ``heldout_fraction`` held out (>= 1 each)."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_heldout = min(n - 1, max(1, int(round(n * heldout_fraction))))
-    return order[n_heldout:], order[:n_heldout]
 
 
 def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_size: int, log_every: int) -> FitConfig:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.data.split import digest, is_heldout, row_hash
+from pipeline.data.split import digest, is_heldout, row_hash, split_indices
 
 
 def test_the_split_depends_on_the_values_only():
@@ -26,3 +26,12 @@ def test_digests_add_up_over_a_partition():
     parts = [h[:300], h[300:301], h[301:]]
     assert sum(digest(p) for p in parts) % 2**64 == digest(h)
     assert (digest(h[:300]) + digest(h[299:])) % 2**64 != digest(h)  # a row read twice shows
+
+
+def test_in_memory_split_indices_keep_a_row_on_each_side():
+    x = np.random.default_rng(2).normal(size=(1000, 3)).astype(np.float32)
+    train, heldout = split_indices(x, 0.1, seed=3)
+    assert sorted(np.concatenate([train, heldout]).tolist()) == list(range(1000))
+    np.testing.assert_array_equal(heldout, np.flatnonzero(is_heldout(row_hash(x, 3), 0.1)))
+    assert [len(part) for part in split_indices(x[:2], 0.1)] == [1, 1]
+    assert [len(part) for part in split_indices(x[:2], 0.9)] == [1, 1]

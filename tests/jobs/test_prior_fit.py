@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import DataError
 from pipeline.data import read_features
 from pipeline.data.split import is_heldout, row_hash
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, scan
 from pipeline.method.training import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.storage import S3Options, Store, StoreError
+from tests.support.shards import assert_disjoint_shards
 
 SMALL = dict(width=32, depth=2, fit=FitConfig(steps=300, warmup=20, lr=2e-3), report_every=100)
 
@@ -106,9 +106,7 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     ingest = record.config["ingest"]
     assert (ingest["train_rows"], ingest["heldout_rows"]) == ((~heldout).sum(), heldout.sum())
     assert 300 < heldout.sum() < 500  # 10% of 4,000 rows, within binomial noise
-    shards = ingest["shards"]
-    assert [s["rank"] for s in shards] == [0, 1] and sum(s["rows"] for s in shards) == ingest["train_rows"]
-    assert sum(int(s["digest"], 16) for s in shards) % 2**64 == int(ingest["train_digest"], 16)
+    assert_disjoint_shards(ingest, row_hash(x[~heldout], spec.seed))
     # the fit learned the two blobs: held-out FM loss well below an untrained model's, samples close to data
     from pipeline.jobs.prior_fit_worker import heldout_metrics
     from pipeline.method.velocity import VelocityConfig, VelocityMLP

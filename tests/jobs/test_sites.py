@@ -13,7 +13,7 @@ from pipeline.data import read_features
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import measure
-from pipeline.sites.site_prior import split
+from pipeline.data.split import split_indices
 from pipeline.registry import Registry
 from pipeline.storage import Store
 
@@ -25,7 +25,7 @@ def publish_core(store_uri: str, steps: int = 150):
     tests) and registered with the held-out numbers a site check compares with, as the Train job records them."""
     x = read_features(str(lhb.PARQUET), columns=lhb.FEATURES, filters={"year": 2014, "fault": False},
                       drop_nonfinite=True)
-    train, heldout = split(len(x.values), 0.1, seed=0)
+    train, heldout = split_indices(x.values, 0.1, seed=0)
     prior = FlowPrior.fit(x.values[train][:20000], latent_dim=4, projection="pca", normaliser="per-dim", width=32,
                           depth=2, fit=FitConfig(steps=steps, warmup=20, lr=2e-3), seed=0)
     own = measure(prior, prior.to_prior(x.values[heldout][:2000]), 1.0, 0.0, 1000)

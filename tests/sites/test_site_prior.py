@@ -1,27 +1,18 @@
 """Site priors: a fine-tune starts from the core's weights and a refit from scratch, both in its space."""
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
-from pipeline.sites.site_prior import site_fit_config, split, train_site_prior
+from pipeline.sites.site_prior import site_fit_config, train_site_prior
 
 
 @pytest.fixture(scope="module")
 def core():
     x = torch.randn(6000, 2, generator=torch.Generator().manual_seed(0))
     return FlowPrior.fit(x, width=64, depth=2, fit=FitConfig(steps=1000, warmup=50, lr=2e-3), seed=0)
-
-
-def test_split_is_seeded_disjoint_and_complete():
-    train, heldout = split(100, 0.1, seed=3)
-    assert len(heldout) == 10 and len(train) == 90
-    assert sorted(np.concatenate([train, heldout]).tolist()) == list(range(100))
-    assert np.array_equal(split(100, 0.1, seed=3)[1], heldout) and not np.array_equal(split(100, 0.1, seed=4)[1], heldout)
-    assert [len(part) for part in split(2, 0.1, seed=0)] == [1, 1]
 
 
 def test_fine_tune_beats_reuse_and_starts_where_the_core_is(core):

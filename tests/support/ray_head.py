@@ -23,7 +23,7 @@ from tests.support.s3server import free_port_pair
 class RayHead:
     def __init__(self, temp_dir: Path) -> None:
         self.temp_dir = Path(temp_dir)
-        self.dashboard_port = free_port_pair()
+        self.dashboard_port, self.gcs_port = free_port_pair(), free_port_pair()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         bin_dir = str(Path(sys.executable).parent)
         # Token auth, as local clusters use by default; the job client needs the same token.
@@ -31,16 +31,17 @@ class RayHead:
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
         self.process: subprocess.Popen | None = None
 
-    def start(self, num_cpus: int = 2, timeout: float = 90) -> "RayHead":
+    def start(self, num_cpus: int = 2, timeout: float = 90, object_store_mib: int | None = None) -> "RayHead":
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                f"--port={free_port_pair()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={free_port_pair()}", f"--num-cpus={num_cpus}",
                 # fixed default ports (e.g. the job agent's 52365) may be held by another Ray on this
                 # machine, such as a test session's in-process one: then no job agent ever comes up
                 f"--dashboard-agent-listen-port={free_port_pair()}", f"--dashboard-agent-grpc-port={free_port_pair()}",
                 f"--runtime-env-agent-port={free_port_pair()}", f"--metrics-export-port={free_port_pair()}",
-                f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+                f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+                *([f"--object-store-memory={object_store_mib << 20}"] if object_store_mib else [])]
         log = open(self.temp_dir / "head.log", "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         deadline = time.monotonic() + timeout
