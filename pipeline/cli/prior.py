@@ -41,7 +41,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         normaliser=args.normaliser,
         width=args.width, depth=args.depth, fit=fit, workers=args.workers, gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource or []),
-        heldout_sample=args.heldout_sample, shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
+        heldout_fraction=args.heldout_fraction, heldout_sample=args.heldout_sample, shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
         report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
     record = fit_core_prior(spec, open_store(args), address=args.address)
@@ -56,14 +56,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="ACTION")
     fit = sub.add_parser(
         "fit", help="fit a core prior on target features with Ray Train and register it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Fit a rectified-flow prior on target features (Parquet) as a Ray Train job. No process holds the "
-            "features: Ray tasks check every row and gather the statistics of the map to prior space, then Ray "
-            "Data streams each worker its own shard (only the feature columns, filters pushed into the reader). "
-            "Data-parallel workers, checkpoints under <store>/ray-runs/<name>, restarts from the last checkpoint after a "
-            "worker failure, and a rerun with the same --name resumes. The prior (EMA weights) is registered "
-            "once, as the fleet's current core prior. Without --address or $RAY_ADDRESS a local Ray starts; "
-            "under `ray job submit` the job joins the cluster."))
+            "Fit a rectified-flow prior on target features (Parquet) as a Ray Train job.\n\n"
+            "No single process holds the features: Ray tasks check every row and gather the\n"
+            "statistics of the map to prior space, then Ray Data streams each worker its own\n"
+            "shard (only the feature columns, filters pushed into the reader).\n\n"
+            "Data-parallel workers, checkpoints under <store>/ray-runs/<name>, restarts from the\n"
+            "last checkpoint after a worker failure; a rerun with the same --name resumes. The\n"
+            "prior (EMA weights) is registered once, as the fleet's current core prior.\n\n"
+            "Without --address or $RAY_ADDRESS a local Ray starts; under `ray job submit`\n"
+            "the job joins the cluster."))
     fit.add_argument("--features", required=True, metavar="URI",
                      help="Parquet file, folder or glob (local, file:// or s3://)")
     fit.add_argument("--feature-column", default="features",
@@ -89,6 +92,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--gpu", action="store_true", help="one GPU per worker when the cluster has them (else CPU)")
     fit.add_argument("--worker-resource", action="append", type=_resource, metavar="NAME=AMOUNT",
                      help="a custom Ray resource each worker needs, e.g. a node pool's label (repeatable)")
+    fit.add_argument("--heldout-fraction", type=float, default=0.1,
+                     help="expected share of rows held out for evaluation, chosen by a hash of each row's values "
+                          "(default: %(default)s)")
     fit.add_argument("--heldout-sample", type=positive, default=10_000,
                      help="held-out rows kept for evaluation (the driver's only rows; default: %(default)s)")
     fit.add_argument("--shuffle-buffer", type=positive, default=20_000,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
@@ -159,6 +160,11 @@ def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
     refused and missing GPUs mean CPUs; a cluster's autoscaler may still add the nodes asked for
     (a request it never meets fails after Ray Train's start timeouts, see ``FailureConfig``)."""
     if not embedded:
+        free = runtime.available("CPU") - spec.workers * spec.cpus_per_worker
+        if free < 1:
+            say(f"[prior fit] note: the cluster has {free + spec.workers * spec.cpus_per_worker:g} CPUs now; the "
+                f"workers take {spec.workers * spec.cpus_per_worker}, and Ray Data's read tasks need at least one "
+                "more (the fit waits for the autoscaler to add a node)")
         return spec.gpu
     cpus, gpus = runtime.available("CPU") - runtime.INGEST_CPUS, runtime.available("GPU")
     use_gpu = spec.gpu and gpus >= spec.workers
@@ -180,6 +186,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     if done:
         say(f"[prior fit] run {spec.name} is already registered as {done[0].id}")
         return done[0]
+    started = time.time()
     features = scan(spec)
     say(f"[prior fit] {spec.features}: {len(features.files)} Parquet files, "
         f"{sum(f.size for f in features.files) / 2**20:,.1f} MiB; checking every row")
@@ -192,7 +199,9 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
 
     use_gpu = _check_resources(spec, runtime.connect(address), say)
     rss_before = runtime.peak_rss_mib()  # the driver with Ray and torch loaded, before any data work
+    checking = time.time()
     data = prepare(spec, features, say)
+    checking = time.time() - checking
     stats, d1 = data.stats, data.projection.shape[0]
     say(f"[prior fit] {stats.train_rows:,} training and {stats.heldout_rows:,} held-out rows "
         f"({len(data.z_heldout):,} kept for evaluation), d={data.feature_dim} -> {d1} ({data.projection_kind}); "
@@ -233,7 +242,8 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
               "heldout_rows": stats.heldout_rows, "heldout_sample": len(data.z_heldout),
               "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",
               "columns": column_names(features, data.feature_dim), "shards": state.get("shards", []),
-              "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()}}
+              "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()},
+              "seconds_validating": checking, "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
                                             "use_gpu": use_gpu}, "ingest": ingest}
     record = registry.publish_prior(prior, fingerprint=features.fingerprint, config=config,

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import tempfile
+import time
 from typing import Iterator
 
 import numpy as np
@@ -108,6 +110,14 @@ def epoch_batches(shard, state: dict, batch: int, buffer: int, cache_bytes: int,
             cached = torch.from_numpy(np.concatenate(blocks)).to(device)  # (rows, d1)
 
 
+def _timed_first(batches: Iterator[torch.Tensor], at: list) -> Iterator[torch.Tensor]:
+    """``batches``, noting in ``at`` the wall-clock time the first one arrived (time to first step)."""
+    first = next(batches)
+    at.append(time.time())
+    yield first
+    yield from batches
+
+
 def _gather(value: object) -> list:
     """``value`` from every rank, in rank order (all ranks call it at the same step)."""
     import torch.distributed as dist
@@ -152,13 +162,16 @@ def train_loop_per_worker(config: dict) -> None:
     epochs: list[dict] = []
     batches = epoch_batches(ray.train.get_dataset_shard("train"), state, config["batch_per_worker"],
                             config["shuffle_buffer"], config["cache_mb"] << 20, seed, rank, device, epochs)
-    seconds_before = state["seconds"]
+    seconds_before, first_step = state["seconds"], []
+    batches = _timed_first(batches, first_step)
 
     def report(metrics: dict) -> None:
+        state.setdefault("first_step_unix", first_step[0])  # when this run's first batch arrived (wall clock)
         metrics = {**metrics, "resumes": state.get("resumes", 0), "epoch": state["epoch"],
                    "samples_per_s": metrics["samples_per_s"] * world, "seconds": seconds_before + metrics["seconds"]}
         # what each worker read in its first full epoch of this run, and where it ran
-        shards = _gather({"rank": rank, "node": node, **(epochs[0] if epochs else {})})
+        shards = _gather({"rank": rank, "node": node, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                          / 1024, **(epochs[0] if epochs else {})})
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return

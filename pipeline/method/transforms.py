@@ -86,7 +86,7 @@ def normaliser_stats(
     scale = np.full(moments.dim, np.sqrt(variance.mean())) if kind == "global" else np.sqrt(variance)
     if (scale <= 1e-12 * (1 + np.abs(moments.mean))).any():
         raise ValueError("target features have zero variance; cannot normalise them")
-    return torch.from_numpy(moments.mean).to(dtype), torch.from_numpy(scale).to(dtype)
+    return torch.tensor(moments.mean, dtype=dtype), torch.tensor(scale, dtype=dtype)
 
 
 def fit_transform(

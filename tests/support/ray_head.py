@@ -31,7 +31,9 @@ class RayHead:
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
         self.process: subprocess.Popen | None = None
 
-    def start(self, num_cpus: int = 2, timeout: float = 90, object_store_mib: int | None = None) -> "RayHead":
+    def start(self, num_cpus: int = 3, timeout: float = 90, object_store_mib: int | None = None) -> "RayHead":
+        """Start the head with ``num_cpus`` logical CPUs: by default this machine's two for training and
+        one for Ray Data's read tasks (as the embedded runtime has, see ``runtime.INGEST_CPUS``)."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                 f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
