@@ -82,13 +82,15 @@ def in_memory_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     generator = torch.Generator().manual_seed(rank)
     first: list[float] = []
+    history: list[dict] = []
 
     def report(metrics: dict) -> None:
         import resource
 
-        first.append(first[0] if first else time.time())
-        ray.train.report({**metrics, "first_step_unix": first[0],
-                          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        history.append({**metrics, "first_step_unix": first[0],
+                        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        Path(config["out"]).write_text(json.dumps(history))  # Train V2 keeps no metrics history: a file on this host
+        ray.train.report(metrics)
 
     batches = random_batches(z, config["batch"], generator)
     first_batch = next(batches)
@@ -136,16 +138,17 @@ def run_one(path: str, uri: str, steps: int) -> dict:
     p, mean, scale = fit_transform(x, COMMON["latent_dim"], COMMON["projection"])
     z = ((x @ p.T - mean) / scale).numpy()  # (n, d1)
     del x, features
+    out = tempfile.mktemp(suffix=".json")
     from pipeline.method.velocity import VelocityConfig
 
     trainer = TorchTrainer(
         in_memory_worker, train_loop_config={
-            "shards": [ray.put(z)], "threads": 2, "fit": fit.to_dict(), "batch": 4096, "report_every": 50,
+            "shards": [ray.put(z)], "threads": 2, "out": out, "fit": fit.to_dict(), "batch": 4096, "report_every": 50,
             "velocity": VelocityConfig(dim=COMMON["latent_dim"], width=COMMON["width"], depth=COMMON["depth"]).to_dict()},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
         run_config=RunConfig(name=f"in-memory-{uuid.uuid4().hex[:6]}", storage_path=tempfile.mkdtemp()))
-    result = trainer.fit()
-    history = result.metrics_dataframe.to_dict("records")
+    trainer.fit()
+    history = json.loads(Path(out).read_text())
     return {"driver_peak_rss_mib": runtime.peak_rss_mib() - idle, "idle_driver_mib": idle,
             "worker_peak_rss_mib": [history[-1]["peak_rss_mib"]],
             "seconds_to_first_step": history[-1]["first_step_unix"] - started,
@@ -175,9 +178,9 @@ def main() -> None:
         server = SeaweedServer(Path(tmp) / "s3").start()
         try:
             bucket = "ingest-bench"
-            server.make_bucket(bucket)
-            env = {**os.environ, **server.env, "BENCH_BUCKET": bucket}
             os.environ.update(server.env)
+            server.make_bucket(bucket)
+            env = {**os.environ, "BENCH_BUCKET": bucket}
             for rows in sizes:
                 uri = f"s3://{bucket}/features-{rows}"
                 start = time.time()

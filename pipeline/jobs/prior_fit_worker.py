@@ -177,7 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
             return
         metrics.update(heldout_metrics(ema.model, heldout, seed, config["eval_samples"]))
         state.update(step=metrics["step"], history=[*state["history"], metrics], seconds=metrics["seconds"],
-                     shards=shards if all("rows" in s for s in shards) else state["shards"])
+                     shards=shards if all("rows" in s for s in shards) or not state["shards"] else state["shards"])
         say("[prior fit] " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in metrics.items()))
         with tempfile.TemporaryDirectory() as folder:
