@@ -151,7 +151,7 @@ def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) ->
         raise ValueError(f"latent_dim {latent_dim} exceeds the feature dimension {d2} of {spec.features}")
     kind = default_projection(latent_dim, d2, spec.projection)
     p, mean, scale = fit_transform(stats.train, latent_dim, kind, spec.normaliser, spec.seed)
-    z_heldout = ((torch.from_numpy(stats.sample) @ p.T - mean) / scale).numpy()  # (k, d1)
+    z_heldout = ((torch.tensor(stats.sample) @ p.T - mean) / scale).numpy()  # (k, d1); a copy: Ray returns it read-only
     return PreparedData(features, stats, kind, p, mean, scale, z_heldout)
 
 
