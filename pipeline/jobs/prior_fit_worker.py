@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
     batches = _timed_first(batches, first_step)
 
     def report(metrics: dict) -> None:
-        state.setdefault("first_step_unix", first_step[0])  # when this run's first batch arrived (wall clock)
+        state["first_step_unix"] = first_step[0]  # when this run's first batch arrived (wall clock)
         metrics = {**metrics, "resumes": state.get("resumes", 0), "epoch": state["epoch"],
                    "samples_per_s": metrics["samples_per_s"] * world, "seconds": seconds_before + metrics["seconds"]}
         # what each worker read in its first full epoch of this run, and where it ran
