@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs
 import pyarrow.parquet as pq
 
 from pipeline.data.fingerprint import SourceFile, fingerprint
@@ -168,10 +169,10 @@ class FeatureScan:
                filesystem=None) -> Iterator[tuple[np.ndarray, int]]:
         """Stream one file's rows: ``(x (b, d) float32, rows dropped)`` per block, checked as
         :func:`read_features` checks them (errors name the file, column and row)."""
-        where = source.display
+        where, filesystem = source.display, filesystem or self.filesystem()
         try:
-            schema = pq.read_schema(source.path, filesystem=filesystem or self.filesystem())
-            fragment = ds.dataset(source.path, format="parquet", filesystem=filesystem or self.filesystem())
+            schema = pq.read_schema(source.path, filesystem=filesystem)
+            fragment = ds.dataset(source.path, format="parquet", filesystem=filesystem)
         except Exception as error:  # noqa: BLE001 - a corrupt or unreadable file
             raise DataError(f"{where}: not a readable Parquet file ({type(error).__name__}: {error})") from None
         self._check_schema(schema, where)
@@ -190,7 +191,7 @@ class FeatureScan:
             raise DataError(f"{where}: cannot read ({type(error).__name__}: {error})") from None
 
     def _check_schema(self, schema: pa.Schema, where: str) -> None:
-        for column, values in self.filters.items():
+        for column in self.filters:
             if column not in schema.names:
                 raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(schema.names)})")
         if self.list_column:
