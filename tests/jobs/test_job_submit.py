@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,25 +11,7 @@ import pytest
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.registry import Registry
 from pipeline.storage import Store
-from tests.support.ray_head import RayHead
-
-REPO = Path(__file__).resolve().parents[2]
-NO_AGENT = "No available agent to submit job"  # the head's job agent is still starting (on a busy machine)
-
-
-def submit(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """`ray job submit ...`, retried while the head node answers that its job agent is not up yet (its
-    own advice: "please try again later"); nothing was submitted then, so a retry cannot run a job twice."""
-    for _ in range(6):
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-        if result.returncode == 0 or NO_AGENT not in result.stdout + result.stderr:
-            return result
-        time.sleep(5)
-    return result
-
-
-EXCLUDES = [".git", ".venv", "flowprior-store", "flowprior-toy", "flowprior-demo", "ray_results", "**/__pycache__"]
-
+from tests.support.ray_head import EXCLUDES, REPO, RayHead, submit
 
 @pytest.mark.slow
 def test_ray_job_submit_fits_and_registers_a_prior_on_a_real_head_node(two_blobs, tmp_path):

@@ -8,14 +8,12 @@ the sessions started here (never ``ray stop``).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.support.ray_head import RayHead
+from tests.support.ray_head import RayHead, session_pids, stop_session
 from tests.support.s3server import free_port_pair
 
 
@@ -40,35 +38,7 @@ class WorkerNode:
                                         start_new_session=True)
 
     def stop(self, grace: float = 10) -> None:
-        _stop_session(self.process, grace)
-
-
-def _session_pids(leader: int) -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if os.getsid(int(entry)) == leader and stat.rsplit(")", 1)[1].split()[0] != "Z":
-                pids.append(int(entry))
-        except OSError:
-            pass
-    return pids
-
-
-def _stop_session(process: subprocess.Popen, grace: float) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    for pid in _session_pids(process.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait(timeout=30)
+        stop_session(self.process, grace)
 
 
 class RayCluster:
@@ -114,7 +84,7 @@ class RayCluster:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def pids(self) -> list[int]:
-        return self.head.session_pids() + [p for n in self.nodes for p in _session_pids(n.process.pid)]
+        return self.head.session_pids() + [p for n in self.nodes for p in session_pids(n.process.pid)]
 
     def stop(self) -> None:
         for node in self.nodes:

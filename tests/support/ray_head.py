@@ -62,32 +62,56 @@ class RayHead:
 
     def session_pids(self) -> list[int]:
         """Live (non-zombie) processes of the head's session."""
-        if self.process is None:
-            return []
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                    if os.getsid(int(entry)) == self.process.pid and stat.rsplit(")", 1)[1].split()[0] != "Z":
-                        pids.append(int(entry))
-                except OSError:
-                    pass
-        return pids
+        return session_pids(self.process.pid) if self.process is not None else []
 
     def stop(self, grace: float = 10) -> None:
-        if self.process is None:
-            return
+        if self.process is not None:
+            stop_session(self.process, grace)
+
+
+def session_pids(leader: int) -> list[int]:
+    """Live (non-zombie) processes of the session led by ``leader``."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if os.getsid(int(entry)) == leader and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+def stop_session(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to ``process``'s group, then SIGKILL to whatever is left in its session."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    for pid in session_pids(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.process.poll() is None:
-            time.sleep(0.2)
-        for pid in self.session_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.process.wait(timeout=30)
+    process.wait(timeout=30)
+
+
+REPO = Path(__file__).resolve().parents[2]  # the repository root: the jobs' --working-dir
+NO_AGENT = "No available agent to submit job"  # the head's job agent is still starting (on a busy machine)
+
+
+def submit(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """`ray job submit ...`, retried while the head node answers that its job agent is not up yet (its
+    own advice: "please try again later"); nothing was submitted then, so a retry cannot run a job twice."""
+    for _ in range(6):
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+        if result.returncode == 0 or NO_AGENT not in result.stdout + result.stderr:
+            return result
+        time.sleep(5)
+    return result
+
+
+EXCLUDES = [".git", ".venv", "flowprior-store", "flowprior-toy", "flowprior-demo", "ray_results", "**/__pycache__"]
