@@ -69,6 +69,7 @@ def in_memory_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from pipeline.jobs.prior_fit_worker import timed_first
     from pipeline.method.training import EMA, FitConfig, make_optimiser, random_batches, train_loop
     from pipeline.method.velocity import VelocityConfig, VelocityMLP
 
@@ -92,15 +93,8 @@ def in_memory_worker(config: dict) -> None:
         Path(config["out"]).write_text(json.dumps(history))  # Train V2 keeps no metrics history: a file on this host
         ray.train.report(metrics)
 
-    batches = random_batches(z, config["batch"], generator)
-    first_batch = next(batches)
-    first.append(time.time())
-
-    def with_first():
-        yield first_batch
-        yield from batches
-
-    train_loop(model, optimiser, ema, with_first(), fit, report, every=config["report_every"], generator=generator)
+    batches = timed_first(random_batches(z, config["batch"], generator), first)
+    train_loop(model, optimiser, ema, batches, fit, report, every=config["report_every"], generator=generator)
 
 
 def run_one(path: str, uri: str, steps: int) -> dict:

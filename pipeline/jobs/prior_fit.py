@@ -109,9 +109,8 @@ class PriorFitSpec:
 
 @dataclass
 class PreparedData:
-    """What the driver holds before training: the scan, the statistics, and the map to prior space."""
+    """What the driver holds before training: the statistics, and the map to prior space."""
 
-    scan: FeatureScan
     stats: FeatureStats
     projection_kind: str
     projection: torch.Tensor  # (d1, d2)
@@ -152,7 +151,7 @@ def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) ->
     kind = default_projection(latent_dim, d2, spec.projection)
     p, mean, scale = fit_transform(stats.train, latent_dim, kind, spec.normaliser, spec.seed)
     z_heldout = ((torch.tensor(stats.sample) @ p.T - mean) / scale).numpy()  # (k, d1); a copy: Ray returns it read-only
-    return PreparedData(features, stats, kind, p, mean, scale, z_heldout)
+    return PreparedData(stats, kind, p, mean, scale, z_heldout)
 
 
 def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:

@@ -110,7 +110,7 @@ def epoch_batches(shard, state: dict, batch: int, buffer: int, cache_bytes: int,
             cached = torch.from_numpy(np.concatenate(blocks)).to(device)  # (rows, d1)
 
 
-def _timed_first(batches: Iterator[torch.Tensor], at: list) -> Iterator[torch.Tensor]:
+def timed_first(batches: Iterator[torch.Tensor], at: list) -> Iterator[torch.Tensor]:
     """``batches``, noting in ``at`` the wall-clock time the first one arrived (time to first step)."""
     first = next(batches)
     at.append(time.time())
@@ -163,7 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
     batches = epoch_batches(ray.train.get_dataset_shard("train"), state, config["batch_per_worker"],
                             config["shuffle_buffer"], config["cache_mb"] << 20, seed, rank, device, epochs)
     seconds_before, first_step = state["seconds"], []
-    batches = _timed_first(batches, first_step)
+    batches = timed_first(batches, first_step)
 
     def report(metrics: dict) -> None:
         state["first_step_unix"] = first_step[0]  # when this run's first batch arrived (wall clock)
