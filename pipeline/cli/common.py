@@ -35,3 +35,21 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def gpu_share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share of one GPU in (0, 1], got {text!r}")
+    return value
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    from pipeline.method.precision import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                        help="flow-matching forward/backward in float32, or bf16 autocast (GPUs with bf16; "
+                             "weights, optimiser state and every metric stay float32; default: %(default)s)")

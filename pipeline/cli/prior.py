@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_store_arguments, open_store, positive
+from pipeline.cli.common import add_precision_argument, add_store_arguments, open_store, positive
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -30,7 +30,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pipeline.method.training import FitConfig
 
     fit = FitConfig(**{k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                         "warmup": args.warmup}.items() if v is not None})
+                                         "warmup": args.warmup, "precision": args.precision}.items() if v is not None})
     filters: dict[str, list[str]] = {}
     for column, value in args.filter or []:
         filters.setdefault(column, []).append(value)
@@ -90,6 +90,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--workers", type=positive, default=1, help="data-parallel workers (default: %(default)s)")
     fit.add_argument("--cpus-per-worker", type=positive, default=1, help="CPUs (and torch threads) per worker")
     fit.add_argument("--gpu", action="store_true", help="one GPU per worker when the cluster has them (else CPU)")
+    add_precision_argument(fit)
     fit.add_argument("--worker-resource", action="append", type=_resource, metavar="NAME=AMOUNT",
                      help="a custom Ray resource each worker needs, e.g. a node pool's label (repeatable)")
     fit.add_argument("--heldout-fraction", type=float, default=0.1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.cli.common import add_store_arguments, open_store
+from pipeline.cli.common import add_precision_argument, add_store_arguments, gpu_share, open_store
 
 
 def _specs(args: argparse.Namespace) -> list:
@@ -41,7 +41,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import finetune_site, run_sites
 
     specs = _specs(args)
-    records = run_sites(finetune_site, specs, open_store(args), address=args.address, mode=args.mode, prior_id=args.prior)
+    records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu, mode=args.mode,
+                        prior_id=args.prior, precision=args.precision)
     for spec, record in zip(specs, records):
         print(f"{spec.site:10s} " + (f"{record.config['mode']:8s} {record.id}  held-out FM {record.metrics['heldout_fm_core']:.4f}"
                                      f" (core) -> {record.metrics['heldout_fm']:.4f}" if record else "reuse    (nothing to train)"))
@@ -52,8 +53,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import align_site, run_sites
 
     specs = _specs(args)
-    results = run_sites(align_site, specs, open_store(args), address=args.address, lam=args.lam, prior_id=args.prior,
-                        sweep_id=args.from_sweep)
+    results = run_sites(align_site, specs, open_store(args), address=args.address, gpu=args.gpu, lam=args.lam,
+                        prior_id=args.prior, sweep_id=args.from_sweep)
     print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  encoder -> prior")
     for r in results:
         m = r.record.metrics
@@ -83,6 +84,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "prior. --mode auto (default) follows the site's latest check (checking first if needed) "
                     "and skips sites whose decision is reuse.")
     finetune.add_argument("--mode", choices=("auto", "finetune", "refit"), default="auto")
+    add_precision_argument(finetune)
 
     align = sub.add_parser(
         "align", help="train each site's encoder aligned to its prior, with a lambda = 0 baseline",
@@ -101,6 +103,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                                           "(align: instead of the site's own)")
         if action is not check:
             action.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+            action.add_argument("--gpu", type=gpu_share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+                                help="train each site on a GPU: a share of one per site task (0.25 packs four "
+                                     "sites per GPU); --gpu alone takes a whole GPU (default: CPU)")
         add_store_arguments(action)
     check.set_defaults(handler=cmd_check)
     finetune.set_defaults(handler=cmd_finetune)

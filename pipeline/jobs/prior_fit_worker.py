@@ -34,8 +34,8 @@ from pipeline.data.split import digest
 from pipeline.method.metrics import heldout_fm, knn_nll, sliced_wasserstein
 from pipeline.method.ode import Solver
 from pipeline.method.sampling import sample
-from pipeline.method.training import EMA, FitConfig, make_optimiser, train_loop
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.training import EMA, FitConfig, new_training, train_loop
+from pipeline.method.velocity import VelocityConfig
 
 STATE_FILE, EMA_FILE, MODEL_FILE, OPTIMISER_FILE = "state.json", "ema.safetensors", "model.safetensors", "optimiser.pt"
 
@@ -63,10 +63,15 @@ def save_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.o
 
 
 def load_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer) -> dict:
-    """Restore from a checkpoint folder without executing code (safetensors, ``weights_only`` loads)."""
-    model.load_state_dict(load_file(os.path.join(folder, MODEL_FILE)))
-    ema.model.load_state_dict(load_file(os.path.join(folder, EMA_FILE)))
-    optimiser.load_state_dict(torch.load(os.path.join(folder, OPTIMISER_FILE), weights_only=True))
+    """Restore from a checkpoint folder without executing code (safetensors, ``weights_only`` loads).
+
+    Every tensor is read straight onto the model's device (build the model there first, see
+    :func:`~pipeline.method.training.new_training`), so the optimiser's moments land beside their
+    parameters on a GPU as on a CPU."""
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(os.path.join(folder, MODEL_FILE), device=str(device)))
+    ema.model.load_state_dict(load_file(os.path.join(folder, EMA_FILE), device=str(device)))
+    optimiser.load_state_dict(torch.load(os.path.join(folder, OPTIMISER_FILE), map_location=device, weights_only=True))
     with open(os.path.join(folder, STATE_FILE)) as f:
         return json.load(f)
 
@@ -143,10 +148,8 @@ def train_loop_per_worker(config: dict) -> None:
     seed = config["seed"]
 
     heldout = torch.tensor(ray.get(config["heldout"]), device=device) if rank == 0 else None  # a bounded sample
-    torch.manual_seed(seed)  # identical initial weights on every rank
-    model = VelocityMLP(VelocityConfig(**config["velocity"]))
-    ema = EMA(model, fit.ema_decay)
-    optimiser = make_optimiser(model, fit)
+    # identical initial weights on every rank; on the device before the optimiser and any resume
+    model, ema, optimiser = new_training(VelocityConfig(**config["velocity"]), fit, device, seed)
     state = {"step": 0, "epoch": 0, "history": [], "seconds": 0.0, "shards": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -156,8 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             say(f"[prior fit] resumed from step {state['step']} (epoch {state['epoch']}); continuing with epoch "
                 f"{state['epoch'] + 1}")
-    model = ray.train.torch.prepare_model(model)
-    ema.model.to(device)
+    model = ray.train.torch.prepare_model(model)  # DDP around the model, already on its device
     node = ray.get_runtime_context().get_node_id()
     epochs: list[dict] = []
     batches = epoch_batches(ray.train.get_dataset_shard("train"), state, config["batch_per_worker"],

@@ -2,11 +2,11 @@
 
     check_site(spec, registry)                      # in the caller's process: reads, measures, records
     run_sites(finetune_site, specs, store)          # one Ray task per site, in parallel
-    run_sites(align_site, specs, store, lam=1.0)
+    run_sites(align_site, specs, store, lam=1.0, gpu=0.25)   # four sites share each GPU
 
 Each job is an ordinary function over the method library and the registry; ``run_sites`` runs it
-as Ray tasks (1 CPU, 1 torch thread each) so many sites train at once on a cluster and two at a
-time on a 2-core laptop. Every result is registered by the task that produced it (the registry
+as Ray tasks (1 CPU, 1 torch thread each, and a GPU share if asked: the task then trains on its
+GPU) so many sites train at once on a cluster and two at a time on a 2-core laptop. Every result is registered by the task that produced it (the registry
 takes many writers), so a site that fails does not lose the others' work.
 """
 
@@ -85,9 +85,10 @@ def latest_check(registry: Registry, site: str, prior_id: str) -> Record | None:
 
 
 def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: str | None = None,
-                  say: Say = print) -> Record | None:
-    """Train and register a ``site-prior`` (parent: the core prior). ``mode`` ``auto`` follows the site's
-    latest check against that prior (checking first if there is none) and does nothing on ``reuse``."""
+                  say: Say = print, device: str = "cpu", precision: str = "fp32") -> Record | None:
+    """Train and register a ``site-prior`` (parent: the core prior) on ``device``, the flow-matching
+    forward in ``precision``. ``mode`` ``auto`` follows the site's latest check against that prior
+    (checking first if there is none) and does nothing on ``reuse``."""
     registry = Registry(store)
     prior_id = _core_id(registry, prior_id)
     if mode == "auto":
@@ -96,14 +97,14 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
         if mode == "reuse":
             say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
             return None
-    core = registry.load_prior(prior_id)
+    core = registry.load_prior(prior_id).to(device)
     features, train, heldout = _site_points(spec, core)
     z_train, z_heldout = core.to_prior(features.values[train]), core.to_prior(features.values[heldout])
     settings = spec.finetune
     steps = settings.steps if mode == "finetune" else settings.refit_steps
-    fit = site_fit_config(core, mode, steps, settings.lr, settings.batch_size, settings.log_every)
+    fit = site_fit_config(core, mode, steps, settings.lr, settings.batch_size, settings.log_every, precision)
     say(f"[site {spec.site} {mode}] {len(z_train)} training / {len(z_heldout)} held-out rows, {steps} steps "
-        f"from {'the weights of ' if mode == 'finetune' else 'scratch in the space of '}{prior_id}")
+        f"from {'the weights of ' if mode == 'finetune' else 'scratch in the space of '}{prior_id} on {device}")
     progress = lambda h: say(f"[site {spec.site} {mode}] step {h['step']}/{steps}  train_fm {h['train_fm']:.4f}  "  # noqa: E731
                              f"heldout_fm {h['heldout_fm']:.4f}")
     site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
@@ -174,12 +175,12 @@ class Alignment:
 
 
 def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id: str | None = None,
-               sweep_id: str | None = None, say: Say = print) -> Alignment:
+               sweep_id: str | None = None, say: Say = print, device: str = "cpu") -> Alignment:
     """Train the site's autoencoder with ``recon + lambda L_align`` against its prior, and a lambda = 0
     baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics.
 
     With ``sweep_id`` the settings (lambda, lr, draws, steps) and the prior are the ones that sweep chose
-    for the site, and the sweep becomes a parent of the encoder."""
+    for the site, and the sweep becomes a parent of the encoder. Both runs train on ``device``."""
     registry = Registry(store)
     config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
     if sweep_id is not None:
@@ -201,13 +202,13 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
     runs = {}
     for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
         say(f"[site {spec.site} align] {name}: lambda {run_config.lam:g}, {len(observations.values)} observations, "
-            f"{run_config.steps} steps, prior {prior_id}")
+            f"{run_config.steps} steps, prior {prior_id}, on {device}")
         progress = lambda h, n=name: say(  # noqa: E731
             f"[site {spec.site} align] {n} step {h['step']}  recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  "
             f"knn_nll {h['knn_nll']:.3f}  spread {h['spread']:.2f}") if h["step"] % (5 * run_config.log_every) == 0 \
             or h["step"] == run_config.steps else None
         runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.widths,
-                                   seed=spec.seed, progress=progress)
+                                   seed=spec.seed, progress=progress, device=device)
     aligned, baseline = runs["aligned"], runs["baseline"]
     with tempfile.TemporaryDirectory() as tmp:
         path = save_encoder(aligned.model, Path(tmp) / "encoder.safetensors",
@@ -235,8 +236,11 @@ def _in_task(job: Callable, spec: SiteSpec, store: Store, kwargs: dict):
 
 
 def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str | None = None,
-              say: Say = print, **kwargs: object) -> list:
-    """``job(spec, store, **kwargs)`` for every site as parallel Ray tasks; results in ``specs`` order.
+              say: Say = print, gpu: float = 0.0, **kwargs: object) -> list:
+    """``job(spec, store, device=..., **kwargs)`` for every site as parallel Ray tasks; results in
+    ``specs`` order. Each task asks for 1 CPU and ``gpu`` GPUs (a share such as 0.25 packs four sites
+    on a GPU) and trains on ``cuda`` when it has one. On the embedded local Ray without GPUs a GPU
+    request falls back to CPUs (with a note); a cluster's autoscaler may add GPU nodes.
 
     Every site runs to its end; if any failed, the first failure is raised after the rest finished
     (their results are already registered)."""
@@ -244,8 +248,13 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
 
     from pipeline.jobs import runtime
 
-    runtime.connect(address)
-    task = ray.remote(num_cpus=1, max_retries=0)(_in_task)
+    if not 0 <= gpu <= 1:
+        raise ValueError(f"gpu is a share of one GPU per site task, in [0, 1]; got {gpu!r}")
+    if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:
+        say(f"[sites] asked for {gpu:g} GPU per site but this local Ray has no GPU: running on CPUs")
+        gpu = 0.0
+    kwargs["device"] = "cuda" if gpu else "cpu"
+    task = ray.remote(num_cpus=1, num_gpus=gpu, max_retries=0)(_in_task)
     refs = {task.remote(job, spec, store, kwargs): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
     while pending:

@@ -90,7 +90,7 @@ def grid_points(spec: SweepSpec, sites: list[str], fixed: dict | None = None) ->
             for combo in combos for site in sites]
 
 
-def _trial(config: dict, sites: dict, selection: Selection, epoch_steps: int, threads: int) -> None:
+def _trial(config: dict, sites: dict, selection: Selection, epoch_steps: int, threads: int, device: str) -> None:
     """One Tune trial: train its site's encoder with its settings (``lam``, ``lr``, ``draws``; see
     :func:`settings_of`), continuing from the trial's checkpoint if it has one; report every epoch.
     ``sites`` maps each site to the object reference of its :class:`SiteData`."""
@@ -102,7 +102,7 @@ def _trial(config: dict, sites: dict, selection: Selection, epoch_steps: int, th
     data: SiteData = ray.get(sites[config["site"]])
     align = replace(data.alignment, **{k: config[k] for k in ("lam", "lr", "draws") if k in config})
     observations = np.array(data.observations)  # a writable copy of the object store's read-only array
-    training = EncoderTraining(observations, data.prior, align, data.target, data.widths, data.seed)
+    training = EncoderTraining(observations, data.prior, align, data.target, data.widths, data.seed, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -218,15 +218,15 @@ def _experiment(name: str, trainable, param_space: dict, samples: int, total: in
     return list(grid)
 
 
-def _trainable(sites: dict, spec: SweepSpec):
+def _trainable(sites: dict, spec: SweepSpec, gpu: float):
     """The trial function with its parameters: one object reference per site, so a trial fetches only its
     own site's prior, observations and target points, never the other sites' arrays."""
     import ray
 
     refs = {site: ray.put(data) for site, data in sites.items()}
     trainable = tune.with_parameters(_trial, sites=refs, selection=spec.select, epoch_steps=spec.epoch_steps,
-                                     threads=max(1, int(spec.resources.cpu)))
-    return tune.with_resources(trainable, {"cpu": spec.resources.cpu})
+                                     threads=max(1, int(spec.resources.cpu)), device="cuda" if gpu else "cpu")
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": gpu})
 
 
 def _history(result) -> list[dict]:
@@ -308,12 +308,15 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
         say(f"[sweep {spec.name}] {name} is already recorded as {done[0].id}")
         return done[0]
 
-    runtime.connect(address)
+    gpu = spec.resources.gpu
+    if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:
+        say(f"[sweep {spec.name}] resources.gpu is {gpu:g} but this local Ray has no GPU: trials run on CPUs")
+        gpu = 0.0
     site_ids = [s.site for s in spec.sites]
     say(f"[sweep {spec.name}] {name}: {len(site_ids)} sites ({', '.join(site_ids)}), {spec.steps} steps "
         f"({spec.epochs} epochs) per trial, scheduler {spec.scheduler.type}")
     baselines = {}
-    for result in _experiment(baseline_name, _trainable(sites, spec),
+    for result in _experiment(baseline_name, _trainable(sites, spec, gpu),
                               {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
                               len(site_ids), spec, store, None, say):
         site = settings_of(result.config)["site"]
@@ -323,7 +326,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     points = grid_points(spec, site_ids)
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
     scheduler = PerSiteASHA(spec) if spec.scheduler.type == "asha" else None
-    results = _experiment(name, _trainable(sites, spec), space, spec.samples, len(points) * spec.samples, spec, store,
+    results = _experiment(name, _trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec, store,
                           scheduler, say)
     trials = [_trial_entry(r, spec, sites[settings_of(r.config)["site"]]) for r in results]
     choices, fronts = _choices(spec, sites, trials, baselines)

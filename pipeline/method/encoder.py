@@ -153,20 +153,23 @@ class EncoderTraining:
 
     ``observations`` (n, d_obs); ``target`` (m, d1) are target features in prior space, used only for
     the logged kNN NLL proxy and spread. Logs every ``config.log_every`` steps on ``config.eval_points``
-    fixed rows, and at the last step.
+    fixed rows, and at the last step. Everything runs on ``device``: the data, the model, the sampling
+    generator, and ``prior``, which is moved there (in place). Saved states load on any device.
     """
 
     def __init__(self, observations, prior: FlowPrior, config: AlignConfig, target,
-                 widths: tuple[int, ...] = (128, 128), seed: int = 0) -> None:
-        self.o = as_points(observations, "observations", dtype=torch.float32)
-        self.target = as_points(target, "target points", dim=prior.latent_dim, dtype=torch.float32)
-        self.prior, self.config, self.seed = prior, config, seed
-        self.generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng():
+                 widths: tuple[int, ...] = (128, 128), seed: int = 0, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.o = as_points(observations, "observations", dtype=torch.float32).to(self.device)
+        self.target = as_points(target, "target points", dim=prior.latent_dim, dtype=torch.float32).to(self.device)
+        self.prior, self.config, self.seed = prior.to(self.device), config, seed
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = Autoencoder(EncoderConfig(self.o.shape[1], prior.latent_dim, widths))
-        self.model.fit_scaling(self.o)
-        self.evaluation_rows = self.o[torch.randperm(len(self.o), generator=self.generator)[: config.eval_points]]
+        self.model.to(self.device).fit_scaling(self.o)
+        rows = torch.randperm(len(self.o), generator=self.generator, device=self.device)
+        self.evaluation_rows = self.o[rows[: config.eval_points]]
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimiser, config.steps)
         self.step = 0
@@ -184,7 +187,8 @@ class EncoderTraining:
         model, config, new = self.model.train(), self.config, []
         start = time.perf_counter() - self.seconds
         while self.step < end:
-            batch = self.o[torch.randint(0, len(self.o), (config.batch_size,), generator=self.generator)]
+            batch = self.o[torch.randint(0, len(self.o), (config.batch_size,), generator=self.generator,
+                                         device=self.device)]
             y, reconstruction = model(batch)
             loss = ((reconstruction - batch) / model.scale).pow(2).mean()
             if config.lam > 0:
@@ -242,7 +246,7 @@ class EncoderTraining:
                 adam_state.setdefault(int(index), {})[name] = value
         self.optimiser.load_state_dict({"state": adam_state, "param_groups": state["adam_groups"]})
         self.schedule.load_state_dict(state["schedule"])
-        self.generator.set_state(tensors["generator"])
+        self.generator.set_state(tensors["generator"])  # a CPU byte tensor, for a generator on any device
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
 
 
@@ -254,10 +258,11 @@ def train_encoder(
     widths: tuple[int, ...] = (128, 128),
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> EncoderRun:
     """Train an autoencoder on ``observations`` (n, d_obs) with ``recon + lambda * L_align`` against
-    ``prior`` in one go (see :class:`EncoderTraining`)."""
-    training = EncoderTraining(observations, prior, config, target, widths, seed)
+    ``prior`` in one go, on ``device`` (see :class:`EncoderTraining`)."""
+    training = EncoderTraining(observations, prior, config, target, widths, seed, device)
     training.advance(progress=progress)
     return training.result()
 

@@ -23,11 +23,13 @@ from pipeline.method.velocity import VelocityMLP
 MODES = ("finetune", "refit")
 
 
-def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_size: int, log_every: int) -> FitConfig:
-    """The optimiser settings of a site prior: the core's, with the site's steps (and lr for a finetune)."""
+def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_size: int, log_every: int,
+                    precision: str = "fp32") -> FitConfig:
+    """The optimiser settings of a site prior: the core's, with the site's steps (and lr for a finetune)
+    and its own ``precision`` (not the core's: a core fitted in bf16 on GPUs may be fine-tuned on a CPU)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    base = FitConfig(**core.info["fit"]) if "fit" in core.info else FitConfig()
+    base = replace(FitConfig(**core.info["fit"]) if "fit" in core.info else FitConfig(), precision=precision)
     if mode == "finetune":
         return replace(base, steps=steps, lr=lr, warmup=min(50, steps // 10), batch_size=batch_size,
                        log_every=log_every)
@@ -45,15 +47,17 @@ def train_site_prior(
     progress: Callable[[dict], None] | None = None,
 ) -> FlowPrior:
     """Train on the site's points in core prior space ``z_train`` (n, d1); ``z_heldout`` (m, d1) is
-    only evaluated. Returns the site prior (EMA weights) with its history in ``info``."""
+    only evaluated. Trains on ``z_train``'s device (move ``core`` there too). Returns the site prior
+    (EMA weights) with its history in ``info``."""
     if mode == "finetune":
         model = copy.deepcopy(core.velocity).requires_grad_(True).train()
     elif mode == "refit":
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VelocityMLP(core.velocity.config)
     else:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    model = model.to(z_train.device)
     ema, history = fit_velocity(model, z_train, fit, seed=seed, progress=progress,
                                 evaluate=lambda m: {"heldout_fm": heldout_fm(m, z_heldout, seed)})
     info = {**core.info, "fit": fit.to_dict(), "history": history, "mode": mode}

@@ -10,7 +10,7 @@
     steps: 1500                                    # per trial; default: the site specs' alignment.steps
     epoch_steps: 100                               # steps per reported epoch (ASHA's time unit)
     scheduler: {type: asha, grace_epochs: 1, reduction_factor: 3}   # or {type: fifo}
-    resources: {cpu: 1}                            # per trial
+    resources: {cpu: 1, gpu: 0}                    # per trial (gpu: 0.25 packs four trials per GPU)
     max_concurrent: 0                              # 0: as many trials as the cluster holds
     select: {metric: knn_nll, recon: mean, recon_tolerance: 0.1, penalty: 10}   # see pipeline.sweeps.objective
 
@@ -97,11 +97,17 @@ class Scheduler:
 
 @dataclass(frozen=True)
 class Resources:
+    """Per trial: CPUs (and torch threads), and a share of a GPU (0.25: four trials per GPU; the trial
+    then trains on its GPU)."""
+
     cpu: float = 1.0
+    gpu: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.cpu > 0:
             raise ValueError(f"cpu must be > 0, got {self.cpu}")
+        if not 0 <= self.gpu <= 1:
+            raise ValueError(f"gpu is a share of one GPU per trial, in [0, 1]; got {self.gpu}")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,14 @@ from tests.support.s3server import free_port_pair
 
 
 class RayHead:
-    def __init__(self, temp_dir: Path) -> None:
-        self.temp_dir = Path(temp_dir)
+    """``bin_dir``: the Python environment the node runs (default: this one); ``cwd``: where it starts."""
+
+    def __init__(self, temp_dir: Path, bin_dir: Path | None = None, cwd: Path | None = None) -> None:
+        self.temp_dir, self.cwd = Path(temp_dir), cwd
         self.dashboard_port, self.gcs_port = free_port_pair(), free_port_pair()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
-        bin_dir = str(Path(sys.executable).parent)
+        self.bin_dir = Path(bin_dir or Path(sys.executable).parent)
+        bin_dir = str(self.bin_dir)
         # Token auth, as local clusters use by default; the job client needs the same token.
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -35,7 +38,7 @@ class RayHead:
         """Start the head with ``num_cpus`` logical CPUs: by default this machine's two for training and
         one for Ray Data's read tasks (as the embedded runtime has, see ``runtime.INGEST_CPUS``)."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        args = [str(self.bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                 f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={free_port_pair()}", f"--num-cpus={num_cpus}",
                 # fixed default ports (e.g. the job agent's 52365) may be held by another Ray on this
@@ -45,7 +48,8 @@ class RayHead:
                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
                 *([f"--object-store-memory={object_store_mib << 20}"] if object_store_mib else [])]
         log = open(self.temp_dir / "head.log", "ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,54 @@
+"""The Ray ``runtime_env`` that brings flowprior to a stock Ray cluster (imports neither Ray nor torch).
+
+A cluster that has only Ray and torch installed -- a KubeRay image, Anyscale, a shared on-prem
+cluster -- runs flowprior's jobs when they are submitted with
+
+    py_modules: [<this installed pipeline package>]   # `ray job submit` uploads it to the cluster
+    pip:
+      packages: [<flowprior's other requirements>]     # installed per node into a virtualenv that
+      pip_check: false                                 # sees the node's own Ray and torch
+
+Ray and torch are never in ``packages``: the cluster's own builds (CUDA torch on GPU nodes, the
+Ray that runs the cluster) are the ones a job must use. The requirement list comes from the
+installed package's metadata (``pyproject.toml``), so it cannot drift from what ``pip install``
+gets. Extra pip options (a private index, a wheelhouse) go in ``pip_install_options``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, requires
+from pathlib import Path
+
+import pipeline
+
+CLUSTER_PROVIDED = ("ray", "torch")  # the cluster's own: never installed by a job
+DEFAULT_PIP_OPTIONS = ["--disable-pip-version-check", "--no-cache-dir"]  # Ray's own defaults
+
+
+def requirements() -> list[str]:
+    """flowprior's runtime requirements without extras, Ray and torch, e.g. ``["numpy>=1.24", ...]``."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        declared = requires("flowprior") or []
+    except PackageNotFoundError:
+        raise RuntimeError("flowprior is not installed (pip install -e .); its requirements come from the "
+                           "installed package's metadata") from None
+    out = []
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an optional extra (test, ...)
+        if canonicalize_name(requirement.name) not in CLUSTER_PROVIDED:
+            out.append(str(requirement))
+    return out
+
+
+def runtime_env(pip_options: list[str] | None = None) -> dict:
+    """The runtime_env described in the module docstring; ``pip_options`` are appended to Ray's defaults."""
+    pip: dict = {"packages": requirements(), "pip_check": False}
+    if pip_options:
+        pip["pip_install_options"] = [*DEFAULT_PIP_OPTIONS, *pip_options]
+    return {"py_modules": [str(Path(pipeline.__file__).resolve().parent)], "pip": pip,
+            "excludes": ["__pycache__/", "*.pyc"]}
