@@ -154,6 +154,12 @@ def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) ->
     return PreparedData(stats, kind, p, mean, scale, z_heldout)
 
 
+def worker_resources(spec: PriorFitSpec, use_gpu: bool) -> dict[str, float]:
+    """What each Ray Train worker asks for: its CPUs (= torch threads), one GPU with ``--gpu``, and any
+    custom resources (a node pool's label)."""
+    return {"CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {}), **spec.worker_resources}
+
+
 def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
     """Whether to use GPUs. On the embedded local Ray (fixed resources) a request it cannot hold is
     refused and missing GPUs mean CPUs; a cluster's autoscaler may still add the nodes asked for
@@ -217,8 +223,8 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
             "shuffle_buffer": spec.shuffle_buffer, "cache_mb": spec.cache_mb, "report_every": spec.report_every,
             "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker},
         datasets={"train": dataset}, dataset_config=DataConfig(datasets_to_split=["train"]),
-        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu, resources_per_worker={
-            "CPU": spec.cpus_per_worker, **({"GPU": 1} if use_gpu else {}), **spec.worker_resources}),
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
+                                     resources_per_worker=worker_resources(spec, use_gpu)),
         run_config=RunConfig(
             name=spec.name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),

@@ -230,6 +230,11 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
     return Alignment(record, aligned, baseline)
 
 
+def site_task_resources(gpu: float = 0.0) -> dict[str, float]:
+    """What one site task asks Ray for: 1 CPU (its one torch thread), and ``gpu`` of a GPU if asked."""
+    return {"CPU": 1.0, **({"GPU": gpu} if gpu else {})}
+
+
 def _in_task(job: Callable, spec: SiteSpec, store: Store, kwargs: dict):
     torch.set_num_threads(1)  # one CPU per task: threads beyond it only fight the other sites' tasks
     return job(spec, store, **kwargs)
@@ -254,7 +259,8 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
         say(f"[sites] asked for {gpu:g} GPU per site but this local Ray has no GPU: running on CPUs")
         gpu = 0.0
     kwargs["device"] = "cuda" if gpu else "cpu"
-    task = ray.remote(num_cpus=1, num_gpus=gpu, max_retries=0)(_in_task)
+    shape = site_task_resources(gpu)
+    task = ray.remote(num_cpus=shape["CPU"], num_gpus=shape.get("GPU", 0), max_retries=0)(_in_task)
     refs = {task.remote(job, spec, store, kwargs): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
     while pending:

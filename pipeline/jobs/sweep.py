@@ -226,7 +226,7 @@ def _trainable(sites: dict, spec: SweepSpec, gpu: float):
     refs = {site: ray.put(data) for site, data in sites.items()}
     trainable = tune.with_parameters(_trial, sites=refs, selection=spec.select, epoch_steps=spec.epoch_steps,
                                      threads=max(1, int(spec.resources.cpu)), device="cuda" if gpu else "cpu")
-    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": gpu})
+    return tune.with_resources(trainable, {k.lower(): v for k, v in spec.resources.shape(gpu).items()})
 
 
 def _history(result) -> list[dict]:

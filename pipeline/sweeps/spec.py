@@ -109,6 +109,11 @@ class Resources:
         if not 0 <= self.gpu <= 1:
             raise ValueError(f"gpu is a share of one GPU per trial, in [0, 1]; got {self.gpu}")
 
+    def shape(self, gpu: float | None = None) -> dict[str, float]:
+        """One trial's request in Ray's resource names (``gpu``: this share instead of the spec's)."""
+        gpu = self.gpu if gpu is None else gpu
+        return {"CPU": self.cpu, **({"GPU": gpu} if gpu else {})}
+
 
 @dataclass(frozen=True)
 class SweepSpec:

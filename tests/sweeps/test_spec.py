@@ -41,6 +41,12 @@ def test_defaults_come_from_the_site_specs_and_the_file_name(tmp_path):
     assert spec.select.metric == "knn_nll" and spec.select.recon_tolerance == 0.1
     assert spec.to_dict()["space"] == {"lambda": {"loguniform": [1e-4, 1.0]}, "draws": {"choice": [2, 8]}}
     assert spec.resources.cpu == 1.0 and spec.max_concurrent == 0 and spec.samples == 1
+    assert spec.resources.shape() == {"CPU": 1.0}  # no GPU unless asked
+
+
+def test_a_gpu_share_per_trial(tmp_path):
+    spec = load_sweep_spec(write(tmp_path, space={"lambda": {"grid": [0.1]}}, resources={"cpu": 2, "gpu": 0.25}))
+    assert spec.resources.shape() == {"CPU": 2.0, "GPU": 0.25}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -65,7 +71,8 @@ def test_defaults_come_from_the_site_specs_and_the_file_name(tmp_path):
     ({"scheduler": {"reduction_factor": 1}}, "reduction_factor > 1"),
     ({"scheduler": {"grace_epochs": 5}}, "grace_epochs: 5 exceeds the 3 epochs"),
     ({"resources": {"cpu": 0}}, "resources: cpu must be > 0"),
-    ({"resources": {"gpu": 1}}, "resources: unknown key 'gpu'"),
+    ({"resources": {"gpu": 2}}, r"resources: gpu is a share of one GPU per trial, in \[0, 1\]"),
+    ({"resources": {"tpu": 1}}, "resources: unknown key 'tpu'"),
     ({"select": {"metric": "mmd"}}, "select: metric must be one of knn_nll, nll_gap"),
     ({"select": {"recon_tolerance": -0.1}}, "recon_tolerance must be a finite number >= 0"),
     ({"select": {"recon": "max"}}, "recon must be one of mean, median"),
