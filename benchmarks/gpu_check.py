@@ -1,0 +1,232 @@
+"""The GPU path in one prepared run, without Ray (accelerator machines here have torch but no Ray).
+
+    python benchmarks/gpu_check.py                       # on a GPU: the paper's prior, batch 4096 (< 8 min)
+    python benchmarks/gpu_check.py --device cpu --width 32 --depth 2 --batch 64 --steps 5   # the CPU smoke run
+
+1. **Peaks**: the best dense matmul rate of this device, measured now: bf16 and TF32 on a GPU
+   (``torch.set_float32_matmul_precision("high")``, which the fp32 step below also uses), bf16 and
+   fp32 on a CPU.
+2. **Training step**: :func:`~pipeline.method.training.train_step` (the loop every prior fit runs:
+   fused AdamW, clipping, EMA) at ``width x depth``, ``--batch``, in fp32 and bf16: samples/s,
+   FLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on one step) and the fraction of the peak of
+   the same precision (fp32 against TF32 on a GPU).
+3. **Kill and resume**: a child process trains on the device and checkpoints with the Ray worker's
+   own :func:`~pipeline.jobs.prior_fit_worker.save_state` every few steps; it is SIGKILLed after its
+   second checkpoint, and this process resumes with :func:`~pipeline.jobs.prior_fit_worker.load_state`
+   onto a fresh model on the device, checks that every optimiser tensor sits beside its parameter,
+   and trains to the end.
+4. **Site fine-tune and encoder alignment** on the device (:func:`~pipeline.sites.site_prior.train_site_prior`,
+   :func:`~pipeline.method.encoder.train_encoder`), with their seconds and results.
+
+Everything goes to ``--json`` (default ``benchmarks/results/gpu_check.json`` on a GPU); a failed
+check raises. Needs torch, numpy, safetensors, scipy and torchdiffeq (the method library's imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from pipeline.jobs.prior_fit_worker import load_state, save_state  # noqa: E402
+from pipeline.method.encoder import AlignConfig, train_encoder  # noqa: E402
+from pipeline.method.metrics import heldout_fm  # noqa: E402
+from pipeline.method.prior import FlowPrior  # noqa: E402
+from pipeline.method.training import FitConfig, new_training, train_step  # noqa: E402
+from pipeline.method.velocity import VelocityConfig  # noqa: E402
+from pipeline.sites.site_prior import train_site_prior  # noqa: E402
+
+SAVE_EVERY = 5  # steps between the child's checkpoints
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Seconds per call, the best of ``repeats`` after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, device, 10)
+
+
+def mixture(n: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``(n, dim)``: two Gaussian modes at +-2 along every axis."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.where(torch.rand(n, 1, generator=g) < 0.5, -2.0, 2.0)
+    return (torch.randn(n, dim, generator=g) * 0.5 + sign).to(device)
+
+
+def step_throughput(velocity: VelocityConfig, args, precision: str, device: torch.device) -> dict:
+    fit = FitConfig(steps=10_000, warmup=10, batch_size=args.batch, precision=precision)
+    model, ema, optimiser = new_training(velocity, fit, device, seed=0)
+    data = mixture(args.batch * 4, velocity.dim, 0, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = lambda i: data[(i % 4) * args.batch:(i % 4 + 1) * args.batch]  # noqa: E731
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimiser, ema, batch(0), 0, fit, generator)
+    for i in range(3):
+        train_step(model, optimiser, ema, batch(i), i, fit, generator)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        loss = train_step(model, optimiser, ema, batch(i), i, fit, generator)
+    sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"{precision} training step gave a non-finite loss")
+    flops = counter.get_total_flops()
+    return {"samples_per_s": args.batch / seconds, "step_seconds": seconds, "flops_per_step": flops,
+            "flop_per_s": flops / seconds, "loss": loss.item()}
+
+
+def child(folder: str, args) -> None:
+    """Train until killed, checkpointing every ``SAVE_EVERY`` steps (the kill-and-resume victim)."""
+    device = torch.device(args.device)
+    velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
+    fit = FitConfig(steps=10**9, warmup=10, batch_size=args.batch)
+    model, ema, optimiser = new_training(velocity, fit, device, seed=0)
+    data, generator = mixture(args.batch * 4, args.dim, 1, device), torch.Generator(device=device).manual_seed(1)
+    step = 0
+    while True:
+        train_step(model, optimiser, ema, data[(step % 4) * args.batch:][:args.batch], step, fit, generator)
+        step += 1
+        if step % SAVE_EVERY == 0:
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                save_state(tmp, model, ema, optimiser, {"step": step})
+                os.replace(tmp, os.path.join(folder, f"step-{step:06d}"))  # complete checkpoints only
+                os.mkdir(tmp)  # for TemporaryDirectory's clean-up
+            print(f"saved {step}", flush=True)
+
+
+def kill_and_resume(args, device: torch.device) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, __file__, "--child", folder, "--device", args.device, "--dim", str(args.dim),
+                   "--width", str(args.width), "--depth", str(args.depth), "--batch", str(args.batch)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        saved = 0
+        for line in process.stdout:
+            saved += line.startswith("saved")
+            if saved == 2:
+                break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        last = sorted(Path(folder).glob("step-*"))[-1]
+        velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
+        fit = FitConfig(steps=10**9, warmup=10, batch_size=args.batch)
+        model, ema, optimiser = new_training(velocity, fit, device, seed=123)  # other weights until loaded
+        state = load_state(str(last), model, ema, optimiser)
+        misplaced = [name for p, name in zip(model.parameters(), dict(model.named_parameters()))
+                     for v in optimiser.state[p].values() if torch.is_tensor(v) and v.device != p.device]
+        if misplaced or not optimiser.state:
+            raise RuntimeError(f"optimiser state not beside its parameters after resume: {misplaced[:3]}")
+        data, generator = mixture(args.batch * 4, args.dim, 2, device), torch.Generator(device=device).manual_seed(2)
+        losses = [train_step(model, optimiser, ema, data[(i % 4) * args.batch:][:args.batch], state["step"] + i, fit,
+                             generator).item() for i in range(SAVE_EVERY)]
+        if not all(map(lambda x: x == x and abs(x) < 1e6, losses)):
+            raise RuntimeError(f"resumed training diverged: {losses}")
+        return {"killed_after_checkpoints": saved, "resumed_from_step": state["step"], "child_exit": process.returncode,
+                "optimiser_tensors_on_device": sum(torch.is_tensor(v) for s in optimiser.state.values()
+                                                   for v in s.values()), "losses_after_resume": losses}
+
+
+def site_steps(args, device: torch.device) -> dict:
+    """A small core prior, a site fine-tune from it and an encoder aligned to it, all on ``device``."""
+    dim, steps = args.dim, args.site_steps
+    fit = FitConfig(steps=steps, warmup=10, batch_size=256, log_every=steps)
+    core_data, site_data = mixture(20_000, dim, 3, device), mixture(5_000, dim, 4, device) + 0.5
+    model, _, _ = new_training(VelocityConfig(dim=dim, width=256, depth=3), fit, device)
+    start = time.perf_counter()
+    core_prior = train_site_prior(FlowPrior(model.eval(), torch.eye(dim), torch.zeros(dim), torch.ones(dim)).to(device),
+                                  core_data[:18_000], core_data[18_000:], "refit", fit)
+    core_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    site = train_site_prior(core_prior, site_data[:4_500], site_data[4_500:], "finetune", fit)
+    finetune = {"seconds": time.perf_counter() - start, "heldout_fm_core": heldout_fm(core_prior.velocity, site_data[4_500:]),
+                "heldout_fm_site": site.info["history"][-1]["heldout_fm"],
+                "device": str(next(site.velocity.parameters()).device)}
+    observations = torch.cat([site_data[:4_000], torch.randn(4_000, 4, device=device)], dim=1)  # (4000, dim + 4)
+    start = time.perf_counter()
+    run = train_encoder(observations.cpu().numpy(), site, AlignConfig(lam=0.01, steps=steps, log_every=steps,
+                        eval_points=1000), site_data[:2_000], widths=(128, 128), device=device)
+    align = {"seconds": time.perf_counter() - start, **run.metrics, "device": str(next(run.model.parameters()).device)}
+    if not (finetune["device"].startswith(device.type) and align["device"].startswith(device.type)):
+        raise RuntimeError(f"site steps did not run on {device}: {finetune['device']}, {align['device']}")
+    return {"core_refit_seconds": core_seconds, "finetune": finetune, "align": align}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=50, help="timed training steps per precision")
+    parser.add_argument("--site-steps", type=int, default=500, help="steps of the site fine-tune and alignment")
+    parser.add_argument("--json", help="output (default: benchmarks/results/gpu_check.json on a GPU, else none)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; run with --device cpu (and small sizes) for the smoke run")
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on a GPU (no effect on a CPU)
+    started = time.perf_counter()
+    n = 8192 if device.type == "cuda" else 512  # a CPU's bf16 matmul may be emulated: slow
+    fp32_name = "tf32" if device.type == "cuda" else "fp32"
+    peaks = {"bf16": matmul_peak(device, torch.bfloat16, n), fp32_name: matmul_peak(device, torch.float32, n)}
+    print("matmul peaks: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in peaks.items()), flush=True)
+    velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
+    steps = {}
+    for precision, peak in (("fp32", fp32_name), ("bf16", "bf16")):
+        steps[precision] = step_throughput(velocity, args, precision, device)
+        steps[precision]["fraction_of_peak"] = steps[precision]["flop_per_s"] / peaks[peak]
+        steps[precision]["peak"] = peak
+        print(f"training step {precision}: {steps[precision]['samples_per_s']:,.0f} samples/s, "
+              f"{steps[precision]['fraction_of_peak']:.0%} of the {peak} peak", flush=True)
+    resume = kill_and_resume(args, device)
+    print(f"kill and resume: killed after step {resume['resumed_from_step']}, resumed on {device}", flush=True)
+    site = site_steps(args, device)
+    print(f"site fine-tune {site['finetune']['seconds']:.1f} s (held-out FM {site['finetune']['heldout_fm_core']:.3f} "
+          f"-> {site['finetune']['heldout_fm_site']:.3f}); alignment {site['align']['seconds']:.1f} s", flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+               "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+    result = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "json")}, "machine": machine,
+              "matmul_peak_flop_per_s": peaks, "train_step": steps, "kill_and_resume": resume, "site": site,
+              "seconds": time.perf_counter() - started}
+    out = args.json or (str(Path(__file__).parent / "results" / "gpu_check.json") if device.type == "cuda" else None)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out} ({result['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""benchmarks/gpu_check.py, the prepared GPU run, runs on a CPU at small sizes (so it cannot rot)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
+    out = tmp_path / "check.json"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--width", "32", "--depth", "2",
+                             "--batch", "64", "--steps", "5", "--site-steps", "40", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads(out.read_text())
+    assert set(check["matmul_peak_flop_per_s"]) == {"bf16", "fp32"}
+    for precision in ("fp32", "bf16"):
+        step = check["train_step"][precision]
+        assert step["samples_per_s"] > 0 and 0 < step["fraction_of_peak"] and step["flops_per_step"] > 0
+    resume = check["kill_and_resume"]
+    assert resume["child_exit"] == -9  # SIGKILLed, not a clean exit
+    assert resume["resumed_from_step"] == 10 and resume["optimiser_tensors_on_device"] > 0
+    assert check["site"]["finetune"]["device"] == "cpu" and check["site"]["align"]["device"] == "cpu"
+    # the fine-tune learns the site: its held-out FM loss falls below the core's on the site's points
+    assert check["site"]["finetune"]["heldout_fm_site"] < check["site"]["finetune"]["heldout_fm_core"]
