@@ -4,7 +4,7 @@
 
 Same model (paper width by default), same data, same global batch (256), one run:
 
-* ``bare``: one process, ``train_step`` in a loop (AdamW, clipping, EMA), all cores' threads,
+* ``bare``: one process, ``train_step`` in a loop (fused AdamW, clipping, EMA), all cores' threads,
   measured before and after the Ray runs (the mean is the baseline);
 * ``ray 1 worker``: ``fit_core_prior`` with 1 worker holding all cores (``cpus_per_worker``);
 * ``ray 2 workers``: 2 DDP workers with half the cores each, each on half the batch;
@@ -35,6 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
+from pipeline.jobs.runtime import INGEST_CPUS
 from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Registry
@@ -117,7 +118,8 @@ def main() -> None:
         print(f"bare loop: {results['bare']['samples_per_s']:.0f} samples/s", flush=True)
         import ray
 
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        # the embedded runtime's shape: every core for training plus Ray Data's read slot
+        ray.init(num_cpus=cores + INGEST_CPUS, include_dashboard=False, log_to_driver=False)
         task = ray.remote(num_cpus=cores)(bare_loop)  # the same loop in a plain Ray worker process
         results["ray_task"] = ray.get(task.remote(z, velocity, fit, cores))
         print(f"bare loop in a Ray task: {results['ray_task']['samples_per_s']:.0f} samples/s", flush=True)
