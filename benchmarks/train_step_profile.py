@@ -1,6 +1,6 @@
 """Where a CPU training step of the core prior goes, and how close it gets to the matmul peak.
 
-    python benchmarks/train_step_profile.py [--width 1024 --depth 6 --dim 32 --batch 256] [--rounds 5]
+    python benchmarks/train_step_profile.py [--width 1024 --depth 6 --dim 32 --batch 256] [--rounds 5] [--t-group 32]
 
 One process, all cores' threads. Each round measures, side by side (median of ``--repeats`` calls
 each): the float32 matmul peak (2048^3 products), the whole :func:`~pipeline.method.training.train_step` with the optimiser flowprior
@@ -8,7 +8,8 @@ uses (fused AdamW) and with PyTorch's default AdamW (per-tensor loop on a CPU, w
 before), and the step's parts: forward + backward, grad-norm clipping, optimiser step, EMA update.
 FLOPs per step are counted by ``torch.utils.flop_counter``; the fraction of peak of each round is its
 achieved FLOP/s over that round's peak, and the table reports the median over rounds (this machine's
-speed drifts between runs; ratios within a round do not).
+speed drifts between runs; ratios within a round do not). Also the step with ``--t-group`` samples
+sharing each (stratified) t: fewer FLOPs, so compare its speed, not its fraction of peak.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--t-group", type=int, default=32, help="samples sharing one t in the shared-time step")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (the median counts)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_step_profile.json"))
     args = parser.parse_args()
@@ -55,6 +57,7 @@ def main() -> None:
     fit = FitConfig(steps=10_000, warmup=10, batch_size=args.batch)
     model = VelocityMLP(VelocityConfig(dim=args.dim, width=args.width, depth=args.depth))
     ema, fused = EMA(model, fit.ema_decay), make_optimiser(model, fit)
+    grouped = FitConfig(steps=10_000, warmup=10, batch_size=args.batch, t_group=args.t_group)
     default = torch.optim.AdamW(model.parameters(), lr=fit.lr, betas=(fit.beta1, fit.beta2),
                                 weight_decay=fit.weight_decay)  # PyTorch's default implementation on a CPU
     generator = torch.Generator().manual_seed(0)
@@ -74,6 +77,7 @@ def main() -> None:
         "peak": lambda: a @ b,
         "step (fused AdamW)": lambda: train_step(model, fused, ema, x_1, 100, fit, generator),
         "step (default AdamW)": lambda: train_step(model, default, ema, x_1, 100, fit, generator),
+        f"step (t_group {args.t_group})": lambda: train_step(model, fused, ema, x_1, 100, grouped, generator),
         "forward + backward": forward_backward,
         "clip grad norm": lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), fit.grad_clip),
         "fused AdamW step": fused.step,
@@ -101,7 +105,8 @@ def main() -> None:
     fraction = statistics.median(r["fraction_fused"] for r in rounds)
     before = statistics.median(r["fraction_default"] for r in rounds)
     print(f"\ntraining step: {fraction:.0%} of the measured float32 matmul peak (default AdamW: {before:.0%}); "
-          f"fused / default step speed {median['step (default AdamW)'] / step:.2f}x")
+          f"fused / default step speed {median['step (default AdamW)'] / step:.2f}x; "
+          f"t_group {args.t_group} / one t per sample {step / median[f'step (t_group {args.t_group})']:.2f}x")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     Path(args.json).write_text(json.dumps({

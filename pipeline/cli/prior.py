@@ -30,7 +30,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from pipeline.method.training import FitConfig
 
     fit = FitConfig(**{k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                         "warmup": args.warmup, "precision": args.precision}.items() if v is not None})
+                                         "warmup": args.warmup, "precision": args.precision,
+                                         "t_group": args.t_group}.items() if v is not None})
     filters: dict[str, list[str]] = {}
     for column, value in args.filter or []:
         filters.setdefault(column, []).append(value)
@@ -91,6 +92,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--cpus-per-worker", type=positive, default=1, help="CPUs (and torch threads) per worker")
     fit.add_argument("--gpu", action="store_true", help="one GPU per worker when the cluster has them (else CPU)")
     add_precision_argument(fit)
+    fit.add_argument("--t-group", type=positive, metavar="K",
+                     help="K samples share one stratified time t: the time conditioning costs 1/K "
+                          "(see benchmarks/stratified_t.py; default 1, one t per sample)")
     fit.add_argument("--worker-resource", action="append", type=_resource, metavar="NAME=AMOUNT",
                      help="a custom Ray resource each worker needs, e.g. a node pool's label (repeatable)")
     fit.add_argument("--heldout-fraction", type=float, default=0.1,

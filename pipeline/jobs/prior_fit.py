@@ -96,6 +96,13 @@ class PriorFitSpec:
             raise ValueError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.max_failures < 0:
             raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
+        if self.batch_per_worker % self.fit.t_group:
+            raise ValueError(f"--t-group {self.fit.t_group} must divide each worker's batch ({self.batch_per_worker}: "
+                             f"{self.fit.batch_size} over {self.workers} workers)")
+
+    @property
+    def batch_per_worker(self) -> int:
+        return math.ceil(self.fit.batch_size / self.workers)
 
     def with_name(self) -> "PriorFitSpec":
         """This spec with a run name (a fresh unique one if none was given)."""
@@ -219,7 +226,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
         train_loop_per_worker,
         train_loop_config={
             "heldout": ray.put(data.z_heldout), "velocity": asdict(velocity), "fit": spec.fit.to_dict(),
-            "batch_per_worker": math.ceil(spec.fit.batch_size / spec.workers), "seed": spec.seed,
+            "batch_per_worker": spec.batch_per_worker, "seed": spec.seed,
             "shuffle_buffer": spec.shuffle_buffer, "cache_mb": spec.cache_mb, "report_every": spec.report_every,
             "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker},
         datasets={"train": dataset}, dataset_config=DataConfig(datasets_to_split=["train"]),

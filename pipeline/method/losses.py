@@ -23,16 +23,27 @@ Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def flow_matching_loss(
-    velocity: Velocity, x_1: torch.Tensor, generator: torch.Generator | None = None
+    velocity: Velocity, x_1: torch.Tensor, generator: torch.Generator | None = None, t_group: int = 1
 ) -> torch.Tensor:
     """Per-sample flow-matching loss ``|| v(x_t, t) - (x_1 - x_0) ||^2``: ``(n, d) -> (n,)``.
 
-    One ``(t, x_0)`` draw per sample; average over the batch for the training loss.
+    One ``x_0`` draw per sample; average over the batch for the training loss. ``t_group = 1``: one
+    ``t ~ U[0, 1]`` per sample. ``t_group = k > 1`` (``k`` divides ``n``): ``g = n / k`` stratified
+    times ``t_j = (j + u_j) / g``, ``u_j ~ U[0, 1]``, each shared by ``k`` consecutive samples (pass
+    rows in random order). Each stratum has probability ``1 / g`` and ``t_j`` is uniform on it, so
+    ``(1/n) sum_i loss_i`` is still an unbiased estimate of ``L_FM``; the velocity is called with
+    ``t`` of shape ``(g,)`` (:class:`~pipeline.method.velocity.VelocityMLP` computes its time
+    conditioning once per group).
     """
     n = x_1.shape[0]
-    t = torch.rand(n, generator=generator, dtype=x_1.dtype, device=x_1.device)
+    if t_group < 1 or n % t_group:
+        raise ValueError(f"t_group must be a positive divisor of the batch size {n}, got {t_group}")
+    g = n // t_group
+    u = torch.rand(g, generator=generator, dtype=x_1.dtype, device=x_1.device)
+    t = u if t_group == 1 else (torch.arange(g, dtype=x_1.dtype, device=x_1.device) + u) / g  # (g,)
     x_0 = torch.randn(x_1.shape, generator=generator, dtype=x_1.dtype, device=x_1.device)
-    residual = velocity(interpolate(x_0, x_1, t), t) - target_velocity(x_0, x_1)
+    x_t = interpolate(x_0, x_1, t.repeat_interleave(t_group))  # (n, d); rows i k .. (i+1) k - 1 share t[i]
+    residual = velocity(x_t, t) - target_velocity(x_0, x_1)
     return residual.pow(2).sum(-1)
 
 

@@ -42,6 +42,7 @@ class FitConfig:
     ema_decay: float = 0.999
     log_every: int = 250
     precision: str = "fp32"  # or "bf16": autocast for the flow-matching forward/backward (see module docstring)
+    t_group: int = 1  # samples sharing one (stratified) t; > 1 saves time-conditioning FLOPs (see losses)
 
     @classmethod
     def paper(cls) -> "FitConfig":
@@ -57,6 +58,9 @@ class FitConfig:
             raise ValueError("FitConfig: warmup and weight_decay must be >= 0, grad_clip > 0")
         if not (0 <= self.ema_decay < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("FitConfig: ema_decay, beta1 and beta2 must be in [0, 1)")
+        if not (isinstance(self.t_group, int) and self.t_group >= 1 and self.batch_size % self.t_group == 0):
+            raise ValueError(f"FitConfig.t_group must be a positive divisor of batch_size {self.batch_size}, "
+                             f"got {self.t_group!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -130,7 +134,7 @@ def train_step(
     for group in optimiser.param_groups:
         group["lr"] = config.lr_at(step)
     with autocast(config, x_1.device):
-        per_sample = flow_matching_loss(model, x_1, generator=generator)
+        per_sample = flow_matching_loss(model, x_1, generator=generator, t_group=config.t_group)
     loss = per_sample.float().mean()
     optimiser.zero_grad(set_to_none=True)
     loss.backward()

@@ -8,6 +8,12 @@ Each block is
 with ``c`` the embedding of ``t``: sinusoidal features of ``1000 t`` followed by a 2-layer
 MLP. The modulation layers and the output layer start at zero, so an untrained network is
 the identity residual stack and predicts ``v = 0``.
+
+**Shared times.** ``t`` may have one entry per row, ``(n,)``, or one per group of rows, ``(g,)``
+with ``g`` dividing ``n``: ``t[i]`` is the time of rows ``i k .. (i + 1) k - 1``, ``k = n / g``. The
+time embedding and the modulations (60% of a block's FLOPs at one ``t`` per row) are then computed
+``g`` times instead of ``n``; the result equals the per-row call with ``t.repeat_interleave(k)``.
+Training uses it through ``FitConfig.t_group`` (stratified shared times, see ``losses``).
 """
 
 from __future__ import annotations
@@ -81,13 +87,15 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)  # 3 x (n, width)
+        """``x`` ``(g, k, width)``: ``g`` groups of ``k`` rows; ``c`` ``(g, width)``, one per group."""
+        shift, scale, gate = self.modulation(c).unsqueeze(1).chunk(3, dim=-1)  # 3 x (g, 1, width)
         h = self.norm(x) * (1 + scale) + shift
         return x + gate * self.mlp(h)
 
 
 class VelocityMLP(nn.Module):
-    """``v_theta(x, t)``: ``(n, dim), (n,) -> (n, dim)``."""
+    """``v_theta(x, t)``: ``(n, dim), (n,) -> (n, dim)``, or ``(n, dim), (g,) -> (n, dim)`` with times
+    shared by groups of ``n / g`` consecutive rows (see the module docstring)."""
 
     def __init__(self, config: VelocityConfig) -> None:
         super().__init__()
@@ -106,11 +114,12 @@ class VelocityMLP(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[-1] != self.config.dim:
             raise ValueError(f"expected x of shape (n, {self.config.dim}), got {tuple(x.shape)}")
-        if t.shape != x.shape[:1]:
-            raise ValueError(f"expected t of shape ({x.shape[0]},), got {tuple(t.shape)}")
-        c = self.time(t)  # (n, width)
-        h = self.input(x)  # (n, width)
+        n, g = x.shape[0], t.shape[0] if t.ndim == 1 else 0
+        if t.ndim != 1 or g == 0 or n % g:
+            raise ValueError(f"expected t of shape ({n},), or (g,) with g dividing {n}; got {tuple(t.shape)}")
+        c = self.time(t)  # (g, width)
+        h = self.input(x).view(g, n // g, -1)  # (n, width) -> (g, k, width): rows grouped by their t
         for block in self.blocks:
             h = block(h, c)
-        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
-        return self.output(self.final_norm(h) * (1 + scale) + shift)
+        shift, scale = self.final_modulation(c).unsqueeze(1).chunk(2, dim=-1)  # 2 x (g, 1, width)
+        return self.output(self.final_norm(h) * (1 + scale) + shift).view(n, -1)  # (g, k, dim) -> (n, dim)

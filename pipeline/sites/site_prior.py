@@ -26,10 +26,11 @@ MODES = ("finetune", "refit")
 def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_size: int, log_every: int,
                     precision: str = "fp32") -> FitConfig:
     """The optimiser settings of a site prior: the core's, with the site's steps (and lr for a finetune)
-    and its own ``precision`` (not the core's: a core fitted in bf16 on GPUs may be fine-tuned on a CPU)."""
+    and its own ``precision`` and one t per sample (not the core's: a core fitted in bf16 on GPUs may be
+    fine-tuned on a CPU)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    base = replace(FitConfig(**core.info["fit"]) if "fit" in core.info else FitConfig(), precision=precision)
+    base = replace(FitConfig(**core.info["fit"]) if "fit" in core.info else FitConfig(), precision=precision, t_group=1)
     if mode == "finetune":
         return replace(base, steps=steps, lr=lr, warmup=min(50, steps // 10), batch_size=batch_size,
                        log_every=log_every)

@@ -119,3 +119,22 @@ def test_a_spec_whose_columns_do_not_fit_the_prior_is_refused(tmp_path, capsys):
     assert code == 2 and "has 3 feature columns" in err and "expects 10" in err
     code, _, err = flowprior(capsys, "site", "check", spec, "--store", str(tmp_path / "empty"))
     assert code == 2 and "no core prior" in err
+
+
+def _device_of_task(spec, store, device: str, **kwargs) -> str:
+    return device
+
+
+def test_a_gpu_share_falls_back_to_cpu_on_a_local_ray_without_gpus(local_ray, tmp_path):
+    """`site finetune|align --gpu 0.25` on a laptop: the sites still run, on CPUs, and say so."""
+    from types import SimpleNamespace
+
+    from pipeline.jobs.sites import run_sites, site_task_resources
+
+    lines: list[str] = []
+    sites = [SimpleNamespace(site="a"), SimpleNamespace(site="b")]
+    assert run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=0.25, say=lines.append) == ["cpu", "cpu"]
+    assert any("no GPU: running on CPUs" in line for line in lines)
+    assert site_task_resources(0.25) == {"CPU": 1.0, "GPU": 0.25} and site_task_resources() == {"CPU": 1.0}
+    with pytest.raises(ValueError, match="share of one GPU"):
+        run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=2)

@@ -31,6 +31,27 @@ def test_fm_loss_of_exact_velocity_is_the_closed_form_minimum(gaussian_flow):
     assert zero > gaussian_flow.min_fm_loss()
 
 
+def test_stratified_shared_times_keep_the_fm_loss_unbiased(gaussian_flow):
+    """t_group = k: n / k times, one in each of n / k equal strata of [0, 1], each shared by k samples;
+    the mean loss of the exact field is still the closed-form minimum."""
+    n, k = 400_000, 8
+    x_1 = gaussian_flow.mu + gaussian_flow.s * torch.randn((n, 3), generator=seeded(1), dtype=torch.float64)
+    seen = []
+
+    def grouped(x, t):  # the exact field, called with one t per group of k rows
+        seen.append(t)
+        return gaussian_flow(x, t.repeat_interleave(len(x) // len(t)))
+
+    loss = flow_matching_loss(grouped, x_1, generator=seeded(2), t_group=k)
+    assert loss.shape == (n,)
+    assert loss.mean().item() == pytest.approx(gaussian_flow.min_fm_loss(), rel=0.01)
+    (t,) = seen
+    g = n // k
+    assert t.shape == (g,) and torch.equal(torch.floor(t * g), torch.arange(g, dtype=t.dtype))  # one per stratum
+    with pytest.raises(ValueError, match="t_group must be a positive divisor of the batch size 10"):
+        flow_matching_loss(grouped, x_1[:10], t_group=3)
+
+
 def test_alignment_loss_of_exact_velocity_matches_closed_form(gaussian_flow):
     a, b = gaussian_flow.align_a, gaussian_flow.align_b
     ys = torch.stack([gaussian_flow.mu, gaussian_flow.mu + 0.5, gaussian_flow.mu - torch.tensor([1.0, 0, 2.0], dtype=torch.float64)])

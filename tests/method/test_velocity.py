@@ -40,4 +40,23 @@ def test_wrong_input_shapes_are_named():
     with pytest.raises(ValueError, match=r"\(n, 3\)"):
         net(torch.randn(4, 2), torch.rand(4))
     with pytest.raises(ValueError, match="t of shape"):
-        net(torch.randn(4, 3), torch.rand(3))
+        net(torch.randn(4, 3), torch.rand(3))  # 3 groups do not divide 4 rows
+    with pytest.raises(ValueError, match="t of shape"):
+        net(torch.randn(4, 3), torch.rand(4, 1))
+
+
+def test_times_shared_by_groups_of_rows_equal_the_per_row_call_at_a_fraction_of_the_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = VelocityMLP(VelocityConfig(dim=3, width=64, depth=2, frequency_dim=16))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(32, 3), torch.rand(4)  # 4 groups of 8 rows
+    with FlopCounterMode(display=False) as grouped_flops:
+        grouped = net(x, t)
+    with FlopCounterMode(display=False) as per_row_flops:
+        per_row = net(x, t.repeat_interleave(8))
+    assert torch.allclose(grouped, per_row, atol=1e-5)
+    # the time MLP and the modulations run 4 times instead of 32
+    assert grouped_flops.get_total_flops() < 0.6 * per_row_flops.get_total_flops()
