@@ -60,17 +60,23 @@ def test_checkpoints_round_trip_and_refuse_changes(setting, tmp_path):
         load_encoder(path)
 
 
-def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an_uninterrupted_one(setting, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an_uninterrupted_one(
+        setting, tmp_path, device):
     observations, prior, z = setting
     config = AlignConfig(lam=0.5, steps=60, log_every=20, eval_points=200, draws=2)
-    whole = train_encoder(observations, prior, config, z, widths=(16,), seed=3)
-    first = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3)
+    whole = train_encoder(observations, prior, config, z, widths=(16,), seed=3, device=device)
+    first = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3, device=device)
     first.advance(40)  # two log entries, then "interrupted"
     first.save(tmp_path / "state.safetensors")
     first.advance(5)  # work after the save is lost with the process
-    second = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3)
+    second = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3, device=device)
     second.resume(tmp_path / "state.safetensors")
     assert second.step == 40 and len(second.history) == 2
+    assert second.generator.device.type == device
+    for p in second.model.parameters():  # the Adam moments came back beside their parameters (PyTorch keeps
+        moments = {k: v for k, v in second.optimiser.state[p].items() if k != "step"}  # a plain Adam's step on CPU)
+        assert p.device.type == device and moments and all(v.device == p.device for v in moments.values())
     assert [h["step"] for h in second.advance()] == [60]
     resumed = second.result()
     for name, tensor in whole.model.state_dict().items():
