@@ -1,5 +1,6 @@
 """The core prior fit on a real local Ray: registration, resume, failures and bad input."""
 
+import math
 import os
 import signal
 import threading
@@ -76,7 +77,9 @@ def test_unreachable_store_fails_before_reading_data_or_starting_ray(two_blobs):
 
 def test_invalid_specs_are_refused():
     for kwargs, message in [({"workers": 0}, "workers must be >= 1"), ({"name": "../x"}, "invalid run name"),
-                            ({"projection": "umap"}, "unknown projection"), ({"heldout_fraction": 0.7}, "heldout")]:
+                            ({"projection": "umap"}, "unknown projection"), ({"heldout_fraction": 0.7}, "heldout"),
+                            ({"workers": 3, "fit": FitConfig(batch_size=256, t_group=64)},
+                             r"--t-group 64 must divide each worker's batch \(86: 256 over 3 workers\)")]:
         with pytest.raises(ValueError, match=message):
             PriorFitSpec(features="x", **kwargs)
 
@@ -172,9 +175,13 @@ def test_the_cli_starts_a_local_ray_and_uses_the_default_store(two_blobs, tmp_pa
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FLOWPRIOR_STORE")}
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "prior", "fit", "--features", str(two_blobs), "--steps", "100",
-         "--report-every", "50", "--width", "32", "--depth", "2", "--name", "embedded"],
+         "--report-every", "50", "--width", "32", "--depth", "2", "--name", "embedded",
+         "--precision", "bf16", "--t-group", "8"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[prior fit] step 100" in result.stdout + result.stderr  # progress a person can follow
     (record,) = Registry(Store.open(str(tmp_path / "flowprior-store"))).records()
     assert record.name == "embedded" and f"prior {record.id}  run embedded" in result.stdout
+    # the training settings reached the workers' loop and the record (bf16 autocast runs on a CPU too)
+    assert record.config["fit"]["precision"] == "bf16" and record.config["fit"]["t_group"] == 8
+    assert record.metrics["step"] == 100 and math.isfinite(record.metrics["heldout_fm"])
