@@ -26,16 +26,11 @@ from pipeline.method.likelihood import log_likelihood
 from pipeline.method.losses import alignment_loss
 from pipeline.method.ode import Solver
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "machine": platform.machine(), "python": platform.python_version(),
+    return {"cpu": cpu_name(), "machine": platform.machine(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 

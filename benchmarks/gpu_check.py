@@ -47,6 +47,7 @@ from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.method.training import FitConfig, new_training, train_step  # noqa: E402
 from pipeline.method.velocity import VelocityConfig  # noqa: E402
 from pipeline.sites.site_prior import train_site_prior  # noqa: E402
+from machine import cpu_name  # benchmarks/machine.py, beside this script  # noqa: E402
 
 SAVE_EVERY = 5  # steps between the child's checkpoints
 
@@ -215,9 +216,7 @@ def main() -> None:
     site = site_steps(args, device)
     print(f"site fine-tune {site['finetune']['seconds']:.1f} s (held-out FM {site['finetune']['heldout_fm_core']:.3f} "
           f"-> {site['finetune']['heldout_fm_site']:.3f}); alignment {site['align']['seconds']:.1f} s", flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "json")}, "machine": machine,
               "matmul_peak_flop_per_s": peaks, "train_step": steps, "kill_and_resume": resume, "site": site,

@@ -40,6 +40,7 @@ from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Registry
 from pipeline.storage import Store
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 BATCH = 256
 
@@ -137,8 +138,7 @@ def main() -> None:
     achieved = bare["flops_per_step"] / bare["step_seconds"]
     results["flops"] = {"matmul_peak": peak, "train_step": achieved, "fraction_of_peak": achieved / peak,
                         "flops_per_step": bare["flops_per_step"]}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     results["machine"] = {"cpu": cpu, "cores": cores, "torch": torch.__version__, "python": platform.python_version()}
     print(f"\nmodel {args.width} x {args.depth}, d = {args.dim}, global batch {BATCH}, {args.steps} steps")
     print(f"{'':24} {'samples/s':>10} {'vs bare':>8} {'job wall s':>11}")

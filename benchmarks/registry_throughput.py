@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 from pipeline.registry import Registry  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
 from tests.support.s3server import SeaweedServer  # noqa: E402
+from machine import cpu_name  # benchmarks/machine.py, beside this script  # noqa: E402
 
 
 def _writer(store_uri: str, count: int, alias: str | None, barrier, out) -> None:
@@ -122,8 +123,7 @@ def main() -> None:
     for label, key in rows:
         local, s3 = results["local"][key], results["s3"][key]
         print(f"{label:52} {local:10.1f} {s3:10.1f} {s3 / local:9.2f}")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     results["machine"] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
                           "s3_server": "SeaweedFS 4.48 (weed mini) on 127.0.0.1"}
     results["settings"] = {"records": args.records, "writers": args.writers}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.method.losses import flow_matching_loss
 from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 
 def timed(fn, repeats: int) -> float:
@@ -107,8 +107,7 @@ def main() -> None:
     print(f"\ntraining step: {fraction:.0%} of the measured float32 matmul peak (default AdamW: {before:.0%}); "
           f"fused / default step speed {median['step (default AdamW)'] / step:.2f}x; "
           f"t_group {args.t_group} / one t per sample {step / median[f'step (t_group {args.t_group})']:.2f}x")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     Path(args.json).write_text(json.dumps({
         "settings": vars(args), "flops_per_step": flops, "rounds": rounds, "median_seconds": median,
         "fraction_of_peak": fraction, "fraction_of_peak_default_adamw": before,
