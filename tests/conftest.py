@@ -101,3 +101,13 @@ def store(store_uri):
     from pipeline.storage import Store
 
     return Store.open(store_uri)
+
+
+@pytest.fixture
+def s3_store(s3_server):
+    """A fresh, empty store on the S3 server only."""
+    import uuid
+
+    from pipeline.storage import Store
+
+    return Store.open(f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}")

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as error:
         print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError) as error:
+    except ValueError as error:  # the project's errors for bad input; any other exception is a bug: traceback
         print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

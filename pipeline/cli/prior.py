@@ -45,9 +45,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         heldout_fraction=args.heldout_fraction, heldout_sample=args.heldout_sample, shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
         report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
-    record = fit_core_prior(spec, open_store(args), address=args.address)
+    store = open_store(args)
+    record = fit_core_prior(spec, store, address=args.address)
     print(f"prior {record.id}  run {record.name}  held-out FM {record.metrics.get('heldout_fm', float('nan')):.4f}  "
-          f"sliced W2 {record.metrics.get('sliced_w2', float('nan')):.4f}  artifact {record.artifact}")
+          f"sliced W2 {record.metrics.get('sliced_w2', float('nan')):.4f}  artifact {store.uri_of(record.artifact)}")
     return 0
 
 

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data.fingerprint import SourceFile, fingerprint
 from pipeline.storage.s3 import S3Options
+from pipeline.storage.uris import split_uri
 
 DEFAULT_EXCLUDE = ("id", "site", "time")
 BATCH_ROWS = 65_536  # rows per streamed block
@@ -64,11 +65,12 @@ class Features:
 
 def _filesystem(uri: str, s3: S3Options | None):
     """(fsspec filesystem, path without scheme, whether it is local disk)."""
-    parts = urlsplit(uri)
+    try:
+        parts = split_uri(uri, "features")
+    except ValueError as error:
+        raise DataError(str(error)) from None
     if parts.scheme == "s3":
         return (s3 or S3Options.from_env()).filesystem(), f"{parts.netloc}{parts.path}".rstrip("/"), False
-    if parts.scheme not in ("", "file"):
-        raise DataError(f"{uri}: unsupported URI scheme {parts.scheme!r} (use a local path, file:// or s3://)")
     path = os.path.abspath(os.path.expanduser(parts.path if parts.scheme == "file" else uri))
     return fsspec.filesystem("file"), path, True
 

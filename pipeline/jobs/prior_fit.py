@@ -161,6 +161,13 @@ def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) ->
     return PreparedData(stats, kind, p, mean, scale, z_heldout)
 
 
+def run_settings(spec: PriorFitSpec) -> dict:
+    """What makes two fits of one run name the same run (with the data's fingerprint): every setting
+    but the name itself and the run's place on the cluster."""
+    return {k: v for k, v in spec.to_dict().items()
+            if k not in ("name", "workers", "gpu", "cpus_per_worker", "worker_resources", "max_failures")}
+
+
 def worker_resources(spec: PriorFitSpec, use_gpu: bool) -> dict[str, float]:
     """What each Ray Train worker asks for: its CPUs (= torch threads), one GPU with ``--gpu``, and any
     custom resources (a node pool's label)."""
@@ -194,12 +201,14 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     """Fit (or resume) the run ``spec.name`` on Ray, then register its prior; see the module docstring."""
     spec = spec.with_name()
     registry = Registry(store)
-    done = [r for r in registry.records(kind="prior") if r.name == spec.name]  # also checks the store answers
-    if done:
-        say(f"[prior fit] run {spec.name} is already registered as {done[0].id}")
-        return done[0]
     started = time.time()
     features = scan(spec)
+    done = registry.find_run("prior", spec.name)  # also checks that the store answers, before Ray starts
+    if done:
+        record = registry.register("prior", name=spec.name, settings=run_settings(spec),
+                                   fingerprint=features.fingerprint, make_current=make_current)
+        say(f"[prior fit] run {spec.name} is already registered as {record.id}")
+        return record
     say(f"[prior fit] {spec.features}: {len(features.files)} Parquet files, "
         f"{sum(f.size for f in features.files) / 2**20:,.1f} MiB; checking every row")
 
@@ -261,7 +270,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     record = registry.publish_prior(prior, fingerprint=features.fingerprint, config=config,
                                     metrics={**history[-1], "train_rows": stats.train_rows,
                                              "heldout_rows": stats.heldout_rows},
-                                    name=spec.name, make_current=make_current)
-    say(f"[prior fit] registered {record.id} ({record.artifact}); driver peak RSS {rss_before:,.0f} MiB before "
+                                    name=spec.name, settings=run_settings(spec), make_current=make_current)
+    say(f"[prior fit] registered {record.id} ({store.uri_of(record.artifact)}); driver peak RSS {rss_before:,.0f} MiB before "
         f"the data, {ingest['driver_peak_rss_mib']['end']:,.0f} MiB at the end")
     return record

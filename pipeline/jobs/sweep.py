@@ -303,10 +303,12 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
             fingerprint=observations.fingerprint)
     default_name, baseline_name = experiment_names(spec, sites)
     name = validate_name(name, "sweep name") if name else default_name
-    done = [r for r in registry.records(kind="sweep") if r.name == name]
+    fingerprint = hashlib.sha256(json.dumps({s: d.fingerprint for s, d in sorted(sites.items())}).encode()).hexdigest()
+    done = registry.find_run("sweep", name)
     if done:
-        say(f"[sweep {spec.name}] {name} is already recorded as {done[0].id}")
-        return done[0]
+        record = registry.register("sweep", name=name, settings={"experiment": default_name}, fingerprint=fingerprint)
+        say(f"[sweep {spec.name}] {name} is already recorded as {record.id}")
+        return record
 
     gpu = spec.resources.gpu
     if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:
@@ -336,10 +338,10 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
                "compute_fraction": trial_epochs / (len(trials) * spec.epochs),
                "baseline_epochs": sum(e["epochs"] for e in baselines.values()),
                "seconds": time.perf_counter() - started}
-    fingerprint = hashlib.sha256(json.dumps({s: d.fingerprint for s, d in sorted(sites.items())}).encode()).hexdigest()
     storage_path, _ = runtime.storage_for(store)
     record = registry.register(
-        "sweep", parents=sorted({d.prior_id for d in sites.values()}), name=name, fingerprint=fingerprint,
+        "sweep", parents=sorted({d.prior_id for d in sites.values()}), name=name, settings={"experiment": default_name},
+        fingerprint=fingerprint,
         config={"spec": spec.to_dict(), "experiment": f"{storage_path}/{name}", "choices": choices, "pareto": fronts,
                 "baselines": baselines, "trials": trials},
         metrics=metrics)

@@ -6,7 +6,7 @@ create-if-absent, and aliases are append-only logs of moves (``registry/aliases/
 
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.records import KINDS, Record, RegistryError
-from pipeline.registry.registry import CORE_ALIAS, IntegrityError, Registry, current_alias
+from pipeline.registry.registry import CORE_ALIAS, IntegrityError, MissingRecord, Registry, current_alias
 
-__all__ = ["AliasMove", "CORE_ALIAS", "IntegrityError", "KINDS", "Record", "Registry", "RegistryError",
+__all__ = ["AliasMove", "CORE_ALIAS", "IntegrityError", "KINDS", "MissingRecord", "Record", "Registry", "RegistryError",
            "current_alias"]

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
+from pipeline.registry.records import RegistryError
 from pipeline.storage import AlreadyExists, Store, validate_name
 
 ALIASES = "registry/aliases"
@@ -35,13 +36,28 @@ def _key(alias: str, version: int) -> str:
     return f"{ALIASES}/{alias}/{version:0{VERSION_DIGITS}d}.json"
 
 
+def parse(data: bytes, where: str, alias: str, version: int) -> AliasMove:
+    """An alias entry from its file's bytes; a ``RegistryError`` naming ``where`` if it is not one."""
+    try:
+        raw = json.loads(data)
+        move = AliasMove(**raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as error:
+        raise RegistryError(f"{where}: not a valid alias entry ({type(error).__name__}: {error})") from None
+    if move.alias != alias or move.version != version or not isinstance(move.target, str) \
+            or not isinstance(move.previous, (str, type(None))) or not isinstance(move.moved_at, str):
+        raise RegistryError(f"{where}: not a valid alias entry (it says alias {move.alias!r} version {move.version!r} "
+                            f"-> {move.target!r}, previous {move.previous!r})")
+    return move
+
+
 def _read(store: Store, alias: str, version: int) -> AliasMove:
-    return AliasMove(**json.loads(store.read(_key(alias, version))))
+    key = _key(alias, version)
+    return parse(store.read(key), store.uri_of(key), alias, version)
 
 
 def _versions(store: Store, alias: str) -> list[int]:
-    return sorted(int(n.split(".")[0]) for n in store.list(f"{ALIASES}/{validate_name(alias, 'alias')}")
-                  if n.endswith(".json"))
+    names = store.list(f"{ALIASES}/{validate_name(alias, 'alias')}")
+    return sorted(int(n[: -len(".json")]) for n in names if n.endswith(".json") and n[: -len(".json")].isdigit())
 
 
 def latest(store: Store, alias: str) -> AliasMove | None:
@@ -50,19 +66,26 @@ def latest(store: Store, alias: str) -> AliasMove | None:
 
 
 def history(store: Store, alias: str) -> list[AliasMove]:
-    keys = [_key(alias, v) for v in _versions(store, alias)]
-    return [AliasMove(**json.loads(data)) for data in store.read_many(keys)]
+    versions = _versions(store, alias)
+    keys = [_key(alias, v) for v in versions]
+    return [parse(data, store.uri_of(k), alias, v) for k, v, data in zip(keys, versions, store.read_many(keys))]
 
 
 def names(store: Store) -> list[str]:
     return store.list(ALIASES)
 
 
-def move(store: Store, alias: str, target: str, max_attempts: int = 1000) -> AliasMove:
-    """Point ``alias`` at ``target`` by appending the next version (compare-and-swap on the version)."""
+def move(store: Store, alias: str, target: str, max_attempts: int = 1000, unless_current: bool = False) -> AliasMove:
+    """Point ``alias`` at ``target`` by appending the next version (compare-and-swap on the version).
+
+    With ``unless_current``, a move that finds ``alias`` already at ``target`` (another writer finishing
+    the same publish got there first) returns that entry instead of appending a repeat. A write whose
+    reply was lost is not a conflict either: the store finds its own bytes (``Store.create``)."""
     validate_name(alias, "alias")
     current = latest(store, alias)
     for attempt in range(max_attempts):
+        if unless_current and current is not None and current.target == target:
+            return current
         version = (current.version if current else 0) + 1
         entry = AliasMove(alias=alias, version=version, target=target,
                           previous=current.target if current else None,

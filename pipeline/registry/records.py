@@ -12,7 +12,7 @@ import math
 import os
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
 from pipeline.storage.names import validate_name
@@ -35,7 +35,7 @@ class Record:
     created_at: str  # ISO 8601, UTC
     config: dict
     metrics: dict
-    artifact: str | None  # URI of the published artifact
+    artifact: str | None  # the artifact's key in the store (``artifacts/<hash>.<ext>``; older records: a URI)
     hash: str | None  # SHA-256 of the artifact's bytes
     fingerprint: str | None  # of the data it was trained on
     aligned_to: str | None = None  # encoders: the prior their latents were aligned to
@@ -43,6 +43,7 @@ class Record:
     links: list[dict] = field(default_factory=list, compare=False)  # typed view of the links above
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.kind not in KINDS:
             raise RegistryError(f"unknown record kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         validate_name(self.id, "record id")
@@ -82,13 +83,61 @@ class Record:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False, default=str).encode()
 
     @classmethod
-    def from_json(cls, data: bytes, where: str = "record") -> "Record":
+    def from_json(cls, data: bytes, where: str = "record", expected_id: str | None = None) -> "Record":
+        """Parse a record file; ``where`` (its URI) names it in errors, and its ``id`` must be
+        ``expected_id`` (the id its file name says) when given."""
         try:
             raw = json.loads(data)
-            raw.pop("links", None)
-            return cls(**raw)
-        except (json.JSONDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise RegistryError(f"{where}: not a valid record (not JSON: {error})") from None
+        if not isinstance(raw, dict):
+            raise RegistryError(f"{where}: not a valid record (a JSON {type(raw).__name__}, not an object)")
+        raw.pop("links", None)
+        known = {f.name for f in fields(cls) if f.init and f.name != "links"}
+        unknown, missing = set(raw) - known, {f.name for f in fields(cls) if f.default is MISSING
+                                              and f.default_factory is MISSING} - set(raw)
+        if unknown or missing:
+            raise RegistryError(f"{where}: not a valid record (unknown fields {sorted(unknown)}, missing "
+                                f"{sorted(missing)})")
+        try:
+            record = cls(**raw)
+        except ValueError as error:
             raise RegistryError(f"{where}: not a valid record ({error})") from None
+        if expected_id is not None and record.id != expected_id:
+            raise RegistryError(f"{where}: holds record id {record.id!r}, not the {expected_id!r} its name says; "
+                                "refusing it (a record is served only under its own name)")
+        return record
+
+
+FIELD_TYPES = {"id": str, "kind": str, "site": (str, type(None)), "parents": list, "created_at": str, "config": dict,
+               "metrics": dict, "artifact": (str, type(None)), "hash": (str, type(None)),
+               "fingerprint": (str, type(None)), "aligned_to": (str, type(None)), "name": (str, type(None))}
+HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_types(record: Record) -> None:
+    """Every field has its JSON type (``parents: "abc"`` is not three parents), the time parses, the hash
+    is a SHA-256 hex digest."""
+    for name, kind in FIELD_TYPES.items():
+        value = getattr(record, name)
+        if not isinstance(value, kind):
+            raise RegistryError(f"field {name} must be {_type_name(kind)}, got {value!r:.80}")
+    if not all(isinstance(p, str) for p in record.parents):
+        raise RegistryError(f"field parents must be a list of record ids, got {record.parents!r:.80}")
+    if record.aligned_to is not None:
+        validate_name(record.aligned_to, "aligned_to id")
+    if record.hash is not None and not HASH.fullmatch(record.hash):
+        raise RegistryError(f"field hash must be a SHA-256 hex digest, got {record.hash!r:.80}")
+    try:
+        datetime.fromisoformat(record.created_at)
+    except ValueError:
+        raise RegistryError(f"field created_at must be an ISO 8601 time, got {record.created_at!r:.80}") from None
+
+
+def _type_name(kind: type | tuple) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else {"str": "a string", "list": "a list", "dict": "an object"}[
+        k.__name__] for k in kinds)
 
 
 def _finite(value: object) -> object:

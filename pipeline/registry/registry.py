@@ -9,9 +9,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import secrets
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -22,7 +26,7 @@ from pipeline.registry import aliases, snapshots
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.records import Record, RegistryError
 from pipeline.storage import AlreadyExists, Store, validate_name
-from pipeline.storage.store import Progress
+from pipeline.storage.store import Progress, check_key
 
 if TYPE_CHECKING:
     from pipeline.method.prior import FlowPrior
@@ -31,9 +35,15 @@ RECORDS = "registry/records"
 ARTIFACTS = "artifacts"
 CORE_ALIAS = "core"
 
+log = logging.getLogger(__name__)
+
 
 class IntegrityError(RegistryError):
     """An artifact whose bytes do not match the hash its record holds (tampered or corrupted)."""
+
+
+class MissingRecord(RegistryError):
+    """No record of that id."""
 
 
 def current_alias(kind: str, site: str | None) -> str | None:
@@ -43,6 +53,18 @@ def current_alias(kind: str, site: str | None) -> str | None:
     if kind in ("site-prior", "site-check", "encoder") and site:
         return f"{kind}.{site}"
     return None
+
+
+def named_id(kind: str, name: str) -> str:
+    """The record id of the run ``name`` of ``kind``: fixed by the name, so a run registers exactly once
+    (a second writer of the same name meets the first's record instead of adding its own)."""
+    validate_name(name, "run name")
+    return f"{kind}-{hashlib.sha256(f'{kind}/{name}'.encode()).hexdigest()[:24]}"
+
+
+def settings_digest(settings: dict) -> str:
+    """What makes two runs of one name the same run: a digest of their settings (JSON, sorted keys)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Registry:
@@ -62,6 +84,7 @@ class Registry:
         fingerprint: str | None = None,
         artifact: str | os.PathLike | None = None,
         name: str | None = None,
+        settings: dict | None = None,
         make_current: bool = True,
         progress: Progress | None = None,
     ) -> Record:
@@ -71,36 +94,93 @@ class Registry:
         (complete or invisible), then the record (complete or invisible), then the alias move.
         With ``make_current`` a prior becomes the fleet's current core prior, a site prior or
         encoder its site's current one.
+
+        A named run (``name``) registers exactly once: its id is :func:`named_id`, and ``settings``
+        (what makes two runs of that name the same run) are kept as a digest. Registering it again,
+        after a crash or from a concurrent run, returns the existing record and completes its alias
+        move if that never happened; the same name with other data or settings is refused.
         """
         parents = list(parents)
-        uri = digest = key = None
+        digest = key = None
+        config = dict(config or {})
+        if name is not None:
+            config["settings_digest"] = settings_digest(settings or {})
         if artifact is not None:
             path = Path(artifact)
             if not path.is_file():
                 raise RegistryError(f"artifact {path}: no such file")
             digest = file_sha256(path)
-            key = f"{ARTIFACTS}/{digest}{''.join(path.suffixes[-1:])}"
-            uri = self.store.uri_of(key)
-        fields = dict(site=site, parents=parents, aligned_to=aligned_to, config=config or {}, metrics=metrics or {},
-                      fingerprint=fingerprint, artifact=uri, hash=digest, name=name)
-        record = Record.new(kind, **fields)
+        fields = dict(site=site, parents=parents, aligned_to=aligned_to, config=config, metrics=metrics or {},
+                      fingerprint=fingerprint, artifact=None if digest is None else f"{ARTIFACTS}/{digest}",
+                      hash=digest, name=name)
+        record = Record.new(kind, **fields)  # validates every field before anything is written
+        if name is not None:
+            existing = self.find_run(kind, name)
+            if existing is not None:
+                return self.complete(self._same_run(existing, fingerprint, config), make_current)
         for ref in [*parents, *([aligned_to] if aligned_to else [])]:
             self.get(ref)  # refuse links to records that do not exist
-        if key is not None:
-            try:
-                self.store.put_file(key, path, progress)
-            except AlreadyExists:
-                pass  # the same bytes are already published (keys are content hashes)
+        if digest is not None:
+            key = self._publish_artifact(path, digest, progress)
+            record = replace(record, artifact=key)
+        if name is not None:
+            record = replace(record, id=named_id(kind, name))
         while True:
             try:
                 self.store.create(f"{RECORDS}/{record.id}.json", record.to_json())
                 break
-            except AlreadyExists:  # an id collision (same second, same 32 random bits): draw again
-                record = Record.new(kind, **fields)
-        alias = current_alias(kind, site)
-        if make_current and alias:
-            aliases.move(self.store, alias, record.id)
+            except AlreadyExists:
+                if name is not None:  # a concurrent run of the same name registered first
+                    return self.complete(self._same_run(self.get(record.id), fingerprint, config), make_current)
+                record = replace(record, id=Record.new(kind, **fields).id)  # an id collision: draw again
+        return self.complete(record, make_current) if make_current else record
+
+    def complete(self, record: Record, make_current: bool = True) -> Record:
+        """Finish ``record``'s publish: move its current-alias to it unless that alias already pointed
+        at it at some time (a crash between the record and the alias move leaves exactly this undone;
+        a later move away from it, e.g. a newer core prior, is never undone)."""
+        alias = current_alias(record.kind, record.site)
+        if make_current and alias and record.id not in {m.target for m in aliases.history(self.store, alias)}:
+            aliases.move(self.store, alias, record.id, unless_current=True)
         return record
+
+    def _same_run(self, existing: Record, fingerprint: str | None, config: dict) -> Record:
+        if existing.fingerprint != fingerprint or existing.config.get("settings_digest") != config["settings_digest"]:
+            what = "data" if existing.fingerprint != fingerprint else "settings"
+            raise RegistryError(f"run name {existing.name!r} is already registered as {existing.id} with other "
+                                f"{what}; choose another name (or none) for a new run")
+        return existing
+
+    def find_run(self, kind: str, name: str) -> Record | None:
+        """The record of the run ``name`` of ``kind`` (also one registered before names fixed ids)."""
+        try:
+            return self.get(named_id(kind, name))
+        except MissingRecord:
+            pass
+        legacy = [r for r in self.records(kind=kind) if r.name == name]
+        return legacy[0] if legacy else None
+
+    def _publish_artifact(self, path: Path, digest: str, progress: Progress | None) -> str:
+        """Publish the file under its content hash and return its key. If that key already holds other
+        bytes (a planted or corrupted object; nothing is ever overwritten), publish beside it."""
+        suffix = "".join(path.suffixes[-1:])
+        key = f"{ARTIFACTS}/{digest}{suffix}"
+        try:
+            self.store.put_file(key, path, progress)
+            return key
+        except AlreadyExists:
+            if self._object_sha256(key) == digest:
+                return key  # the same bytes are already published (keys are content hashes)
+        other = f"{ARTIFACTS}/{digest}-{secrets.token_hex(4)}{suffix}"
+        log.warning("store %s: %s holds bytes that do not match its name; publishing the artifact as %s "
+                    "(`flowprior registry check` lists such objects)", self.store.uri, key, other)
+        self.store.put_file(other, path, progress)
+        return other
+
+    def _object_sha256(self, key: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.store.get_file(key, Path(tmp) / "object")
+            return file_sha256(Path(tmp) / "object")
 
     def publish_prior(self, prior: "FlowPrior", *, kind: str = "prior", site: str | None = None,
                       **fields: object) -> Record:
@@ -119,22 +199,41 @@ class Registry:
         validate_name(record_id, "record id")
         key = f"{RECORDS}/{record_id}.json"
         try:
-            return Record.from_json(self.store.read(key), self.store.uri_of(key))
+            data = self.store.read(key)
         except FileNotFoundError:
-            raise RegistryError(f"no record {record_id!r} in the registry at {self.store.uri}") from None
+            raise MissingRecord(f"no record {record_id!r} in the registry at {self.store.uri}") from None
+        return Record.from_json(data, self.store.uri_of(key), expected_id=record_id)
 
     def records(self, kind: str | None = None, site: str | None = None) -> list[Record]:
-        """All records (oldest first), optionally of one kind and/or one site."""
-        ids = [n[: -len(".json")] for n in self.store.list(RECORDS) if n.endswith(".json")]
-        cached = snapshots.read_latest(self.store)
-        missing = [i for i in ids if i not in cached]
-        fetched = dict(zip(missing, self.store.read_many([f"{RECORDS}/{i}.json" for i in missing])))
-        raw = {i: cached[i] if i in cached else fetched[i] for i in ids}  # the listing is the truth
-        if len(missing) >= snapshots.COMPACT_AFTER:
-            snapshots.write(self.store, raw)
-        records = [Record.from_json(data, self.store.uri_of(f"{RECORDS}/{i}.json")) for i, data in raw.items()]
+        """All readable records (oldest first), optionally of one kind and/or one site. A record file
+        that does not parse, or whose id is not its name, is left out with a warning naming it
+        (``flowprior registry check`` reports every such problem)."""
+        records = []
+        for record_id, data in self.raw_records().items():
+            try:
+                records.append(Record.from_json(data, self.store.uri_of(f"{RECORDS}/{record_id}.json"), record_id))
+            except RegistryError as error:
+                log.warning("skipping %s", error)
         records = [r for r in records if (kind is None or r.kind == kind) and (site is None or r.site == site)]
         return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    def raw_records(self) -> dict[str, bytes]:
+        """``{record id: the bytes of its file}`` for every record file the listing shows.
+
+        The listing is the truth; a snapshot row is used instead of reading a file only where the
+        listing vouches for it (same size, and the MD5 the server reports for the file). Where the
+        listing carries no MD5 (local disk) every file is read."""
+        listing = {n[: -len(".json")]: info for n, info in self.store.list_details(RECORDS).items()
+                   if n.endswith(".json")}
+        verifiable = any(info.md5 for info in listing.values())
+        cached = snapshots.read_latest(self.store) if verifiable else {}
+        raw = {i: cached[i] for i, info in listing.items() if i in cached and info.md5 is not None
+               and info.size == len(cached[i]) and hashlib.md5(cached[i]).hexdigest() == info.md5}
+        missing = [i for i in listing if i not in raw]
+        raw.update(zip(missing, self.store.read_many([f"{RECORDS}/{i}.json" for i in missing])))
+        if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
+            snapshots.write(self.store, raw)
+        return {i: raw[i] for i in listing}
 
     def table(self, kind: str | None = None, site: str | None = None) -> pa.Table:
         """The records as one pyarrow table (config and metrics as JSON text)."""
@@ -163,19 +262,33 @@ class Registry:
         if record.artifact is None:
             raise RegistryError(f"record {record.id} has no artifact")
         path = Path(path)
-        key = self.store.key_of(record.artifact)
-        if key is None:
-            raise RegistryError(f"record {record.id}: artifact {record.artifact} is outside the store {self.store.uri}")
+        key = self.artifact_key(record)
         try:
             self.store.get_file(key, path)
         except FileNotFoundError:
-            raise IntegrityError(f"record {record.id}: artifact {record.artifact} is missing") from None
+            raise IntegrityError(f"record {record.id}: artifact {self.store.uri_of(key)} is missing") from None
         found = file_sha256(path)
         if found != record.hash:
             path.unlink()
-            raise IntegrityError(f"record {record.id}: artifact {record.artifact} has SHA-256 {found[:12]}... but the "
+            raise IntegrityError(f"record {record.id}: artifact {self.store.uri_of(key)} has SHA-256 {found[:12]}... but the "
                                  f"registry recorded {record.hash[:12]}...; it was changed after publishing, refusing it")
         return path
+
+    def artifact_key(self, record: Record) -> str:
+        """The store key of ``record``'s artifact. Records hold keys; older ones hold absolute URIs, which
+        are read as keys from their ``artifacts/`` part on, so a copied or re-mounted store still loads
+        (the hash check guards what is read)."""
+        artifact = record.artifact or ""
+        if artifact.startswith(f"{ARTIFACTS}/"):
+            return check_key(artifact)
+        key = self.store.key_of(artifact)
+        if key is None and f"/{ARTIFACTS}/" in artifact:
+            key = f"{ARTIFACTS}/{artifact.rsplit(f'/{ARTIFACTS}/', 1)[1]}"
+        try:
+            return check_key(key or "")
+        except ValueError:
+            raise RegistryError(f"record {record.id}: cannot find its artifact {artifact!r} in the store "
+                                f"{self.store.uri}") from None
 
     def load_prior(self, record_id: str) -> "FlowPrior":
         """The prior of a ``prior``/``site-prior`` record, hash-checked, loaded without executing code."""

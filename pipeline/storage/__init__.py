@@ -3,6 +3,6 @@
 from pipeline.storage.errors import AlreadyExists, StoreError
 from pipeline.storage.names import validate_name
 from pipeline.storage.s3 import S3Options
-from pipeline.storage.store import Store
+from pipeline.storage.store import ObjectInfo, Store
 
-__all__ = ["AlreadyExists", "S3Options", "Store", "StoreError", "validate_name"]
+__all__ = ["AlreadyExists", "ObjectInfo", "S3Options", "Store", "StoreError", "validate_name"]

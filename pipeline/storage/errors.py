@@ -12,3 +12,7 @@ class StoreError(OSError):
 
 class AlreadyExists(FileExistsError):
     """A create-if-absent write found the object already there."""
+
+
+class BucketMissing(FileNotFoundError):
+    """The store's S3 bucket does not exist: a broken store, never an empty one."""

@@ -22,7 +22,7 @@ class S3Options:
     profile: str | None = None  # an AWS profile name from ~/.aws/config
     connect_timeout: float = 2.0  # seconds
     read_timeout: float = 20.0  # seconds without a byte from the server
-    retries: int = 2  # attempts per request (1 = no retry)
+    retries: int = 2  # attempts per request in all (1 = no retry)
 
     def __post_init__(self) -> None:
         if not (self.connect_timeout > 0 and self.read_timeout > 0):
@@ -46,14 +46,25 @@ class S3Options:
         return replace(cls(), **values)
 
     def filesystem(self):
-        """A new ``s3fs.S3FileSystem`` with these settings and no listings cache (CAS needs fresh lists)."""
+        """A new ``s3fs.S3FileSystem`` with these settings and no listings cache (CAS needs fresh lists).
+
+        Retries happen in one place only, botocore: ``total_max_attempts`` counts the first attempt
+        (its ``max_attempts`` would count retries only), and s3fs's own retry loop is set to a single
+        pass, since the two multiply. So a request to a hung server ends after at most
+        ``retries x (connect_timeout + read_timeout)`` plus botocore's short backoff.
+        """
         import s3fs
+        from botocore.handlers import add_expect_header
 
         fs = s3fs.S3FileSystem(
             endpoint_url=self.endpoint_url, profile=self.profile, use_listings_cache=False, skip_instance_cache=True,
             config_kwargs={"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
-                           "retries": {"max_attempts": self.retries, "mode": "standard"}})
-        fs.retries = self.retries  # s3fs's own retry loop (an attribute: the constructor rejects it)
+                           "retries": {"total_max_attempts": self.retries, "mode": "standard"}})
+        fs.retries = 1  # s3fs's own loop: one pass (an attribute: the constructor rejects it)
+        fs.connect()  # the client now, so that its handlers can be changed
+        # botocore asks for "100-continue" on uploads, and aiohttp waits for that interim answer with
+        # no timeout: a hung server would stall every write forever. Send the body straight away.
+        fs.s3.meta.events.unregister("before-call.s3", add_expect_header)
         return fs
 
 

@@ -4,7 +4,8 @@
 ``s3://bucket/prefix``. Objects are addressed by keys, ``/``-separated relative paths.
 
 Every write is a *publish*: the object appears whole or not at all, and only if no object of
-that key exists yet (create-if-absent). Local disk writes a hidden temporary file in the target
+that key exists yet (create-if-absent), or already holds the same bytes (so a retried write is
+idempotent). Local disk writes a hidden temporary file in the target
 folder and hard-links it into place (``link`` fails if the name exists, atomically); S3 uses
 ``PutObject`` / ``CompleteMultipartUpload`` with ``If-None-Match: *`` (an object becomes visible
 only when its upload completes). Nothing is ever overwritten, so concurrent writers can race
@@ -16,17 +17,19 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
 
-from pipeline.storage.errors import AlreadyExists, StoreError
+from pipeline.storage.errors import AlreadyExists, BucketMissing, StoreError
 from pipeline.storage.s3 import S3Options, is_precondition_failed
+from pipeline.storage.uris import split_uri
 
 DEFAULT_STORE = "./flowprior-store"
 STORE_ENV = "FLOWPRIOR_STORE"
 TMP_PREFIX = ".tmp-"
 KEY_PART = re.compile(r"[A-Za-z0-9._=-]+")
+MD5 = re.compile(r"[0-9a-f]{32}")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -50,20 +53,15 @@ class Store:
     def open(cls, uri: str | None = None, s3: S3Options | None = None) -> "Store":
         """Open ``uri``, else ``$FLOWPRIOR_STORE``, else ``./flowprior-store``. Nothing is created yet."""
         uri = uri or os.environ.get(STORE_ENV) or DEFAULT_STORE
-        parts = urlsplit(uri)
+        parts = split_uri(uri, "store URI")
         if parts.scheme == "s3":
-            if "@" in parts.netloc:
-                raise ValueError("the store URI must not embed credentials (s3://KEY:SECRET@...); "
-                                 "use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
             bucket, prefix = parts.netloc, parts.path.strip("/")
             if not bucket:
                 raise ValueError(f"store URI {uri!r} names no bucket (expected s3://bucket/prefix)")
             root = f"{bucket}/{prefix}" if prefix else bucket
             return cls(f"s3://{root}", S3Backend(root, s3 or S3Options.from_env()))
-        if parts.scheme in ("file", ""):
-            path = Path(parts.path if parts.scheme == "file" else uri).expanduser().resolve()
-            return cls(str(path), LocalBackend(path))
-        raise ValueError(f"unsupported store URI {uri!r}: use a local path, file:///path or s3://bucket/prefix")
+        path = Path(parts.path if parts.scheme == "file" else uri).expanduser().resolve()
+        return cls(str(path), LocalBackend(path))
 
     @property
     def is_local(self) -> bool:
@@ -80,6 +78,8 @@ class Store:
     def _call(self, op: str, key: str, fn, *args):
         try:
             return fn(*args)
+        except BucketMissing as error:
+            raise StoreError(f"store {self.uri}: cannot {op} {key or '(root)'}: {error}") from None
         except (AlreadyExists, FileNotFoundError, ValueError):
             raise
         except Exception as error:  # noqa: BLE001 - every other backend failure becomes one clear error
@@ -89,8 +89,21 @@ class Store:
                              f"{type(error).__name__}: {error}") from None
 
     def create(self, key: str, data: bytes) -> None:
-        """Publish ``data`` at ``key`` if no object is there; else raise ``AlreadyExists``."""
-        self._call("write", key, self.backend.create, check_key(key), data)
+        """Publish ``data`` at ``key`` if no object is there; else raise ``AlreadyExists``.
+
+        Idempotent: if the object already holds exactly ``data``, that is success. A write whose
+        reply was lost (the server applied it, the client timed out and retried) then finds its
+        own bytes, instead of reporting a conflict that would make the caller write again.
+        """
+        try:
+            self._call("write", key, self.backend.create, check_key(key), data)
+        except AlreadyExists:
+            try:
+                if self.read(key) == data:
+                    return
+            except FileNotFoundError:
+                pass
+            raise
 
     def put_file(self, key: str, path: str | os.PathLike, progress: Progress | None = None) -> None:
         """Publish a local file at ``key`` (create-if-absent), reporting bytes sent to ``progress``."""
@@ -113,8 +126,19 @@ class Store:
         """Names of the objects directly under ``prefix/`` (sorted; empty if there are none)."""
         return sorted(self._call("list", prefix, self.backend.list, check_key(prefix)))
 
+    def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Like :meth:`list`, with each object's size and, where the server reports it, the MD5 of its
+        bytes (an S3 ETag of a single-part upload), from the listing alone."""
+        return dict(sorted(self._call("list", prefix, self.backend.list_details, check_key(prefix)).items()))
+
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    md5: str | None  # hex; None where the listing does not say (local disk, multipart uploads, SSE-KMS)
 
 
 class LocalBackend:
@@ -168,10 +192,15 @@ class LocalBackend:
         return (self.root / key).is_file()
 
     def list(self, prefix: str) -> Iterable[str]:
+        return list(self.list_details(prefix))
+
+    def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
         folder = self.root / prefix
         if not folder.is_dir():
-            return []
-        return [name for name in os.listdir(folder) if not name.startswith(".")]
+            return {}
+        with os.scandir(folder) as entries:
+            return {e.name: ObjectInfo(e.stat().st_size if e.is_file() else 0, None)
+                    for e in entries if not e.name.startswith(".")}
 
 
 class S3Backend:
@@ -190,8 +219,25 @@ class S3Backend:
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
+    @property
+    def bucket(self) -> str:
+        return self.root.split("/", 1)[0]
+
+    def _missing_bucket(self) -> BucketMissing | None:
+        """A ``BucketMissing`` if the bucket does not exist (S3 answers 404 alike for a missing bucket
+        and an empty prefix; only ``HeadBucket`` tells them apart)."""
+        try:
+            self.fs.call_s3("head_bucket", Bucket=self.bucket)
+        except FileNotFoundError:
+            return BucketMissing(f"bucket {self.bucket!r} does not exist at this endpoint (create it, or check "
+                                 "the store URI and the S3 endpoint)")
+        return None
+
     def create(self, key: str, data: bytes) -> None:
-        self.fs.pipe_file(self._path(key), data, mode="create")
+        try:
+            self.fs.pipe_file(self._path(key), data, mode="create")
+        except FileNotFoundError:
+            raise self._missing_bucket() or StoreError(f"{key}: the server answered 'not found' to a write") from None
 
     def put_file(self, key: str, path: Path, progress: Progress | None) -> None:
         from fsspec.callbacks import Callback
@@ -201,8 +247,11 @@ class S3Backend:
                 if progress and self.size:
                     progress(self.value, self.size)
 
-        self.fs.put_file(str(path), self._path(key), callback=Report(), mode="create",
-                         chunksize=8 << 20, max_concurrency=4)
+        try:
+            self.fs.put_file(str(path), self._path(key), callback=Report(), mode="create",
+                             chunksize=8 << 20, max_concurrency=4)
+        except FileNotFoundError:
+            raise self._missing_bucket() or StoreError(f"{key}: the server answered 'not found' to a write") from None
 
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key))
@@ -227,8 +276,20 @@ class S3Backend:
         return self.fs.exists(self._path(key))
 
     def list(self, prefix: str) -> Iterable[str]:
+        return list(self.list_details(prefix))
+
+    def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
         try:
-            entries = self.fs.ls(self._path(prefix), detail=False, refresh=True)
+            entries = self.fs.ls(self._path(prefix), detail=True, refresh=True)
         except FileNotFoundError:
-            return []
-        return [e.rsplit("/", 1)[-1] for e in entries if not e.rsplit("/", 1)[-1].startswith(".")]
+            missing = self._missing_bucket()
+            if missing:
+                raise missing from None
+            return {}
+        found = {}
+        for entry in entries:
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if not name.startswith("."):
+                etag = str(entry.get("ETag") or "").strip('"').lower()
+                found[name] = ObjectInfo(int(entry.get("size") or 0), etag if MD5.fullmatch(etag) else None)
+        return found

@@ -16,7 +16,7 @@ def tiny_prior() -> FlowPrior:
 def test_publish_and_load_a_prior_checks_its_hash(store, tiny_prior, tmp_path):
     registry = Registry(store)
     record = registry.publish_prior(tiny_prior, fingerprint="d" * 64, config={"steps": 2}, metrics={"fm": 1.5})
-    assert record.artifact == store.uri_of(f"artifacts/{record.hash}.safetensors")
+    assert record.artifact == f"artifacts/{record.hash}.safetensors"  # a key: the store can move
     assert registry.get(record.id) == record
     assert registry.alias(CORE_ALIAS) == record.id
     loaded = registry.load_prior(record.id)
@@ -32,7 +32,7 @@ def test_publish_and_load_a_prior_checks_its_hash(store, tiny_prior, tmp_path):
 def test_a_tampered_artifact_is_refused(store, tiny_prior, tmp_path):
     registry = Registry(store)
     record = registry.publish_prior(tiny_prior)
-    key = store.key_of(record.artifact)
+    key = record.artifact
     data = bytearray(store.read(key))
     data[-5] ^= 0x01
     if store.is_local:
@@ -114,9 +114,10 @@ def test_alias_moves_form_a_chain(store):
         registry.move_alias("candidate", "prior-missing")
 
 
-def test_snapshots_make_ls_read_one_object_and_never_change_its_answer(store, monkeypatch):
+def test_snapshots_make_ls_read_one_object_and_never_change_its_answer(s3_store, monkeypatch):
     from pipeline.registry import snapshots
 
+    store = s3_store
     monkeypatch.setattr(snapshots, "COMPACT_AFTER", 3)
     registry = Registry(store)
     first = [registry.register("prior", config={"i": i}) for i in range(4)]
@@ -124,11 +125,30 @@ def test_snapshots_make_ls_read_one_object_and_never_change_its_answer(store, mo
     (name,) = store.list(snapshots.SNAPSHOTS)
     assert set(snapshots.read_latest(store)) == {r.id for r in first}
     later = registry.register("encoder", site="s1", aligned_to=first[0].id)
+    reads = []
+    monkeypatch.setattr(store, "read_many", lambda keys: reads.extend(keys) or [store.read(k) for k in keys])
     assert registry.records() == [*first, later]  # snapshot + the one record it lacks
+    assert reads == [f"registry/records/{later.id}.json"]
     assert store.list(snapshots.SNAPSHOTS) == [name]  # 1 missing < 3: no new snapshot
 
 
-def test_a_tampered_snapshot_is_ignored(tmp_path, monkeypatch):
+def test_a_snapshot_never_overrides_the_record_files(s3_store, tmp_path, monkeypatch):
+    """A snapshot with a valid digest whose rows differ from the record files (written by a buggy or hostile
+    writer) is used only where the listing's MD5 vouches for a row: the record files win everywhere."""
+    from pipeline.registry import snapshots
+
+    monkeypatch.setattr(snapshots, "COMPACT_AFTER", 1000)
+    store, registry = s3_store, Registry(s3_store)
+    honest = [registry.register("prior", metrics={"fm": 1.0}) for _ in range(2)]
+    forged = {r.id: r.to_json().replace(b'"fm": 1.0', b'"fm": 0.5') for r in honest}
+    forged["prior-imposter"] = honest[0].to_json().replace(honest[0].id.encode(), b"prior-imposter")
+    snapshots.write(store, forged)  # a well-formed snapshot: its own digest matches
+    assert set(snapshots.read_latest(store)) == {*forged}
+    assert [r.metrics for r in registry.records()] == [{"fm": 1.0}, {"fm": 1.0}]
+    assert registry.stale(honest[1].id) == [] and registry.alias(CORE_ALIAS) == honest[1].id
+
+
+def test_local_stores_read_the_record_files_and_write_no_snapshot(tmp_path, monkeypatch):
     from pipeline.registry import snapshots
     from pipeline.storage import Store
 
@@ -136,12 +156,49 @@ def test_a_tampered_snapshot_is_ignored(tmp_path, monkeypatch):
     store = Store.open(str(tmp_path / "st"))
     registry = Registry(store)
     records = [registry.register("prior", metrics={"fm": 1.0}) for _ in range(2)]
-    registry.records()
-    (name,) = store.list(snapshots.SNAPSHOTS)
-    path = tmp_path / "st" / snapshots.SNAPSHOTS / name
-    forged = {r.id: r.to_json().replace(b'"fm": 1.0', b'"fm": 0.0') for r in records}
-    path.unlink()
-    snapshots.write(store, forged)
-    (tmp_path / "st" / snapshots.SNAPSHOTS / store.list(snapshots.SNAPSHOTS)[0]).rename(path)
-    assert snapshots.read_latest(store) == {}
-    assert [r.metrics for r in registry.records()] == [{"fm": 1.0}, {"fm": 1.0}]
+    assert registry.records() == records
+    assert store.list(snapshots.SNAPSHOTS) == []  # a local listing cannot vouch for a snapshot's rows
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"null", "a JSON NoneType, not an object"),
+    (b"[1, 2]", "a JSON list, not an object"),
+    (b"{not json", "not JSON"),
+    (b'{"id": 1}', "unknown fields"),
+])
+def test_a_bad_record_file_is_named_and_the_others_still_list(store, content, message):
+    registry = Registry(store)
+    good = registry.register("prior")
+    store.create("registry/records/bad-1.json", content)
+    with pytest.raises(RegistryError, match=f"registry/records/bad-1.json: not a valid record .*{message}"):
+        registry.get("bad-1")
+    assert registry.records() == [good]  # one bad file does not hide the fleet (it is logged)
+
+
+def test_a_record_is_served_only_under_its_own_name(store):
+    registry = Registry(store)
+    honest = registry.register("prior")
+    store.create("registry/records/bad-1.json", honest.to_json().replace(honest.id.encode(), b"prior-imposter"))
+    with pytest.raises(RegistryError, match="bad-1.json: holds record id 'prior-imposter', not the 'bad-1'"):
+        registry.get("bad-1")
+    assert [r.id for r in registry.records()] == [honest.id]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("parents", "abc", "field parents must be a list"),
+    ("parents", [1], "field parents must be a list of record ids"),
+    ("config", [], "field config must be an object"),
+    ("hash", "xyz", "field hash must be a SHA-256"),
+    ("created_at", "yesterday", "field created_at must be an ISO 8601 time"),
+])
+def test_record_fields_must_have_their_types(field, value, message):
+    import json
+
+    from pipeline.registry import Record
+
+    raw = json.loads(Record.new("prior").to_json())
+    raw[field] = value
+    if field == "hash":
+        raw["artifact"] = "artifacts/x"
+    with pytest.raises(RegistryError, match=message):
+        Record.from_json(json.dumps(raw).encode(), "r.json")

@@ -4,6 +4,7 @@ import threading
 import pytest
 
 from pipeline.storage import AlreadyExists, S3Options, Store, StoreError, validate_name
+from pipeline.registry import Registry
 from pipeline.storage.store import check_key
 
 
@@ -80,7 +81,10 @@ def test_store_uri_resolution(tmp_path, monkeypatch):
 @pytest.mark.parametrize("uri, message", [
     ("s3://AKIAEXAMPLE:verysecret@bucket/p", "must not embed credentials"),
     ("s3:///prefix", "names no bucket"),
-    ("gs://bucket/p", "unsupported store URI"),
+    ("gs://bucket/p", "unsupported URI scheme 'gs'"),
+    ("ftp://user:verysecret@host/p", "must not embed credentials"),
+    ("file://user:verysecret@host/p", "must not embed credentials"),
+    ("file://host/p", "name a local path"),
 ])
 def test_bad_store_uris_are_refused_without_echoing_secrets(uri, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -151,3 +155,27 @@ def test_both_shapes_of_a_precondition_failure_are_recognised(error, expected):
     if "Condition" in error:
         assert isinstance(raised, FileExistsError)
     assert is_precondition_failed(raised) is expected
+
+
+def test_feature_uris_with_credentials_are_refused_without_echoing_them():
+    from pipeline.data import DataError, read_features
+
+    with pytest.raises(DataError, match=r"s3://\*\*\*@bucket/f: URIs must not embed credentials") as info:
+        read_features("s3://AKIAEXAMPLE:verysecret@bucket/f")
+    assert "verysecret" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
+
+
+def test_a_missing_bucket_is_an_error_not_an_empty_store(s3_server):
+    store = Store.open("s3://no-such-bucket-here/fleet")
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket-here' does not exist"):
+        store.list("registry/records")
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket-here' does not exist"):
+        Registry(store).records()  # `registry ls`, and `prior fit`'s check before Ray starts
+
+
+def test_a_write_whose_reply_was_lost_is_not_a_conflict(store):
+    """The retry of a write the server applied finds its own bytes: success, not AlreadyExists."""
+    store.create("a/b.json", b"mine")
+    store.create("a/b.json", b"mine")  # what a retried PUT meets
+    with pytest.raises(AlreadyExists):
+        store.create("a/b.json", b"someone else's")
