@@ -7,7 +7,9 @@ dataclass refuses is a ``SpecError`` whose message names the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,13 +21,38 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message names the file and the key."""
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is settings, not data
+
+
+class SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (YAML would keep the last one silently) and reads
+    ``1e-3`` as a float, as YAML 1.2 and every other tool does (YAML 1.1 needs ``1.0e-3``)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def read_mapping(path: Path, what: str) -> dict:
     """The YAML mapping in ``path`` (``what``: "site spec", "sweep spec" for the messages)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {size:,} bytes is too large for a {what} (at most {MAX_SPEC_BYTES:,})")
+        data = yaml.load(path.read_text(), Loader=SpecLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise SpecError(f"{path}: no such {what}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         raise SpecError(f"{path}: not readable YAML ({error})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
@@ -51,9 +78,11 @@ def typed(value: Any, kind: str, where: str) -> Any:
         return tuple(typed(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     python = SCALARS[kind]
     if python is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if not isinstance(value, python) or (python is int and isinstance(value, bool)):
-        raise SpecError(f"{where}: expected {kind}, got {value!r}")
+        raise SpecError(f"{where}: expected {kind}, got {value!r:.80}")
+    if python is float and not math.isfinite(value):
+        raise SpecError(f"{where}: expected a finite number, got {value!r}")
     return value
 
 

@@ -1,7 +1,7 @@
 """The ``flowprior`` command line (also ``python -m pipeline``).
 
 One module per command group; each adds its parser and handler. Errors a user can fix print
-``flowprior <command>: error: ...`` and exit 2; an unreachable store exits 1.
+``flowprior <command>: error: ...`` and exit 2; an unreachable store or Ray cluster exits 1.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.jobs.runtime import RayUnreachable
     from pipeline.storage import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except StoreError as error:
+    except (StoreError, RayUnreachable) as error:
         print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
         return 1
     except ValueError as error:  # the project's errors for bad input; any other exception is a bug: traceback

@@ -18,7 +18,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     quiet = (lambda _: None) if args.json else print
     try:
-        record = run_sweep(spec, open_store(args), address=args.address, say=quiet, name=args.name)
+        record = run_sweep(spec, open_store(args), address=args.address, say=quiet, name=args.name,
+                           trust_store_state=args.trust_store_state)
     except SweepInterrupted as error:
         print(f"flowprior sweep: {error}", file=sys.stderr)
         return 130
@@ -48,12 +49,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "site's encoder against its prior and reporting every epoch; ASHA (per site) stops weak trials "
                     "early. Records a sweep with every trial and the chosen setting per site (lowest alignment "
                     "score within the reconstruction bound). Experiments live under the store; rerunning the same "
-                    "command resumes an interrupted sweep (exit status 130 on Ctrl+C) or prints the recorded one.")
+                    "command resumes an interrupted sweep (with --trust-store-state; exit status 130 on Ctrl+C) or prints the "
+                    "recorded one.")
     parser.add_argument("spec", metavar="SWEEP.yaml", help="sweep spec (see tuning/lambda.yaml)")
     parser.add_argument("--name", help="Tune experiment name (default: the spec's name + a digest of the settings, "
                                        "the sites' priors and data, so that a rerun resumes)")
     parser.add_argument("--report", metavar="DIR", help="also write DIR/sweep.html with the Pareto plot per site")
     parser.add_argument("--json", action="store_true", help="print the choices and metrics as JSON")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--trust-store-state", action="store_true",
+                        help="resume an unfinished Tune experiment found under <store>/ray-runs/. Tune keeps its state "
+                             "as pickles, so resuming runs code from the store on this driver: pass this only if no one "
+                             "but trusted jobs can write there (without it, finding such state is an error)")
     add_store_arguments(parser)
     parser.set_defaults(handler=cmd_sweep)

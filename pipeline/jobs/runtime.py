@@ -8,12 +8,38 @@ the same command joins the cluster.
 from __future__ import annotations
 
 import os
+import socket
+from urllib.parse import urlsplit
 
 from pipeline.storage import Store
 
 # Logical CPUs the embedded Ray adds for Ray Data's read tasks: a Train worker group that takes every
 # core would otherwise leave them no slot, and the fit would wait for data forever.
 INGEST_CPUS = 1
+CONNECT_TIMEOUT_S = 10.0  # for the TCP probe of a cluster address
+
+
+class RayUnreachable(ConnectionError):
+    """Nothing answers at the Ray address (``ray.init`` itself would wait without a limit)."""
+
+
+def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse a ``host:port`` / ``ray://host:port`` address that accepts no TCP connection within
+    ``timeout`` s, before ``ray.init`` blocks on it (``auto`` and ``local`` are Ray's to resolve)."""
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ValueError(f"Ray address {address!r}: expected host:port, ray://host:port, auto or local")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise RayUnreachable(f"no Ray cluster answers at {address} ({type(error).__name__}: {error}); check the "
+                             "address (--address or $RAY_ADDRESS) and that the head node is up") from None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -28,6 +54,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return not address
     if address:
+        probe(address)
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=True)

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from pipeline.data import DataError
 from pipeline.data.split import split_indices
 from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
 from pipeline.method.metrics import heldout_fm, knn_nll
@@ -32,6 +33,7 @@ from pipeline.storage import Store
 
 Say = Callable[[str], None]
 METRIC_POINTS = 5000  # target points the encoder metrics (kNN NLL proxy, spread) compare latents with
+MIN_CHECK_POINTS = 20  # held-out target points below which a site check refuses to decide
 
 
 def _core_id(registry: Registry, prior_id: str | None) -> str:
@@ -63,6 +65,10 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
                             "checks existed); refit it with `flowprior prior fit`")
     prior = registry.load_prior(prior_id)
     features, _, heldout = _site_points(spec, prior)
+    if len(heldout) < MIN_CHECK_POINTS:
+        raise DataError(f"{spec.path}: target {spec.target.uri} has {len(features.values)} rows, so "
+                        f"{len(heldout)} held out (finetune.heldout_fraction {spec.finetune.heldout_fraction:g}); a "
+                        f"check needs at least {MIN_CHECK_POINTS} held-out points to decide anything")
     z = prior.to_prior(features.values[heldout])  # (m, d1)
     numbers = measure(prior, z, record.metrics["heldout_fm"], record.metrics["heldout_nll_proxy"],
                       int(record.metrics["nll_samples"]), seed=spec.seed)
@@ -267,9 +273,12 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
         done, pending = ray.wait(pending, num_returns=1)
         try:
             results[refs[done[0]]] = ray.get(done[0])
-        except ray.exceptions.RayTaskError as error:
-            errors.append((refs[done[0]], error.as_instanceof_cause()))
-            say(f"[site {refs[done[0]]}] failed: {errors[-1][1]}")
+        except Exception as error:  # noqa: BLE001 - the job raised, its worker crashed or was OOM-killed, its
+            # node was lost: that site failed, and every other site runs on
+            if isinstance(error, ray.exceptions.RayTaskError):
+                error = error.as_instanceof_cause()
+            errors.append((refs[done[0]], error))
+            say(f"[site {refs[done[0]]}] failed: {type(error).__name__}: {error}")
     if errors:
         raise errors[0][1]
     return [results[spec.site] for spec in specs]

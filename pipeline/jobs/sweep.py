@@ -20,7 +20,8 @@ Experiments live under the store (``<store>/ray-runs/<name>``, local or S3). The
 ``<spec name>-<digest>`` of the settings and of each site's prior and data: rerunning the same
 command resumes an interrupted sweep with ``Tuner.restore`` (finished trials are kept, unfinished
 ones continue from their last epoch) or returns the recorded sweep; a changed spec, prior or data
-is a new sweep. Tune keeps its experiment state as pickles: restore only from a store you trust.
+is a new sweep. Tune keeps its experiment state as pickles, and unpickling runs code: a sweep resumes
+only with ``trust_store_state`` (``--trust-store-state``), else finding such state is an error.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ from pipeline.sweeps import Selection, SweepSpec, choose, pareto_front
 Say = Callable[[str], None]
 STATE_FILE = "training.safetensors"
 HISTORY_KEYS = ("epoch", "recon", "recon_median", "l_align", "knn_nll", "spread", "objective")
+
+
+class UntrustedState(ValueError):
+    """An unfinished Tune experiment exists under the store, and resuming it (unpickling) was not allowed."""
 
 
 class SweepInterrupted(RuntimeError):
@@ -184,7 +189,7 @@ class Progress(tune.Callback):
 
 
 def _experiment(name: str, trainable, param_space: dict, samples: int, total: int, spec: SweepSpec,
-                store: Store, scheduler, say: Say) -> list:
+                store: Store, scheduler, say: Say, trust_store_state: bool) -> list:
     """Run the Tune experiment ``name`` under the store, or resume it if it exists there; its Results."""
     # trials checkpoint every epoch and Tune snapshots its state with each (what resuming needs): no warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -193,6 +198,11 @@ def _experiment(name: str, trainable, param_space: dict, samples: int, total: in
     storage_path, filesystem = runtime.storage_for(store)
     path = f"{storage_path}/{name}"
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        if not trust_store_state:
+            raise UntrustedState(
+                f"sweep {spec.name}: the Tune experiment {path} exists (an interrupted run). Resuming it unpickles "
+                "its state, which runs code from the store on this driver: rerun with --trust-store-state if only "
+                "trusted jobs can write there, or pass another --name to start over")
         say(f"[sweep {spec.name}] picking up the Tune experiment {path}: finished trials are kept, unfinished ones resume")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
@@ -285,7 +295,7 @@ def _choices(spec: SweepSpec, sites: dict[str, SiteData], trials: list[dict], ba
 
 
 def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Say = print,
-              name: str | None = None) -> Record:
+              name: str | None = None, trust_store_state: bool = False) -> Record:
     """Run (or resume, or return the recorded) sweep; see the module docstring."""
     started = time.perf_counter()
     registry = Registry(store)
@@ -320,7 +330,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     baselines = {}
     for result in _experiment(baseline_name, _trainable(sites, spec, gpu),
                               {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
-                              len(site_ids), spec, store, None, say):
+                              len(site_ids), spec, store, None, say, trust_store_state):
         site = settings_of(result.config)["site"]
         baselines[site] = _trial_entry(result, spec, sites[site])
         sites[site].baseline_recon = [spec.select.reconstruction(h) for h in baselines[site]["history"]]
@@ -329,7 +339,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
     scheduler = PerSiteASHA(spec) if spec.scheduler.type == "asha" else None
     results = _experiment(name, _trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec, store,
-                          scheduler, say)
+                          scheduler, say, trust_store_state)
     trials = [_trial_entry(r, spec, sites[settings_of(r.config)["site"]]) for r in results]
     choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)

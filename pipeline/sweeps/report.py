@@ -79,14 +79,18 @@ def choices_table(record: Record) -> str:
 
 
 def summary(record: Record) -> str:
+    """One paragraph; every value from the record is escaped (a record is data, never markup)."""
     m, spec = record.metrics, record.config["spec"]
     s = _selection(record)
-    return (f"<p>Sweep <code>{html.escape(record.id)}</code> ({html.escape(record.name or '')}): {m['trials']} trials "
-            f"over {html.escape(', '.join(f'{k} {v}' for k, v in spec['space'].items()))}, scheduler "
-            f"{html.escape(spec['scheduler']['type'])}; {m['completed']} ran to the end; {m['trial_epochs']} of "
-            f"{m['full_epochs']} trial-epochs ({m['compute_fraction']:.0%} of running every trial to the end), plus "
-            f"{m['baseline_epochs']} for the lambda = 0 baselines. Choice per site: lowest "
-            f"{'kNN NLL proxy' if s.metric == 'knn_nll' else 'distance to the target kNN NLL'} whose {s.recon} "
+    e = lambda v: html.escape(str(v))  # noqa: E731
+    fraction = m.get("compute_fraction")
+    share = f"{fraction:.0%}" if isinstance(fraction, (int, float)) else e(fraction)
+    return (f"<p>Sweep <code>{e(record.id)}</code> ({e(record.name or '')}): {e(m['trials'])} trials "
+            f"over {e(', '.join(f'{k} {v}' for k, v in spec['space'].items()))}, scheduler "
+            f"{e(spec['scheduler']['type'])}; {e(m['completed'])} ran to the end; {e(m['trial_epochs'])} of "
+            f"{e(m['full_epochs'])} trial-epochs ({share} of running every trial to the end), plus "
+            f"{e(m['baseline_epochs'])} for the lambda = 0 baselines. Choice per site: lowest "
+            f"{'kNN NLL proxy' if s.metric == 'knn_nll' else 'distance to the target kNN NLL'} whose {e(s.recon)} "
             f"reconstruction error is within {s.recon_tolerance:.0%} of the lambda = 0 run's (penalty "
             f"{s.penalty:g} per unit of excess ratio otherwise).</p>")
 

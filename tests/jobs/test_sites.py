@@ -138,3 +138,41 @@ def test_a_gpu_share_falls_back_to_cpu_on_a_local_ray_without_gpus(local_ray, tm
     assert site_task_resources(0.25) == {"CPU": 1.0, "GPU": 0.25} and site_task_resources() == {"CPU": 1.0}
     with pytest.raises(ValueError, match="share of one GPU"):
         run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=2)
+
+
+def _dies_or_writes(spec, store, device: str, **kwargs) -> str:
+    import os
+
+    if spec.site == "dies":
+        os._exit(1)  # as an OOM kill or a lost node ends a worker: no exception, no traceback
+    store.create(f"done/{spec.site}", b"ok")
+    return spec.site
+
+
+def test_a_crashed_site_task_does_not_abort_the_other_sites(local_ray, tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.jobs.sites import run_sites
+
+    store, lines = Store.open(str(tmp_path)), []
+    sites = [SimpleNamespace(site="dies"), SimpleNamespace(site="lives")]
+    with pytest.raises(Exception, match="(?i)worker|died|crash"):
+        run_sites(_dies_or_writes, sites, store, say=lines.append)
+    assert store.read("done/lives") == b"ok"  # ran to its end
+    assert any(line.startswith("[site dies] failed: ") for line in lines)
+
+
+def test_a_check_with_too_few_held_out_points_records_nothing(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri, steps=5)
+    tiny = tmp_path / "tiny.parquet"
+    pq.write_table(pq.read_table(lhb.PARQUET).slice(0, 40), tiny)
+    spec = small_spec(tmp_path)
+    data = yaml.safe_load(spec.read_text())
+    data["target"] = {**data["target"], "uri": str(tiny), "filters": {}}
+    spec.write_text(yaml.safe_dump(data))
+    code, _, err = flowprior(capsys, "site", "check", str(spec), "--store", store_uri)
+    assert code == 2 and "a check needs at least 20 held-out points" in err, err
+    assert Registry(Store.open(store_uri)).records(kind="site-check") == []

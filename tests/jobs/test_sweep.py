@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.jobs.sweep import SweepInterrupted, grid_points, run_sweep, settings_of
+from pipeline.jobs.sweep import SweepInterrupted, UntrustedState, grid_points, run_sweep, settings_of
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from pipeline.sweeps import Selection, load_sweep_spec
@@ -134,8 +134,10 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
     logs = {t.trial_id: (Path(t.path) / "result.json").read_bytes() for t in saved if t.trial_id in ended}
     assert Registry(store).records(kind="sweep") == []
 
+    with pytest.raises(UntrustedState, match="rerun with --trust-store-state"):  # no unpickling unless asked
+        run_sweep(spec, store, say=lines.append)
     lines.clear()
-    record = run_sweep(spec, store, say=lines.append)
+    record = run_sweep(spec, store, say=lines.append, trust_store_state=True)
     check_record(record, spec)
     assert record.metrics["completed"] == 8  # FIFO: every trial ran to the end
     rates = [t["config"]["lr"] for t in record.config["trials"]]

@@ -40,3 +40,15 @@ def test_the_pareto_front_matches_brute_force():
         front = pareto_front(points)
         assert set(front) == set(range(len(points))) - dominated
         assert [points[i][0] for i in front] == sorted(points[i][0] for i in front)
+
+
+def test_the_sweep_summary_escapes_every_record_value():
+    from pipeline.registry import Record
+    from pipeline.sweeps.report import summary
+
+    evil = "<script>alert(1)</script>"
+    record = Record.new("sweep", name="s1", metrics={k: evil for k in (
+        "trials", "completed", "trial_epochs", "full_epochs", "compute_fraction", "baseline_epochs")},
+        config={"spec": {"select": {}, "space": {"lambda": {"grid": [evil]}}, "scheduler": {"type": evil}}})
+    page = summary(record)
+    assert "<script>" not in page and "&lt;script&gt;" in page

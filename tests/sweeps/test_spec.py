@@ -99,3 +99,31 @@ def test_a_missing_or_unreadable_sweep_spec_is_named(tmp_path):
     (tmp_path / "bad.yaml").write_text("space: [unclosed")
     with pytest.raises(SpecError, match="not readable YAML"):
         load_sweep_spec(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("space: {lambda: {grid: [0.1]}}\nspace: {lambda: {grid: [1.0]}}\n", "duplicate key 'space'"),
+    ("resources: {cpu: .inf}\n", r"resources.cpu: expected a finite number, got inf"),
+    ("scheduler: {reduction_factor: .inf}\n", r"scheduler.reduction_factor: expected a finite number"),
+    ("resources: {cpu: .nan}\n", r"resources.cpu: expected a finite number, got nan"),
+])
+def test_yaml_surprises_are_refused(tmp_path, text, message):
+    path = write(tmp_path)
+    path.write_text(path.read_text() + text if "space" not in text else
+                    "\n".join(line for line in path.read_text().splitlines() if not line.startswith(("space", " "))
+                              ) + "\n" + text)
+    with pytest.raises(SpecError, match=message):
+        load_sweep_spec(path)
+
+
+def test_exponents_without_a_dot_are_floats(tmp_path):
+    path = write(tmp_path, space={"lr": {"grid": [0.001]}})
+    path.write_text(path.read_text().replace("0.001", "1e-3"))
+    assert load_sweep_spec(path).to_dict()["space"] == {"lr": {"grid": [1e-3]}}
+
+
+def test_an_oversized_spec_is_refused_before_parsing(tmp_path):
+    path = write(tmp_path)
+    path.write_text(path.read_text() + "#" * (2 << 20) + "\n")
+    with pytest.raises(SpecError, match="too large for a sweep spec"):
+        load_sweep_spec(path)
