@@ -50,6 +50,27 @@ def cmd_stale(args: argparse.Namespace, registry: Registry) -> tuple[list[Record
     return registry.stale(args.prior), "no stale sites: every current encoder is aligned to the current core prior's family"
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pipeline.registry.check import check, repair
+
+    store = open_store(args)
+    registry = Registry(store)
+    report = check(registry, hashes=not args.skip_hashes)
+    if args.repair and any(p.area == "snapshots" for p in report.problems):
+        repair(registry, report)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"registry at {store.uri}: " + ", ".join(f"{n} {area.replace('_', ' ')}" for area, n in report.counts.items()))
+        for p in report.problems:
+            print(f"  {p.area:9s} {p.key}: {p.message}")
+        for key in report.repaired:
+            print(f"  repaired  {key}")
+        print("ok: no problems" if report.ok else f"{len(report.problems)} problem(s)"
+              + (" (snapshots rebuilt; rerun to confirm)" if report.repaired else ""))
+    return 0 if report.ok else 1
+
+
 def handle(args: argparse.Namespace) -> int:
     store = open_store(args)
     if store.is_local and not store.backend.root.is_dir():
@@ -85,6 +106,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "id", help="record id")
     query("aligned", cmd_aligned, "the prior a site's current encoder is aligned to").add_argument(
         "site", help="site id")
+    fsck = queries.add_parser(
+        "check", help="check that the registry is whole (exit 1 on any problem); changes nothing",
+        description="Check every record (parses, id matches its file name, links resolve), every artifact "
+                    "(exists, SHA-256 matches its record and its name), every alias (versions without gaps, a "
+                    "chain of moves to existing records) and every snapshot (matches its digest and the record "
+                    "files). Prints each problem with the object it is about; exit 1 if there is any. Nothing "
+                    "is modified unless --repair, which may only rebuild snapshots (caches).")
+    fsck.add_argument("--json", action="store_true", help="print the report as JSON")
+    fsck.add_argument("--repair", action="store_true", help="delete snapshots with problems and write a fresh one "
+                                                            "from the record files (nothing else is changed)")
+    fsck.add_argument("--skip-hashes", action="store_true", help="do not download artifacts to check their hashes")
+    add_store_arguments(fsck)
+    fsck.set_defaults(handler=cmd_check)
     query("stale", cmd_stale, "sites whose current encoder is aligned to neither the current core prior nor "
                               "anything derived from it").add_argument(
         "--prior", help="compare against this prior id instead of the current core prior")

@@ -126,6 +126,11 @@ class Store:
         """Names of the objects directly under ``prefix/`` (sorted; empty if there are none)."""
         return sorted(self._call("list", prefix, self.backend.list, check_key(prefix)))
 
+    def delete(self, key: str) -> None:
+        """Remove the object at ``key`` (caches only: records, artifacts and alias entries are never deleted
+        by flowprior; a missing object is not an error)."""
+        self._call("delete", key, self.backend.delete, check_key(key))
+
     def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
         """Like :meth:`list`, with each object's size and, where the server reports it, the MD5 of its
         bytes (an S3 ETag of a single-part upload), from the listing alone."""
@@ -190,6 +195,9 @@ class LocalBackend:
 
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> Iterable[str]:
         return list(self.list_details(prefix))
@@ -274,6 +282,12 @@ class S3Backend:
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self._path(key))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
 
     def list(self, prefix: str) -> Iterable[str]:
         return list(self.list_details(prefix))

@@ -1,0 +1,188 @@
+"""``registry check``: is the registry whole? Every problem found, nothing changed (fsck for the store).
+
+Checked, from the objects themselves:
+
+* records: every file parses as a record and holds the id its name says; every link (parent,
+  aligned_to) points at an existing record;
+* artifacts: every record's artifact exists and has the SHA-256 the record holds; every object under
+  ``artifacts/`` named after a hash holds bytes with that hash (a planted or corrupted object);
+* aliases: versions run 1, 2, ..., n without a gap; each entry parses, names its own alias and
+  version, chains (its ``previous`` is the target before it) and targets an existing record;
+* snapshots: each matches its digest, and each row equals the record file of that id.
+
+``repair`` may only rebuild snapshots (they are caches): it deletes the snapshots with problems and
+writes one fresh snapshot of the record files. Records, artifacts and aliases are never changed.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipeline.hashing import file_sha256
+from pipeline.registry import aliases, snapshots
+from pipeline.registry.snapshots import read_snapshot
+from pipeline.registry.records import Record, RegistryError
+from pipeline.registry.registry import ARTIFACTS, RECORDS, Registry
+from pipeline.storage import Store
+
+HASH_NAME = re.compile(r"([0-9a-f]{64})(?:-[0-9a-f]+)?(?:\.[A-Za-z0-9]+)?")
+
+
+@dataclass(frozen=True)
+class Problem:
+    area: str  # records, links, artifacts, aliases, snapshots
+    key: str  # the object (store key) it is about
+    message: str
+
+
+@dataclass
+class Report:
+    store: str
+    counts: dict = field(default_factory=dict)  # objects checked, per area
+    problems: list[Problem] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"store": self.store, "ok": self.ok, "counts": self.counts,
+                "problems": [asdict(p) for p in self.problems], "repaired": self.repaired}
+
+
+def check(registry: Registry, hashes: bool = True) -> Report:
+    """Every problem in ``registry`` (see the module docstring); ``hashes=False`` skips reading artifacts."""
+    store = registry.store
+    report = Report(store.uri)
+    say = lambda area, key, message: report.problems.append(Problem(area, key, message))  # noqa: E731
+
+    raw = {n[: -len(".json")]: store.read(f"{RECORDS}/{n}") for n in store.list(RECORDS) if n.endswith(".json")}
+    records: dict[str, Record] = {}
+    for record_id, data in raw.items():
+        key = f"{RECORDS}/{record_id}.json"
+        try:
+            records[record_id] = Record.from_json(data, store.uri_of(key), record_id)
+        except (RegistryError, ValueError) as error:
+            say("records", key, str(error))
+    report.counts["records"] = len(raw)
+
+    for record in records.values():
+        for link in [*record.parents, *([record.aligned_to] if record.aligned_to else [])]:
+            if link not in records:
+                say("links", f"{RECORDS}/{record.id}.json", f"links to {link!r}, which is not a readable record")
+
+    _check_artifacts(registry, records, hashes, say, report)
+    _check_aliases(store, records, say, report)
+    _check_snapshots(store, raw, say, report)
+    return report
+
+
+def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: bool, say, report: Report) -> None:
+    store = registry.store
+    present = set(store.list(ARTIFACTS))
+    found: dict[str, str] = {}  # key -> SHA-256 of its bytes
+
+    def digest(key: str) -> str:
+        if key not in found:
+            with tempfile.TemporaryDirectory() as tmp:
+                store.get_file(key, Path(tmp) / "object")
+                found[key] = file_sha256(Path(tmp) / "object")
+        return found[key]
+
+    for record in records.values():
+        if record.artifact is None:
+            continue
+        try:
+            key = registry.artifact_key(record)
+        except RegistryError as error:
+            say("artifacts", f"{RECORDS}/{record.id}.json", str(error))
+            continue
+        if not key.startswith(f"{ARTIFACTS}/") or key.split("/", 1)[1] not in present:
+            say("artifacts", key, f"missing: record {record.id} points at it")
+        elif hashes and digest(key) != record.hash:
+            say("artifacts", key, f"has SHA-256 {digest(key)[:12]}... but record {record.id} holds {record.hash[:12]}...")
+    if hashes:
+        for name in sorted(present):
+            match = HASH_NAME.fullmatch(name)
+            key = f"{ARTIFACTS}/{name}"
+            if match and digest(key) != match.group(1):
+                say("artifacts", key, f"its name says SHA-256 {match.group(1)[:12]}... but its bytes hash to "
+                                      f"{digest(key)[:12]}... (planted or corrupted; nothing refers to it safely)")
+    report.counts["artifacts"] = len(present)
+
+
+def _check_aliases(store: Store, records: dict[str, Record], say, report: Report) -> None:
+    names = aliases.names(store)
+    moves = 0
+    for alias in names:
+        folder = f"{aliases.ALIASES}/{alias}"
+        listed = [n for n in store.list(folder)]
+        versions = sorted(int(n[:-5]) for n in listed if n.endswith(".json") and n[:-5].isdigit())
+        for n in listed:
+            if not (n.endswith(".json") and n[:-5].isdigit()):
+                say("aliases", f"{folder}/{n}", "not an alias entry name (<version>.json)")
+        if versions != list(range(1, len(versions) + 1)):
+            say("aliases", folder, f"versions {versions[:10]} are not 1..{len(versions)} without gaps")
+        previous = None
+        for version in versions:
+            key = f"{folder}/{version:0{aliases.VERSION_DIGITS}d}.json"
+            moves += 1
+            try:
+                move = aliases.parse(store.read(key), store.uri_of(key), alias, version)
+            except (RegistryError, FileNotFoundError) as error:
+                say("aliases", key, str(error))
+                previous = None
+                continue
+            if move.previous != previous:
+                say("aliases", key, f"previous is {move.previous!r} but the entry before points at {previous!r}")
+            if move.target not in records:
+                say("aliases", key, f"points at {move.target!r}, which is not a readable record")
+            previous = move.target
+    report.counts["aliases"], report.counts["alias_moves"] = len(names), moves
+
+
+def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report) -> None:
+    names = [n for n in store.list(snapshots.SNAPSHOTS) if n.endswith(".parquet")]
+    for name in names:
+        key = f"{snapshots.SNAPSHOTS}/{name}"
+        try:
+            table = read_snapshot(store.read(key))
+            rows = dict(zip(table["id"].to_pylist(), table["record"].to_pylist()))
+        except (pa.ArrowException, KeyError) as error:
+            say("snapshots", key, f"not a readable snapshot ({error})")
+            continue
+        if snapshots.name_of(rows) != name:
+            say("snapshots", key, "its content does not match its name (digest)")
+        wrong = sorted(i for i, data in rows.items() if raw.get(i) != data)
+        if wrong:
+            say("snapshots", key, f"{len(wrong)} row(s) differ from the record files or have none, first "
+                                  f"{wrong[0]!r}")
+    report.counts["snapshots"] = len(names)
+
+
+def repair(registry: Registry, report: Report) -> None:
+    """Delete the snapshots ``report`` found problems in and write one fresh snapshot of the record files
+    that parse. Nothing else is touched."""
+    store = registry.store
+    for problem in report.problems:
+        if problem.area == "snapshots" and problem.key not in report.repaired:
+            store.delete(problem.key)
+            report.repaired.append(problem.key)
+    good = {}
+    for name in store.list(RECORDS):
+        if name.endswith(".json"):
+            data = store.read(f"{RECORDS}/{name}")
+            try:
+                Record.from_json(data, name, name[: -len(".json")])
+            except (RegistryError, ValueError):
+                continue
+            good[name[: -len(".json")]] = data
+    if good:
+        snapshots.write(store, good)
+        report.repaired.append(f"{snapshots.SNAPSHOTS}/{snapshots.name_of(good)}")

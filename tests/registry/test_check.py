@@ -1,0 +1,77 @@
+"""``flowprior registry check``: a whole registry passes; each kind of damage is found, named, and left alone."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+from pipeline.registry import Registry, snapshots
+from pipeline.storage import Store
+from tests.registry.test_registry import build_fleet
+
+
+def check(store_uri: str, *args: str) -> tuple[int, dict]:
+    result = subprocess.run([sys.executable, "-m", "pipeline", "registry", "check", "--json", "--store", store_uri,
+                             *args], capture_output=True, text=True, timeout=120, env=os.environ)
+    return result.returncode, json.loads(result.stdout)
+
+
+def everything(store: Store) -> dict[str, bytes]:
+    root = store.backend.root
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_whole_registry_passes_and_each_damage_is_named_without_changing_anything(tmp_path):
+    store = Store.open(str(tmp_path / "store"))
+    registry = Registry(store)
+    fleet = build_fleet(registry)
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    weights = registry.register("prior", artifact=tmp_path / "w.bin", make_current=False)
+    snapshots.write(store, registry.raw_records())
+    code, report = check(store.uri)
+    assert code == 0 and report["ok"] and report["counts"]["records"] == len(fleet) + 1, report
+
+    store.create("registry/records/bad-null.json", b"null")
+    store.create("registry/records/bad-name.json", fleet["core1"].to_json())
+    dangling = json.loads(fleet["s1"].to_json())
+    dangling.update(id="site-prior-dangling", parents=["prior-gone"])
+    store.create("registry/records/site-prior-dangling.json", json.dumps(dangling).encode())
+    planted = hashlib.sha256(b"real bytes").hexdigest()
+    store.create(f"artifacts/{planted}.safetensors", b"planted bytes")
+    (store.backend.root / weights.artifact).write_bytes(b"tampered")
+    store.create("registry/aliases/core/0000000009.json", b'{"alias": "core"}')  # a gap, and not an entry
+    forged = registry.raw_records()
+    forged[fleet["core2"].id] = forged[fleet["core2"].id].replace(b'"v": 2', b'"v": 3')
+    snapshots.write(store, forged)
+    before = everything(store)
+
+    code, report = check(store.uri)
+    assert code == 1 and not report["ok"]
+    found = {(p["area"], p["key"].rsplit("/", 1)[-1]) for p in report["problems"]}
+    assert {("records", "bad-null.json"), ("records", "bad-name.json"), ("links", "site-prior-dangling.json"),
+            ("artifacts", f"{planted}.safetensors"), ("artifacts", weights.artifact.rsplit("/", 1)[-1]),
+            ("aliases", "core"), ("aliases", "0000000009.json"),
+            ("snapshots", snapshots.name_of(forged))} <= found, found
+    messages = " ".join(p["message"] for p in report["problems"])
+    assert "holds record id" in messages and "'prior-gone'" in messages and "planted or corrupted" in messages
+    assert everything(store) == before  # nothing modified
+
+    code, report = check(store.uri, "--repair")
+    assert code == 1 and report["repaired"]  # the other problems are not its to fix
+    after = everything(store)
+    assert {k for k in after if not k.startswith("registry/snapshots/")} == \
+           {k for k in before if not k.startswith("registry/snapshots/")}
+    assert all(after[k] == before[k] for k in after if not k.startswith("registry/snapshots/"))
+    code, report = check(store.uri)
+    assert not [p for p in report["problems"] if p["area"] == "snapshots"]
+
+
+def test_a_planted_object_at_the_hash_key_does_not_poison_later_publishes(store, tmp_path):
+    registry = Registry(store)
+    (tmp_path / "w.bin").write_bytes(b"the real weights")
+    digest = hashlib.sha256(b"the real weights").hexdigest()
+    store.create(f"artifacts/{digest}.bin", b"something else")  # planted before anyone published
+    record = registry.register("prior", artifact=tmp_path / "w.bin")
+    assert record.artifact != f"artifacts/{digest}.bin" and record.hash == digest
+    assert registry.fetch_artifact(record, tmp_path / "back.bin").read_bytes() == b"the real weights"
