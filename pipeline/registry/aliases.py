@@ -14,13 +14,14 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pipeline.registry.records import RegistryError
 from pipeline.storage import AlreadyExists, Store, validate_name
 
 ALIASES = "registry/aliases"
 VERSION_DIGITS = 10
+CLOCK_SKEW = timedelta(hours=1)  # how far writers' clocks may disagree
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,19 @@ def history(store: Store, alias: str) -> list[AliasMove]:
     versions = _versions(store, alias)
     keys = [_key(alias, v) for v in versions]
     return [parse(data, store.uri_of(k), alias, v) for k, v, data in zip(keys, versions, store.read_many(keys))]
+
+
+def pointed_at(store: Store, alias: str, target: str, since: datetime) -> bool:
+    """Whether ``alias`` ever pointed at ``target`` in a move made after ``since``: entries are read newest
+    first and only back to ``since`` minus ``CLOCK_SKEW`` (a move to a record cannot predate it), so the
+    cost follows recent moves, not the alias's whole history."""
+    for version in reversed(_versions(store, alias)):
+        move = _read(store, alias, version)
+        if move.target == target:
+            return True
+        if datetime.fromisoformat(move.moved_at) < since - CLOCK_SKEW:
+            return False
+    return False
 
 
 def names(store: Store) -> list[str]:

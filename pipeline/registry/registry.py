@@ -16,6 +16,7 @@ import os
 import secrets
 import tempfile
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -133,14 +134,18 @@ class Registry:
                 if name is not None:  # a concurrent run of the same name registered first
                     return self.complete(self._same_run(self.get(record.id), fingerprint, config), make_current)
                 record = replace(record, id=Record.new(kind, **fields).id)  # an id collision: draw again
-        return self.complete(record, make_current) if make_current else record
+        alias = current_alias(kind, site)
+        if make_current and alias:  # a new record: no earlier move to it can exist
+            aliases.move(self.store, alias, record.id, unless_current=True)
+        return record
 
     def complete(self, record: Record, make_current: bool = True) -> Record:
         """Finish ``record``'s publish: move its current-alias to it unless that alias already pointed
         at it at some time (a crash between the record and the alias move leaves exactly this undone;
         a later move away from it, e.g. a newer core prior, is never undone)."""
         alias = current_alias(record.kind, record.site)
-        if make_current and alias and record.id not in {m.target for m in aliases.history(self.store, alias)}:
+        if make_current and alias and not aliases.pointed_at(self.store, alias, record.id,
+                                                             datetime.fromisoformat(record.created_at)):
             aliases.move(self.store, alias, record.id, unless_current=True)
         return record
 

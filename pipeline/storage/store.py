@@ -262,13 +262,13 @@ class S3Backend:
             raise self._missing_bucket() or StoreError(f"{key}: the server answered 'not found' to a write") from None
 
     def read(self, key: str) -> bytes:
-        return self.fs.cat_file(self._path(key))
+        return self.fs.cat_file(self._path(key), max_concurrency=1)  # one GET (no HEAD for a concurrent read)
 
     def read_many(self, keys: list[str]) -> list[bytes]:
         paths = [self._path(k) for k in keys]
         if not paths:
             return []
-        found = self.fs.cat(paths, on_error="return", batch_size=64)
+        found = self.fs.cat(paths, on_error="return", batch_size=64, max_concurrency=1)
         out = []
         for path in paths:
             value = found.get(path)
