@@ -203,12 +203,11 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     registry = Registry(store)
     started = time.time()
     features = scan(spec)
-    done = registry.find_run("prior", spec.name)  # also checks that the store answers, before Ray starts
-    if done:
-        record = registry.register("prior", name=spec.name, settings=run_settings(spec),
-                                   fingerprint=features.fingerprint, make_current=make_current)
-        say(f"[prior fit] run {spec.name} is already registered as {record.id}")
-        return record
+    done = registry.find_run("prior", spec.name, legacy=True)  # also checks the store answers, before Ray starts
+    if done:  # a rerun, or a crash after the record: complete the publish (the alias move) if it was not
+        registry.complete(registry.same_run(done, features.fingerprint, run_settings(spec)), make_current)
+        say(f"[prior fit] run {spec.name} is already registered as {done.id}")
+        return done
     say(f"[prior fit] {spec.features}: {len(features.files)} Parquet files, "
         f"{sum(f.size for f in features.files) / 2**20:,.1f} MiB; checking every row")
 

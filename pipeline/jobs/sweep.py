@@ -314,11 +314,11 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     default_name, baseline_name = experiment_names(spec, sites)
     name = validate_name(name, "sweep name") if name else default_name
     fingerprint = hashlib.sha256(json.dumps({s: d.fingerprint for s, d in sorted(sites.items())}).encode()).hexdigest()
-    done = registry.find_run("sweep", name)
+    done = registry.find_run("sweep", name, legacy=True)
     if done:
-        record = registry.register("sweep", name=name, settings={"experiment": default_name}, fingerprint=fingerprint)
-        say(f"[sweep {spec.name}] {name} is already recorded as {record.id}")
-        return record
+        registry.same_run(done, fingerprint, {"experiment": default_name})
+        say(f"[sweep {spec.name}] {name} is already recorded as {done.id}")
+        return done
 
     gpu = spec.resources.gpu
     if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:

@@ -118,7 +118,7 @@ class Registry:
         if name is not None:
             existing = self.find_run(kind, name)
             if existing is not None:
-                return self.complete(self._same_run(existing, fingerprint, config), make_current)
+                return self.complete(self.same_run(existing, fingerprint, settings), make_current)
         for ref in [*parents, *([aligned_to] if aligned_to else [])]:
             self.get(ref)  # refuse links to records that do not exist
         if digest is not None:
@@ -132,7 +132,7 @@ class Registry:
                 break
             except AlreadyExists:
                 if name is not None:  # a concurrent run of the same name registered first
-                    return self.complete(self._same_run(self.get(record.id), fingerprint, config), make_current)
+                    return self.complete(self.same_run(self.get(record.id), fingerprint, settings), make_current)
                 record = replace(record, id=Record.new(kind, **fields).id)  # an id collision: draw again
         alias = current_alias(kind, site)
         if make_current and alias:  # a new record: no earlier move to it can exist
@@ -149,21 +149,26 @@ class Registry:
             aliases.move(self.store, alias, record.id, unless_current=True)
         return record
 
-    def _same_run(self, existing: Record, fingerprint: str | None, config: dict) -> Record:
-        if existing.fingerprint != fingerprint or existing.config.get("settings_digest") != config["settings_digest"]:
+    def same_run(self, existing: Record, fingerprint: str | None, settings: dict | None) -> Record:
+        """``existing`` if it is the run a caller with this data and these ``settings`` would register under
+        its name; else a ``RegistryError`` (the same name was used for another run). Records from before
+        settings were kept are compared by data only."""
+        digest = existing.config.get("settings_digest")
+        if existing.fingerprint != fingerprint or digest not in (None, settings_digest(settings or {})):
             what = "data" if existing.fingerprint != fingerprint else "settings"
             raise RegistryError(f"run name {existing.name!r} is already registered as {existing.id} with other "
                                 f"{what}; choose another name (or none) for a new run")
         return existing
 
-    def find_run(self, kind: str, name: str) -> Record | None:
-        """The record of the run ``name`` of ``kind`` (also one registered before names fixed ids)."""
+    def find_run(self, kind: str, name: str, legacy: bool = False) -> Record | None:
+        """The record of the run ``name`` of ``kind``; with ``legacy`` also one registered before names
+        fixed ids (found by listing every record)."""
         try:
             return self.get(named_id(kind, name))
         except MissingRecord:
             pass
-        legacy = [r for r in self.records(kind=kind) if r.name == name]
-        return legacy[0] if legacy else None
+        found = [r for r in self.records(kind=kind) if r.name == name] if legacy else []
+        return found[0] if found else None
 
     def _publish_artifact(self, path: Path, digest: str, progress: Progress | None) -> str:
         """Publish the file under its content hash and return its key. If that key already holds other

@@ -60,7 +60,7 @@ class Store:
                 raise ValueError(f"store URI {uri!r} names no bucket (expected s3://bucket/prefix)")
             root = f"{bucket}/{prefix}" if prefix else bucket
             return cls(f"s3://{root}", S3Backend(root, s3 or S3Options.from_env()))
-        path = Path(parts.path if parts.scheme == "file" else uri).expanduser().resolve()
+        path = Path(os.path.expanduser(parts.path if parts.scheme == "file" else uri)).resolve()  # "~nobody" stays
         return cls(str(path), LocalBackend(path))
 
     @property

@@ -167,21 +167,51 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_registers_one_prio
     assert [r.id for r in Registry(store).records()] == [record.id]
 
 
+DIES_BEFORE_THE_ALIAS_MOVE = """
+import os, signal, sys
+from pipeline.storage.store import Store
+create = Store.create
+def create_or_die(self, key, data):
+    if key.startswith("registry/aliases/"):
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # the driver and the Ray it started, at once
+    create(self, key, data)
+Store.create = create_or_die
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
-def test_the_cli_starts_a_local_ray_and_uses_the_default_store(two_blobs, tmp_path):
+def test_the_cli_starts_a_local_ray_and_a_driver_killed_before_the_alias_move_is_completed_by_the_rerun(
+        two_blobs, tmp_path):
+    """The crash window between a prior's record and the ``core`` move: the rerun with the same name trains
+    nothing and moves the alias, once; the same name with other settings is refused."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FLOWPRIOR_STORE")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "prior", "fit", "--features", str(two_blobs), "--steps", "100",
-         "--report-every", "50", "--width", "32", "--depth", "2", "--name", "embedded",
-         "--precision", "bf16", "--t-group", "8"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    fit = ["prior", "fit", "--features", str(two_blobs), "--steps", "100", "--report-every", "50", "--width", "32",
+           "--depth", "2", "--name", "embedded", "--precision", "bf16", "--t-group", "8"]
+    died = subprocess.run([sys.executable, "-c", DIES_BEFORE_THE_ALIAS_MOVE, *fit], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    assert "[prior fit] step 100" in died.stdout + died.stderr  # progress a person can follow
+    registry = Registry(Store.open(str(tmp_path / "flowprior-store")))
+    (record,) = registry.records()
+    assert registry.alias(CORE_ALIAS) is None  # the crash window
+
+    result = subprocess.run([sys.executable, "-m", "pipeline", *fit], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[prior fit] step 100" in result.stdout + result.stderr  # progress a person can follow
-    (record,) = Registry(Store.open(str(tmp_path / "flowprior-store"))).records()
+    assert "already registered" in result.stdout and "[prior fit] step" not in result.stdout + result.stderr
+    assert registry.records() == [record] and [m.target for m in registry.alias_history(CORE_ALIAS)] == [record.id]
     assert record.name == "embedded" and f"prior {record.id}  run embedded" in result.stdout
     # the training settings reached the workers' loop and the record (bf16 autocast runs on a CPU too)
     assert record.config["fit"]["precision"] == "bf16" and record.config["fit"]["t_group"] == 8
     assert record.metrics["step"] == 100 and math.isfinite(record.metrics["heldout_fm"])
+
+    other = [*fit[:fit.index("--steps") + 1], "50", *fit[fit.index("--steps") + 2:]]
+    refused = subprocess.run([sys.executable, "-m", "pipeline", *other], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "already registered as" in refused.stderr and "other settings" in refused.stderr
+    assert registry.records() == [record]

@@ -202,3 +202,38 @@ def test_record_fields_must_have_their_types(field, value, message):
         raw["artifact"] = "artifacts/x"
     with pytest.raises(RegistryError, match=message):
         Record.from_json(json.dumps(raw).encode(), "r.json")
+
+
+def test_concurrent_runs_of_one_name_register_once_and_other_settings_are_refused(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry = Registry(store)
+    publish = lambda _: registry.register("prior", name="nightly", settings={"lr": 1e-3}, fingerprint="a" * 64).id  # noqa: E731
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(publish, range(8)))
+    (record,) = registry.records()
+    assert ids == {record.id} and [m.target for m in registry.alias_history(CORE_ALIAS)] == [record.id]
+    with pytest.raises(RegistryError, match="'nightly' is already registered as .* with other settings"):
+        registry.register("prior", name="nightly", settings={"lr": 1e-2}, fingerprint="a" * 64)
+    with pytest.raises(RegistryError, match="with other data"):
+        registry.register("prior", name="nightly", settings={"lr": 1e-3}, fingerprint="b" * 64)
+    assert len(registry.records()) == 1
+
+
+def test_a_copied_store_still_loads_its_priors(tiny_prior, tmp_path):
+    import dataclasses
+    import shutil
+
+    from pipeline.storage import Store
+
+    registry = Registry(Store.open(str(tmp_path / "old")))
+    record = registry.publish_prior(tiny_prior)
+    # a record from before artifacts were keys: an absolute URI under the store's old location
+    legacy = dataclasses.replace(record, id="prior-legacy", artifact=f"s3://old-bucket/fleet/{record.artifact}")
+    registry.store.create("registry/records/prior-legacy.json", legacy.to_json())
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    shutil.rmtree(tmp_path / "old")
+    moved = Registry(Store.open(str(tmp_path / "new")))
+    y, t = torch.randn(4, 3), torch.rand(4)
+    for rid in (record.id, "prior-legacy"):
+        assert torch.equal(moved.load_prior(rid).velocity(y, t), tiny_prior.velocity(y, t))
