@@ -33,7 +33,9 @@ def test_every_store_operation_against_a_silent_server_fails_within_its_budget(t
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "silent-test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "silent-test-secret")
     (tmp_path / "a.bin").write_bytes(b"x" * 1000)
-    budget = ATTEMPTS * (CONNECT + READ) + 1.0  # + botocore's backoff between the attempts (< 1 s)
+    # 2 attempts x (1 s + 2 s) plus botocore's backoff (< 1 s) is about 6.5 s at worst; the promise, with a
+    # margin for a loaded machine, is 3 x (connect + read) = 9 s
+    budget = 3 * (CONNECT + READ)
     with SilentServer() as server:
         store = Store.open("s3://bucket/fleet", S3Options(endpoint_url=server.endpoint, connect_timeout=CONNECT,
                                                          read_timeout=READ, retries=ATTEMPTS))
@@ -45,7 +47,7 @@ def test_every_store_operation_against_a_silent_server_fails_within_its_budget(t
             "registry ls": lambda: Registry(store).records(), "publish": lambda: Registry(store).register("prior"),
         }
         took = {}
-        for name, operation in operations.items():
+        for name, operation in operations.items():  # one after another: s3fs's one event loop serialises them
             start = time.monotonic()
             with pytest.raises(StoreError, match=r"store s3://bucket/fleet: cannot \w+ .*Timeout") as info:
                 operation()
@@ -57,7 +59,7 @@ def test_every_store_operation_against_a_silent_server_fails_within_its_budget(t
 
 
 RATES = {"drop": 0.04, "500": 0.04, "503": 0.04, "applied-reply-dropped": 0.06, "delay": 0.10}
-WRITERS, EACH = 32, 3
+WRITERS, EACH = 32, 2
 
 
 @pytest.mark.slow
@@ -87,7 +89,7 @@ def test_32_writers_through_a_faulty_proxy_lose_nothing_and_duplicate_nothing(s3
           f"requests {dict(proxy.requests)}")
     assert [error for *_, error in reports if error] == []
     assert all(counts.get(f, 0) > 0 for f in RATES), counts  # every kind of fault happened
-    assert counts["applied-reply-dropped"] >= 10
+    assert counts["applied-reply-dropped"] >= 10  # each one a write the server applied and the client never heard of
 
     registry = Registry(Store.open(store_uri))  # straight to the server, no faults
     records = registry.records()

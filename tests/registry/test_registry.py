@@ -237,3 +237,13 @@ def test_a_copied_store_still_loads_its_priors(tiny_prior, tmp_path):
     y, t = torch.randn(4, 3), torch.rand(4)
     for rid in (record.id, "prior-legacy"):
         assert torch.equal(moved.load_prior(rid).velocity(y, t), tiny_prior.velocity(y, t))
+
+
+def test_a_bad_alias_entry_is_named(store):
+    registry = Registry(store)
+    registry.register("prior")
+    store.create("registry/aliases/core/0000000002.json", b"null")
+    with pytest.raises(RegistryError, match=r"registry/aliases/core/0000000002.json: not a valid alias entry"):
+        registry.alias(CORE_ALIAS)
+    with pytest.raises(RegistryError, match=r"0000000002.json: not a valid alias entry"):
+        registry.alias_history(CORE_ALIAS)
