@@ -48,7 +48,17 @@ def parse(data: bytes, where: str, alias: str, version: int) -> AliasMove:
             or not isinstance(move.previous, (str, type(None))) or not isinstance(move.moved_at, str):
         raise RegistryError(f"{where}: not a valid alias entry (it says alias {move.alias!r} version {move.version!r} "
                             f"-> {move.target!r}, previous {move.previous!r})")
+    try:
+        utc(move.moved_at)
+    except ValueError:
+        raise RegistryError(f"{where}: not a valid alias entry (moved_at {move.moved_at!r:.40} is not a time)") from None
     return move
+
+
+def utc(text: str) -> datetime:
+    """An ISO 8601 time, taken as UTC if it names no zone."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _read(store: Store, alias: str, version: int) -> AliasMove:
@@ -80,7 +90,7 @@ def pointed_at(store: Store, alias: str, target: str, since: datetime) -> bool:
         move = _read(store, alias, version)
         if move.target == target:
             return True
-        if datetime.fromisoformat(move.moved_at) < since - CLOCK_SKEW:
+        if utc(move.moved_at) < since - CLOCK_SKEW:
             return False
     return False
 

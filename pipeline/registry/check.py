@@ -10,8 +10,8 @@ Checked, from the objects themselves:
   version, chains (its ``previous`` is the target before it) and targets an existing record;
 * snapshots: each matches its digest, and each row equals the record file of that id.
 
-``repair`` may only rebuild snapshots (they are caches): it deletes the snapshots with problems and
-writes one fresh snapshot of the record files. Records, artifacts and aliases are never changed.
+``repair`` may only rebuild snapshots (they are caches): it deletes the snapshots with problems and,
+on S3, writes one fresh snapshot of the record files. Records, artifacts and aliases are never changed.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def check(registry: Registry, hashes: bool = True) -> Report:
     report = Report(store.uri)
     say = lambda area, key, message: report.problems.append(Problem(area, key, message))  # noqa: E731
 
-    raw = {n[: -len(".json")]: store.read(f"{RECORDS}/{n}") for n in store.list(RECORDS) if n.endswith(".json")}
+    names = [n for n in store.list(RECORDS) if n.endswith(".json")]
+    raw = dict(zip([n[: -len(".json")] for n in names], store.read_many([f"{RECORDS}/{n}" for n in names])))
     records: dict[str, Record] = {}
     for record_id, data in raw.items():
         key = f"{RECORDS}/{record_id}.json"
@@ -167,22 +168,22 @@ def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report) -
 
 
 def repair(registry: Registry, report: Report) -> None:
-    """Delete the snapshots ``report`` found problems in and write one fresh snapshot of the record files
-    that parse. Nothing else is touched."""
+    """Delete the snapshots ``report`` found problems in and, on S3 (local stores read the record files),
+    write one fresh snapshot of the record files that parse. Nothing else is touched."""
     store = registry.store
     for problem in report.problems:
         if problem.area == "snapshots" and problem.key not in report.repaired:
             store.delete(problem.key)
             report.repaired.append(problem.key)
+    if store.is_local:
+        return
     good = {}
-    for name in store.list(RECORDS):
-        if name.endswith(".json"):
-            data = store.read(f"{RECORDS}/{name}")
-            try:
-                Record.from_json(data, name, name[: -len(".json")])
-            except (RegistryError, ValueError):
-                continue
-            good[name[: -len(".json")]] = data
+    for record_id, data in registry.raw_records().items():  # the listing's record files (verified rows)
+        try:
+            Record.from_json(data, record_id, record_id)
+        except (RegistryError, ValueError):
+            continue
+        good[record_id] = data
     if good:
         snapshots.write(store, good)
         report.repaired.append(f"{snapshots.SNAPSHOTS}/{snapshots.name_of(good)}")

@@ -16,7 +16,6 @@ import os
 import secrets
 import tempfile
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -145,7 +144,7 @@ class Registry:
         a later move away from it, e.g. a newer core prior, is never undone)."""
         alias = current_alias(record.kind, record.site)
         if make_current and alias and not aliases.pointed_at(self.store, alias, record.id,
-                                                             datetime.fromisoformat(record.created_at)):
+                                                             aliases.utc(record.created_at)):
             aliases.move(self.store, alias, record.id, unless_current=True)
         return record
 

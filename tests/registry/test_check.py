@@ -75,3 +75,17 @@ def test_a_planted_object_at_the_hash_key_does_not_poison_later_publishes(store,
     record = registry.register("prior", artifact=tmp_path / "w.bin")
     assert record.artifact != f"artifacts/{digest}.bin" and record.hash == digest
     assert registry.fetch_artifact(record, tmp_path / "back.bin").read_bytes() == b"the real weights"
+
+
+def test_repair_on_s3_replaces_a_forged_snapshot_with_one_of_the_record_files(s3_store):
+    registry = Registry(s3_store)
+    records = [registry.register("prior", metrics={"fm": 1.0}) for _ in range(3)]
+    forged = {r.id: r.to_json().replace(b'"fm": 1.0', b'"fm": 0.5') for r in records}
+    snapshots.write(s3_store, forged)
+    code, report = check(s3_store.uri)
+    assert code == 1 and [p["area"] for p in report["problems"]] == ["snapshots"]
+    code, report = check(s3_store.uri, "--repair")
+    fresh = snapshots.name_of(registry.raw_records())
+    assert report["repaired"] == [f"registry/snapshots/{snapshots.name_of(forged)}", f"registry/snapshots/{fresh}"]
+    assert s3_store.list(snapshots.SNAPSHOTS) == [fresh]
+    assert check(s3_store.uri) == (0, check(s3_store.uri)[1])
