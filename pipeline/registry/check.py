@@ -123,7 +123,7 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
     moves = 0
     for alias in names:
         folder = f"{aliases.ALIASES}/{alias}"
-        listed = [n for n in store.list(folder)]
+        listed = store.list(folder)
         versions = sorted(int(n[:-5]) for n in listed if n.endswith(".json") and n[:-5].isdigit())
         for n in listed:
             if not (n.endswith(".json") and n[:-5].isdigit()):
