@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -241,11 +242,17 @@ class S3Backend:
                                  "the store URI and the S3 endpoint)")
         return None
 
-    def create(self, key: str, data: bytes) -> None:
+    @contextmanager
+    def _writing(self, key: str):
+        """A write's 'not found' means the bucket is missing (said so), or a server error."""
         try:
-            self.fs.pipe_file(self._path(key), data, mode="create")
+            yield
         except FileNotFoundError:
             raise self._missing_bucket() or StoreError(f"{key}: the server answered 'not found' to a write") from None
+
+    def create(self, key: str, data: bytes) -> None:
+        with self._writing(key):
+            self.fs.pipe_file(self._path(key), data, mode="create")
 
     def put_file(self, key: str, path: Path, progress: Progress | None) -> None:
         from fsspec.callbacks import Callback
@@ -255,11 +262,9 @@ class S3Backend:
                 if progress and self.size:
                     progress(self.value, self.size)
 
-        try:
+        with self._writing(key):
             self.fs.put_file(str(path), self._path(key), callback=Report(), mode="create",
                              chunksize=8 << 20, max_concurrency=4)
-        except FileNotFoundError:
-            raise self._missing_bucket() or StoreError(f"{key}: the server answered 'not found' to a write") from None
 
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key), max_concurrency=1)  # one GET (no HEAD for a concurrent read)
