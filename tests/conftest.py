@@ -24,7 +24,7 @@ class GaussianFlow:
         self.mu, self.s = mu, s
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(x.dtype)[:, None]
+        t = t.to(x.dtype).repeat_interleave(len(x) // len(t))[:, None]  # one t per row, or per group
         var_t = (1 - t) ** 2 + t**2 * self.s**2
         c_t = (t * self.s**2 - (1 - t)) / var_t
         mu = self.mu.to(x.dtype)
@@ -48,6 +48,30 @@ class GaussianFlow:
         d = y.shape[1]
         return (-0.5 * ((y - self.mu.to(y.dtype)) / self.s).pow(2).sum(-1)
                 - d * math.log(self.s) - 0.5 * d * math.log(2 * math.pi))
+
+
+class MixtureFlow:
+    """The exact velocity field of a mixture ``sum_k w_k N(mu_k, s_k^2 I)``: per component, ``x_t`` given
+    component ``k`` is ``N(t mu_k, sigma_k,t^2 I)``, so with responsibilities ``r_k(x, t)`` of those,
+
+        v*(x, t) = sum_k r_k(x, t) (mu_k + c_k,t (x - t mu_k))     (c_k,t as for one Gaussian).
+
+    ``t`` may be one time per row ``(n,)`` or per group of rows ``(g,)``, as ``VelocityMLP`` takes it."""
+
+    def __init__(self, weights: list[float], means: torch.Tensor, stds: list[float]) -> None:
+        self.log_w = torch.tensor(weights, dtype=torch.float64).log()  # (k,)
+        self.mu, self.s = means.double(), torch.tensor(stds, dtype=torch.float64)  # (k, d), (k,)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape
+        t = t.double().repeat_interleave(n // len(t))[:, None, None]  # (n, 1, 1)
+        x = x.double()[:, None, :]  # (n, 1, d)
+        var = (1 - t) ** 2 + t**2 * self.s[None, :, None] ** 2  # (n, k, 1)
+        offset = x - t * self.mu[None]  # (n, k, d)
+        log_r = self.log_w[None] - 0.5 * (offset.pow(2) / var).sum(-1) - 0.5 * d * var[..., 0].log()  # (n, k)
+        c = (t * self.s[None, :, None] ** 2 - (1 - t)) / var
+        per_component = self.mu[None] + c * offset  # (n, k, d)
+        return (log_r.softmax(-1)[..., None] * per_component).sum(1)  # (n, d)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_help_explains_the_toy_command():
     result = run_cli("toy", "--help")
     assert result.returncode == 0
-    for word in ("--distribution", "mog", "swissroll", "--quick", "--beta", "metrics.json"):
+    for word in ("--distribution", "mog", "swissroll", "--quick", "--aux-steps", "metrics.json"):
         assert word in result.stdout
 
 
@@ -21,7 +21,7 @@ def test_help_explains_the_toy_command():
     "args, message",
     [
         (["toy", "--distribution", "gauss"], "invalid choice: 'gauss'"),
-        (["toy", "--distribution", "mog", "--beta", "-1"], "beta must be 'auto' or a number >= 0"),
+        (["toy", "--distribution", "mog", "--aux-steps", "0"], "expected a positive integer"),
         (["toy", "--distribution", "mog", "--width", "0"], "expected a positive integer"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -91,7 +91,7 @@ def test_any_store_uri_opens_or_is_refused_without_secrets(uri):
 
 SPEC_KEYS = ("site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds", "seed",
              "bogus")
-SECTION_KEYS = ("uri", "filters", "lambda", "steps", "lr", "widths", "latent_dim", "finetune_fm", "refit_fm",
+SECTION_KEYS = ("uri", "filters", "lambda", "steps", "lr", "widths", "latent_dim", "finetune_gain", "refit_fm",
                 "heldout_fraction", "draws", "log_every")
 
 

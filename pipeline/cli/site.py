@@ -30,10 +30,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps([{"site": c.site, "decision": c.config["decision"], "check": c.id, "prior": c.parents[0],
                            **c.metrics} for c in checks], indent=1))
         return 0
-    print(f"{'site':10s} {'decision':9s} {'fm_ratio':>8s} {'nll_gap':>8s} {'mmd':>8s}  check")
+    print(f"{'site':10s} {'decision':9s} {'probe':>6s} {'fm_ratio':>8s} {'nll_gap':>8s} {'mmd':>8s}  check")
     for c in checks:
         m = c.metrics
-        print(f"{c.site:10s} {c.config['decision']:9s} {m['fm_ratio']:8.3f} {m['nll_gap']:+8.3f} {m['mmd']:8.4f}  {c.id}")
+        print(f"{c.site:10s} {c.config['decision']:9s} {m['probe_gain']:6.1%} {m['fm_ratio']:8.3f} {m['nll_gap']:+8.3f} {m['mmd']:8.4f}  {c.id}")
     return 0
 
 

@@ -31,10 +31,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(json.dumps({"sweep": record.id, "name": record.name, "metrics": record.metrics,
                           "choices": record.config["choices"]}, indent=1))
         return 0
-    print(f"{'site':10s} {'lambda':>7s} {'lr':>7s} {'draws':>5s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} "
+    print(f"{'site':10s} {'mode':5s} {'lambda':>7s} {'lr':>7s} {'draws':>5s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} "
           f"{'nll@0':>8s} {'objective':>9s}  bound")
     for site, c in record.config["choices"].items():
-        print(f"{site:10s} {c['lam']:7g} {c['lr']:7g} {c['draws']:5d} {c['recon']:8.4f} {c['baseline_recon']:8.4f} "
+        print(f"{site:10s} {c.get('mode', 'align'):5s} {c['lam']:7g} {c['lr']:7g} {c['draws']:5d} {c['recon']:8.4f} {c['baseline_recon']:8.4f} "
               f"{c['knn_nll']:8.3f} {c['baseline_knn_nll']:8.3f} {c['objective']:9.3f}  "
               f"{'within' if c['feasible'] else 'exceeded'}")
     print(f"sweep {record.id}: align with `flowprior site align SITE.yaml --from-sweep {record.id}`")

@@ -33,9 +33,8 @@ def plot_decisions(checks: dict[str, Record], path: Path) -> str:
     t = next(iter(checks.values())).config["thresholds"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, key, lines, title in (
-        (axes[0], "fm_ratio", [(t["finetune_fm"], "finetune")], "held-out FM loss / core's own (refit above "
-                                                                f"{t['refit_fm']:g})"),
-        (axes[1], "nll_gap", [(t["finetune_nll"], "finetune")], "kNN NLL gap (nats/point)"),
+        (axes[0], "probe_gain", [(t["finetune_gain"], "finetune")], "held-out FM gain of a probe fine-tune"),
+        (axes[1], "fm_ratio", [], f"held-out FM loss / core's own (refit above {t['refit_fm']:g})"),
         (axes[2], "mmd", [], "MMD^2, prior samples vs site"),
     ):
         ax.bar(sites, [checks[s].metrics[key] for s in sites], color=["C0" if checks[s].config["decision"] == "reuse"
@@ -84,10 +83,13 @@ def plot_alignment_curves(alignments: list, path: Path) -> str:
     return _save(fig, path)
 
 
-def plot_latents(alignments: list, priors: dict[str, FlowPrior], observations: dict[str, np.ndarray], path: Path) -> str:
-    """Latents of the aligned and the lambda = 0 encoder vs prior samples, on the prior samples' top-2 PCs."""
-    fig, axes = plt.subplots(1, len(alignments), figsize=(3.6 * len(alignments), 3.6), squeeze=False)
-    for ax, a in zip(axes[0], alignments):
+def plot_latents(alignments: list, matched: list, priors: dict[str, FlowPrior], observations: dict[str, np.ndarray],
+                 path: Path) -> str:
+    """Latents vs prior samples, on the prior samples' top-2 PCs: the plain aligned and the lambda = 0
+    encoder (top row) and, where they ran, the distribution-matching encoders (bottom row)."""
+    rows = 2 if any(m is not None for m in matched) else 1
+    fig, axes = plt.subplots(rows, len(alignments), figsize=(3.6 * len(alignments), 3.6 * rows), squeeze=False)
+    for column, (a, m) in enumerate(zip(alignments, matched)):
         prior = priors[a.record.site]
         samples = prior.sample(1500, generator=torch.Generator().manual_seed(0))  # (1500, d1)
         mean = samples.mean(0)
@@ -95,14 +97,18 @@ def plot_latents(alignments: list, priors: dict[str, FlowPrior], observations: d
         to_2d = lambda y: ((y - mean) @ v[:2].T).numpy()  # noqa: E731  (n, d1) -> (n, 2)
         o = torch.from_numpy(observations[a.record.site][:1500])
         with torch.no_grad():
-            aligned, baseline = a.aligned.model.encode(o), a.baseline.model.encode(o)
-        for y, label, colour in ((samples, "prior samples", "0.6"), (baseline, "lambda = 0", "C1"),
-                                 (aligned, "aligned", "C0")):
-            p = to_2d(y)
-            ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, color=colour, label=label)
+            panels = [((a.baseline.model.encode(o), "lambda = 0", "C1"),
+                       (a.aligned.model.encode(o), f"L_align, lambda {a.record.config['lambda']:g}", "C0"))]
+            if m is not None:
+                panels.append(((m.aligned.model.encode(o), f"match, lambda {m.record.config['lambda']:g}", "C2"),))
         lim = np.abs(to_2d(samples)).max() * 1.5
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=a.record.site)
-        ax.legend(fontsize=7, markerscale=4, loc="upper right")
+        for row, latents in enumerate(panels):
+            ax = axes[row][column]
+            for y, label, colour in ((samples, "prior samples", "0.6"), *latents):
+                p = to_2d(y)
+                ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, color=colour, label=label)
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), title=a.record.site)
+            ax.legend(fontsize=7, markerscale=4, loc="upper right")
     return _save(fig, path)
 
 
@@ -122,14 +128,14 @@ def plot_tradeoff(alignments: list, path: Path) -> str:
 
 
 def write_report(out: Path, registry: Registry, core: Record, checks: dict, site_priors: dict, alignments: list,
-                 priors: dict, per_site: dict, summary: dict, sweep: Record | None = None) -> Path:
+                 matched: list, priors: dict, per_site: dict, summary: dict, sweep: Record | None = None) -> Path:
     core_prior = registry.load_prior(core.id)
     observations = {site: data[2015]["x"] for site, data in per_site.items()}
     figures = {
         "decisions": plot_decisions(checks, out / "decisions.png"),
         "prior_fits": plot_prior_fits(core_prior, site_priors, out / "prior_fits.png"),
         "alignment_curves": plot_alignment_curves(alignments, out / "alignment_curves.png"),
-        "latents": plot_latents(alignments, priors, observations, out / "latents.png"),
+        "latents": plot_latents(alignments, matched, priors, observations, out / "latents.png"),
         "tradeoff": plot_tradeoff(alignments, out / "tradeoff.png"),
     }
     sweep_section = ""
@@ -138,8 +144,10 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
                          f"<h3>Chosen settings</h3>{sweeps_report.choices_table(sweep)}"
                          f"<h3>Reconstruction vs alignment, every trial that ran to the end (chosen: circled)</h3>"
                          f"<img src=\"{sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png')}\">")
-    decisions = sweeps_report.table(["site", "decision", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM", "check record"],
-                       [[s, c.config["decision"], c.metrics["fm_ratio"], c.metrics["nll_gap"], c.metrics["mmd"],
+    decisions = sweeps_report.table(["site", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM",
+                                     "check record"],
+                       [[s, c.config["decision"], c.metrics["probe_gain"], c.metrics["fm_ratio"], c.metrics["nll_gap"],
+                         c.metrics["mmd"],
                          c.metrics["fm_site"], c.metrics["fm_core"], c.id] for s, c in checks.items()])
     encoders = sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon", "median recon (lambda 0)",
                        "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)",
@@ -148,10 +156,17 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
                           "recon", "baseline_recon", "recon_median", "baseline_recon_median", "l_align",
                           "baseline_l_align", "knn_nll", "baseline_knn_nll", "target_knn_nll", "spread",
                           "baseline_spread")], a.record.aligned_to] for a in alignments])
-    fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v["recon_lambda0"], v["recon_aligned"]]
-                  for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
-    faults = sweeps_report.table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC recon (lambda 0)",
-                     "AUROC recon (aligned)"], fault_rows)
+    matching = sweeps_report.table(
+        ["site", "lambda", "recon", "median recon", "median recon / lambda 0", "kNN NLL", "kNN NLL (target's own)",
+         "spread", "spread (L_align)", "encoder"],
+        [[m.record.site, m.record.config["lambda"], m.record.metrics["recon"], m.record.metrics["recon_median"],
+          m.record.metrics["recon_median"] / m.record.metrics["baseline_recon_median"], m.record.metrics["knn_nll"],
+          m.record.metrics["target_knn_nll"] or "-", m.record.metrics["spread"], a.record.metrics["spread"], m.record.id]
+         for a, m in zip(alignments, matched) if m is not None])
+    fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v.get("l_align_match", "-"), v["recon_lambda0"],
+                   v["recon_aligned"]] for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
+    faults = sweeps_report.table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC L_align (match)",
+                                  "AUROC recon (lambda 0)", "AUROC recon (aligned)"], fault_rows)
     lineage = "".join(
         f"<h3>{html.escape(a.record.site)}</h3><ul>" + "".join(
             f"<li><code>{html.escape(r.id)}</code> ({html.escape(r.kind)}"
@@ -170,6 +185,7 @@ Store: <code>{html.escape(registry.store.uri)}</code>. Data: ENGIE La Haute Born
 {sweep_section}
 <h2>Encoder alignment</h2>{encoders}
 <h3>L_align vs kNN NLL proxy during training</h3><img src="{figures['alignment_curves']}">
+<h3>Distribution matching (<code>alignment: {{mode: match}}</code>)</h3>{matching}
 <h3>Latents vs prior samples</h3><img src="{figures['latents']}">
 <h3>Reconstruction vs alignment</h3><img src="{figures['tradeoff']}">
 <h2>Flagging sensor faults</h2><p>Rows with physically impossible readings (temperature below -40 C, pitch outside

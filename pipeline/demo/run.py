@@ -7,7 +7,8 @@
 3. fine-tune or refit where the decision says so, the sites in parallel (Ray tasks);
 4. with ``sweep``: sweep lambda (and friends) per site with Ray Tune (``pipeline.jobs.sweep``);
    align every site's encoder to its prior -- with the sweep's choice if there was one -- and a
-   lambda = 0 baseline, in parallel;
+   lambda = 0 baseline, in parallel; with ``match_lambda``, first also with distribution matching
+   (``mode: match``) for comparison (registered too; the plain encoders, registered after, are current);
 5. score every complete 2015 (and held-out 2014) reading by ``L_align`` of its latent under the
    site's prior and by the baseline's reconstruction error, and measure how well each flags the
    rows with physically impossible readings (AUROC);
@@ -42,6 +43,7 @@ from pipeline.sites import SiteSpec, load_site_spec
 from pipeline.storage import Store
 from pipeline.sweeps import SweepSpec, load_sweep_spec
 
+MATCH_LAMBDA = 1.0  # distribution matching's weight in the demo (benchmarks/alignment_modes.py)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class DemoSettings:
     quick: bool = False  # CI-sized: a few hundred steps everywhere
     address: str | None = None
     sweep: Path | None = None  # a sweep spec over the demo's sites: sweep, then align with its choices
+    match_lambda: float | None = MATCH_LAMBDA  # also align with distribution matching at this lambda; None: skip
 
     def core_spec(self) -> PriorFitSpec:
         """The core prior: the healthy 2014 rows of all four turbines, PCA to ``latent_dim``, a fresh run name."""
@@ -163,12 +166,16 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     sweep_spec = settings.sweep_spec(specs)
     sweep = run_sweep(sweep_spec, store, settings.address, say=say) if sweep_spec else None
     timings["sweep"] = time.perf_counter() - started - sum(timings.values())
+    matched: list[Alignment | None] = [None] * len(specs)
+    if settings.match_lambda is not None:
+        matched = run_sites(align_site, [replace(s, alignment=replace(s.alignment, mode="match", lam=settings.match_lambda))
+                                         for s in specs], store, settings.address, say=say)
     alignments: list[Alignment] = run_sites(align_site, specs, store, settings.address, say=say,
                                             sweep_id=sweep.id if sweep else None)
     timings["alignment"] = time.perf_counter() - started - sum(timings.values())
 
     per_site, priors = {}, {}
-    for spec, alignment in zip(specs, alignments):
+    for spec, alignment, match in zip(specs, alignments, matched):
         prior = priors[spec.site] = registry.load_prior(alignment.record.aligned_to)
         per_site[spec.site] = {}
         for year in (2015, 2014):
@@ -177,6 +184,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
             with torch.no_grad():
                 recon_lambda0 = alignment.baseline.model.reconstruction_error(torch.from_numpy(x)).numpy()
             scores = {"l_align": aligned["l_align"], "recon_aligned": aligned["recon"], "recon_lambda0": recon_lambda0}
+            if match is not None:
+                scores["l_align_match"] = fault_scores(match.aligned.model, registry.load_prior(match.record.aligned_to),
+                                                       x, spec.seed)["l_align"]
             per_site[spec.site][year] = {"x": x, "labels": labels, "scores": scores}
     faults = _auroc_table(per_site)
     timings["scoring"] = time.perf_counter() - started - sum(timings.values())
@@ -189,10 +199,13 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
             "site_prior": site_priors[spec.site].id if spec.site in site_priors else None,
             "site_prior_metrics": site_priors[spec.site].metrics if spec.site in site_priors else None,
             "encoder": a.record.id, "aligned_to": a.record.aligned_to, "lambda": a.record.config["lambda"],
-            "metrics": a.record.metrics} for spec, a in zip(specs, alignments)},
+            "metrics": a.record.metrics,
+            "match": {"encoder": m.record.id, "lambda": m.record.config["lambda"], "metrics": m.record.metrics}
+            if m is not None else None} for spec, a, m in zip(specs, alignments, matched)},
         "faults_auroc": faults, "quick": settings.quick,
         "sweep": {"id": sweep.id, "metrics": sweep.metrics, "choices": sweep.config["choices"]} if sweep else None}
-    report = write_report(out, registry, core, checks, site_priors, alignments, priors, per_site, summary, sweep)
+    report = write_report(out, registry, core, checks, site_priors, alignments, matched, priors, per_site, summary,
+                          sweep)
     timings["report"] = time.perf_counter() - started - sum(timings.values())
     summary["seconds"] = {**timings, "total": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -202,12 +215,12 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{'site':8s} {'decision':9s} {'fm_ratio':>8s} {'nll_gap':>8s} {'prior':>10s} {'recon':>7s} "
+    lines = [f"{'site':8s} {'decision':9s} {'probe':>6s} {'fm_ratio':>8s} {'nll_gap':>8s} {'prior':>10s} {'recon':>7s} "
              f"{'recon@0':>7s} {'knn_nll':>7s} {'nll@0':>7s} {'nll tgt':>7s} {'spread':>6s} {'AUROC L_align':>13s} {'AUROC recon@0':>13s}"]
     auroc_2015 = summary["faults_auroc"]["2015"]
     for site, s in summary["sites"].items():
         m, c, a = s["metrics"], s["check_metrics"], auroc_2015.get(site, {})
-        lines.append(f"{site:8s} {s['decision']:9s} {c['fm_ratio']:8.3f} {c['nll_gap']:+8.3f} "
+        lines.append(f"{site:8s} {s['decision']:9s} {c['probe_gain']:6.1%} {c['fm_ratio']:8.3f} {c['nll_gap']:+8.3f} "
                      f"{'site' if s['site_prior'] else 'core':>10s} {m['recon']:7.4f} {m['baseline_recon']:7.4f} "
                      f"{m['knn_nll']:7.3f} {m['baseline_knn_nll']:7.3f} {m['target_knn_nll'] or float('nan'):7.3f} "
                      f"{m['spread']:6.2f} "
@@ -216,4 +229,15 @@ def format_summary(summary: dict) -> str:
     lines.append(f"faults 2015, all sites ({pooled['faults']} of {pooled['rows']} rows): AUROC L_align "
                  f"{pooled['l_align']:.3f}, lambda=0 reconstruction {pooled['recon_lambda0']:.3f}, aligned "
                  f"reconstruction {pooled['recon_aligned']:.3f}")
+    for site, s in summary["sites"].items():
+        if s["match"] is not None:
+            m = s["match"]["metrics"]
+            lines.append(f"{site:8s} match     lambda {s['match']['lambda']:g}: recon {m['recon']:.4f}  median x"
+                         f"{m['recon_median'] / m['baseline_recon_median']:.2f} of lambda 0  knn_nll {m['knn_nll']:.3f} "
+                         f"(target {m['target_knn_nll'] or float('nan'):.3f})  spread {m['spread']:.2f}")
+    for year, sites in summary["faults_auroc"].items():
+        if "l_align_match" in sites["all"]:
+            lines.append(f"faults {year}, all sites: AUROC L_align plain {sites['all']['l_align']:.3f}, "
+                         f"match {sites['all']['l_align_match']:.3f}, lambda=0 reconstruction "
+                         f"{sites['all']['recon_lambda0']:.3f}")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
 from pipeline.registry.registry import current_alias
-from pipeline.sites.decision import decide, measure
+from pipeline.sites.decision import decide, measure, probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import SiteSpec
 from pipeline.storage import Store
@@ -64,7 +64,7 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
         raise RegistryError(f"prior {prior_id} has no {', '.join(missing)} in its metrics (fitted before site "
                             "checks existed); refit it with `flowprior prior fit`")
     prior = registry.load_prior(prior_id)
-    features, _, heldout = _site_points(spec, prior)
+    features, train, heldout = _site_points(spec, prior)
     if len(heldout) < MIN_CHECK_POINTS:
         raise DataError(f"{spec.path}: target {spec.target.uri} has {len(features.values)} rows, so "
                         f"{len(heldout)} held out (finetune.heldout_fraction {spec.finetune.heldout_fraction:g}); a "
@@ -72,14 +72,18 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     z = prior.to_prior(features.values[heldout])  # (m, d1)
     numbers = measure(prior, z, record.metrics["heldout_fm"], record.metrics["heldout_nll_proxy"],
                       int(record.metrics["nll_samples"]), seed=spec.seed)
+    settings = spec.finetune
+    numbers |= probe(prior, prior.to_prior(features.values[train]), z, settings.probe_steps, settings.lr,
+                     settings.batch_size, seed=spec.seed)
     decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
                               config={"decision": decision, "thresholds": spec.thresholds.to_dict(),
                                       "spec": spec.path, "target": spec.target.uri},
                               metrics={**numbers, "rows_dropped": features.rows_dropped})
     t = spec.thresholds
-    say(f"[site {spec.site} check] {decision}: fm_ratio {numbers['fm_ratio']:.3f} (> {t.finetune_fm:g} finetunes, "
-        f"> {t.refit_fm:g} refits), nll_gap {numbers['nll_gap']:+.3f} nats (> {t.finetune_nll:g} finetunes), "
+    say(f"[site {spec.site} check] {decision}: a {settings.probe_steps}-step probe fine-tune gains "
+        f"{numbers['probe_gain']:.1%} held-out FM (> {t.finetune_gain:.0%} finetunes), fm_ratio "
+        f"{numbers['fm_ratio']:.3f} (> {t.refit_fm:g} refits), nll_gap {numbers['nll_gap']:+.3f} nats, "
         f"mmd {numbers['mmd']:.4f}; recorded {check.id}")
     return check
 
@@ -193,7 +197,8 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
         if lam is not None or prior_id is not None:
             raise ValueError("--from-sweep sets lambda and the prior; do not also pass --lambda or --prior")
         choice = sweep_choice(registry, sweep_id, spec.site)
-        config = replace(config, **{k: choice[k] for k in ("lam", "lr", "draws", "steps")})
+        config = replace(config, **{k: choice[k] for k in ("lam", "lr", "draws", "steps")},
+                         mode=choice.get("mode", "align"))  # sweeps recorded before modes used L_align
         prior_id = choice["prior"]
         try:
             current = alignment_prior(registry, spec.site)

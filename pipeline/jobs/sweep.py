@@ -50,6 +50,7 @@ from pipeline.method.prior import FlowPrior
 from pipeline.registry import Record, Registry
 from pipeline.storage import Store, validate_name
 from pipeline.sweeps import Selection, SweepSpec, choose, pareto_front
+from pipeline.sweeps.spec import SWEPT
 
 Say = Callable[[str], None]
 STATE_FILE = "training.safetensors"
@@ -105,7 +106,7 @@ def _trial(config: dict, sites: dict, selection: Selection, epoch_steps: int, th
     torch.set_num_threads(threads)
     config = settings_of(config)
     data: SiteData = ray.get(sites[config["site"]])
-    align = replace(data.alignment, **{k: config[k] for k in ("lam", "lr", "draws") if k in config})
+    align = replace(data.alignment, **{k: config[k] for k in SWEPT if k in config})
     observations = np.array(data.observations)  # a writable copy of the object store's read-only array
     training = EncoderTraining(observations, data.prior, align, data.target, data.widths, data.seed, device)
     checkpoint = tune.get_checkpoint()
@@ -179,7 +180,7 @@ class Progress(tune.Callback):
         r, c = trial.last_result or {}, settings_of(trial.config)
         epoch = r.get("epoch", 0)
         how = "ran to the end" if epoch >= self.epochs else f"stopped at epoch {epoch}/{self.epochs}"
-        settings = " ".join(f"{k} {c[k]:g}" for k in ("lam", "lr", "draws") if k in c)
+        settings = " ".join(f"{k} {c[k]}" if isinstance(c[k], str) else f"{k} {c[k]:g}" for k in SWEPT if k in c)
         objective = f"  objective {r['objective']:.3f}" if "objective" in r else ""
         self.say(f"[{self.label}] {self.ended}/{self.total} {c['site']} {settings}: {how}  "
                  f"recon {r.get('recon', math.nan):.4f}  knn_nll {r.get('knn_nll', math.nan):.3f}{objective}")
@@ -248,8 +249,7 @@ def _history(result) -> list[dict]:
 
 def _trial_entry(result, spec: SweepSpec, data: SiteData) -> dict:
     config = settings_of(result.config)
-    settings = {"lam": config.get("lam", data.alignment.lam), "lr": config.get("lr", data.alignment.lr),
-                "draws": config.get("draws", data.alignment.draws)}
+    settings = {k: config.get(k, getattr(data.alignment, k)) for k in SWEPT}
     history = _history(result)
     final = {k: history[-1][k] for k in HISTORY_KEYS if k in history[-1]}
     if data.baseline_recon is not None:
@@ -358,7 +358,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     say(f"[sweep {spec.name}] recorded {record.id}: {metrics['trials']} trials, {metrics['completed']} ran to the end, "
         f"{trial_epochs} of {metrics['full_epochs']} trial-epochs ({metrics['compute_fraction']:.0%})")
     for site, c in choices.items():
-        say(f"[sweep {spec.name}] {site}: lambda {c['lam']:g} lr {c['lr']:g} draws {c['draws']}  recon {c['recon']:.4f} "
+        say(f"[sweep {spec.name}] {site}: {c['mode']} lambda {c['lam']:g} lr {c['lr']:g} draws {c['draws']}  recon {c['recon']:.4f} "
             f"(lambda 0: {c['baseline_recon']:.4f})  knn_nll {c['knn_nll']:.3f}  objective {c['objective']:.3f}"
             f"{'' if c['feasible'] else '  (no trial within the reconstruction bound)'}")
     return record

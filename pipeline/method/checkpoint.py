@@ -26,6 +26,26 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, malformed, of the wrong kind or has been changed."""
 
 
+def optimiser_tensors(optimiser: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimiser's per-parameter state as flat tensors ``{prefix}.{index}.{name}`` (for a tensor-only
+    checkpoint), and its ``param_groups`` (JSON: save them in the config)."""
+    state = optimiser.state_dict()
+    tensors = {f"{prefix}.{i}.{name}": value.detach().cpu().contiguous()
+               for i, entry in state["state"].items() for name, value in entry.items()}
+    return tensors, state["param_groups"]
+
+
+def load_optimiser(optimiser: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str,
+                   groups: list[dict]) -> None:
+    """Restore what :func:`optimiser_tensors` wrote (other keys in ``tensors`` are ignored)."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimiser.load_state_dict({"state": state, "param_groups": groups})
+
+
 def content_digest(kind: str, config: dict, tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the kind, the canonical JSON of ``config`` and every tensor (name, dtype, shape, bytes)."""
     h = hashlib.sha256()

@@ -5,7 +5,9 @@ prior's dimension), one run minimises
 
     L(E, D) = mean_i ||D(E(o_i)) - o_i||^2 / d_obs  +  lambda * mean_i L_align(E(o_i))
 
-with ``L_align`` of :mod:`pipeline.method.losses` (K noise draws, the prior frozen). ``lambda = 0``
+with ``L_align`` of :mod:`pipeline.method.losses` (K noise draws, the prior frozen), or, with
+``mode="match"``, the distribution-matching surrogate of :mod:`pipeline.method.matching` in its place
+(the latents' *distribution* moves to the prior's; an auxiliary flow follows the latents). ``lambda = 0``
 is the plain autoencoder, the baseline every aligned encoder is compared with. Observations
 are standardised inside the model with the median and a robust scale (1.4826 x MAD) of the
 training rows, so a few wild sensor readings do not set the scale.
@@ -23,8 +25,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.method.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.method.checkpoint import (CheckpointError, load_checkpoint, load_optimiser, optimiser_tensors,
+                                        save_checkpoint)
 from pipeline.method.inputs import as_points
+from pipeline.method.matching import MODES, AuxiliaryFlow, MatchConfig, matching_loss
 from pipeline.method.metrics import knn_nll, spread_ratio
 from pipeline.method.prior import FlowPrior
 
@@ -51,7 +55,9 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class AlignConfig:
-    """Stage-2 settings: the alignment weight ``lam`` (lambda), ``draws`` (K) and the optimiser."""
+    """Stage-2 settings: the alignment weight ``lam`` (lambda), ``draws`` (K), the optimiser, and the
+    ``mode``: ``align`` (``L_align``) or ``match`` (distribution matching, with ``aux_steps`` and
+    ``aux_lr`` for its auxiliary flow)."""
 
     lam: float = 1.0
     draws: int = 4
@@ -60,8 +66,14 @@ class AlignConfig:
     lr: float = 1e-3
     log_every: int = 100
     eval_points: int = 2000  # held-fixed rows on which the logged metrics are measured
+    mode: str = "align"
+    aux_steps: int = MatchConfig.aux_steps
+    aux_lr: float = MatchConfig.aux_lr
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.match_config()  # validates aux_steps and aux_lr
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"lambda must be a finite number >= 0, got {self.lam!r}")
         for name in ("draws", "steps", "batch_size", "log_every", "eval_points"):
@@ -69,6 +81,9 @@ class AlignConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    def match_config(self) -> MatchConfig:
+        return MatchConfig(aux_steps=self.aux_steps, aux_lr=self.aux_lr)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +186,8 @@ class EncoderTraining:
         rows = torch.randperm(len(self.o), generator=self.generator, device=self.device)
         self.evaluation_rows = self.o[rows[: config.eval_points]]
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        match = config.mode == "match" and config.lam > 0
+        self.aux = AuxiliaryFlow(self.prior.velocity, config.match_config()) if match else None
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimiser, config.steps)
         self.step = 0
         self.history: list[dict] = []  # step, recon, recon_median, l_align, knn_nll, spread, seconds
@@ -191,7 +208,12 @@ class EncoderTraining:
                                          device=self.device)]
             y, reconstruction = model(batch)
             loss = ((reconstruction - batch) / model.scale).pow(2).mean()
-            if config.lam > 0:
+            if self.aux is not None:
+                self.aux.fit(y, generator=self.generator)
+                match = self.aux.config
+                loss = loss + config.lam * matching_loss(self.prior.velocity, self.aux.velocity, y, config.draws,
+                                                         (match.t_min, match.t_max), self.generator).mean()
+            elif config.lam > 0:
                 loss = loss + config.lam * self.prior.alignment_loss(y, draws=config.draws,
                                                                      generator=self.generator).mean()
             self.optimiser.zero_grad(set_to_none=True)
@@ -220,14 +242,16 @@ class EncoderTraining:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the training state (see the class docstring); returns the file's SHA-256."""
-        adam = self.optimiser.state_dict()
-        tensors = {f"model.{k}": v for k, v in self.model.tensors().items()}
-        tensors |= {f"adam.{i}.{name}": value.detach().cpu().contiguous()
-                    for i, state in adam["state"].items() for name, value in state.items()}
-        tensors["generator"] = self.generator.get_state()
+        adam, adam_groups = optimiser_tensors(self.optimiser, "adam")
+        tensors = {**{f"model.{k}": v for k, v in self.model.tensors().items()}, **adam,
+                   "generator": self.generator.get_state()}
+        aux_groups = None
+        if self.aux is not None:  # distribution matching: the auxiliary flow and its Adam moments too
+            aux, aux_groups = self.aux.tensors()
+            tensors |= {f"aux.{k}": v for k, v in aux.items()}
         state = {"align": self.config.to_dict(), "encoder": self.model.config.to_dict(), "seed": self.seed,
                  "step": self.step, "seconds": self.seconds, "history": self.history,
-                 "adam_groups": adam["param_groups"], "schedule": self.schedule.state_dict()}
+                 "adam_groups": adam_groups, "schedule": self.schedule.state_dict(), "aux_groups": aux_groups}
         return save_checkpoint(path, TRAINING_KIND, state, tensors)
 
     def resume(self, path: str | os.PathLike) -> None:
@@ -239,13 +263,11 @@ class EncoderTraining:
             raise CheckpointError(f"{path}: training state is for another run ({theirs}), not {mine}")
         self.model.requires_grad_(True)
         self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        adam_state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, name = key.split(".", 2)
-                adam_state.setdefault(int(index), {})[name] = value
-        self.optimiser.load_state_dict({"state": adam_state, "param_groups": state["adam_groups"]})
+        load_optimiser(self.optimiser, tensors, "adam", state["adam_groups"])
         self.schedule.load_state_dict(state["schedule"])
+        if self.aux is not None:
+            self.aux.load_tensors({k[len("aux."):]: v for k, v in tensors.items() if k.startswith("aux.")},
+                                  state["aux_groups"])
         self.generator.set_state(tensors["generator"])  # a CPU byte tensor, for a generator on any device
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
 

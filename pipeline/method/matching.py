@@ -1,89 +1,136 @@
-"""Distribution matching: an option past the mode seeking of ``L_align``.
+"""Distribution matching: move latents so that their *distribution* ``q`` becomes the prior ``p``.
 
-Minimising ``L_align(y)`` alone pulls every latent to a mode. Make the latent stochastic,
-``y = mu + sigma * eps`` (``q = N(mu, diag sigma^2)``), and add its entropy:
+``L_align`` is mode seeking: each latent minimises its own loss, so all of them slide towards the
+prior's modes. Here the latents move together, along the gradient of a divergence between
+distributions, estimated with a second flow fitted online to the latents (DMD-style).
 
-    L_match(mu, sigma) = E_eps L_align(mu + sigma eps) - beta * sum_j log sigma_j
-                       = E_q L_align - beta * H(q) + const.
+Noise both with the path of :mod:`pipeline.method.paths` (``t = 1`` is data): ``q_t`` and ``p_t`` are
+the laws of ``x_t = (1 - t) x_0 + t y``, ``x_0 ~ N(0, I)``, ``y ~ q`` (or ``p``). For this path the
+marginal velocity ``v(x, t) = E[x_1 - x_0 | x_t = x]`` and the score are tied: from
+``x = (1 - t) E[x_0 | x] + t E[x_1 | x]`` we get ``E[x_0 | x] = x - t v`` and, as ``x_0`` is Gaussian,
 
-If ``L_align(y) ~ a * NLL(y) + c`` where ``q`` puts its mass, this is
-``a * E_q[NLL] - beta * H(q) = a * KL(q || p^{a / beta}) + const``: it is minimised by
-``q ~ p^{a / beta}``, so ``beta = a`` matches the prior itself (``KL(q || p)``); smaller
-``beta`` sharpens towards the modes, larger blurs. :func:`calibrate_beta` measures ``a`` on the
-prior's own samples as the least-squares slope of ``L_align`` against the flow's exact
-negative log-likelihood. For a Gaussian target both are quadratics in ``y`` and ``beta = a``
-is exact (tested: the optimal ``sigma`` is the target's).
+    s(x, t) = grad log p_t(x) = -E[x_0 | x_t = x] / (1 - t) = (t v(x, t) - x) / (1 - t),
+    so  s_q - s_p = t / (1 - t) (v_q - v_p).
 
-With a learned prior the slope sets each latent's ``sigma`` to the mode width (measured on
-the toy mixture: 0.148 vs the true 0.142), but ``L_align`` of a learned prior has a flat
-bottom around each mode, so the *means* keep the mode-seeking scatter of plain alignment
-(~0.75 of the mode width) and the latents as a whole come out ~1.3x too wide. The aggregate
-variance is ``scatter^2 + sigma^2``; to bring it to the mode width ``sigma^2`` must shrink by
-``1 - 0.75^2 ~ 0.5``, so ``calibrate_beta`` returns ``shrink * a`` with ``shrink = 0.5`` by
-default (``shrink=1`` gives the plain slope). The toy's ``metrics.json`` reports the result.
+Objective: ``D(q) = int w(t) KL(q_t || p_t) dt`` for any weight ``w > 0``. Gaussian smoothing is
+injective, so ``D(q) = 0`` iff ``q = p``: there is nothing to calibrate. For a latent ``y`` (an
+encoder output, or a free particle), with ``x_t`` reparametrised by ``y`` (``d x_t / d y = t I``) and
+the score-function term ``E_q[grad_theta log q]`` vanishing,
+
+    grad_y KL(q_t || p_t) = E_{x_0}[ t (s_q - s_p)(x_t, t) ] = E_{x_0}[ t^2 / (1 - t) (v_q - v_p)(x_t, t) ].
+
+We take ``w(t) = (1 - t) / t^2`` on ``t ~ U[t_min, t_max]``, so each latent moves along
+
+    g(y) = E_{t, x_0}[ v_q(x_t, t) - v_p(x_t, t) ]          (descend: y <- y - lr g(y)),
+
+with ``v_p`` the frozen prior and ``v_q`` an :class:`AuxiliaryFlow`: a copy of the prior fine-tuned
+by flow matching on the current (detached) latents, a few steps per update. Starting from the
+prior's weights, the auxiliary flow's errors where ``q ~ p`` are the prior's own and cancel in
+the difference, so the latents converge to what the prior *generates*, not to a blurred copy.
+:func:`matching_loss` is the surrogate ``<y, stopgrad(g)>`` whose gradient w.r.t. ``y`` is ``g``; its
+value means nothing (log ``L_align`` or a distance instead). The ends of ``[0, 1]`` are left out:
+near ``t = 0`` both fields see only noise; near ``t = 1`` ``v_q - v_p`` is ``O(1 - t)`` while the
+auxiliary flow's error is not.
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
 import torch
 
-from pipeline.method.likelihood import log_likelihood
-from pipeline.method.losses import Velocity, alignment_loss
-from pipeline.method.ode import Solver
+from pipeline.method.checkpoint import load_optimiser, optimiser_tensors
+from pipeline.method.losses import Velocity, flow_matching_loss
+from pipeline.method.paths import interpolate
+
+MODES = ("align", "match")
+"""Alignment modes: ``align`` (``L_align``, the paper) and ``match`` (this module)."""
 
 
-class CalibrationError(ValueError):
-    """The prior's ``L_align`` does not grow with its NLL on the reference points: no ``beta`` to measure."""
+@dataclass(frozen=True)
+class MatchConfig:
+    """Settings of distribution matching: the ``t`` range and the auxiliary flow's optimiser."""
+
+    t_min: float = 0.02
+    t_max: float = 0.98
+    aux_steps: int = 2  # flow-matching steps of the auxiliary flow per latent update
+    aux_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.t_min < self.t_max <= 1:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={self.t_min!r}, t_max={self.t_max!r}")
+        if isinstance(self.aux_steps, bool) or not isinstance(self.aux_steps, int) or self.aux_steps < 1:
+            raise ValueError(f"aux_steps must be a positive integer, got {self.aux_steps!r}")
+        if not self.aux_lr > 0:
+            raise ValueError(f"aux_lr must be > 0, got {self.aux_lr!r}")
+
+
+class AuxiliaryFlow:
+    """``v_q``: a trainable copy of the prior's velocity, fitted online to the latents by flow matching."""
+
+    def __init__(self, prior_velocity: torch.nn.Module, config: MatchConfig = MatchConfig()) -> None:
+        self.config = config
+        self.velocity = copy.deepcopy(prior_velocity).train().requires_grad_(True)
+        self.optimiser = torch.optim.Adam(self.velocity.parameters(), lr=config.aux_lr)
+
+    def fit(self, y: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """``config.aux_steps`` flow-matching steps on the latents ``y`` (n, d) (detached)."""
+        y = y.detach()
+        for _ in range(self.config.aux_steps):
+            loss = flow_matching_loss(self.velocity, y, generator=generator).mean()
+            self.optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimiser.step()
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        """Weights and Adam moments as flat tensors, and Adam's ``param_groups`` (for a checkpoint)."""
+        adam, groups = optimiser_tensors(self.optimiser, "adam")
+        return {**{f"velocity.{k}": v.detach().cpu().contiguous() for k, v in self.velocity.state_dict().items()},
+                **adam}, groups
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+        """Restore what :meth:`tensors` returned."""
+        self.velocity.load_state_dict({k[len("velocity."):]: v for k, v in tensors.items() if k.startswith("velocity.")})
+        load_optimiser(self.optimiser, tensors, "adam", groups)
+
+
+def velocity_difference(
+    prior_velocity: Velocity,
+    aux_velocity: Velocity,
+    y: torch.Tensor,
+    draws: int = 4,
+    t_range: tuple[float, float] = (0.02, 0.98),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``g(y) = E_{t, x_0}[v_q(x_t, t) - v_p(x_t, t)]`` over ``draws`` draws per latent: ``(n, d) -> (n, d)``.
+
+    No gradient flows (it is the descent direction of ``D(q)`` for each latent, module docstring)."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    n, d = y.shape
+    lo, hi = t_range
+    with torch.no_grad():
+        # one stratified time per draw, shared by all latents: t_k = lo + (hi - lo)(k + u_k) / K, so each
+        # latent still sees t ~ U[lo, hi] and the velocity networks embed K times, not n K
+        u = torch.rand(draws, generator=generator, dtype=y.dtype, device=y.device)
+        t = lo + (hi - lo) * (torch.arange(draws, dtype=y.dtype, device=y.device) + u) / draws  # (K,)
+        y_k = y.detach().expand(draws, n, d).reshape(draws * n, d)  # (K n, d), row k*n+i: draw k of latent i
+        x_0 = torch.randn((draws * n, d), generator=generator, dtype=y.dtype, device=y.device)
+        x_t = interpolate(x_0, y_k, t.repeat_interleave(n))
+        difference = aux_velocity(x_t, t) - prior_velocity(x_t, t)  # (K n, d)
+    return difference.reshape(draws, n, d).mean(0)  # (n, d)
 
 
 def matching_loss(
-    velocity: Velocity,
-    mean: torch.Tensor,
-    log_std: torch.Tensor,
-    beta: float,
+    prior_velocity: Velocity,
+    aux_velocity: Velocity,
+    y: torch.Tensor,
     draws: int = 4,
+    t_range: tuple[float, float] = (0.02, 0.98),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per-sample ``L_align(mean + exp(log_std) eps) - beta * sum(log_std)``: ``(n, d) x 2 -> (n,)``.
-
-    Each of the ``draws`` terms has its own ``(eps, t, x_0)``, so K draws cut the variance of
-    the gradient w.r.t. ``mean`` as well as the alignment noise.
-    """
-    if mean.shape != log_std.shape:
-        raise ValueError(f"mean {tuple(mean.shape)} and log_std {tuple(log_std.shape)} must match")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    n, d = mean.shape
-    eps = torch.randn((n, draws, d), generator=generator, dtype=mean.dtype, device=mean.device)
-    y = (mean[:, None] + log_std.exp()[:, None] * eps).reshape(n * draws, d)  # (n K, d) samples of q
-    align = alignment_loss(velocity, y, draws=1, generator=generator).reshape(n, draws).mean(-1)
-    return align - beta * log_std.sum(-1)
-
-
-def calibrate_beta(
-    velocity: Velocity,
-    z: torch.Tensor,
-    draws: int = 64,
-    divergence: str = "auto",
-    solver: Solver = Solver(),
-    generator: torch.Generator | None = None,
-    shrink: float = 0.5,
-) -> float:
-    """``shrink * a``, ``a`` the slope of ``L_align`` against ``-log p`` over reference points ``z``
-    (samples of the prior).
-
-    ``a = cov(L_align, NLL) / var(NLL)``; MC noise of ``L_align`` (``draws`` per point) does
-    not bias a least-squares slope, since it sits in the response, not the regressor.
-    """
-    with torch.no_grad():
-        loss = alignment_loss(velocity, z, draws=draws, generator=generator).double()
-        nll = -log_likelihood(velocity, z, divergence=divergence, solver=solver, generator=generator).double()
-    nll_c = nll - nll.mean()
-    variance = nll_c.pow(2).mean()
-    if variance <= 0:
-        raise CalibrationError("reference points all have the same likelihood; cannot calibrate beta")
-    slope = ((loss - loss.mean()) * nll_c).mean() / variance
-    if slope <= 0:
-        raise CalibrationError(f"L_align does not grow with the NLL on these points (slope {slope:.3g}); "
-                         "the prior may be undertrained: pass beta explicitly")
-    return shrink * slope.item()
+    """Per-latent surrogate ``<y, stopgrad(g(y))>`` ``(n,)``: its gradient w.r.t. ``y`` is ``g(y)``
+    (:func:`velocity_difference`). Weight it with ``lambda`` in the caller's loss."""
+    g = velocity_difference(prior_velocity, aux_velocity, y, draws, t_range, generator)
+    return (y * g).sum(-1)

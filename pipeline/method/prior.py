@@ -5,7 +5,6 @@
     prior.log_likelihood(y, divergence="auto")   # (n,) log p(y), for evaluation
     prior.sample(1000)                      # (1000, 32) samples in prior (= latent) space
     prior.to_prior(x)                       # (n, 32) features mapped to prior space
-    prior.matching_loss(mu, log_std, beta=prior.calibrate_beta())  # (n,) distribution matching
     sha = prior.save("prior.safetensors"); FlowPrior.load("prior.safetensors", expected_sha256=sha)
 
 Prior space: ``z = (x P^T - mean) / scale`` (see :mod:`pipeline.method.transforms`). The
@@ -23,7 +22,6 @@ from pipeline.method.checkpoint import CheckpointError, load_checkpoint, save_ch
 from pipeline.method.inputs import as_points
 from pipeline.method.likelihood import log_likelihood
 from pipeline.method.losses import alignment_loss, flow_matching_loss
-from pipeline.method.matching import calibrate_beta, matching_loss
 from pipeline.method.ode import Solver
 from pipeline.method.sampling import sample
 from pipeline.method.training import FitConfig, fit_velocity
@@ -123,20 +121,6 @@ class FlowPrior:
         """Per-sample ``L_align(y)`` ``(n,)`` with ``draws`` noise draws; see :mod:`pipeline.method.losses`."""
         self._check_latents(y)
         return alignment_loss(self.velocity, y, draws=draws, generator=generator)
-
-    def matching_loss(
-        self, mean: torch.Tensor, log_std: torch.Tensor, beta: float, draws: int = 4,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Per-sample distribution-matching loss ``(n,)`` of Gaussian latents; see :mod:`pipeline.method.matching`."""
-        self._check_latents(mean)
-        return matching_loss(self.velocity, mean, log_std, beta, draws=draws, generator=generator)
-
-    def calibrate_beta(self, n: int = 2000, draws: int = 64, seed: int = 0, shrink: float = 0.5) -> float:
-        """Entropy weight ``beta`` for :meth:`matching_loss`, measured on the prior's own samples."""
-        generator = torch.Generator(device=self.mean.device).manual_seed(seed)
-        z = self.sample(n, generator=generator)
-        return calibrate_beta(self.velocity, z, draws=draws, generator=generator, shrink=shrink)
 
     def flow_matching_loss(self, z: torch.Tensor, draws: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean flow-matching loss of prior-space points ``z`` (e.g. held-out ``to_prior(x)``)."""

@@ -11,9 +11,9 @@
       filters: {site: R80711, year: 2015}
       drop_nonfinite: true
     encoder: {latent_dim: 4, widths: [128, 128]}
-    alignment: {lambda: 1.0, draws: 4, steps: 2000}
+    alignment: {lambda: 1.0, draws: 4, steps: 2000, mode: align}   # or mode: match (distribution matching)
     finetune: {steps: 1000, lr: 0.0003}
-    thresholds: {finetune_fm: 1.15, finetune_nll: 1.0, refit_fm: 35}   # the defaults (in code)
+    thresholds: {finetune_gain: 0.03, refit_fm: 35}   # the defaults (in code)
 
 Everything but ``site``, ``target`` and ``observations`` has defaults. Loading validates once, at
 the edge: an unknown key, a wrong type or a bad value is a ``SpecError`` naming the file and key.
@@ -61,17 +61,19 @@ class EncoderSettings:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Site prior training: ``steps`` from the core's weights (finetune) or ``refit_steps`` from scratch."""
+    """Site prior training: ``steps`` from the core's weights (finetune) or ``refit_steps`` from scratch;
+    ``probe_steps`` of a fine-tune are what a site check tries (``sites.decision``)."""
 
     steps: int = 1000
     refit_steps: int = 3000
+    probe_steps: int = 100
     lr: float = 3e-4  # finetune; a refit uses the core fit's lr
     batch_size: int = 256
     heldout_fraction: float = 0.1
     log_every: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("steps", "refit_steps", "batch_size", "log_every"):
+        for name in ("steps", "refit_steps", "probe_steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 < self.heldout_fraction < 0.5:

@@ -70,10 +70,10 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def choices_table(record: Record) -> str:
-    rows = [[site, c["lam"], c["lr"], c["draws"], c["steps"], c["recon"], c["baseline_recon"], c["recon_median"],
+    rows = [[site, c.get("mode", "align"), c["lam"], c["lr"], c["draws"], c["steps"], c["recon"], c["baseline_recon"], c["recon_median"],
              c["baseline_recon_median"], c["knn_nll"], c["baseline_knn_nll"], c["target_knn_nll"] or "-", c["spread"],
              c["objective"], "yes" if c["feasible"] else "no", c["trial"]] for site, c in record.config["choices"].items()]
-    return table(["site", "lambda", "lr", "draws K", "steps", "recon", "recon (lambda 0)", "median recon",
+    return table(["site", "mode", "lambda", "lr", "draws K", "steps", "recon", "recon (lambda 0)", "median recon",
                   "median recon (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)", "spread",
                   "objective", "within bound", "trial"], rows)
 
@@ -99,9 +99,9 @@ def write_sweep_report(out: Path, record: Record) -> Path:
     """``out/sweep.html`` with the Pareto figure and the tables of choices and trials."""
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_pareto(record, out / "sweep_pareto.png")
-    trials = table(["trial", "site", "lambda", "lr", "draws", "epochs", "recon", "median recon", "kNN NLL", "spread",
+    trials = table(["trial", "site", "mode", "lambda", "lr", "draws", "epochs", "recon", "median recon", "kNN NLL", "spread",
                     "objective"],
-                   [[t["trial"], t["site"], t["config"]["lam"], t["config"]["lr"], t["config"]["draws"], t["epochs"],
+                   [[t["trial"], t["site"], t["config"].get("mode", "align"), t["config"]["lam"], t["config"]["lr"], t["config"]["draws"], t["epochs"],
                      *[t["final"].get(k, "-") for k in ("recon", "recon_median", "knn_nll", "spread", "objective")]]
                     for t in record.config["trials"]])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior sweep {html.escape(record.id)}</title>

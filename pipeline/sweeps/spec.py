@@ -6,6 +6,7 @@
       lambda: {grid: [0.001, 0.003, 0.01, 0.03, 0.1]}
       lr: {grid: [0.001]}                          # default: each site spec's alignment.lr
       draws: {choice: [2, 4, 8]}                   # K; default: each site spec's alignment.draws
+      mode: {grid: [align, match]}                 # L_align or distribution matching; default: the site spec's
     samples: 1                                     # Tune num_samples: grid repeats / random draws per site
     steps: 1500                                    # per trial; default: the site specs' alignment.steps
     epoch_steps: 100                               # steps per reported epoch (ASHA's time unit)
@@ -30,12 +31,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.method.matching import MODES
 from pipeline.sites.spec import SiteSpec, load_site_spec
 from pipeline.specs import SpecError, read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 from pipeline.sweeps.objective import Selection
 
-DIMENSIONS = {"lambda": "lam", "lr": "lr", "draws": "draws"}  # YAML name -> AlignConfig field
+DIMENSIONS = {"lambda": "lam", "lr": "lr", "draws": "draws", "mode": "mode"}  # YAML name -> AlignConfig field
+SWEPT = tuple(DIMENSIONS.values())  # the AlignConfig fields a trial's settings may set
 NOT_SWEPT = {"latent_dim": "the latent dimension is fixed by the prior each site aligns to",
              "projection": "the projection belongs to the prior each site aligns to, not to its encoder"}
 SAMPLERS = ("grid", "choice", "loguniform")
@@ -46,7 +49,7 @@ class Dimension:
     """One searched setting: ``grid`` (every value, in order), ``choice`` (uniform draws) or
     ``loguniform`` (``values`` = (low, high))."""
 
-    name: str  # lambda | lr | draws
+    name: str  # lambda | lr | draws | mode
     sampler: str
     values: tuple
 
@@ -56,13 +59,15 @@ class Dimension:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
         if self.sampler == "loguniform":
-            if self.name == "draws":
-                raise ValueError("draws is an integer: use grid or choice")
+            if self.name in ("draws", "mode"):
+                raise ValueError(f"{self.name} is not a number range: use grid or choice")
             low, high = self.values if len(self.values) == 2 else (0, 0)
             if not (0 < low < high and math.isfinite(high)):
                 raise ValueError(f"loguniform needs [low, high] with 0 < low < high, got {list(self.values)}")
         elif not self.values:
             raise ValueError(f"{self.sampler} needs at least one value")
+        if self.name == "mode" and not set(self.values) <= set(MODES):
+            raise ValueError(f"mode values must be among {', '.join(MODES)}, got {list(self.values)}")
 
     @property
     def field(self) -> str:
@@ -157,7 +162,7 @@ def _dimension(name: object, value: object, where: str) -> Dimension:
         raise SpecError(f"{where}.{name}: expected one of {{grid: [...]}}, {{choice: [...]}}, "
                         f"{{loguniform: [low, high]}}, got {value!r}")
     (sampler, values), = value.items()
-    kind = "int" if name == "draws" else "float"
+    kind = {"draws": "int", "mode": "str"}.get(name, "float")
     values = typed(values, f"tuple[{kind}, ...]", f"{where}.{name}.{sampler}")
     try:
         return Dimension(name, sampler, values)

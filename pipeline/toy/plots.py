@@ -27,17 +27,14 @@ def _nll_clip(land: dict) -> float:
 
 
 def _runs(summary: dict, arrays: dict) -> list[tuple[str, dict, torch.Tensor, list[dict]]]:
-    """``(title, metrics, latents, curve)`` of each optimisation that ran: alignment, then matching."""
-    runs = [("L_align only (paper)", summary, arrays["y_align"], arrays["curve_align"])]
-    if arrays["y_match"] is not None:
-        runs.append((f"matching, beta={summary['matching']['beta']:.3g}", summary["matching"],
-                     arrays["y_match"], arrays["curve_match"]))
-    return runs
+    """``(title, metrics, latents, curve)`` of each optimisation: alignment, then matching."""
+    return [("L_align only (paper)", summary, arrays["y_align"], arrays["curve_align"]),
+            ("distribution matching", summary["matching"], arrays["y_match"], arrays["curve_match"])]
 
 
 def plot_latents(summary: dict, arrays: dict, path: Path) -> None:
     land = arrays["landscape"]
-    runs = _runs(summary, arrays)
+    runs = [*_runs(summary, arrays), ("the prior's own samples", summary["prior_samples"], arrays["y_prior"], [])]
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), squeeze=False)
     for ax, (name, stats, y, _) in zip(axes[0], runs):
         image = _heatmap(ax, land, land["nll"], f"{name}\nNLL {stats['nll_latents']:.2f} "

@@ -43,17 +43,23 @@ def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(loc
         assert encoder.config["lambda"] == choice["lam"] and encoder.metrics["recon"] == pytest.approx(choice["recon"],
                                                                                                       rel=1e-5)
 
+        matched = registry.get(s["match"]["encoder"])  # the comparison: registered first, same prior, mode match
+        assert matched.config["align"]["mode"] == "match" and matched.aligned_to == s["aligned_to"]
+        assert matched.created_at <= encoder.created_at and matched.metrics["spread"] > 0
+
         code, out, _ = flowprior(capsys, "registry", "aligned", site, "--json", "--store", store_uri)
         assert code == 0 and [r["id"] for r in json.loads(out)] == [s["aligned_to"]]
 
     pooled = summary["faults_auroc"]["2015"]["all"]
     assert pooled["faults"] == 16 and 0 <= pooled["l_align"] <= 1 and 0 <= pooled["recon_lambda0"] <= 1
     assert summary["faults_auroc"]["2014"]["all"]["faults"] == 61
+    assert set(summary["faults_auroc"]["2014"]["all"]) >= {"l_align", "l_align_match", "recon_lambda0"}
 
     page = (tmp_path / "demo" / "report.html").read_text()
     for image in re.findall(r'<img src="([^"]+)"', page):
         assert (tmp_path / "demo" / image).stat().st_size > 1000
     assert len(re.findall(r"<img ", page)) == 6 and "Lineage" in page and core in page
+    assert "Distribution matching" in page and "AUROC L_align (match)" in page
     assert "sweep_pareto.png" in page and "Chosen settings" in page and summary["sweep"]["id"] in page
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["core"]["id"] == core
     code, out, _ = flowprior(capsys, "registry", "stale", "--json", "--store", store_uri)

@@ -98,13 +98,13 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
 def test_auto_mode_follows_the_check_and_align_refuses_a_missing_site_prior(local_ray, tmp_path, capsys):
     store_uri = str(tmp_path / "store")
     publish_core(store_uri)
-    reuse = str(small_spec(tmp_path, thresholds={"finetune_fm": 100.0, "finetune_nll": 100.0, "refit_fm": 200.0}))
+    reuse = str(small_spec(tmp_path, thresholds={"finetune_gain": 0.99, "refit_fm": 200.0}))
     code, out, _ = flowprior(capsys, "site", "finetune", reuse, "--store", store_uri)
     assert code == 0 and "reuse" in out and Registry(Store.open(store_uri)).records(kind="site-prior") == []
 
     forced = tmp_path / "forced"
     forced.mkdir()
-    finetune = str(small_spec(forced, thresholds={"finetune_fm": 0.01, "finetune_nll": -100.0}))
+    finetune = str(small_spec(forced, thresholds={"finetune_gain": 0.0, "refit_fm": 1e9}))
     assert flowprior(capsys, "site", "check", finetune, "--store", store_uri)[0] == 0
     code, _, err = flowprior(capsys, "site", "align", finetune, "--store", store_uri)
     assert code == 2 and "decided finetune" in err and "run `flowprior site finetune` first" in err

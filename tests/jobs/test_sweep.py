@@ -72,8 +72,8 @@ def test_trials_follow_the_grid_as_listed_with_the_sites_interleaved(tmp_path):
 @pytest.mark.slow
 def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(local_ray, store_uri, tmp_path, capsys):
     core = publish_core(store_uri)
-    path = sweep_spec(tmp_path)
-    spec = load_sweep_spec(path)
+    path = sweep_spec(tmp_path, space={"lambda": {"grid": LAMBDAS}, "mode": {"grid": ["match"]}})  # distribution
+    spec = load_sweep_spec(path)  # matching: its auxiliary flow is saved and resumed with every trial's checkpoint
     registry = Registry(Store.open(store_uri))
 
     code, out, err = flowprior(capsys, "sweep", str(path), "--store", store_uri, "--json", "--report",
@@ -100,6 +100,7 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
     choice = record.config["choices"][SITES[0]]
     assert encoder.parents == [choice["prior"], record.id] and encoder.aligned_to == choice["prior"]
     assert encoder.config["lambda"] == choice["lam"] and encoder.config["align"]["steps"] == spec.steps
+    assert choice["mode"] == encoder.config["align"]["mode"] == "match"
     for name in ("recon", "recon_median", "knn_nll", "spread"):  # same seed, same settings: the trial's numbers
         assert encoder.metrics[name] == pytest.approx(choice[name], rel=1e-5), name
     assert record.id in [r.id for r in registry.lineage(encoder.id)]

@@ -6,6 +6,7 @@ import torch
 from pipeline.method.checkpoint import CheckpointError
 from pipeline.method.encoder import (AlignConfig, Autoencoder, EncoderConfig, EncoderTraining, load_encoder,
                                      save_encoder, train_encoder)
+from pipeline.method.metrics import mmd
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 
@@ -46,6 +47,20 @@ def test_alignment_pulls_latents_onto_the_prior_at_small_reconstruction_cost(set
     assert not any(p.requires_grad for p in aligned.model.parameters())
 
 
+def test_distribution_matching_spreads_the_latents_like_the_target(setting):
+    """Plain L_align piles the latents onto the two modes; matching gives them the target's spread."""
+    observations, prior, z = setting
+    z_prior = prior.to_prior(z)
+    runs = {mode: train_encoder(observations, prior, AlignConfig(lam=1.0, steps=600, lr=3e-3, log_every=300,
+                                                                 eval_points=1000, mode=mode), z_prior,
+                                widths=(64, 64), seed=0) for mode in ("align", "match")}
+    align, match = runs["align"].metrics, runs["match"].metrics
+    assert align["spread"] < 0.3 and 0.8 < match["spread"] < 1.2
+    latents = {mode: run.model.encode(observations[:2000]) for mode, run in runs.items()}
+    assert mmd(latents["match"], z_prior) < 0.2 * mmd(latents["align"], z_prior)
+    assert match["recon"] < 0.05
+
+
 def test_checkpoints_round_trip_and_refuse_changes(setting, tmp_path):
     observations, prior, z = setting
     run = train_encoder(observations, prior, AlignConfig(lam=1.0, steps=20, log_every=10, eval_points=100), z,
@@ -60,11 +75,12 @@ def test_checkpoints_round_trip_and_refuse_changes(setting, tmp_path):
         load_encoder(path)
 
 
+@pytest.mark.parametrize("mode", ["align", "match"])
 @pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
 def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an_uninterrupted_one(
-        setting, tmp_path, device):
+        setting, tmp_path, device, mode):
     observations, prior, z = setting
-    config = AlignConfig(lam=0.5, steps=60, log_every=20, eval_points=200, draws=2)
+    config = AlignConfig(lam=0.5, steps=60, log_every=20, eval_points=200, draws=2, mode=mode)
     whole = train_encoder(observations, prior, config, z, widths=(16,), seed=3, device=device)
     first = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3, device=device)
     first.advance(40)  # two log entries, then "interrupted"
@@ -93,6 +109,10 @@ def test_bad_settings_and_inputs_are_refused(setting):
         AlignConfig(lam=float("inf"))
     with pytest.raises(ValueError, match="steps"):
         AlignConfig(steps=0)
+    with pytest.raises(ValueError, match="mode must be one of align, match"):
+        AlignConfig(mode="kl")
+    with pytest.raises(ValueError, match="aux_steps"):
+        AlignConfig(mode="match", aux_steps=0)
     with pytest.raises(ValueError, match="target points has dimension 3, expected 2"):
         train_encoder(observations, prior, AlignConfig(steps=1), torch.zeros(10, 3))
     bad = observations.clone()

@@ -15,7 +15,7 @@ target: {uri: data.parquet, filters: {line: 2}}
 observations: {uri: s3://bucket/obs/, drop_nonfinite: true}
 encoder: {latent_dim: 2, widths: [16, 8]}
 alignment: {lambda: 0.5, steps: 10}
-thresholds: {finetune_fm: 1.2}
+thresholds: {finetune_gain: 0.05}
 """
 
 
@@ -41,7 +41,7 @@ def test_a_spec_resolves_relative_paths_and_keeps_defaults(tmp_path):
     assert spec.site == "plant-7" and spec.target.uri == str(tmp_path / "data.parquet")
     assert spec.observations.uri == "s3://bucket/obs/" and spec.observations.columns == ("a", "b")
     assert spec.alignment.lam == 0.5 and spec.alignment.steps == 10 and spec.alignment.draws == 4
-    assert spec.encoder.widths == (16, 8) and spec.thresholds == Thresholds(finetune_fm=1.2)
+    assert spec.encoder.widths == (16, 8) and spec.thresholds == Thresholds(finetune_gain=0.05)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -51,7 +51,7 @@ def test_a_spec_resolves_relative_paths_and_keeps_defaults(tmp_path):
     (("alignment: {lambda: 0.5", "alignment: {lambda: -1"), "lambda must be a finite number >= 0"),
     (("alignment: {lambda: 0.5", "alignment: {lamda: 0.5"), "unknown key 'lamda' (known: batch_size, draws, "
                                                             "eval_points, lambda"),
-    (("thresholds: {finetune_fm: 1.2}", "thresholds: {refit_fm: 0.1}"), "refit_fm (0.1) must be >= finetune_fm"),
+    (("thresholds: {finetune_gain: 0.05}", "thresholds: {refit_fm: 0.1}"), "refit_fm must be > 1"),
     (("widths: [16, 8]", "widths: [16, 0]"), "encoder"),
     (("widths: [16, 8]", "widths: 16"), "encoder.widths: expected a non-empty list"),
     (("columns: [a, b]", "colums: [a, b]"), "unknown key 'colums'"),

@@ -44,6 +44,11 @@ def test_defaults_come_from_the_site_specs_and_the_file_name(tmp_path):
     assert spec.resources.shape() == {"CPU": 1.0}  # no GPU unless asked
 
 
+def test_the_alignment_mode_is_a_dimension(tmp_path):
+    spec = load_sweep_spec(write(tmp_path, space={"lambda": {"grid": [0.1]}, "mode": {"grid": ["align", "match"]}}))
+    assert [(d.field, d.values) for d in spec.space] == [("lam", (0.1,)), ("mode", ("align", "match"))]
+
+
 def test_a_gpu_share_per_trial(tmp_path):
     spec = load_sweep_spec(write(tmp_path, space={"lambda": {"grid": [0.1]}}, resources={"cpu": 2, "gpu": 0.25}))
     assert spec.resources.shape() == {"CPU": 2.0, "GPU": 0.25}
@@ -61,7 +66,9 @@ def test_a_gpu_share_per_trial(tmp_path):
     ({"space": {"lambda": {"grid": [-1.0]}}}, "space.lambda: lambda must be a finite number >= 0"),
     ({"space": {"lambda": {"loguniform": [1, 0.1]}}}, "0 < low < high"),
     ({"space": {"lambda": {"uniform": [0, 1]}}}, "unknown sampler 'uniform'"),
-    ({"space": {"draws": {"loguniform": [1, 8]}}}, "draws is an integer"),
+    ({"space": {"draws": {"loguniform": [1, 8]}}}, "draws is not a number range"),
+    ({"space": {"mode": {"grid": ["kl"]}}}, "space.mode: mode values must be among align, match"),
+    ({"space": {"mode": {"grid": [1]}}}, r"space.mode.grid\[0\]: expected str"),
     ({"space": {"draws": {"grid": [2.5]}}}, r"space.draws.grid\[0\]: expected int"),
     ({"space": {"lr": {"grid": [0.0]}}}, "lr must be > 0"),
     ({"name": "../escape"}, "name: invalid sweep name"),

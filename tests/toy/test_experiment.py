@@ -10,5 +10,5 @@ def test_toy_config_rejects_bad_settings():
         ToyConfig(latents=0)
     with pytest.raises(ValueError, match="n_eval .* must exceed latents"):
         ToyConfig(latents=5000, n_eval=5000)
-    with pytest.raises(ValueError, match="beta must be"):
-        ToyConfig(beta=float("nan"))
+    with pytest.raises(ValueError, match="aux_lr must be"):
+        ToyConfig(aux_lr=float("nan"))
