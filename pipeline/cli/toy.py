@@ -66,7 +66,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "L_align (the paper) and with distribution matching (the latents follow the velocity difference "
             "between an online auxiliary flow and the prior), and "
             "write metrics.json plus latents.png, landscape.png and curves.png. Defaults take about "
-            "8 minutes per target on 2 CPU cores; --quick about 1 minute. A local experiment: it writes to --out, "
+            "10 minutes per target on 2 CPU cores; --quick about 1 minute. A local experiment: it writes to --out, "
             "not to a store."),
     )
     toy.add_argument("--distribution", required=True, choices=[*TARGET_NAMES, "all"],

@@ -30,7 +30,7 @@ from pipeline.toy.targets import Target, get_target
 
 @dataclass(frozen=True)
 class ToyConfig:
-    """Settings of one toy run. Defaults take ~8 minutes on 2 CPU cores; ``quick()`` is for CI.
+    """Settings of one toy run. Defaults take ~10 minutes on 2 CPU cores; ``quick()`` is for CI.
 
     Width 256: a 128-wide prior blurs the rings (its own samples spread 1.34x the target's), and latents
     can match only the prior they are given. The paper's own scale is ``width=512, depth=4,

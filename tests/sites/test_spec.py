@@ -49,8 +49,8 @@ def test_a_spec_resolves_relative_paths_and_keeps_defaults(tmp_path):
     (("site: plant-7\n", ""), "missing key 'site'"),
     (("alignment: {lambda: 0.5", "alignment: {lambda: high"), "alignment.lambda: expected float"),
     (("alignment: {lambda: 0.5", "alignment: {lambda: -1"), "lambda must be a finite number >= 0"),
-    (("alignment: {lambda: 0.5", "alignment: {lamda: 0.5"), "unknown key 'lamda' (known: batch_size, draws, "
-                                                            "eval_points, lambda"),
+    (("alignment: {lambda: 0.5", "alignment: {lamda: 0.5"), "unknown key 'lamda' (known: aux_lr, aux_steps, "
+                                                            "batch_size, draws, eval_points, lambda"),
     (("thresholds: {finetune_gain: 0.05}", "thresholds: {refit_fm: 0.1}"), "refit_fm must be > 1"),
     (("widths: [16, 8]", "widths: [16, 0]"), "encoder"),
     (("widths: [16, 8]", "widths: 16"), "encoder.widths: expected a non-empty list"),

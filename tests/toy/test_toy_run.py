@@ -15,7 +15,7 @@ def quick_mog(tmp_path_factory) -> tuple[dict, "Path"]:
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr
-    assert "fitting the prior" in run.stdout and "spearman_landscape" in run.stdout  # progress + table
+    assert "fitting the prior" in run.stdout and "match:mmd" in run.stdout  # progress + table
     return json.loads((out / "metrics.json").read_text()), out
 
 
