@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from pipeline.toy.plots import write_plots
