@@ -110,12 +110,17 @@ class Autoencoder(nn.Module):
         self.register_buffer("scale", torch.ones(config.obs_dim))
 
     def fit_scaling(self, o: torch.Tensor) -> None:
-        """Median and 1.4826 x MAD per column (1 where a column is constant)."""
+        """Centre: the median per column. Scale: ``max(1.4826 MAD, (q_0.99 - q_0.01) / 4.6527)`` per column
+        (1 where both are 0): each is the standard deviation for Gaussian data, and neither moves much
+        with under 1% wild readings. The quantile range covers columns that sit at one value most of the
+        time (a blade pitch at rest), whose MAD is ~0 and would scale ordinary readings to thousands."""
         centre = o.median(dim=0).values
         mad = (o - centre).abs().median(dim=0).values * 1.4826
-        std = o.std(dim=0)
+        n = len(o)  # order statistics (torch.quantile refuses inputs over 16M elements)
+        q_01, q_99 = (o.kthvalue(max(1, math.ceil(q * n)), dim=0).values for q in (0.01, 0.99))
+        scale = torch.maximum(mad, (q_99 - q_01) / (2 * 2.3263))  # z_0.99 = 2.3263
         self.centre.copy_(centre)
-        self.scale.copy_(torch.where(mad > 1e-8, mad, torch.where(std > 1e-8, std, torch.ones_like(std))))
+        self.scale.copy_(torch.where(scale > 1e-8, scale, torch.ones_like(scale)))
 
     def encode(self, o: torch.Tensor) -> torch.Tensor:
         """Latents ``(n, d1)`` of observations ``(n, d_obs)``."""

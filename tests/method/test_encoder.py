@@ -23,13 +23,26 @@ def setting():
     return observations, prior, z
 
 
-def test_scaling_is_the_median_and_mad_and_ignores_outliers():
-    o = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [4.0, 5.0], [1000.0, 5.0]])
-    model = Autoencoder(EncoderConfig(obs_dim=2, latent_dim=1, widths=(4,)))
+def test_scaling_is_robust_to_wild_readings_and_to_columns_at_rest():
+    g = torch.Generator().manual_seed(0)
+    n = 20_000
+    gaussian = 3.0 + 2.0 * torch.randn(n, generator=g)
+    wild = gaussian.clone()
+    wild[:100] = 1e4  # 0.5% wild readings
+    at_rest = torch.where(torch.rand(n, generator=g) < 0.7, 1e-3 * torch.randn(n, generator=g),  # jitters at rest
+                          10 * torch.rand(n, generator=g))
+    o = torch.stack([gaussian, wild, at_rest, torch.full((n,), 5.0)], dim=1)  # (n, 4)
+    model = Autoencoder(EncoderConfig(obs_dim=4, latent_dim=1, widths=(4,)))
     model.fit_scaling(o)
-    assert model.centre.tolist() == [3.0, 5.0]
-    assert model.scale[0].item() == pytest.approx(1.4826 * 1.0)  # |o - 3| = 2,1,0,1,997: median 1
-    assert model.scale[1].item() == 1.0  # a constant column keeps unit scale
+    assert model.centre[:2].tolist() == pytest.approx([3.0, 3.0], abs=0.1)
+    assert model.scale[0].item() == pytest.approx(2.0, rel=0.05)  # the sd ...
+    assert model.scale[1].item() == pytest.approx(2.0, rel=0.1)  # ... with 0.5% wild readings too (old MAD: 2.0)
+    # 70% of the pitch-like column sits at ~0, so its MAD is ~1e-3: the quantile range keeps its readings
+    # within a few units (MAD scaling put them at up to ~7,000)
+    scaled = (o[:, 2] - model.centre[2]) / model.scale[2]
+    assert model.scale[2].item() == pytest.approx(10 * (1 - 0.01 / 0.3) / 4.6527, rel=0.02)  # q_0.99 / 4.65
+    assert scaled.abs().max().item() < 5
+    assert model.scale[3].item() == 1.0  # a constant column keeps unit scale
 
 
 def test_alignment_pulls_latents_onto_the_prior_at_small_reconstruction_cost(setting):
