@@ -14,8 +14,9 @@ On the bundled La Haute Borne data, in one process (the method library, no Ray),
    healthy target rows (what the target describes), the median reconstruction error against
    lambda = 0's, and the AUROC with which each encoder's ``L_align`` score flags the 2014 rows with
    impossible readings (rows it never saw), next to lambda = 0's reconstruction error; draw each
-   turbine's latents (first two PCA axes of prior space) for plain and matching runs beside the
-   prior's own samples.
+   turbine's latents of the held-out healthy rows (first two axes of prior space) for plain and
+   matching runs beside the prior's own samples. Each run's reconstruction is compared with a
+   lambda = 0 run of as many steps.
 
 Writes ``benchmarks/results/alignment_modes.json`` and ``alignment_modes.png``.
 """
@@ -79,7 +80,6 @@ def main() -> None:
     own = core.sample(2000, generator=torch.Generator().manual_seed(0))
     print(f"core fitted ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    runs = [("align", 0.0)] + [("align", lam) for lam in args.lambdas] + [("match", lam) for lam in args.match_lambdas]
     rows, latents, pooled = [], {}, {}
     for turbine in args.turbines:
         spec = load_site_spec(DEMO.sites / f"{turbine}.yaml")
@@ -91,17 +91,22 @@ def main() -> None:
         samples = {"prior_samples_knn_nll": knn_nll(own, z_target).mean().item(),
                    "prior_samples_spread": spread_ratio(own, z_target)}
         x_2014, labels_2014 = _rows(turbine, 2014)
-        baseline = None
-        for mode, lam in runs:
+        # each run's reconstruction is compared with a lambda = 0 run of as many steps
+        plain, match = spec.alignment.steps, args.match_steps
+        runs = ([("align", 0.0, plain)] + ([("align", 0.0, match)] if match != plain else [])
+                + [("align", lam, plain) for lam in args.lambdas] + [("match", lam, match) for lam in args.match_lambdas])
+        baselines = {}
+        for mode, lam, steps in runs:
             start = time.perf_counter()
-            steps = args.match_steps if mode == "match" else spec.alignment.steps
             run = train_encoder(observations.values, core, replace(spec.alignment, lam=lam, mode=mode, steps=steps),
                                 z_target, spec.encoder.widths, seed=spec.seed)
             scores = fault_scores(run.model, core, x_2014)
-            baseline = baseline or {"recon_median": run.metrics["recon_median"], "recon_scores": scores["recon"]}
+            if lam == 0:
+                baselines[steps] = {"recon_median": run.metrics["recon_median"], "recon_scores": scores["recon"]}
+            baseline = baselines[steps]
             with torch.no_grad():
-                latents[(turbine, mode, lam)] = run.model.encode(torch.from_numpy(observations.values[:3000]))
                 y_healthy = run.model.encode(healthy)
+            latents[(turbine, mode, lam, steps)] = y_healthy
             row = {"site": turbine, "mode": mode, "lambda": lam, "steps": steps, **run.metrics,
                    "target_knn_nll": reference, **samples,
                    "healthy_knn_nll": knn_nll(y_healthy, z_target).mean().item(),
@@ -111,29 +116,30 @@ def main() -> None:
                    "auroc_2014_recon_lambda0": _auroc(baseline["recon_scores"], labels_2014),
                    "faults_2014": int(labels_2014.sum()), "seconds": time.perf_counter() - start}
             rows.append(row)
-            pooled.setdefault((mode, lam), []).append((scores["l_align"], baseline["recon_scores"], labels_2014))
-            print(f"{turbine} {mode:5s} lambda {lam:<5g} spread {row['spread']:.2f} (healthy "
+            pooled.setdefault((mode, lam, steps), []).append((scores["l_align"], baseline["recon_scores"], labels_2014))
+            print(f"{turbine} {mode:5s} lambda {lam:<5g} {steps} steps  spread {row['spread']:.2f} (healthy "
                   f"{row['healthy_spread']:.2f}, prior samples {samples['prior_samples_spread']:.2f})  knn_nll "
                   f"{row['knn_nll']:.3f} (healthy {row['healthy_knn_nll']:.3f}; target's own {reference:.3f}, prior "
-                  f"samples {samples['prior_samples_knn_nll']:.3f})  median recon x{row['recon_median_vs_lambda0']:.2f} of lambda 0  "
+                  f"samples {samples['prior_samples_knn_nll']:.3f})  median recon x{row['recon_median_vs_lambda0']:.2f} of lambda 0's  "
                   f"AUROC 2014 L_align {row['auroc_2014_l_align']} (lambda-0 recon "
                   f"{row['auroc_2014_recon_lambda0']})  {row['seconds']:.0f} s", flush=True)
     fleet = {}
-    for (mode, lam), parts in pooled.items():
+    for (mode, lam, steps), parts in pooled.items():
         labels = np.concatenate([p[2] for p in parts])
-        fleet[f"{mode} {lam:g}"] = {"l_align": _auroc(np.concatenate([p[0] for p in parts]), labels),
-                                    "recon_lambda0": _auroc(np.concatenate([p[1] for p in parts]), labels),
-                                    "faults": int(labels.sum()), "rows": len(labels)}
-        print(f"2014 rows of all turbines, {mode} lambda {lam:g}: AUROC L_align {fleet[f'{mode} {lam:g}']['l_align']}"
-              f" (lambda-0 reconstruction {fleet[f'{mode} {lam:g}']['recon_lambda0']}, "
-              f"{int(labels.sum())} faults in {len(labels)} rows)", flush=True)
+        name = f"{mode} {lam:g} ({steps} steps)"
+        fleet[name] = {"l_align": _auroc(np.concatenate([p[0] for p in parts]), labels),
+                       "recon_lambda0": _auroc(np.concatenate([p[1] for p in parts]), labels),
+                       "faults": int(labels.sum()), "rows": len(labels)}
+        print(f"2014 rows of all turbines, {name}: AUROC L_align {fleet[name]['l_align']} (lambda-0 reconstruction "
+              f"{fleet[name]['recon_lambda0']}, {int(labels.sum())} faults in {len(labels)} rows)", flush=True)
 
-    shown = [r for r in runs if r[1] > 0]
-    fig, axes = plt.subplots(len(args.turbines), len(shown), figsize=(3.6 * len(shown), 3.4 * len(args.turbines)),
+    shown = {turbine: [k for k in latents if k[0] == turbine and k[2] > 0] for turbine in args.turbines}
+    columns = max(len(keys) for keys in shown.values())
+    fig, axes = plt.subplots(len(args.turbines), columns, figsize=(3.6 * columns, 3.4 * len(args.turbines)),
                              squeeze=False)
     for i, turbine in enumerate(args.turbines):
-        for j, (mode, lam) in enumerate(shown):
-            ax, y = axes[i][j], latents[(turbine, mode, lam)]
+        for j, (_, mode, lam, _) in enumerate(shown[turbine]):
+            ax, y = axes[i][j], latents[shown[turbine][j]]
             ax.scatter(own[:, 0], own[:, 1], s=1, c="0.75", label="prior samples")
             ax.scatter(y[:, 0], y[:, 1], s=1, c="crimson" if mode == "align" else "tab:blue", alpha=0.5,
                        label="latents")
@@ -142,7 +148,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "alignment_modes.png", dpi=80)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-              "settings": {**CORE, "core_steps": args.core_steps, "match_steps": args.match_steps}, "runs": rows, "auroc_2014_all": fleet,
+              "settings": {**CORE, "core_steps": args.core_steps, "match_steps": args.match_steps}, "runs": rows,
+              "auroc_2014_all": fleet,
               "seconds": time.perf_counter() - started}
     (args.out / "alignment_modes.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out / 'alignment_modes.json'} and alignment_modes.png ({result['seconds']:.0f} s)")
