@@ -94,7 +94,8 @@ def main() -> None:
         # each run's reconstruction is compared with a lambda = 0 run of as many steps
         plain, match = spec.alignment.steps, args.match_steps
         runs = ([("align", 0.0, plain)] + ([("align", 0.0, match)] if match != plain else [])
-                + [("align", lam, plain) for lam in args.lambdas] + [("match", lam, match) for lam in args.match_lambdas])
+                + [("align", lam, plain) for lam in args.lambdas]
+                + [("match", lam, match) for lam in args.match_lambdas])
         baselines = {}
         for mode, lam, steps in runs:
             start = time.perf_counter()
@@ -120,7 +121,8 @@ def main() -> None:
             print(f"{turbine} {mode:5s} lambda {lam:<5g} {steps} steps  spread {row['spread']:.2f} (healthy "
                   f"{row['healthy_spread']:.2f}, prior samples {samples['prior_samples_spread']:.2f})  knn_nll "
                   f"{row['knn_nll']:.3f} (healthy {row['healthy_knn_nll']:.3f}; target's own {reference:.3f}, prior "
-                  f"samples {samples['prior_samples_knn_nll']:.3f})  median recon x{row['recon_median_vs_lambda0']:.2f} of lambda 0's  "
+                  f"samples {samples['prior_samples_knn_nll']:.3f})  median recon "
+                  f"x{row['recon_median_vs_lambda0']:.2f} of lambda 0's  "
                   f"AUROC 2014 L_align {row['auroc_2014_l_align']} (lambda-0 recon "
                   f"{row['auroc_2014_recon_lambda0']})  {row['seconds']:.0f} s", flush=True)
     fleet = {}
@@ -138,8 +140,8 @@ def main() -> None:
     fig, axes = plt.subplots(len(args.turbines), columns, figsize=(3.6 * columns, 3.4 * len(args.turbines)),
                              squeeze=False)
     for i, turbine in enumerate(args.turbines):
-        for j, (_, mode, lam, _) in enumerate(shown[turbine]):
-            ax, y = axes[i][j], latents[shown[turbine][j]]
+        for j, key in enumerate(shown[turbine]):
+            (_, mode, lam, _), ax, y = key, axes[i][j], latents[key]
             ax.scatter(own[:, 0], own[:, 1], s=1, c="0.75", label="prior samples")
             ax.scatter(y[:, 0], y[:, 1], s=1, c="crimson" if mode == "align" else "tab:blue", alpha=0.5,
                        label="latents")
@@ -149,8 +151,7 @@ def main() -> None:
     fig.savefig(args.out / "alignment_modes.png", dpi=80)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
               "settings": {**CORE, "core_steps": args.core_steps, "match_steps": args.match_steps}, "runs": rows,
-              "auroc_2014_all": fleet,
-              "seconds": time.perf_counter() - started}
+              "auroc_2014_all": fleet, "seconds": time.perf_counter() - started}
     (args.out / "alignment_modes.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out / 'alignment_modes.json'} and alignment_modes.png ({result['seconds']:.0f} s)")
 

@@ -8,7 +8,8 @@
 4. with ``sweep``: sweep lambda (and friends) per site with Ray Tune (``pipeline.jobs.sweep``);
    align every site's encoder to its prior -- with the sweep's choice if there was one -- and a
    lambda = 0 baseline, in parallel; with ``match_lambda``, first also with distribution matching
-   (``mode: match``, ``match_steps``) for comparison (registered too; the plain encoders, registered after, are current);
+   (``mode: match``, ``match_steps``) for comparison (registered too; the plain encoders, registered
+   after, are current);
 5. score every complete 2015 (and held-out 2014) reading by ``L_align`` of its latent under the
    site's prior and by the baseline's reconstruction error, and measure how well each flags the
    rows with physically impossible readings (AUROC);
