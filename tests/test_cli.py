@@ -78,3 +78,14 @@ def test_sweep_help_and_a_bad_sweep_spec_fail_before_any_work(tmp_path):
     assert not (tmp_path / "store").exists()  # nothing written, no Ray started
     result = run_cli("site", "align", "--help")
     assert result.returncode == 0 and "--from-sweep" in result.stdout
+
+
+def test_site_commands_default_to_the_jobs_retries_and_explain_validate(capsys):
+    from pipeline.cli import site
+    from pipeline.jobs import sites
+
+    assert site.SITE_RETRIES == sites.SITE_RETRIES
+    with pytest.raises(SystemExit):
+        main(["site", "validate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Writes nothing" in text and "docs/spec-reference.md" in text

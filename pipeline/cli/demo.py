@@ -24,7 +24,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="run the whole pipeline on the bundled La Haute Borne wind-farm data (~4 min on 2 CPUs)",
         description="Fit the core prior on the 2014 data of all four La Haute Borne turbines with Ray Train, check "
-                    "every site (sites/*.yaml) on its 2015 data, fine-tune or refit where the decision says so (in "
+                    "every site (the four turbines' specs shipped with flowprior, as in sites/) on its 2015 data, "
+                    "fine-tune or refit where the decision says so (in "
                     "parallel), align every site's encoder with a lambda = 0 baseline (and, for comparison, with "
                     "distribution matching), score every reading for "
                     "sensor faults, then write report.html (with PNG plots) and summary.json under --out and print "
@@ -32,7 +33,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", type=Path, default=Path("flowprior-demo"), help="report folder (default: %(default)s)")
     demo.add_argument("--store", metavar="URI", help="store URI (default: <out>/store, so the demo never touches "
                                                       "your ./flowprior-store)")
-    demo.add_argument("--sites", type=Path, default=SITES, help="folder of site specs (default: the repository's sites/)")
+    demo.add_argument("--sites", type=Path, default=SITES,
+                      help="folder of site specs (default: the four turbines' specs shipped with flowprior, as in "
+                           "the repository's sites/)")
     demo.add_argument("--core-steps", type=positive, default=2000, help="core prior steps (default: %(default)s)")
     demo.add_argument("--quick", action="store_true", help="CI-sized run: a few hundred steps everywhere (~1 min)")
     demo.add_argument("--sweep", type=Path, metavar="SWEEP.yaml",

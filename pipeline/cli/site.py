@@ -1,4 +1,4 @@
-"""``flowprior site check|finetune|align SITE.yaml...``: the per-site steps, one spec per site."""
+"""``flowprior site validate|check|finetune|align SITE.yaml...``: the per-site steps, one spec per site."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 
 from pipeline.cli.common import add_precision_argument, add_store_arguments, gpu_share, open_store
+
+SITE_RETRIES = 3  # the default of --retries (pipeline.jobs.sites.SITE_RETRIES; a test keeps them equal)
 
 
 def _specs(args: argparse.Namespace) -> list:
@@ -20,12 +22,41 @@ def _specs(args: argparse.Namespace) -> list:
     return specs
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.registry import Registry
+    from pipeline.sites import SpecError, load_site_spec
+    from pipeline.sites.validate import SiteValidation, validate_site
+
+    registry, reports = Registry(open_store(args)), []
+    for path in args.specs:
+        try:
+            spec = load_site_spec(path)
+        except SpecError as error:
+            reports.append(SiteValidation("?", path, problems=[str(error)]))
+            continue
+        reports.append(validate_site(spec, registry, args.prior))
+    sites: dict[str, str] = {}
+    for report in reports:
+        if report.site in sites and report.site != "?":
+            report.problems.append(f"{sites[report.site]} describes site {report.site!r} too")
+        sites.setdefault(report.site, report.path)
+    if args.json:
+        print(json.dumps([vars(r) | {"ok": r.ok} for r in reports], indent=1))
+    for report in reports if not args.json else ():
+        print(f"{report.site} ({report.path}): {'ok' if report.ok else 'PROBLEMS'}")
+        for label, lines in (("problem", report.problems), ("warning", report.warnings), ("would run", report.plan)):
+            for line in lines:
+                print(f"  {label}: {line}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import check_site
     from pipeline.registry import Registry
 
     specs, registry = _specs(args), Registry(open_store(args))
-    checks = [check_site(spec, registry, args.prior, say=print if not args.json else lambda _: None) for spec in specs]
+    say = print if not args.json else lambda _: None
+    checks = [check_site(spec, registry, args.prior, say=say, force=args.force) for spec in specs]
     if args.json:
         print(json.dumps([{"site": c.site, "decision": c.config["decision"], "check": c.id, "prior": c.parents[0],
                            **c.metrics} for c in checks], indent=1))
@@ -41,8 +72,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import finetune_site, run_sites
 
     specs = _specs(args)
-    records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu, mode=args.mode,
-                        prior_id=args.prior, precision=args.precision)
+    records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu,
+                        retries=args.retries, mode=args.mode, prior_id=args.prior, precision=args.precision,
+                        force=args.force)
     for spec, record in zip(specs, records):
         print(f"{spec.site:10s} " + (f"{record.config['mode']:8s} {record.id}  held-out FM {record.metrics['heldout_fm_core']:.4f}"
                                      f" (core) -> {record.metrics['heldout_fm']:.4f}" if record else "reuse    (nothing to train)"))
@@ -53,8 +85,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import align_site, run_sites
 
     specs = _specs(args)
-    results = run_sites(align_site, specs, open_store(args), address=args.address, gpu=args.gpu, lam=args.lam,
-                        prior_id=args.prior, sweep_id=args.from_sweep)
+    results = run_sites(align_site, specs, open_store(args), address=args.address, gpu=args.gpu,
+                        retries=args.retries, lam=args.lam, prior_id=args.prior, sweep_id=args.from_sweep,
+                        force=args.force)
     print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  encoder -> prior")
     for r in results:
         m = r.record.metrics
@@ -68,6 +101,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Per-site commands. Each takes one or more site specs "
                                              "(sites/<site>.yaml); several sites run in parallel on Ray.")
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="ACTION")
+
+    validate = sub.add_parser(
+        "validate", help="check site specs, their data's schema and the feature contract; write nothing",
+        description="For each site spec: parse it, read only the Parquet footers of its target and observations "
+                    "(and, where it filters rows, the filter columns, to count the rows that pass), hold the "
+                    "target's columns to the prior's feature contract (names and order), and print what check, "
+                    "finetune and align would do. Writes nothing; exit status 1 if any spec has a problem. Every "
+                    "spec key and its default: docs/spec-reference.md.")
+    validate.add_argument("--json", action="store_true", help="print the reports as JSON")
 
     check = sub.add_parser(
         "check", help="decide reuse / finetune / refit for sites against the core prior",
@@ -97,16 +139,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     align.add_argument("--from-sweep", metavar="ID", help="train with the setting (lambda, lr, draws, steps) and "
                                                          "against the prior that this sweep chose for each site")
 
-    for action in (check, finetune, align):
+    for action in (validate, check, finetune, align):
         action.add_argument("specs", nargs="+", metavar="SITE.yaml", help="site spec(s)")
         action.add_argument("--prior", metavar="ID", help="use this prior instead of the current core prior "
                                                           "(align: instead of the site's own)")
-        if action is not check:
+        if action is not validate:
+            action.add_argument("--force", action="store_true",
+                                help="run the step even if a step with the same inputs (spec sections, prior, data "
+                                     "fingerprint) already ran; without it a rerun prints and returns that record")
+        if action not in (validate, check):
             action.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+            action.add_argument("--retries", type=int, default=SITE_RETRIES, metavar="N",
+                                help="rerun a site task whose worker died (a lost node, an OOM kill) up to N times; "
+                                     "an error the step raises is not retried (default: %(default)s)")
             action.add_argument("--gpu", type=gpu_share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
                                 help="train each site on a GPU: a share of one per site task (0.25 packs four "
                                      "sites per GPU); --gpu alone takes a whole GPU (default: CPU)")
         add_store_arguments(action)
+    validate.set_defaults(handler=cmd_validate)
     check.set_defaults(handler=cmd_check)
     finetune.set_defaults(handler=cmd_finetune)
     align.set_defaults(handler=cmd_align)

@@ -57,6 +57,7 @@ class Features:
     fingerprint: str  # see pipeline.data.fingerprint: files' names, sizes and identities, columns, options
     files: list[str] = field(default_factory=list)
     rows_dropped: int = 0  # rows with NaN/inf dropped (only with drop_nonfinite=True)
+    dtypes: list[str] = field(default_factory=list)  # each feature column's Parquet type (the list's values')
 
     @property
     def dim(self) -> int:
@@ -147,6 +148,7 @@ class FeatureScan:
     fingerprint: str
     exclude: tuple[str, ...] | None = None  # every numeric column but these (None: columns named explicitly)
     s3: S3Options | None = None
+    read_dtypes: tuple[str, ...] = ()  # the read columns' Parquet types (a list column: its values' type)
 
     @property
     def local(self) -> bool:
@@ -166,6 +168,17 @@ class FeatureScan:
             term = pc.field(column) == values[0] if len(values) == 1 else pc.field(column).isin(values)
             expression = term if expression is None else expression & term
         return expression
+
+    def count_rows(self) -> int:
+        """Rows that pass the filters (NaN rows included), from the footers and, with filters, the filter
+        columns only: no feature data is read."""
+        import pyarrow.dataset as ds
+
+        try:
+            dataset = ds.dataset([f.path for f in self.files], format="parquet", filesystem=self.filesystem())
+            return dataset.count_rows(filter=self.arrow_filter())
+        except Exception as error:  # noqa: BLE001 - a corrupt file, a schema that differs, the server gone
+            raise DataError(f"{self.uri}: cannot count rows ({type(error).__name__}: {error})") from None
 
     def blocks(self, source: SourceFile, batch_rows: int = BATCH_ROWS,
                filesystem=None) -> Iterator[tuple[np.ndarray, int]]:
@@ -285,14 +298,21 @@ def scan_features(
     options = {"feature_column": feature_column, "exclude": sorted(exclude), "filters": filters,
                "drop_nonfinite": drop_nonfinite, **({"columns": list(columns)} if columns is not None else {})}
     digest = fingerprint(files, columns=list(read), options=options)
+    dtypes = tuple(str(_list_type(schema, name, where).value_type if list_column else schema.field(name).type)
+                   if name in schema.names else "missing" for name in read)
     return FeatureScan(uri=uri, files=tuple(files), read_columns=read, list_column=list_column,
                        filters=_coerce_filters(filters, schema, where), drop_nonfinite=drop_nonfinite,
-                       fingerprint=digest, exclude=auto, s3=s3)
+                       fingerprint=digest, exclude=auto, s3=s3, read_dtypes=dtypes)
 
 
 def column_names(scan: FeatureScan, dim: int) -> list[str]:
     """Display names of the ``dim`` feature columns: the numeric columns, or ``features[i]``."""
     return [f"{scan.read_columns[0]}[{i}]" for i in range(dim)] if scan.list_column else list(scan.read_columns)
+
+
+def column_dtypes(scan: FeatureScan, dim: int) -> list[str]:
+    """The Parquet types of the ``dim`` feature columns (a list column's value type for each)."""
+    return list(scan.read_dtypes[:1]) * dim if scan.list_column else list(scan.read_dtypes)
 
 
 def read_features(
@@ -332,4 +352,5 @@ def read_features(
     if values.shape[1] == 0:
         raise DataError(f"{uri}: column {feature_column!r} holds empty vectors")
     return Features(values=values, columns=column_names(scan, values.shape[1]), fingerprint=scan.fingerprint,
-                    files=[f.display for f in scan.files], rows_dropped=dropped)
+                    files=[f.display for f in scan.files], rows_dropped=dropped,
+                    dtypes=column_dtypes(scan, values.shape[1]))

@@ -2,4 +2,6 @@
 
 from pathlib import Path
 
-SITES = Path(__file__).resolve().parents[2] / "sites"  # the repository's sites/ folder
+# the demo's site specs, shipped with the package (the repository's sites/ holds the same specs, a test
+# keeps them equal): `pip install flowprior` then `flowprior demo` needs no checkout
+SITES = Path(__file__).resolve().parent / "sites"

@@ -3,7 +3,8 @@
     run_demo(DemoSettings(out=Path("flowprior-demo")))
 
 1. fit the core prior on the healthy 2014 rows of all four turbines (Ray Train, 1 worker);
-2. check every site (``sites/*.yaml``: its healthy 2015 rows) against it and record the decision;
+2. check every site (the shipped specs, ``pipeline/demo/sites/*.yaml``: its healthy 2015 rows) against
+   it and record the decision;
 3. fine-tune or refit where the decision says so, the sites in parallel (Ray tasks);
 4. with ``sweep``: sweep lambda (and friends) per site with Ray Tune (``pipeline.jobs.sweep``);
    align every site's encoder to its prior -- with the sweep's choice if there was one -- and a

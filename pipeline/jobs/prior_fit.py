@@ -35,7 +35,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.data import DataError
-from pipeline.data.features import FeatureScan, column_names, scan_features
+from pipeline.data.features import FeatureScan, column_dtypes, column_names, scan_features
+from pipeline.data.schema import FeatureSchema
 from pipeline.jobs import runtime
 from pipeline.jobs.ingest import FeatureStats, Split, gather_stats, training_dataset
 from pipeline.method.prior import FlowPrior
@@ -255,13 +256,16 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     model = VelocityMLP(velocity)
     model.load_state_dict(weights)
     history = state["history"]
+    d2 = data.feature_dim
+    schema = FeatureSchema.from_moments(column_names(features, d2), column_dtypes(features, d2),
+                                        stats.train.mean, stats.train.covariance)  # the feature contract
     info = {"projection": data.projection_kind, "normaliser": spec.normaliser, "seed": spec.seed,
-            "feature_dim": data.feature_dim, "fit": spec.fit.to_dict(), "history": history}
+            "feature_dim": d2, "fit": spec.fit.to_dict(), "history": history, "features": schema.to_dict()}
     prior = FlowPrior(model, data.projection, data.mean, data.scale, info)
     ingest = {"files": len(features.files), "bytes": stats.bytes, "train_rows": stats.train_rows,
               "heldout_rows": stats.heldout_rows, "heldout_sample": len(data.z_heldout),
               "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",
-              "columns": column_names(features, data.feature_dim), "shards": state.get("shards", []),
+              "columns": list(schema.columns), "shards": state.get("shards", []),
               "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()},
               "seconds_validating": checking, "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",

@@ -2,7 +2,7 @@
 
     check_site(spec, registry)                      # in the caller's process: reads, measures, records
     run_sites(finetune_site, specs, store)          # one Ray task per site, in parallel
-    run_sites(align_site, specs, store, lam=1.0, gpu=0.25)   # four sites share each GPU
+    run_sites(align_site, specs, store, lam=0.002, gpu=0.25)   # four sites share each GPU
 
 Each job is an ordinary function over the method library and the registry; ``run_sites`` runs it
 as Ray tasks (1 CPU, 1 torch thread each, and a GPU share if asked: the task then trains on its
@@ -19,21 +19,47 @@ from typing import Callable
 
 import torch
 
-from pipeline.data import DataError
+from pipeline.data import DataError, Features
+from pipeline.data.schema import FeatureSchema
 from pipeline.data.split import split_indices
 from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
 from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
-from pipeline.registry.registry import current_alias
-from pipeline.sites.decision import decide, measure, probe
+from pipeline.registry.registry import current_alias, settings_digest
+from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import SiteSpec
 from pipeline.storage import Store
 
 Say = Callable[[str], None]
+SITE_RETRIES = 3  # reruns of a site task whose worker died (a lost node, an OOM kill)
 METRIC_POINTS = 5000  # target points the encoder metrics (kNN NLL proxy, spread) compare latents with
-MIN_CHECK_POINTS = 20  # held-out target points below which a site check refuses to decide
+
+
+STEP_INPUTS = {  # the spec sections each step's result depends on (with the prior and the data's fingerprints)
+    "check": ("target", "finetune", "thresholds", "seed"),
+    "finetune": ("target", "finetune", "seed"),
+    "align": ("target", "observations", "encoder", "seed"),
+}
+
+
+def step_name(step: str, spec: SiteSpec, prior_id: str, fingerprints: list[str], **inputs: object) -> str:
+    """The deterministic run name of a site step: ``<site>.<step>.<digest>`` of everything its result
+    depends on (the spec sections of ``STEP_INPUTS``, the prior, the data's fingerprints, ``inputs``)."""
+    sections = {k: v for k, v in spec.to_dict().items() if k in STEP_INPUTS[step]}
+    digest = settings_digest({"step": step, "spec": sections, "prior": prior_id, "data": fingerprints, **inputs})
+    return f"{spec.site}.{step}.{digest}"
+
+
+def _done(registry: Registry, kind: str, site: str, name: str, force: bool, say: Say) -> Record | None:
+    """The newest record of the step ``name`` (its run, or a ``--force`` rerun of it), unless ``force``."""
+    if force:
+        return None
+    runs = [r for r in registry.records(kind=kind, site=site) if name in (r.name, r.config.get("step"))]
+    if runs:
+        say(f"[site {site}] {name} already ran: {runs[-1].id} (rerun it with --force)")
+    return runs[-1] if runs else None
 
 
 def _core_id(registry: Registry, prior_id: str | None) -> str:
@@ -44,27 +70,49 @@ def _core_id(registry: Registry, prior_id: str | None) -> str:
     return prior_id
 
 
-def _site_points(spec: SiteSpec, prior: FlowPrior):
-    """The site's target features (checked against the prior's dimension) and its train/held-out split."""
+def contract_warnings(prior: FlowPrior, features: Features, where: str) -> list[str]:
+    """Hold a site's target ``features`` to the prior's feature contract (:mod:`pipeline.data.schema`):
+    a ``DataError`` naming the first column that differs by name or position; warnings (returned) for
+    columns whose statistics look like other units. A prior fitted before contracts is checked by its
+    column count only, with a warning saying so."""
+    if "features" not in prior.info:
+        if features.dim != prior.feature_dim:
+            raise DataError(f"{where} has {features.dim} feature columns ({', '.join(features.columns[:4])}...) but "
+                            f"the prior expects {prior.feature_dim}")
+        return [f"the prior has no feature schema (fitted before feature contracts): only the number of columns "
+                f"({prior.feature_dim}) was checked, not their names, order or units"]
+    schema = FeatureSchema.from_dict(prior.info["features"])
+    schema.require_columns(features.columns, where)
+    return schema.drift(FeatureSchema.measure(features.columns, features.dtypes, features.values))
+
+
+def _site_points(spec: SiteSpec, prior: FlowPrior, say: Say | None = None):
+    """The site's target features (held to the prior's feature contract; each warning is said) and its
+    train/held-out split, and the contract's warnings."""
     features = spec.target.read()
-    if features.dim != prior.feature_dim:
-        raise ValueError(f"{spec.path}: target {spec.target.uri} has {features.dim} feature columns "
-                         f"({', '.join(features.columns[:4])}...) but the prior expects {prior.feature_dim}")
+    warnings = contract_warnings(prior, features, f"{spec.path}: target {spec.target.uri}")
+    for warning in warnings if say is not None else ():
+        say(f"[site {spec.site}] warning: {warning}")
     train, heldout = split_indices(features.values, spec.finetune.heldout_fraction, spec.seed)
-    return features, train, heldout
+    return features, train, heldout, warnings
 
 
-def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, say: Say = print) -> Record:
+def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, say: Say = print,
+               force: bool = False) -> Record:
     """Measure how well the prior (default: the current core) explains the site's held-out target
-    features, decide reuse / finetune / refit, and record it as a ``site-check``."""
+    features, decide reuse / finetune / refit, and record it as a ``site-check``. A step with the same
+    inputs that already ran returns its record, unless ``force`` (see :func:`step_name`)."""
     prior_id = _core_id(registry, prior_id)
     record = registry.get(prior_id)
     missing = [k for k in ("heldout_fm", "heldout_nll_proxy", "nll_samples") if record.metrics.get(k) is None]
     if missing:
         raise RegistryError(f"prior {prior_id} has no {', '.join(missing)} in its metrics (fitted before site "
                             "checks existed); refit it with `flowprior prior fit`")
+    name = step_name("check", spec, prior_id, [spec.target.scan().fingerprint])
+    if done := _done(registry, "site-check", spec.site, name, force, say):
+        return done
     prior = registry.load_prior(prior_id)
-    features, train, heldout = _site_points(spec, prior)
+    features, train, heldout, warnings = _site_points(spec, prior, say)
     if len(heldout) < MIN_CHECK_POINTS:
         raise DataError(f"{spec.path}: target {spec.target.uri} has {len(features.values)} rows, so "
                         f"{len(heldout)} held out (finetune.heldout_fraction {spec.finetune.heldout_fraction:g}); a "
@@ -77,8 +125,9 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
                      settings.batch_size, seed=spec.seed)
     decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(),
-                                      "spec": spec.path, "target": spec.target.uri},
+                              name=None if force else name,
+                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": name,
+                                      "spec": spec.path, "target": spec.target.uri, "contract_warnings": warnings},
                               metrics={**numbers, "rows_dropped": features.rows_dropped})
     t = spec.thresholds
     say(f"[site {spec.site} check] {decision}: a {settings.probe_steps}-step probe fine-tune gains "
@@ -95,10 +144,11 @@ def latest_check(registry: Registry, site: str, prior_id: str) -> Record | None:
 
 
 def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: str | None = None,
-                  say: Say = print, device: str = "cpu", precision: str = "fp32") -> Record | None:
+                  say: Say = print, device: str = "cpu", precision: str = "fp32", force: bool = False) -> Record | None:
     """Train and register a ``site-prior`` (parent: the core prior) on ``device``, the flow-matching
     forward in ``precision``. ``mode`` ``auto`` follows the site's latest check against that prior
-    (checking first if there is none) and does nothing on ``reuse``."""
+    (checking first if there is none) and does nothing on ``reuse``. A fine-tune with the same inputs
+    that already ran returns its record, unless ``force``."""
     registry = Registry(store)
     prior_id = _core_id(registry, prior_id)
     if mode == "auto":
@@ -107,8 +157,11 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
         if mode == "reuse":
             say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
             return None
+    name = step_name("finetune", spec, prior_id, [spec.target.scan().fingerprint], mode=mode, precision=precision)
+    if done := _done(registry, "site-prior", spec.site, name, force, say):
+        return done
     core = registry.load_prior(prior_id).to(device)
-    features, train, heldout = _site_points(spec, core)
+    features, train, heldout, warnings = _site_points(spec, core, say)
     z_train, z_heldout = core.to_prior(features.values[train]), core.to_prior(features.values[heldout])
     settings = spec.finetune
     steps = settings.steps if mode == "finetune" else settings.refit_steps
@@ -122,8 +175,9 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     final = site_prior.info["history"][-1]
     record = registry.publish_prior(
         site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-        config={"mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
-                "history": site_prior.info["history"]},
+        name=None if force else name,
+        config={"step": name, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
+                "contract_warnings": warnings, "history": site_prior.info["history"]},
         metrics={"heldout_fm": final["heldout_fm"], "heldout_fm_core": reuse_fm, "steps": steps,
                  "train_rows": len(z_train), "heldout_rows": len(z_heldout)})
     say(f"[site {spec.site} {mode}] held-out FM {reuse_fm:.4f} (core) -> {final['heldout_fm']:.4f}; "
@@ -148,15 +202,16 @@ def alignment_prior(registry: Registry, site: str, prior_id: str | None = None) 
     return core
 
 
-def alignment_data(spec: SiteSpec, prior: FlowPrior):
+def alignment_data(spec: SiteSpec, prior: FlowPrior, say: Say | None = None):
     """The site's observations, up to ``METRIC_POINTS`` target points in prior space (what the encoder
     metrics compare latents with), and the kNN NLL proxy of other target points against those: the
-    value latents distributed exactly like the target would score."""
+    value latents distributed exactly like the target would score. The target is held to the prior's
+    feature contract (warnings are said with ``say``)."""
     if spec.encoder.latent_dim is not None and spec.encoder.latent_dim != prior.latent_dim:
         raise ValueError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior it aligns to "
                          f"has dimension {prior.latent_dim}")
     observations = spec.observations.read()
-    target, _, _ = _site_points(spec, prior)
+    target, _, _, _ = _site_points(spec, prior, say)
     rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))
     z = prior.to_prior(target.values[rows[: METRIC_POINTS + 1000].numpy()])  # (<= 6000, d1)
     z_target, z_other = z[:METRIC_POINTS], z[METRIC_POINTS:]
@@ -177,20 +232,22 @@ def sweep_choice(registry: Registry, sweep_id: str, site: str) -> dict:
 
 @dataclass
 class Alignment:
-    """An aligned encoder's record, and both runs (aligned and the lambda = 0 baseline) for reports."""
+    """An aligned encoder's record, and both runs (aligned and the lambda = 0 baseline) for reports
+    (None when the step had already run and nothing was trained)."""
 
     record: Record
-    aligned: EncoderRun
-    baseline: EncoderRun
+    aligned: EncoderRun | None
+    baseline: EncoderRun | None
 
 
 def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id: str | None = None,
-               sweep_id: str | None = None, say: Say = print, device: str = "cpu") -> Alignment:
+               sweep_id: str | None = None, say: Say = print, device: str = "cpu", force: bool = False) -> Alignment:
     """Train the site's autoencoder with ``recon + lambda L_align`` against its prior, and a lambda = 0
     baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics.
 
     With ``sweep_id`` the settings (lambda, lr, draws, steps) and the prior are the ones that sweep chose
-    for the site, and the sweep becomes a parent of the encoder. Both runs train on ``device``."""
+    for the site, and the sweep becomes a parent of the encoder. Both runs train on ``device``. An alignment
+    with the same inputs that already ran returns its record (and no runs), unless ``force``."""
     registry = Registry(store)
     config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
     if sweep_id is not None:
@@ -208,8 +265,12 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
             say(f"[site {spec.site} align] note: sweep {sweep_id} ran against {prior_id}, but the site's prior is "
                 f"now {current}; the encoder will be aligned to the sweep's (run a new sweep to follow the new one)")
     prior_id = alignment_prior(registry, spec.site, prior_id)
+    name = step_name("align", spec, prior_id, [spec.observations.scan().fingerprint, spec.target.scan().fingerprint],
+                     align=config.to_dict(), sweep=sweep_id)
+    if done := _done(registry, "encoder", spec.site, name, force, say):
+        return Alignment(done, None, None)
     prior = registry.load_prior(prior_id)
-    observations, z_target, reference = alignment_data(spec, prior)
+    observations, z_target, reference = alignment_data(spec, prior, say)
     runs = {}
     for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
         say(f"[site {spec.site} align] {name}: lambda {run_config.lam:g}, {len(observations.values)} observations, "
@@ -226,9 +287,9 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
                             {"site": spec.site, "lambda": config.lam, "prior": prior_id})
         record = registry.register(
             "encoder", site=spec.site, parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
-            artifact=path,
-            fingerprint=observations.fingerprint,
-            config={"lambda": config.lam, "align": config.to_dict(), "encoder": aligned.model.config.to_dict(),
+            artifact=path, fingerprint=observations.fingerprint, name=None if force else name,
+            config={"step": name, "lambda": config.lam, "align": config.to_dict(),
+                    "encoder": aligned.model.config.to_dict(),
                     "sweep": sweep_id,
                     "spec": spec.path, "observations": spec.observations.uri,
                     "history": aligned.history, "baseline_history": baseline.history},
@@ -252,11 +313,15 @@ def _in_task(job: Callable, spec: SiteSpec, store: Store, kwargs: dict):
 
 
 def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str | None = None,
-              say: Say = print, gpu: float = 0.0, **kwargs: object) -> list:
+              say: Say = print, gpu: float = 0.0, retries: int = SITE_RETRIES, **kwargs: object) -> list:
     """``job(spec, store, device=..., **kwargs)`` for every site as parallel Ray tasks; results in
     ``specs`` order. Each task asks for 1 CPU and ``gpu`` GPUs (a share such as 0.25 packs four sites
     on a GPU) and trains on ``cuda`` when it has one. On the embedded local Ray without GPUs a GPU
     request falls back to CPUs (with a note); a cluster's autoscaler may add GPU nodes.
+
+    A task whose worker dies (a lost spot node, an OOM kill) runs again, up to ``retries`` times; the
+    site steps are idempotent (:func:`step_name`), so a rerun after a registration registers nothing
+    new. An exception the job raises (bad data, a bad spec) is not retried.
 
     Every site runs to its end; if any failed, the first failure is raised after the rest finished
     (their results are already registered)."""
@@ -271,7 +336,10 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
         gpu = 0.0
     kwargs["device"] = "cuda" if gpu else "cpu"
     shape = site_task_resources(gpu)
-    task = ray.remote(num_cpus=shape["CPU"], num_gpus=shape.get("GPU", 0), max_retries=0)(_in_task)
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries!r}")
+    task = ray.remote(num_cpus=shape["CPU"], num_gpus=shape.get("GPU", 0), max_retries=retries,
+                      retry_exceptions=False)(_in_task)
     refs = {task.remote(job, spec, store, kwargs): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
     while pending:

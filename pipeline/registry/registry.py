@@ -193,7 +193,10 @@ class Registry:
 
     def publish_prior(self, prior: "FlowPrior", *, kind: str = "prior", site: str | None = None,
                       **fields: object) -> Record:
-        """Save ``prior`` as a tensor-only checkpoint and register it (see ``register``)."""
+        """Save ``prior`` as a tensor-only checkpoint and register it (see ``register``); its feature
+        contract (``info["features"]``, see :mod:`pipeline.data.schema`) goes into the record's config."""
+        if "features" in prior.info:
+            fields["config"] = {**(fields.get("config") or {}), "features": prior.info["features"]}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "prior.safetensors"
             prior.save(path)

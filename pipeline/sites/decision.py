@@ -42,9 +42,14 @@ from pipeline.sites.site_prior import site_fit_config, train_site_prior
 DECISIONS = ("reuse", "finetune", "refit")
 
 
+MIN_CHECK_POINTS = 20  # held-out target points below which a site check refuses to decide
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """When a site stops reusing the core prior (see the module docstring)."""
+    """When a site stops reusing the core prior: `refit` when `fm_ratio > refit_fm`, else `finetune` when
+    a probe fine-tune gains more than `finetune_gain` of the held-out FM loss, else `reuse`
+    (``pipeline.sites.decision``; the defaults are measured by ``benchmarks/site_decisions.py``)."""
 
     finetune_gain: float = 0.03
     refit_fm: float = 35.0

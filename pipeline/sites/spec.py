@@ -11,7 +11,7 @@
       filters: {site: R80711, year: 2015}
       drop_nonfinite: true
     encoder: {latent_dim: 4, widths: [128, 128]}
-    alignment: {lambda: 1.0, draws: 4, steps: 2000, mode: align}   # or mode: match (distribution matching)
+    alignment: {lambda: 0.002, draws: 4, steps: 1500, mode: align}   # the defaults; or mode: match
     finetune: {steps: 1000, lr: 0.0003}
     thresholds: {finetune_gain: 0.03, refit_fm: 35}   # the defaults (in code)
 
@@ -32,6 +32,10 @@ from pipeline.specs import SpecError, read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 
 
+KEYS = frozenset({"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds",
+                  "seed"})  # a site spec's top-level keys
+
+
 @dataclass(frozen=True)
 class DataSource:
     """A Parquet table (file, folder or glob; local or s3://) and the rows and columns to use."""
@@ -48,9 +52,18 @@ class DataSource:
         return read_features(self.uri, feature_column=self.feature_column, columns=self.columns,
                              filters=self.filters, drop_nonfinite=self.drop_nonfinite)
 
+    def scan(self):
+        """The table's listing and one footer (no data read): its columns, types and fingerprint."""
+        from pipeline.data.features import scan_features
+
+        return scan_features(self.uri, feature_column=self.feature_column, columns=self.columns,
+                             filters=self.filters, drop_nonfinite=self.drop_nonfinite)
+
 
 @dataclass(frozen=True)
 class EncoderSettings:
+    """The site's autoencoder: its hidden widths, and the latent dimension (the prior's)."""
+
     latent_dim: int | None = None  # must equal the prior's dimension; None: take the prior's
     widths: tuple[int, ...] = (128, 128)
 
@@ -100,7 +113,7 @@ def load_site_spec(path: str | os.PathLike) -> SiteSpec:
     """Read and validate ``path`` (see the module docstring)."""
     path = Path(path)
     data = read_mapping(path, "site spec")
-    top = {"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds", "seed"}
+    top = KEYS
     unknown = sorted(set(data) - top)
     if unknown:
         raise SpecError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(top))})")

@@ -13,7 +13,7 @@
     scheduler: {type: asha, grace_epochs: 1, reduction_factor: 3}   # or {type: fifo}
     resources: {cpu: 1, gpu: 0}                    # per trial (gpu: 0.25 packs four trials per GPU)
     max_concurrent: 0                              # 0: as many trials as the cluster holds
-    select: {metric: knn_nll, recon: mean, recon_tolerance: 0.1, penalty: 10}   # see pipeline.sweeps.objective
+    select: {metric: nll_gap, recon: median, recon_tolerance: 2.0, penalty: 10}   # the defaults; see pipeline.sweeps.objective
 
 Every trial trains one site's encoder; each site also gets one lambda = 0 baseline run (its
 reconstruction error is what ``recon_tolerance`` is relative to). Trials start in the order the
@@ -42,6 +42,8 @@ SWEPT = tuple(DIMENSIONS.values())  # the AlignConfig fields a trial's settings 
 NOT_SWEPT = {"latent_dim": "the latent dimension is fixed by the prior each site aligns to",
              "projection": "the projection belongs to the prior each site aligns to, not to its encoder"}
 SAMPLERS = ("grid", "choice", "loguniform")
+KEYS = frozenset({"name", "sites", "space", "samples", "steps", "epoch_steps", "scheduler", "resources",
+                  "max_concurrent", "select"})  # a sweep spec's top-level keys
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,7 @@ def load_sweep_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and validate ``path`` and the site specs it names (see the module docstring)."""
     path = Path(path)
     data = read_mapping(path, "sweep spec")
-    top = {"name", "sites", "space", "samples", "steps", "epoch_steps", "scheduler", "resources",
-           "max_concurrent", "select"}
+    top = KEYS
     unknown = sorted(set(data) - top)
     if unknown:
         raise SpecError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(top))})")

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, scan
 from pipeline.method.training import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.storage import S3Options, Store, StoreError
+from tests.support.processes import pids_titled
 from tests.support.shards import assert_disjoint_shards
 
 SMALL = dict(width=32, depth=2, fit=FitConfig(steps=300, warmup=20, lr=2e-3), report_every=100)
@@ -110,6 +112,12 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     assert (ingest["train_rows"], ingest["heldout_rows"]) == ((~heldout).sum(), heldout.sum())
     assert 300 < heldout.sum() < 500  # 10% of 4,000 rows, within binomial noise
     assert_disjoint_shards(ingest, row_hash(x[~heldout], spec.seed))
+    # the feature contract: the columns, their types and the training rows' mean and sd, in record and checkpoint
+    contract = record.config["features"]
+    assert contract["columns"] == ["features[0]", "features[1]"] and contract["dtypes"] == ["float", "float"]
+    np.testing.assert_allclose(contract["mean"], x[~heldout].mean(0), atol=1e-4)
+    np.testing.assert_allclose(contract["sd"], x[~heldout].std(0), rtol=1e-4)
+    assert registry.load_prior(record.id).info["features"] == contract
     # the fit learned the two blobs: held-out FM loss well below an untrained model's, samples close to data
     from pipeline.jobs.prior_fit_worker import heldout_metrics
     from pipeline.method.velocity import VelocityConfig, VelocityMLP
@@ -127,18 +135,6 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     assert any("already registered" in line for line in lines)
 
 
-def _ray_train_worker_pids() -> list[int]:
-    """Processes titled ``ray::RayTrainWorker`` (Ray Train's worker actors), from /proc."""
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                pids.append(int(entry))
-        except OSError:
-            pass
-    return sorted(pids)
-
-
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_registers_one_prior(local_ray, two_blobs, tmp_path):
     store = Store.open(str(tmp_path / "store"))
@@ -151,7 +147,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_registers_one_prio
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             if (runs / "checkpoint_manager_snapshot.json").exists():  # a checkpoint is committed
-                pids = _ray_train_worker_pids()
+                pids = pids_titled("ray::RayTrainWorker")  # Ray Train's worker actors
                 if pids:
                     os.kill(pids[-1], signal.SIGKILL)  # a real process death, mid-fit
                     killed.append(pids[-1])

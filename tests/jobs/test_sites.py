@@ -1,33 +1,40 @@
 """Per-site jobs on a real local Ray, through the real command line, on both store backends."""
 
 import json
+import os
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from pipeline.cli import main
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.data import read_features
+from pipeline.data.schema import FeatureSchema
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import measure
 from pipeline.data.split import split_indices
 from pipeline.registry import Registry
 from pipeline.storage import Store
+from tests.support.processes import pids_titled
 
 SITE = "R80711"
 
 
-def publish_core(store_uri: str, steps: int = 150):
+def publish_core(store_uri: str, steps: int = 150, contract: bool = True):
     """A small core prior on the healthy 2014 rows, fitted in this process (the Ray Train fit has its own
-    tests) and registered with the held-out numbers a site check compares with, as the Train job records them."""
+    tests) and registered with the held-out numbers a site check compares with and (unless not
+    ``contract``, as before contracts) its feature schema, as the Train job records them."""
     x = read_features(str(lhb.PARQUET), columns=lhb.FEATURES, filters={"year": 2014, "fault": False},
                       drop_nonfinite=True)
     train, heldout = split_indices(x.values, 0.1, seed=0)
     prior = FlowPrior.fit(x.values[train][:20000], latent_dim=4, projection="pca", normaliser="per-dim", width=32,
                           depth=2, fit=FitConfig(steps=steps, warmup=20, lr=2e-3), seed=0)
+    if contract:
+        prior.info["features"] = FeatureSchema.measure(x.columns, x.dtypes, x.values[train]).to_dict()
     own = measure(prior, prior.to_prior(x.values[heldout][:2000]), 1.0, 0.0, 1000)
     return Registry(Store.open(store_uri)).publish_prior(
         prior, fingerprint=x.fingerprint, metrics={"heldout_fm": own["fm_site"], "heldout_nll_proxy": own["nll_site"],
@@ -78,11 +85,20 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     (record,) = registry.records(kind="site-check", site=SITE)
     assert record.id == check["check"] and record.config["decision"] == check["decision"]
 
+    # a rerun of the same step returns its record; --force runs it again
+    code, out, _ = flowprior(capsys, "site", "check", spec, "--store", store_uri)
+    assert code == 0 and "already ran" in out and len(registry.records(kind="site-check")) == 1
+    assert flowprior(capsys, "site", "check", spec, "--force", "--store", store_uri)[0] == 0
+    first, forced = registry.records(kind="site-check")
+    assert first.id == record.id and forced.config["step"] == first.name and forced.name is None
+
     code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri)
     (site_prior,) = registry.records(kind="site-prior", site=SITE)
     assert code == 0 and site_prior.parents == [core.id] and site_prior.config["mode"] == "finetune"
     assert site_prior.id in out and [h["step"] for h in site_prior.config["history"]] == [30, 60]
     assert registry.load_prior(site_prior.id).latent_dim == 4
+    code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri)
+    assert code == 0 and site_prior.id in out and len(registry.records(kind="site-prior")) == 1
 
     code, out, _ = flowprior(capsys, "site", "align", spec, "--lambda", "2", "--store", store_uri)
     (encoder,) = registry.records(kind="encoder", site=SITE)
@@ -90,6 +106,8 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     for name in ("recon", "l_align", "knn_nll", "spread"):
         assert encoder.metrics[name] is not None and encoder.metrics[f"baseline_{name}"] is not None
     assert encoder.metrics["l_align"] < encoder.metrics["baseline_l_align"]
+    code, out, _ = flowprior(capsys, "site", "align", spec, "--lambda", "2", "--store", store_uri)
+    assert code == 0 and encoder.id in out and len(registry.records(kind="encoder")) == 1  # nothing trained
     code, out, _ = flowprior(capsys, "registry", "aligned", SITE, "--json", "--store", store_uri)
     assert [r["id"] for r in json.loads(out)] == [site_prior.id]
 
@@ -111,14 +129,50 @@ def test_auto_mode_follows_the_check_and_align_refuses_a_missing_site_prior(loca
     assert Registry(Store.open(store_uri)).records(kind="encoder") == []
 
 
-def test_a_spec_whose_columns_do_not_fit_the_prior_is_refused(tmp_path, capsys):
+def test_a_spec_whose_columns_break_the_contract_is_refused_by_name_and_order(tmp_path, capsys):
     store_uri = str(tmp_path / "store")
     publish_core(store_uri, steps=5)
-    spec = str(small_spec(tmp_path, columns=["pitch", "power", "wind_speed"]))
-    code, _, err = flowprior(capsys, "site", "check", spec, "--store", store_uri)
-    assert code == 2 and "has 3 feature columns" in err and "expects 10" in err
-    code, _, err = flowprior(capsys, "site", "check", spec, "--store", str(tmp_path / "empty"))
+    swapped = ["power", "pitch", *lhb.FEATURES[2:]]  # as many columns, another order
+    for step in ("check", "finetune", "align"):
+        code, _, err = flowprior(capsys, "site", step, str(small_spec(tmp_path, columns=swapped)), "--store", store_uri)
+        assert code == 2 and "feature column 0 is 'power' but the prior was fitted with 'pitch' there" in err, err
+    fewer = str(small_spec(tmp_path, columns=lhb.FEATURES[:3]))
+    code, _, err = flowprior(capsys, "site", "check", fewer, "--store", store_uri)
+    assert code == 2 and "3 feature columns but the prior was fitted on 10; missing temperature" in err
+    assert [r.kind for r in Registry(Store.open(store_uri)).records()] == ["prior"]  # nothing recorded
+    code, _, err = flowprior(capsys, "site", "check", fewer, "--store", str(tmp_path / "empty"))
     assert code == 2 and "no core prior" in err
+
+
+def test_a_prior_from_before_contracts_is_checked_by_column_count_with_a_warning(tmp_path, capsys):
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri, steps=5, contract=False)
+    code, _, err = flowprior(capsys, "site", "check", str(small_spec(tmp_path, columns=lhb.FEATURES[:3])),
+                             "--store", store_uri)
+    assert code == 2 and "has 3 feature columns" in err and "expects 10" in err
+    code, out, _ = flowprior(capsys, "site", "check", str(small_spec(tmp_path)), "--store", store_uri)
+    (check,) = Registry(Store.open(store_uri)).records(kind="site-check")
+    assert code == 0 and "warning: the prior has no feature schema" in out
+    assert check.config["contract_warnings"][0].startswith("the prior has no feature schema")
+
+
+def test_a_column_in_other_units_is_checked_with_a_warning_in_the_output_and_the_record(tmp_path, capsys):
+    import pyarrow.compute as pc
+
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri, steps=5)
+    table = pq.read_table(lhb.PARQUET, filters=[("site", "=", SITE), ("year", "=", 2015)])
+    kilowatts = tmp_path / "kw.parquet"  # this site reports power in MW, the fleet in kW
+    pq.write_table(table.set_column(table.schema.get_field_index("power"), "power",
+                                    pc.divide(table["power"], 1000.0)), kilowatts)
+    spec = small_spec(tmp_path)
+    data = yaml.safe_load(spec.read_text())
+    data["target"]["uri"] = str(kilowatts)
+    spec.write_text(yaml.safe_dump(data))
+    code, out, _ = flowprior(capsys, "site", "check", str(spec), "--store", store_uri)
+    (check,) = Registry(Store.open(store_uri)).records(kind="site-check")
+    assert code == 0 and f"[site {SITE}] warning: column power: sd" in out
+    assert [w.split(":")[0] for w in check.config["contract_warnings"]] == ["column power"] * 2  # mean and sd
 
 
 def _device_of_task(spec, store, device: str, **kwargs) -> str:
@@ -176,3 +230,107 @@ def test_a_check_with_too_few_held_out_points_records_nothing(tmp_path, capsys):
     code, _, err = flowprior(capsys, "site", "check", str(spec), "--store", store_uri)
     assert code == 2 and "a check needs at least 20 held-out points" in err, err
     assert Registry(Store.open(store_uri)).records(kind="site-check") == []
+
+
+def test_validate_reads_only_footers_holds_the_contract_and_writes_nothing(tmp_path, capsys):
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri, steps=5)
+    listing = lambda: sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*"))  # noqa: E731
+    before = listing()
+    good = small_spec(tmp_path)
+    target_rows = pq.read_table(lhb.PARQUET, columns=["power"], filters=[("site", "=", SITE), ("year", "=", 2015),
+                                                                         ("fault", "=", False)]).num_rows
+    code, out, _ = flowprior(capsys, "site", "validate", str(good), "--store", store_uri)
+    assert code == 0 and f"{SITE} ({good}): ok" in out, out
+    assert f"would run: check: {target_rows:,} target rows" in out and "align: " in out and "lambda 1," in out
+
+    problems = {"swapped": ({"columns": ["power", "pitch", *lhb.FEATURES[2:]]},
+                            "feature column 0 is 'power' but the prior was fitted with 'pitch'"),
+                "typo": ({"target": {"uri": str(lhb.PARQUET), "filters": {"site": "R8071"}}},
+                         "no rows pass the filters"),
+                "unknown": ({"columns": [*lhb.FEATURES, "humidity"]}, "feature column 'humidity' is not in"),
+                "misspelt": ({"alignmnt": {}}, "unknown key 'alignmnt'")}
+    for name, (change, message) in problems.items():
+        (tmp_path / name).mkdir()
+        spec = str(small_spec(tmp_path / name, **change))
+        code, out, _ = flowprior(capsys, "site", "validate", str(good), spec, "--store", store_uri)
+        assert code == 1 and message in out and "PROBLEMS" in out and f"{SITE} ({good}): ok" in out, (name, out)
+    code, out, _ = flowprior(capsys, "site", "validate", str(good), "--store", str(tmp_path / "none"), "--json")
+    (report,) = json.loads(out)
+    assert code == 1 and not report["ok"] and "no core prior" in report["problems"][0]
+    assert listing() == before and not (tmp_path / "none").exists()  # nothing written anywhere
+
+
+def test_two_concurrent_checks_of_the_same_site_register_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.jobs.sites import check_site
+    from pipeline.sites import load_site_spec
+
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri, steps=5)
+    spec = load_site_spec(small_spec(tmp_path))
+    registry = Registry(Store.open(store_uri))
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: check_site(spec, registry, say=lambda _: None), range(2))
+    assert a.id == b.id and [r.id for r in registry.records(kind="site-check")] == [a.id]
+
+
+def _fails_once_by_dying_then_by_raising(spec, store, device: str, **kwargs) -> str:
+    import os
+    import uuid
+
+    store.create(f"attempts/{spec.site}/{uuid.uuid4().hex}", b"")
+    attempts = len(list(store.list(f"attempts/{spec.site}")))
+    if spec.site == "flaky" and attempts == 1:
+        os._exit(1)  # the worker dies, as on a lost node: Ray runs the task again
+    if spec.site == "broken":
+        raise ValueError("bad data")  # the job's own error: never retried
+    return f"{spec.site} after {attempts} attempt(s)"
+
+
+def test_a_dead_worker_is_retried_and_an_error_of_the_step_is_not(local_ray, tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.jobs.sites import run_sites
+
+    store = Store.open(str(tmp_path))
+    flaky = [SimpleNamespace(site="flaky")]
+    assert run_sites(_fails_once_by_dying_then_by_raising, flaky, store, retries=1) == ["flaky after 2 attempt(s)"]
+    with pytest.raises(ValueError, match="bad data"):
+        run_sites(_fails_once_by_dying_then_by_raising, [SimpleNamespace(site="broken")], store, retries=3)
+    assert len(list(store.list("attempts/broken"))) == 1
+
+
+@pytest.mark.slow
+def test_a_site_task_killed_mid_finetune_still_completes_and_registers_once(local_ray, tmp_path):
+    import signal
+    import threading
+    import time
+    from datetime import datetime, timezone
+
+    from pipeline.jobs.sites import finetune_site, run_sites
+    from pipeline.sites import load_site_spec
+
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri, steps=5)
+    spec = load_site_spec(small_spec(tmp_path, finetune={"steps": 1500, "log_every": 100}))
+    lines: list[str] = []
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(records=run_sites(
+        finetune_site, [spec], Store.open(store_uri), say=lines.append, retries=2, mode="finetune")))
+    runner.start()
+    deadline, killed = time.time() + 120, None
+    while killed is None and time.time() < deadline:
+        if pids_titled("ray::_in_task"):
+            time.sleep(5)  # into the fine-tune: reading the data and loading the core take ~2 s
+            pids = pids_titled("ray::_in_task")
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed, killed_at = pids[0], datetime.now(timezone.utc)
+        time.sleep(0.2)
+    runner.join(timeout=600)
+    assert killed is not None and not runner.is_alive()
+    (site_prior,) = Registry(Store.open(store_uri)).records(kind="site-prior")
+    assert result["records"][0].id == site_prior.id and site_prior.metrics["steps"] == 1500
+    assert datetime.fromisoformat(site_prior.created_at) > killed_at  # the retry trained and registered it

@@ -44,6 +44,13 @@ def test_a_spec_resolves_relative_paths_and_keeps_defaults(tmp_path):
     assert spec.encoder.widths == (16, 8) and spec.thresholds == Thresholds(finetune_gain=0.05)
 
 
+
+def test_a_spec_without_an_alignment_block_gets_the_measured_setting_not_a_collapsing_one(tmp_path):
+    text = "\n".join(line for line in GOOD.splitlines() if not line.startswith("alignment:"))
+    spec = load_site_spec(write(tmp_path, text))
+    assert (spec.alignment.lam, spec.alignment.steps, spec.alignment.mode) == (0.002, 1500, "align")
+
+
 @pytest.mark.parametrize("change, message", [
     (("site: plant-7", "site: ../etc"), "site"),
     (("site: plant-7\n", ""), "missing key 'site'"),

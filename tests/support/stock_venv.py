@@ -52,16 +52,22 @@ def _top_level(dist: Distribution) -> set[str]:
     return {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}
 
 
-def make_stock_venv(path: Path) -> Path:
-    """The virtual environment at ``path`` (see the module docstring); returns its ``bin`` folder."""
+def make_linked_venv(path: Path, roots: list[str]) -> Path:
+    """A virtual environment at ``path`` whose site-packages links the installed files of exactly the
+    dependency closure of ``roots``; returns its ``bin`` folder."""
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     site = next((path / "lib").glob("python3*/site-packages"))
-    for dist in closure(STOCK).values():
+    for dist in closure(roots).values():
         for name in _top_level(dist):
             source, link = Path(dist.locate_file(name)), site / name
             if source.exists() and not link.exists():
                 link.symlink_to(source)
-    bin_dir = path / "bin"
+    return path / "bin"
+
+
+def make_stock_venv(path: Path) -> Path:
+    """The virtual environment at ``path`` (see the module docstring); returns its ``bin`` folder."""
+    bin_dir = make_linked_venv(path, STOCK)
     (bin_dir / "ray").write_text(f"#!{bin_dir / 'python'}\nimport sys\nfrom ray.scripts.scripts import main\n"
                                  "sys.exit(main())\n")
     (bin_dir / "ray").chmod(0o755)

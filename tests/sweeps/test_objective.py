@@ -10,7 +10,7 @@ from pipeline.sweeps import Selection, choose, pareto_front
 
 
 def test_objective_is_the_score_plus_a_penalty_beyond_the_reconstruction_bound():
-    s = Selection(metric="knn_nll", recon_tolerance=0.1, penalty=100)
+    s = Selection(metric="knn_nll", recon="mean", recon_tolerance=0.1, penalty=100)
     inside = {"recon": 1.05, "recon_median": 9.0, "knn_nll": 4.0}
     outside = {"recon": 1.30, "recon_median": 9.0, "knn_nll": 3.0}
     assert s.objective(inside, 1.0, None) == 4.0 and s.feasible(inside, 1.0)

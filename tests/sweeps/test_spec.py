@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from pipeline.sweeps import SweepSpec, load_sweep_spec
+from pipeline.sweeps.objective import Selection
 from pipeline.sites import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ def test_defaults_come_from_the_site_specs_and_the_file_name(tmp_path):
     spec = load_sweep_spec(write(tmp_path, space={"lambda": {"loguniform": [1e-4, 1]}, "draws": {"choice": [2, 8]}}))
     assert spec.name == "sweep" and spec.steps == 300 and spec.epoch_steps == 100 and spec.epochs == 3
     assert spec.sites[0].path == str(tmp_path / "a.yaml")  # relative to the sweep spec
-    assert spec.select.metric == "knn_nll" and spec.select.recon_tolerance == 0.1
+    assert spec.select == Selection(metric="nll_gap", recon="median", recon_tolerance=2.0)  # the measured choice
     assert spec.to_dict()["space"] == {"lambda": {"loguniform": [1e-4, 1.0]}, "draws": {"choice": [2, 8]}}
     assert spec.resources.cpu == 1.0 and spec.max_concurrent == 0 and spec.samples == 1
     assert spec.resources.shape() == {"CPU": 1.0}  # no GPU unless asked

@@ -3,12 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def quick_mog(tmp_path_factory) -> tuple[dict, "Path"]:
+def quick_mog(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("toy") / "mog"
     run = subprocess.run(
         [sys.executable, "-m", "pipeline", "toy", "--distribution", "mog", "--quick", "--out", str(out)],
