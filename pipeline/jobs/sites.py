@@ -265,9 +265,9 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
             say(f"[site {spec.site} align] note: sweep {sweep_id} ran against {prior_id}, but the site's prior is "
                 f"now {current}; the encoder will be aligned to the sweep's (run a new sweep to follow the new one)")
     prior_id = alignment_prior(registry, spec.site, prior_id)
-    name = step_name("align", spec, prior_id, [spec.observations.scan().fingerprint, spec.target.scan().fingerprint],
+    step = step_name("align", spec, prior_id, [spec.observations.scan().fingerprint, spec.target.scan().fingerprint],
                      align=config.to_dict(), sweep=sweep_id)
-    if done := _done(registry, "encoder", spec.site, name, force, say):
+    if done := _done(registry, "encoder", spec.site, step, force, say):
         return Alignment(done, None, None)
     prior = registry.load_prior(prior_id)
     observations, z_target, reference = alignment_data(spec, prior, say)
@@ -287,8 +287,8 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
                             {"site": spec.site, "lambda": config.lam, "prior": prior_id})
         record = registry.register(
             "encoder", site=spec.site, parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
-            artifact=path, fingerprint=observations.fingerprint, name=None if force else name,
-            config={"step": name, "lambda": config.lam, "align": config.to_dict(),
+            artifact=path, fingerprint=observations.fingerprint, name=None if force else step,
+            config={"step": step, "lambda": config.lam, "align": config.to_dict(),
                     "encoder": aligned.model.config.to_dict(),
                     "sweep": sweep_id,
                     "spec": spec.path, "observations": spec.observations.uri,

@@ -103,6 +103,7 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     code, out, _ = flowprior(capsys, "site", "align", spec, "--lambda", "2", "--store", store_uri)
     (encoder,) = registry.records(kind="encoder", site=SITE)
     assert code == 0 and encoder.aligned_to == site_prior.id and encoder.config["lambda"] == 2.0
+    assert encoder.name == encoder.config["step"] and encoder.name.startswith(f"{SITE}.align.")  # named by inputs
     for name in ("recon", "l_align", "knn_nll", "spread"):
         assert encoder.metrics[name] is not None and encoder.metrics[f"baseline_{name}"] is not None
     assert encoder.metrics["l_align"] < encoder.metrics["baseline_l_align"]
