@@ -108,8 +108,8 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     if missing:
         raise RegistryError(f"prior {prior_id} has no {', '.join(missing)} in its metrics (fitted before site "
                             "checks existed); refit it with `flowprior prior fit`")
-    name = step_name("check", spec, prior_id, [spec.target.scan().fingerprint])
-    if done := _done(registry, "site-check", spec.site, name, force, say):
+    step = step_name("check", spec, prior_id, [spec.target.scan().fingerprint])
+    if done := _done(registry, "site-check", spec.site, step, force, say):
         return done
     prior = registry.load_prior(prior_id)
     features, train, heldout, warnings = _site_points(spec, prior, say)
@@ -125,8 +125,8 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
                      settings.batch_size, seed=spec.seed)
     decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-                              name=None if force else name,
-                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": name,
+                              name=None if force else step,
+                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": step,
                                       "spec": spec.path, "target": spec.target.uri, "contract_warnings": warnings},
                               metrics={**numbers, "rows_dropped": features.rows_dropped})
     t = spec.thresholds
@@ -157,8 +157,8 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
         if mode == "reuse":
             say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
             return None
-    name = step_name("finetune", spec, prior_id, [spec.target.scan().fingerprint], mode=mode, precision=precision)
-    if done := _done(registry, "site-prior", spec.site, name, force, say):
+    step = step_name("finetune", spec, prior_id, [spec.target.scan().fingerprint], mode=mode, precision=precision)
+    if done := _done(registry, "site-prior", spec.site, step, force, say):
         return done
     core = registry.load_prior(prior_id).to(device)
     features, train, heldout, warnings = _site_points(spec, core, say)
@@ -175,8 +175,8 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     final = site_prior.info["history"][-1]
     record = registry.publish_prior(
         site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-        name=None if force else name,
-        config={"step": name, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
+        name=None if force else step,
+        config={"step": step, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
                 "contract_warnings": warnings, "history": site_prior.info["history"]},
         metrics={"heldout_fm": final["heldout_fm"], "heldout_fm_core": reuse_fm, "steps": steps,
                  "train_rows": len(z_train), "heldout_rows": len(z_heldout)})
