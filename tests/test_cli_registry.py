@@ -56,6 +56,12 @@ def test_the_store_comes_from_the_environment_when_the_flag_is_absent(tmp_path):
     (["registry", "aligned", "../etc"], "invalid site id '../etc'"),
     (["registry", "lineage", "a/b"], "invalid record id 'a/b'"),
     (["registry", "ls", "--kind", "model"], "invalid choice: 'model'"),
+    (["registry", "ls", "--where", "created_after=monday"], "not an ISO 8601 time"),
+    (["registry", "alias", "set", "core", "prior-404"], "no record 'prior-404'"),
+    (["registry", "alias", "history", "../core"], "invalid alias"),
+    (["registry", "gc", "--keep-days", "-1"], "expected a number of days >= 0"),
+    (["prior", "fit", "f.parquet", "--tag", "team"], "expected key=value"),
+    (["site", "align", "s.yaml", "--tag", "secret_key=x"], "credentials never go into the registry"),
 ])
 def test_bad_queries_fail_clearly(tmp_path, args, message):
     Registry(Store.open(str(tmp_path / "st"))).register("prior")
@@ -80,3 +86,46 @@ def test_help_explains_the_queries():
     for word in ("ls", "show", "lineage", "aligned", "stale", "--json"):
         assert word in result.stdout
     assert "FLOWPRIOR_STORE" in flowprior("registry", "ls", "--help").stdout
+
+
+def test_fleet_status_aliases_and_tags_from_the_cli(store_uri):
+    registry = Registry(Store.open(store_uri))
+    fleet = build_fleet(registry)
+    tagged = registry.register("site-check", site="s2", parents=[fleet["core2"].id], config={"decision": "reuse"},
+                               metrics={"probe_gain": 0.01, "fm_ratio": 1.02, "nll_gap": 0.1, "mmd": 0.01},
+                               tags={"team": "ops"})
+    status = json.loads(flowprior("fleet", "status", "--json", "--store", store_uri).stdout)
+    assert status["core"] == fleet["core2"].id and status["stale"] == ["s1", "s2"]
+    assert [(s["site"], s["decision"]) for s in status["sites"]] == [("s1", None), ("s2", "reuse"), ("s3", None)]
+    table = flowprior("fleet", "status", "--store", store_uri)
+    assert table.returncode == 0 and "3 site(s), 2 stale" in table.stdout
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[2:]}
+    assert "STALE" in rows["s1"] and "reuse" in rows["s2"] and "the current core" in rows["s3"]
+    assert [r["id"] for r in query(store_uri, "ls", "--where", "team=ops")] == [tagged.id]
+
+    # roll the core back with a reason: stale follows, the history says why
+    moved = flowprior("registry", "alias", "set", "core", fleet["core1"].id, "--reason", "roll back v2",
+                      "--expect", fleet["core2"].id, "--json", "--store", store_uri)
+    assert moved.returncode == 0 and json.loads(moved.stdout)[0]["reason"] == "roll back v2"
+    assert query(store_uri, "stale") == []
+    history = json.loads(flowprior("registry", "alias", "history", "core", "--json", "--store", store_uri).stdout)
+    assert [(m["target"], m["reason"]) for m in history] == [
+        (fleet["core1"].id, None), (fleet["core2"].id, None), (fleet["core1"].id, "roll back v2")]
+    lost = flowprior("registry", "alias", "set", "core", fleet["core2"].id, "--expect", fleet["core2"].id,
+                     "--store", store_uri)
+    assert lost.returncode == 2 and "it was not moved" in lost.stderr
+    listed = flowprior("registry", "alias", "ls", "--store", store_uri)
+    assert listed.returncode == 0 and "roll back v2" in listed.stdout and "encoder.s3" in listed.stdout
+
+
+def test_gc_from_the_cli_previews_then_deletes(tmp_path):
+    store = Store.open(str(tmp_path / "st"))
+    kept = Registry(store).register("prior")
+    store.create("artifacts/" + "f" * 64 + ".bin", b"orphan" * 1000)
+    preview = flowprior("registry", "gc", "--keep-days", "0", "--dry-run", "--json", "--store", store.uri)
+    found = json.loads(preview.stdout)
+    assert preview.returncode == 0 and [d["key"] for d in found["doomed"]] == ["artifacts/" + "f" * 64 + ".bin"]
+    assert found["bytes"] == 6000 and found["deleted"] == [] and store.list("artifacts") == ["f" * 64 + ".bin"]
+    done = flowprior("registry", "gc", "--keep-days", "0", "--store", store.uri)
+    assert done.returncode == 0 and "deleted 1 item(s), 0.01 MiB" in done.stdout
+    assert store.list("artifacts") == [] and [r.id for r in Registry(store).records()] == [kept.id]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import demo, prior, registry, runtime_env, site, sweep, toy
+from pipeline.cli import demo, fleet, prior, registry, runtime_env, site, sweep, toy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     site.add_parser(commands)
     sweep.add_parser(commands)
     registry.add_parser(commands)
+    fleet.add_parser(commands)
     runtime_env.add_parser(commands)
     return parser
 

@@ -27,6 +27,29 @@ def open_store(args: argparse.Namespace) -> Store:
     return Store.open(args.store, options)
 
 
+def open_existing_store(args: argparse.Namespace) -> Store:
+    """The store of ``--store``, refusing a local one that was never published to (a mistyped path)."""
+    store = open_store(args)
+    if store.is_local and not store.backend.root.is_dir():
+        raise ValueError(f"no store at {store.uri} (nothing has been published there; check --store or $FLOWPRIOR_STORE)")
+    return store
+
+
+def add_tag_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tag", dest="tags", action="append", type=tag, default=[], metavar="KEY=VALUE",
+                        help="tag what this registers (repeatable; find it with `flowprior registry ls --where "
+                             "KEY=VALUE`)")
+
+
+def tag(text: str) -> tuple[str, str]:
+    from pipeline.registry.records import RegistryError, parse_tag
+
+    try:
+        return parse_tag(text)
+    except RegistryError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def positive(text: str) -> int:
     try:
         value = int(text)
@@ -34,6 +57,16 @@ def positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
     return value
 
 
@@ -53,3 +86,10 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
                         help="flow-matching forward/backward in float32, or bf16 autocast (GPUs with bf16; "
                              "weights, optimiser state and every metric stay float32; default: %(default)s)")
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Rows as aligned columns under ``header``, for people (``--json`` is for scripts)."""
+    lines = [header, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)

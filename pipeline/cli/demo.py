@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.common import positive
+from pipeline.cli.common import add_tag_argument, positive
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -13,7 +13,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(out=args.out, store=args.store, sites=args.sites, core_steps=args.core_steps,
                             quick=args.quick, address=args.address, sweep=args.sweep,
-                            match_lambda=None if args.no_match else MATCH_LAMBDA)
+                            match_lambda=None if args.no_match else MATCH_LAMBDA, tags=dict(args.tags))
     run_demo(settings)
     return 0
 
@@ -45,4 +45,5 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="skip the distribution-matching encoders (alignment mode 'match') that the report compares "
                            "with plain L_align")
     demo.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    add_tag_argument(demo)
     demo.set_defaults(handler=cmd_demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_precision_argument, add_store_arguments, open_store, positive
+from pipeline.cli.common import add_precision_argument, add_store_arguments, add_tag_argument, open_store, positive
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -46,7 +46,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
     store = open_store(args)
-    record = fit_core_prior(spec, store, address=args.address)
+    record = fit_core_prior(spec, store, address=args.address, tags=dict(args.tags))
     print(f"prior {record.id}  run {record.name}  held-out FM {record.metrics.get('heldout_fm', float('nan')):.4f}  "
           f"sliced W2 {record.metrics.get('sliced_w2', float('nan')):.4f}  artifact {store.uri_of(record.artifact)}")
     return 0
@@ -114,5 +114,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    add_tag_argument(fit)
     add_store_arguments(fit)
     fit.set_defaults(handler=cmd_fit)

@@ -6,31 +6,46 @@ import argparse
 import json
 from dataclasses import asdict
 
-from pipeline.cli.common import add_store_arguments, open_store
-from pipeline.registry import KINDS, Record, Registry
+from pipeline.cli.common import add_store_arguments, days, open_existing_store, open_store, table
+from pipeline.registry import KINDS, Record, Registry, RegistryError
+from pipeline.registry.aliases import AliasMove
+from pipeline.registry.query import FIELDS, TIMES, Where, select
 
-COLUMNS = ("id", "kind", "site", "created", "links", "artifact hash", "fingerprint")
+COLUMNS = ("id", "kind", "site", "created", "links", "artifact hash", "fingerprint", "tags")
+ALIAS_COLUMNS = ("alias", "version", "target", "previous", "moved", "reason")
 
 
 def _row(record: Record) -> tuple[str, ...]:
     links = [f"parent={p}" for p in record.parents] + ([f"aligned_to={record.aligned_to}"] if record.aligned_to else [])
     return (record.id, record.kind, record.site or "-", record.created_at[:19].replace("T", " "),
-            ", ".join(links) or "-", (record.hash or "-")[:12], (record.fingerprint or "-")[:12])
+            ", ".join(links) or "-", (record.hash or "-")[:12], (record.fingerprint or "-")[:12],
+            " ".join(f"{k}={v}" for k, v in sorted(record.tags.items())) or "-")
 
 
 def render(records: list[Record], as_json: bool, empty: str) -> str:
     """A JSON list of records for scripts, or an aligned table for people."""
     if as_json:
         return json.dumps([asdict(r) for r in records], indent=2, sort_keys=True)
-    if not records:
-        return empty
-    lines = [COLUMNS, *map(_row, records)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+    return table(COLUMNS, [_row(r) for r in records]) if records else empty
+
+
+def render_moves(moves: list[AliasMove], as_json: bool, empty: str) -> str:
+    if as_json:
+        return json.dumps([asdict(m) for m in moves], indent=2, sort_keys=True)
+    rows = [(m.alias, str(m.version), m.target, m.previous or "-", m.moved_at[:19].replace("T", " "), m.reason or "-")
+            for m in moves]
+    return table(ALIAS_COLUMNS, rows) if rows else empty
+
+
+def where(text: str) -> Where:
+    try:
+        return Where.parse(text)
+    except RegistryError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_ls(args: argparse.Namespace, registry: Registry) -> tuple[list[Record], str]:
-    return registry.records(kind=args.kind, site=args.site), "no records"
+    return select(registry.records(kind=args.kind, site=args.site), args.where), "no records"
 
 
 def cmd_show(args: argparse.Namespace, registry: Registry) -> tuple[list[Record], str]:
@@ -71,11 +86,39 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_alias(args: argparse.Namespace) -> int:
+    registry = Registry(open_existing_store(args))
+    if args.alias_action == "ls":
+        moves, empty = sorted(registry.current().values(), key=lambda m: m.alias), "no aliases"
+    elif args.alias_action == "history":
+        moves, empty = registry.alias_history(args.name), f"alias {args.name!r} has never been set"
+    else:
+        moves, empty = [registry.move_alias(args.name, args.id, reason=args.reason, expect=args.expect)], ""
+    print(render_moves(moves, args.json, empty))
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from pipeline.registry.retention import collect
+
+    store = open_existing_store(args)
+    result = collect(Registry(store), args.keep_days, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "bytes": result.bytes, "stopped": result.stopped,
+                          "deleted": result.deleted, "doomed": [asdict(d) for d in result.doomed]}, indent=1))
+        return 0
+    rows = [(d.what, d.key, f"{d.bytes / 2**20:,.2f}", f"{d.age_days:.1f}", d.why) for d in result.doomed]
+    if rows:
+        print(table(("what", "key", "MiB", "age (days)", "why"), rows))
+    print(f"{store.uri}: {verb} {len(result.doomed) if args.dry_run else len(result.deleted)} item(s), "
+          f"{result.bytes / 2**20:,.2f} MiB, older than {args.keep_days:g} days; records and aliases are never deleted"
+          + (f"; stopped early: {result.stopped}" if result.stopped else ""))
+    return 0
+
+
 def handle(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    if store.is_local and not store.backend.root.is_dir():
-        raise ValueError(f"no store at {store.uri} (nothing has been published there; check --store or $FLOWPRIOR_STORE)")
-    registry = Registry(store)
+    registry = Registry(open_existing_store(args))
     records, empty = args.query(args, registry)
     if args.command_name == "show" and not args.json:
         print(json.dumps(asdict(records[0]), indent=2, sort_keys=True))
@@ -101,6 +144,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     ls = query("ls", cmd_ls, "list records, oldest first")
     ls.add_argument("--kind", choices=KINDS, help="only records of this kind")
     ls.add_argument("--site", help="only records of this site")
+    ls.add_argument("--where", action="append", type=where, default=[], metavar="KEY=VALUE",
+                    help=f"only records where KEY is VALUE (repeatable): a field ({', '.join(FIELDS)}), a time bound "
+                         f"({', '.join(TIMES)}: ISO 8601, UTC unless zoned) or a tag (tag.KEY for one named like a "
+                         "field); different keys must all hold, one key given twice matches either value")
     query("show", cmd_show, "one record in full").add_argument("id", help="record id")
     query("lineage", cmd_lineage, "a record and everything it derives from, back to its data").add_argument(
         "id", help="record id")
@@ -122,3 +169,45 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     query("stale", cmd_stale, "sites whose current encoder is aligned to neither the current core prior nor "
                               "anything derived from it").add_argument(
         "--prior", help="compare against this prior id instead of the current core prior")
+
+    gc = queries.add_parser(
+        "gc", help="delete what nothing references: unreferenced artifacts, old run folders, superseded snapshots",
+        description="Delete, once older than --keep-days: artifacts that no record points at, Ray Train/Tune run "
+                    "folders under ray-runs/ (registered or abandoned; age is the last write under the folder, so "
+                    "a running job's folder stays) and snapshots superseded by a newer one. Records and alias "
+                    "entries are never deleted. Safe beside concurrent publishers: gc holds a lease while it lists "
+                    "and deletes, and a publisher checks its artifact once no gc is running (and uploads it again "
+                    "if a gc took it). --dry-run lists what would go and the bytes it would free.")
+    gc.add_argument("--keep-days", type=days, default=7.0, metavar="N",
+                    help="keep everything written in the last N days (default: %(default)g)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    gc.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_store_arguments(gc)
+    gc.set_defaults(handler=cmd_gc)
+
+    alias = queries.add_parser(
+        "alias", help="list, show the history of, or move aliases (the current core prior, each site's current ...)",
+        description="Aliases name what is current: `core` (the fleet's core prior) and `<kind>.<site>` (a site's "
+                    "current encoder, site prior or check). Each is an append-only log of moves; `set` appends one "
+                    "(a compare-and-swap on the log's next version), so a rollback is a move back to an older record, "
+                    "and `registry stale` follows it.")
+    actions = alias.add_subparsers(dest="alias_action", required=True, metavar="ACTION")
+    alias_ls = actions.add_parser("ls", help="every alias and what it points at now",
+                                  description="Every alias with its current target, version, time and reason.")
+    history = actions.add_parser("history", help="every move of one alias, oldest first",
+                                 description="Every move of one alias, oldest first, with its reason.")
+    history.add_argument("name", help="alias name (e.g. core, encoder.R80711)")
+    move = actions.add_parser(
+        "set", help="point an alias at a record (a rollback: an older record)",
+        description="Point an alias at a record: `core` takes a prior, `<kind>.<site>` a record of that kind and "
+                    "site. The move is appended to the alias's log with its time and --reason. With --expect the "
+                    "move happens only while the alias still points at that id (someone else's move in between "
+                    "makes it fail, exit 2), so two operators cannot undo each other unknowingly.")
+    move.add_argument("name", help="alias name (e.g. core, encoder.R80711)")
+    move.add_argument("id", help="record id to point it at")
+    move.add_argument("--reason", help="why (kept in the alias's history), e.g. 'roll back: core v7 NaNs at R80711'")
+    move.add_argument("--expect", metavar="ID", help="move only if the alias points at this id now")
+    for action in (alias_ls, history, move):
+        action.add_argument("--json", action="store_true", help="print the entries as JSON")
+        add_store_arguments(action)
+    alias.set_defaults(handler=cmd_alias)

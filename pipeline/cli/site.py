@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.cli.common import add_precision_argument, add_store_arguments, gpu_share, open_store
+from pipeline.cli.common import add_precision_argument, add_store_arguments, add_tag_argument, gpu_share, open_store
 
 SITE_RETRIES = 3  # the default of --retries (pipeline.jobs.sites.SITE_RETRIES; a test keeps them equal)
 
@@ -56,7 +56,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     specs, registry = _specs(args), Registry(open_store(args))
     say = print if not args.json else lambda _: None
-    checks = [check_site(spec, registry, args.prior, say=say, force=args.force) for spec in specs]
+    checks = [check_site(spec, registry, args.prior, say=say, force=args.force, tags=dict(args.tags))
+              for spec in specs]
     if args.json:
         print(json.dumps([{"site": c.site, "decision": c.config["decision"], "check": c.id, "prior": c.parents[0],
                            **c.metrics} for c in checks], indent=1))
@@ -74,7 +75,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     specs = _specs(args)
     records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu,
                         retries=args.retries, mode=args.mode, prior_id=args.prior, precision=args.precision,
-                        force=args.force)
+                        force=args.force, tags=dict(args.tags))
     for spec, record in zip(specs, records):
         print(f"{spec.site:10s} " + (f"{record.config['mode']:8s} {record.id}  held-out FM {record.metrics['heldout_fm_core']:.4f}"
                                      f" (core) -> {record.metrics['heldout_fm']:.4f}" if record else "reuse    (nothing to train)"))
@@ -87,7 +88,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     specs = _specs(args)
     results = run_sites(align_site, specs, open_store(args), address=args.address, gpu=args.gpu,
                         retries=args.retries, lam=args.lam, prior_id=args.prior, sweep_id=args.from_sweep,
-                        force=args.force)
+                        force=args.force, tags=dict(args.tags))
     print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  encoder -> prior")
     for r in results:
         m = r.record.metrics
@@ -144,6 +145,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--prior", metavar="ID", help="use this prior instead of the current core prior "
                                                           "(align: instead of the site's own)")
         if action is not validate:
+            add_tag_argument(action)
             action.add_argument("--force", action="store_true",
                                 help="run the step even if a step with the same inputs (spec sections, prior, data "
                                      "fingerprint) already ran; without it a rerun prints and returns that record")

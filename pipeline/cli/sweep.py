@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli.common import add_store_arguments, open_store
+from pipeline.cli.common import add_store_arguments, add_tag_argument, open_store
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     quiet = (lambda _: None) if args.json else print
     try:
         record = run_sweep(spec, open_store(args), address=args.address, say=quiet, name=args.name,
-                           trust_store_state=args.trust_store_state)
+                           trust_store_state=args.trust_store_state, tags=dict(args.tags))
     except SweepInterrupted as error:
         print(f"flowprior sweep: {error}", file=sys.stderr)
         return 130
@@ -61,5 +61,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="resume an unfinished Tune experiment found under <store>/ray-runs/. Tune keeps its state "
                              "as pickles, so resuming runs code from the store on this driver: pass this only if no one "
                              "but trusted jobs can write there (without it, finding such state is an error)")
+    add_tag_argument(parser)
     add_store_arguments(parser)
     parser.set_defaults(handler=cmd_sweep)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -66,6 +66,7 @@ class DemoSettings:
     sweep: Path | None = None  # a sweep spec over the demo's sites: sweep, then align with its choices
     match_lambda: float | None = MATCH_LAMBDA  # also align with distribution matching at this lambda; None: skip
     match_steps: int = MATCH_STEPS  # its steps (quick: the plain alignment's)
+    tags: dict[str, str] = field(default_factory=dict)  # on every record the demo registers
 
     def core_spec(self) -> PriorFitSpec:
         """The core prior: the healthy 2014 rows of all four turbines, PCA to ``latent_dim``, a fresh run name."""
@@ -167,23 +168,24 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     registry = Registry(store)
     say(f"[demo] {len(specs)} sites ({', '.join(s.site for s in specs)}), store {store.uri}")
 
-    core = fit_core_prior(settings.core_spec(), store, address=settings.address, say=say)
+    tags = settings.tags
+    core = fit_core_prior(settings.core_spec(), store, address=settings.address, say=say, tags=tags)
     timings = {"core_fit": time.perf_counter() - started}
 
-    checks = {spec.site: check_site(spec, registry, core.id, say=say) for spec in specs}
+    checks = {spec.site: check_site(spec, registry, core.id, say=say, tags=tags) for spec in specs}
     timings["checks"] = time.perf_counter() - started - sum(timings.values())
     to_train = [s for s in specs if checks[s.site].config["decision"] != "reuse"]
     site_priors = dict(zip([s.site for s in to_train], run_sites(finetune_site, to_train, store, settings.address,
-                                                                  say=say, prior_id=core.id))) if to_train else {}
+                                                                  say=say, prior_id=core.id, tags=tags))) if to_train else {}
     timings["site_priors"] = time.perf_counter() - started - sum(timings.values())
     sweep_spec = settings.sweep_spec(specs)
-    sweep = run_sweep(sweep_spec, store, settings.address, say=say) if sweep_spec else None
+    sweep = run_sweep(sweep_spec, store, settings.address, say=say, tags=tags) if sweep_spec else None
     timings["sweep"] = time.perf_counter() - started - sum(timings.values())
     matched: list[Alignment | None] = [None] * len(specs)
     if settings.match_lambda is not None:
-        matched = run_sites(align_site, settings.match_specs(specs), store, settings.address, say=say)
+        matched = run_sites(align_site, settings.match_specs(specs), store, settings.address, say=say, tags=tags)
     alignments: list[Alignment] = run_sites(align_site, specs, store, settings.address, say=say,
-                                            sweep_id=sweep.id if sweep else None)
+                                            sweep_id=sweep.id if sweep else None, tags=tags)
     timings["alignment"] = time.perf_counter() - started - sum(timings.values())
 
     per_site, priors = {}, {}

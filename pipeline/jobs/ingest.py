@@ -32,6 +32,7 @@ from pipeline.data import DataError
 from pipeline.data.features import FeatureScan
 from pipeline.data.split import digest, is_heldout, row_hash
 from pipeline.method.moments import Moments
+from pipeline.progress import Progress
 
 Say = Callable[[str], None]
 TASKS_PER_CPU = 2  # statistics tasks per cluster CPU: enough to balance files of uneven size
@@ -113,6 +114,8 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
     scan_ref = ray.put(scan)
     pending = [task.remote(scan_ref, g, split, sample) for g in groups]
     total, size = FeatureStats(), sum(f.size for f in scan.files)
+    # nothing else prints while the files are checked: on a terminal, one line rewritten in place
+    bar = Progress("prior fit", len(scan.files), "files checked", say, live=say is print)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         try:
@@ -124,8 +127,8 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
             if isinstance(cause, DataError):
                 raise DataError(str(cause)) from None  # the file, column and row, without a remote traceback
             raise
-        say(f"[prior fit] checked {total.files}/{len(scan.files)} files ({total.bytes / 2**20:,.0f} of "
-            f"{size / 2**20:,.0f} MiB), {total.train_rows + total.heldout_rows:,} rows")
+        bar.update(total.files, f"{total.bytes / 2**20:,.0f} of {size / 2**20:,.0f} MiB, "
+                                f"{total.train_rows + total.heldout_rows:,} rows")
     return total
 
 

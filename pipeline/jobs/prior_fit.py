@@ -37,13 +37,14 @@ from safetensors.torch import load_file
 from pipeline.data import DataError
 from pipeline.data.features import FeatureScan, column_dtypes, column_names, scan_features
 from pipeline.data.schema import FeatureSchema
-from pipeline.jobs import runtime
+from pipeline.jobs import runtime, tensorboard
 from pipeline.jobs.ingest import FeatureStats, Split, gather_stats, training_dataset
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.method.transforms import NORMALISERS, PROJECTIONS, default_projection, fit_transform
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Record, Registry
+from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import Store, validate_name
 
 Progress = Callable[[str], None]
@@ -198,8 +199,9 @@ def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
 
 
 def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
-                   say: Progress = print, make_current: bool = True) -> Record:
-    """Fit (or resume) the run ``spec.name`` on Ray, then register its prior; see the module docstring."""
+                   say: Progress = print, make_current: bool = True, tags: dict[str, str] | None = None) -> Record:
+    """Fit (or resume) the run ``spec.name`` on Ray, then register its prior (with ``tags``); see the module
+    docstring."""
     spec = spec.with_name()
     registry = Registry(store)
     started = time.time()
@@ -237,7 +239,8 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
             "heldout": ray.put(data.z_heldout), "velocity": asdict(velocity), "fit": spec.fit.to_dict(),
             "batch_per_worker": spec.batch_per_worker, "seed": spec.seed,
             "shuffle_buffer": spec.shuffle_buffer, "cache_mb": spec.cache_mb, "report_every": spec.report_every,
-            "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker},
+            "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker,
+            "events": tensorboard.EventLog(store, f"{RAY_RUNS}/{spec.name}/{tensorboard.FOLDER}")},
         datasets={"train": dataset}, dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker=worker_resources(spec, use_gpu)),
@@ -273,7 +276,8 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
     record = registry.publish_prior(prior, fingerprint=features.fingerprint, config=config,
                                     metrics={**history[-1], "train_rows": stats.train_rows,
                                              "heldout_rows": stats.heldout_rows},
-                                    name=spec.name, settings=run_settings(spec), make_current=make_current)
+                                    name=spec.name, settings=run_settings(spec), make_current=make_current,
+                                    tags=tags)
     say(f"[prior fit] registered {record.id} ({store.uri_of(record.artifact)}); driver peak RSS {rss_before:,.0f} MiB before "
         f"the data, {ingest['driver_peak_rss_mib']['end']:,.0f} MiB at the end")
     return record

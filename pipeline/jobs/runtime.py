@@ -11,6 +11,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import Store
 
 # Logical CPUs the embedded Ray adds for Ray Data's read tasks: a Train worker group that takes every
@@ -75,7 +76,7 @@ def available(resource: str) -> float:
     return float(ray.cluster_resources().get(resource, 0.0))
 
 
-def storage_for(store: Store, folder: str = "ray-runs") -> tuple[str, object | None]:
+def storage_for(store: Store, folder: str = RAY_RUNS) -> tuple[str, object | None]:
     """``(storage_path, storage_filesystem)`` for Ray Train / Tune runs kept under ``store``."""
     if store.is_local:
         return f"{store.uri}/{folder}", None

@@ -25,6 +25,7 @@ from pipeline.data.split import split_indices
 from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
 from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
+from pipeline.progress import Progress
 from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
 from pipeline.registry.registry import current_alias, settings_digest
 from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe
@@ -98,7 +99,7 @@ def _site_points(spec: SiteSpec, prior: FlowPrior, say: Say | None = None):
 
 
 def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, say: Say = print,
-               force: bool = False) -> Record:
+               force: bool = False, tags: dict[str, str] | None = None) -> Record:
     """Measure how well the prior (default: the current core) explains the site's held-out target
     features, decide reuse / finetune / refit, and record it as a ``site-check``. A step with the same
     inputs that already ran returns its record, unless ``force`` (see :func:`step_name`)."""
@@ -125,7 +126,7 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
                      settings.batch_size, seed=spec.seed)
     decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-                              name=None if force else step,
+                              name=None if force else step, tags=tags,
                               config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": step,
                                       "spec": spec.path, "target": spec.target.uri, "contract_warnings": warnings},
                               metrics={**numbers, "rows_dropped": features.rows_dropped})
@@ -144,7 +145,8 @@ def latest_check(registry: Registry, site: str, prior_id: str) -> Record | None:
 
 
 def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: str | None = None,
-                  say: Say = print, device: str = "cpu", precision: str = "fp32", force: bool = False) -> Record | None:
+                  say: Say = print, device: str = "cpu", precision: str = "fp32", force: bool = False,
+                  tags: dict[str, str] | None = None) -> Record | None:
     """Train and register a ``site-prior`` (parent: the core prior) on ``device``, the flow-matching
     forward in ``precision``. ``mode`` ``auto`` follows the site's latest check against that prior
     (checking first if there is none) and does nothing on ``reuse``. A fine-tune with the same inputs
@@ -152,7 +154,7 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     registry = Registry(store)
     prior_id = _core_id(registry, prior_id)
     if mode == "auto":
-        check = latest_check(registry, spec.site, prior_id) or check_site(spec, registry, prior_id, say)
+        check = latest_check(registry, spec.site, prior_id) or check_site(spec, registry, prior_id, say, tags=tags)
         mode = check.config["decision"]
         if mode == "reuse":
             say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
@@ -168,14 +170,14 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     fit = site_fit_config(core, mode, steps, settings.lr, settings.batch_size, settings.log_every, precision)
     say(f"[site {spec.site} {mode}] {len(z_train)} training / {len(z_heldout)} held-out rows, {steps} steps "
         f"from {'the weights of ' if mode == 'finetune' else 'scratch in the space of '}{prior_id} on {device}")
-    progress = lambda h: say(f"[site {spec.site} {mode}] step {h['step']}/{steps}  train_fm {h['train_fm']:.4f}  "  # noqa: E731
-                             f"heldout_fm {h['heldout_fm']:.4f}")
+    bar = Progress(f"site {spec.site} {mode}", steps, "steps", say)
+    progress = lambda h: bar.update(h["step"], f"train_fm {h['train_fm']:.4f}  heldout_fm {h['heldout_fm']:.4f}")  # noqa: E731
     site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
     reuse_fm = heldout_fm(core.velocity, z_heldout, spec.seed)
     final = site_prior.info["history"][-1]
     record = registry.publish_prior(
         site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-        name=None if force else step,
+        name=None if force else step, tags=tags,
         config={"step": step, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
                 "contract_warnings": warnings, "history": site_prior.info["history"]},
         metrics={"heldout_fm": final["heldout_fm"], "heldout_fm_core": reuse_fm, "steps": steps,
@@ -241,7 +243,8 @@ class Alignment:
 
 
 def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id: str | None = None,
-               sweep_id: str | None = None, say: Say = print, device: str = "cpu", force: bool = False) -> Alignment:
+               sweep_id: str | None = None, say: Say = print, device: str = "cpu", force: bool = False,
+               tags: dict[str, str] | None = None) -> Alignment:
     """Train the site's autoencoder with ``recon + lambda L_align`` against its prior, and a lambda = 0
     baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics.
 
@@ -275,9 +278,10 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
     for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
         say(f"[site {spec.site} align] {name}: lambda {run_config.lam:g}, {len(observations.values)} observations, "
             f"{run_config.steps} steps, prior {prior_id}, on {device}")
-        progress = lambda h, n=name: say(  # noqa: E731
-            f"[site {spec.site} align] {n} step {h['step']}  recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  "
-            f"knn_nll {h['knn_nll']:.3f}  spread {h['spread']:.2f}") if h["step"] % (5 * run_config.log_every) == 0 \
+        bar = Progress(f"site {spec.site} align {name}", run_config.steps, "steps", say)
+        progress = lambda h, bar=bar: bar.update(  # noqa: E731
+            h["step"], f"recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  knn_nll {h['knn_nll']:.3f}  "
+                       f"spread {h['spread']:.2f}") if h["step"] % (5 * run_config.log_every) == 0 \
             or h["step"] == run_config.steps else None
         runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.widths,
                                    seed=spec.seed, progress=progress, device=device)
@@ -287,7 +291,7 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
                             {"site": spec.site, "lambda": config.lam, "prior": prior_id})
         record = registry.register(
             "encoder", site=spec.site, parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
-            artifact=path, fingerprint=observations.fingerprint, name=None if force else step,
+            artifact=path, fingerprint=observations.fingerprint, name=None if force else step, tags=tags,
             config={"step": step, "lambda": config.lam, "align": config.to_dict(),
                     "encoder": aligned.model.config.to_dict(),
                     "sweep": sweep_id,
@@ -342,16 +346,19 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
                       retry_exceptions=False)(_in_task)
     refs = {task.remote(job, spec, store, kwargs): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
+    bar = Progress(f"sites {getattr(job, '__name__', 'job').removesuffix('_site')}", len(refs), "sites", say)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         try:
             results[refs[done[0]]] = ray.get(done[0])
+            bar.update(len(results) + len(errors), f"{refs[done[0]]} done")
         except Exception as error:  # noqa: BLE001 - the job raised, its worker crashed or was OOM-killed, its
             # node was lost: that site failed, and every other site runs on
             if isinstance(error, ray.exceptions.RayTaskError):
                 error = error.as_instanceof_cause()
             errors.append((refs[done[0]], error))
             say(f"[site {refs[done[0]]}] failed: {type(error).__name__}: {error}")
+            bar.update(len(results) + len(errors), f"{refs[done[0]]} failed")
     if errors:
         raise errors[0][1]
     return [results[spec.site] for spec in specs]

@@ -47,6 +47,7 @@ from pipeline.jobs import runtime
 from pipeline.jobs.sites import alignment_data, alignment_prior
 from pipeline.method.encoder import AlignConfig, EncoderTraining
 from pipeline.method.prior import FlowPrior
+from pipeline.progress import status
 from pipeline.registry import Record, Registry
 from pipeline.storage import Store, validate_name
 from pipeline.sweeps import Selection, SweepSpec, choose, pareto_front
@@ -168,12 +169,14 @@ class Progress(tune.Callback):
 
     def __init__(self, label: str, total: int, epochs: int) -> None:
         self.label, self.total, self.epochs, self.ended = label, total, epochs, 0
+        self.started, self.ended_before = time.monotonic(), 0
 
     def get_state(self) -> dict:  # saved with the experiment, so a resumed sweep counts on
         return {"ended": self.ended}
 
     def set_state(self, state: dict) -> None:
-        self.ended = state["ended"]
+        self.ended = self.ended_before = state["ended"]
+        self.started = time.monotonic()  # the ETA follows this run's pace
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.ended += 1
@@ -182,7 +185,10 @@ class Progress(tune.Callback):
         how = "ran to the end" if epoch >= self.epochs else f"stopped at epoch {epoch}/{self.epochs}"
         settings = " ".join(f"{k} {c[k]}" if isinstance(c[k], str) else f"{k} {c[k]:g}" for k in SWEPT if k in c)
         objective = f"  objective {r['objective']:.3f}" if "objective" in r else ""
-        self.say(f"[{self.label}] {self.ended}/{self.total} {c['site']} {settings}: {how}  "
+        # trials: (ended this run) of (left at the start of this run), for the pace; the count shown is all of them
+        pace = status(self.ended - self.ended_before, self.total - self.ended_before, time.monotonic() - self.started)
+        eta = pace.split(", ", 1)[1] if ", " in pace else ""
+        self.say(f"[{self.label}] {self.ended}/{self.total} trials, {eta}: {c['site']} {settings}: {how}  "
                  f"recon {r.get('recon', math.nan):.4f}  knn_nll {r.get('knn_nll', math.nan):.3f}{objective}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -295,8 +301,8 @@ def _choices(spec: SweepSpec, sites: dict[str, SiteData], trials: list[dict], ba
 
 
 def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Say = print,
-              name: str | None = None, trust_store_state: bool = False) -> Record:
-    """Run (or resume, or return the recorded) sweep; see the module docstring."""
+              name: str | None = None, trust_store_state: bool = False, tags: dict[str, str] | None = None) -> Record:
+    """Run (or resume, or return the recorded) sweep, registered with ``tags``; see the module docstring."""
     started = time.perf_counter()
     registry = Registry(store)
     sites: dict[str, SiteData] = {}
@@ -351,7 +357,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     storage_path, _ = runtime.storage_for(store)
     record = registry.register(
         "sweep", parents=sorted({d.prior_id for d in sites.values()}), name=name, settings={"experiment": default_name},
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, tags=tags,
         config={"spec": spec.to_dict(), "experiment": f"{storage_path}/{name}", "choices": choices, "pareto": fronts,
                 "baselines": baselines, "trials": trials},
         metrics=metrics)

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from pipeline.registry import snapshots
 from pipeline.registry.records import RegistryError
 from pipeline.storage import AlreadyExists, Store, validate_name
 
@@ -31,6 +32,7 @@ class AliasMove:
     target: str  # the record id the alias points to from this move on
     previous: str | None  # the target before this move
     moved_at: str  # ISO 8601, UTC
+    reason: str | None = None  # why it was moved (``registry alias set --reason``), for the history
 
 
 def _key(alias: str, version: int) -> str:
@@ -45,7 +47,8 @@ def parse(data: bytes, where: str, alias: str, version: int) -> AliasMove:
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as error:
         raise RegistryError(f"{where}: not a valid alias entry ({type(error).__name__}: {error})") from None
     if move.alias != alias or move.version != version or not isinstance(move.target, str) \
-            or not isinstance(move.previous, (str, type(None))) or not isinstance(move.moved_at, str):
+            or not isinstance(move.previous, (str, type(None))) or not isinstance(move.moved_at, str) \
+            or not isinstance(move.reason, (str, type(None))):
         raise RegistryError(f"{where}: not a valid alias entry (it says alias {move.alias!r} version {move.version!r} "
                             f"-> {move.target!r}, previous {move.previous!r})")
     try:
@@ -99,23 +102,58 @@ def names(store: Store) -> list[str]:
     return store.list(ALIASES)
 
 
-def move(store: Store, alias: str, target: str, max_attempts: int = 1000, unless_current: bool = False) -> AliasMove:
+def current(store: Store, prefix: str = "") -> dict[str, AliasMove]:
+    """``{alias: its latest entry}`` for every alias whose name starts with ``prefix``, from one listing of
+    all aliases and the alias snapshot (see ``snapshots``), reading only the latest entries it lacks
+    (concurrently); when it lacked many, a fresh alias snapshot (of every alias's latest entry) is written
+    for the next reader."""
+    tree = store.list_tree(ALIASES)
+    versions: dict[str, int] = {}
+    for key in tree:
+        alias, _, name = key.partition("/")
+        stem = name[: -len(".json")]
+        if name.endswith(".json") and stem.isdigit():
+            versions[alias] = max(versions.get(alias, 0), int(stem))
+    latest = {a: _key(a, v)[len(ALIASES) + 1:] for a, v in versions.items()}  # alias: "<alias>/<version>.json"
+    verifiable = any(info.md5 for info in tree.values())
+    cached = snapshots.vouched(snapshots.read_latest(store, snapshots.ALIAS_SNAPSHOTS) if verifiable else {},
+                               {k: tree[k] for k in latest.values()})
+    missing = [k for k in latest.values() if k not in cached]
+    raw = {**cached, **dict(zip(missing, store.read_many([f"{ALIASES}/{k}" for k in missing])))}
+    if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
+        snapshots.write(store, raw, snapshots.ALIAS_SNAPSHOTS)
+    return {a: parse(raw[k], store.uri_of(f"{ALIASES}/{k}"), a, versions[a]) for a, k in latest.items()
+            if a.startswith(prefix)}
+
+
+class AliasMoved(RegistryError):
+    """A compare-and-swap move (``expect``) found the alias pointing elsewhere: someone moved it first."""
+
+
+def move(store: Store, alias: str, target: str, max_attempts: int = 1000, unless_current: bool = False,
+         expect: str | None = None, reason: str | None = None) -> AliasMove:
     """Point ``alias`` at ``target`` by appending the next version (compare-and-swap on the version).
 
     With ``unless_current``, a move that finds ``alias`` already at ``target`` (another writer finishing
-    the same publish got there first) returns that entry instead of appending a repeat. A write whose
-    reply was lost is not a conflict either: the store finds its own bytes (``Store.create``)."""
+    the same publish got there first) returns that entry instead of appending a repeat. With ``expect``,
+    the move happens only while ``alias`` points at ``expect``: if another writer moved it first, this
+    one raises ``AliasMoved`` rather than chaining after them. A write whose reply was lost is not a
+    conflict either: the store finds its own bytes (``Store.create``). ``reason`` goes into the entry."""
     validate_name(alias, "alias")
     current = latest(store, alias)
     for attempt in range(max_attempts):
         if unless_current and current is not None and current.target == target:
             return current
+        if expect is not None and (current.target if current else None) != expect:
+            raise AliasMoved(f"alias {alias!r} points at {current.target if current else 'nothing'} (version "
+                             f"{current.version if current else 0}), not at {expect}; it was not moved")
         version = (current.version if current else 0) + 1
         entry = AliasMove(alias=alias, version=version, target=target,
                           previous=current.target if current else None,
-                          moved_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+                          moved_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"), reason=reason)
+        fields = {k: v for k, v in asdict(entry).items() if k != "reason" or v is not None}  # old readers: no key
         try:
-            store.create(_key(alias, version), json.dumps(asdict(entry), sort_keys=True).encode())
+            store.create(_key(alias, version), json.dumps(fields, sort_keys=True).encode())
             return entry
         except AlreadyExists:
             current = _read(store, alias, version)  # someone else moved it first: chain after them

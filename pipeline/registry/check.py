@@ -8,10 +8,12 @@ Checked, from the objects themselves:
   ``artifacts/`` named after a hash holds bytes with that hash (a planted or corrupted object);
 * aliases: versions run 1, 2, ..., n without a gap; each entry parses, names its own alias and
   version, chains (its ``previous`` is the target before it) and targets an existing record;
-* snapshots: each matches its digest, and each row equals the record file of that id.
+* snapshots: each matches its digest, and each row equals the record file of that id (alias
+  snapshots: the alias entry file of that key).
 
 ``repair`` may only rebuild snapshots (they are caches): it deletes the snapshots with problems and,
-on S3, writes one fresh snapshot of the record files. Records, artifacts and aliases are never changed.
+on S3, writes one fresh snapshot of the record files (the next ``fleet status`` rewrites the alias
+snapshot). Records, artifacts and aliases are never changed.
 """
 
 from __future__ import annotations
@@ -79,8 +81,9 @@ def check(registry: Registry, hashes: bool = True) -> Report:
                 say("links", f"{RECORDS}/{record.id}.json", f"links to {link!r}, which is not a readable record")
 
     _check_artifacts(registry, records, hashes, say, report)
-    _check_aliases(store, records, say, report)
+    entries = _check_aliases(store, records, say, report)
     _check_snapshots(store, raw, say, report)
+    _check_snapshots(store, entries, say, report, snapshots.ALIAS_SNAPSHOTS, "alias entry files")
     return report
 
 
@@ -118,9 +121,10 @@ def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: boo
     report.counts["artifacts"] = len(present)
 
 
-def _check_aliases(store: Store, records: dict[str, Record], say, report: Report) -> None:
+def _check_aliases(store: Store, records: dict[str, Record], say, report: Report) -> dict[str, bytes]:
+    """Check every alias; return ``{"<alias>/<version>.json": bytes}`` of its entries (for the alias snapshots)."""
     names = aliases.names(store)
-    moves = 0
+    moves, entries = 0, {}
     for alias in names:
         folder = f"{aliases.ALIASES}/{alias}"
         listed = store.list(folder)
@@ -135,7 +139,8 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
             key = f"{folder}/{version:0{aliases.VERSION_DIGITS}d}.json"
             moves += 1
             try:
-                move = aliases.parse(store.read(key), store.uri_of(key), alias, version)
+                entries[key[len(aliases.ALIASES) + 1:]] = data = store.read(key)
+                move = aliases.parse(data, store.uri_of(key), alias, version)
             except (RegistryError, FileNotFoundError) as error:
                 say("aliases", key, str(error))
                 previous = None
@@ -146,12 +151,14 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
                 say("aliases", key, f"points at {move.target!r}, which is not a readable record")
             previous = move.target
     report.counts["aliases"], report.counts["alias_moves"] = len(names), moves
+    return entries
 
 
-def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report) -> None:
-    names = [n for n in store.list(snapshots.SNAPSHOTS) if n.endswith(".parquet")]
+def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report, folder: str = snapshots.SNAPSHOTS,
+                     files: str = "record files") -> None:
+    names = [n for n in store.list(folder) if n.endswith(".parquet")]
     for name in names:
-        key = f"{snapshots.SNAPSHOTS}/{name}"
+        key = f"{folder}/{name}"
         try:
             table = read_snapshot(store.read(key))
             rows = dict(zip(table["id"].to_pylist(), table["record"].to_pylist()))
@@ -162,9 +169,8 @@ def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report) -
             say("snapshots", key, "its content does not match its name (digest)")
         wrong = sorted(i for i, data in rows.items() if raw.get(i) != data)
         if wrong:
-            say("snapshots", key, f"{len(wrong)} row(s) differ from the record files or have none, first "
-                                  f"{wrong[0]!r}")
-    report.counts["snapshots"] = len(names)
+            say("snapshots", key, f"{len(wrong)} row(s) differ from the {files} or have none, first {wrong[0]!r}")
+    report.counts["snapshots"] = report.counts.get("snapshots", 0) + len(names)
 
 
 def repair(registry: Registry, report: Report) -> None:

@@ -19,6 +19,8 @@ from pipeline.storage.names import validate_name
 
 KINDS = ("prior", "site-prior", "site-check", "encoder", "sweep")
 SECRET_KEY = re.compile(r"secret|password|passwd|token|access.?key|credential", re.IGNORECASE)
+TAG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+TAG_VALUE_MAX = 256
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN")
 
 
@@ -40,6 +42,7 @@ class Record:
     fingerprint: str | None  # of the data it was trained on
     aligned_to: str | None = None  # encoders: the prior their latents were aligned to
     name: str | None = None  # optional human name (e.g. the Ray run name)
+    tags: dict = field(default_factory=dict)  # {key: value} strings from the user (``--tag team=ops``), see TAG_KEY
     links: list[dict] = field(default_factory=list, compare=False)  # typed view of the links above
 
     def __post_init__(self) -> None:
@@ -61,7 +64,8 @@ class Record:
             raise RegistryError(f"a {self.kind} record needs a parent (the prior it was derived from or checked against)")
         if (self.artifact is None) != (self.hash is None):
             raise RegistryError("artifact and hash go together")
-        _refuse_secrets({"config": self.config, "metrics": self.metrics})
+        for key, value in self.tags.items():
+            check_tag(key, value)
         links = [{"type": "parent", "id": p} for p in self.parents]
         links += [{"type": "aligned_to", "id": self.aligned_to}] if self.aligned_to else []
         links += [{"type": "trained_on", "fingerprint": self.fingerprint}] if self.fingerprint else []
@@ -69,18 +73,26 @@ class Record:
 
     @classmethod
     def new(cls, kind: str, **fields: object) -> "Record":
-        """A record with a fresh id ``<kind>-<UTC time>-<random>`` and creation time."""
+        """A record with a fresh id ``<kind>-<UTC time>-<random>`` and creation time: the one way records are
+        written, so credentials are refused here (not on every read, where it would cost a third of ``ls``)."""
         now = datetime.now(timezone.utc)
         fields.setdefault("parents", [])
         fields.setdefault("config", {})
         fields["metrics"] = _finite(fields.get("metrics") or {})
         for name in ("site", "artifact", "hash", "fingerprint"):
             fields.setdefault(name, None)
-        return cls(id=f"{kind}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}", kind=kind,
-                   created_at=now.isoformat(timespec="microseconds"), **fields)
+        record = cls(id=f"{kind}-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}", kind=kind,
+                     created_at=now.isoformat(timespec="microseconds"), **fields)
+        _refuse_secrets({"config": record.config, "metrics": record.metrics, "tags": record.tags})
+        return record
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, allow_nan=False, default=str).encode()
+        """The record file's bytes. Without tags there is no ``tags`` key, so that readers from before tags
+        existed (which refuse unknown fields) still read every untagged record."""
+        data = asdict(self)
+        if not data["tags"]:
+            del data["tags"]
+        return json.dumps(data, sort_keys=True, allow_nan=False, default=str).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str = "record", expected_id: str | None = None) -> "Record":
@@ -111,7 +123,8 @@ class Record:
 
 FIELD_TYPES = {"id": str, "kind": str, "site": (str, type(None)), "parents": list, "created_at": str, "config": dict,
                "metrics": dict, "artifact": (str, type(None)), "hash": (str, type(None)),
-               "fingerprint": (str, type(None)), "aligned_to": (str, type(None)), "name": (str, type(None))}
+               "fingerprint": (str, type(None)), "aligned_to": (str, type(None)), "name": (str, type(None)),
+               "tags": dict}
 HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -132,6 +145,28 @@ def _check_types(record: Record) -> None:
         datetime.fromisoformat(record.created_at)
     except ValueError:
         raise RegistryError(f"field created_at must be an ISO 8601 time, got {record.created_at!r:.80}") from None
+
+
+def check_tag(key: object, value: object) -> tuple[str, str]:
+    """``(key, value)`` if they make a tag: a key of letters, digits, ``_ . -`` (64 at most, a letter first)
+    and a printable string value of at most ``TAG_VALUE_MAX`` characters; else a ``RegistryError``."""
+    if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+        raise RegistryError(f"tag key {key!r:.80}: expected a letter, then letters, digits, '_', '.' or '-' "
+                            "(64 characters at most)")
+    if SECRET_KEY.search(key):
+        raise RegistryError(f"refusing tag {key}: credentials never go into the registry")
+    if not isinstance(value, str) or len(value) > TAG_VALUE_MAX or not value.isprintable():
+        raise RegistryError(f"tag {key}: the value must be printable text of at most {TAG_VALUE_MAX} characters, "
+                            f"got {value!r:.80}")
+    return key, value
+
+
+def parse_tag(text: str) -> tuple[str, str]:
+    """``"key=value"`` (as ``--tag`` takes it) as a checked ``(key, value)``."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise RegistryError(f"tag {text!r:.80}: expected key=value")
+    return check_tag(key.strip(), value.strip())
 
 
 def _type_name(kind: type | tuple) -> str:

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Iterable
 import pyarrow as pa
 
 from pipeline.hashing import file_sha256
-from pipeline.registry import aliases, snapshots
+from pipeline.registry import aliases, retention, snapshots
 from pipeline.registry.aliases import AliasMove
-from pipeline.registry.records import Record, RegistryError
+from pipeline.registry.records import KINDS, Record, RegistryError
 from pipeline.storage import AlreadyExists, Store, validate_name
 from pipeline.storage.store import Progress, check_key
 
@@ -85,20 +85,24 @@ class Registry:
         artifact: str | os.PathLike | None = None,
         name: str | None = None,
         settings: dict | None = None,
+        tags: dict[str, str] | None = None,
         make_current: bool = True,
         progress: Progress | None = None,
     ) -> Record:
         """Publish ``artifact`` (a local file) and then an immutable record pointing at it.
 
         Order makes a crash harmless: the artifact is published under its content hash first
-        (complete or invisible), then the record (complete or invisible), then the alias move.
+        (complete or invisible), then the record (complete or invisible), then the alias move. After
+        the record, it waits out any running ``registry gc`` and publishes the artifact again if that gc
+        took it (see ``retention``).
         With ``make_current`` a prior becomes the fleet's current core prior, a site prior or
         encoder its site's current one.
 
         A named run (``name``) registers exactly once: its id is :func:`named_id`, and ``settings``
         (what makes two runs of that name the same run) are kept as a digest. Registering it again,
         after a crash or from a concurrent run, returns the existing record and completes its alias
-        move if that never happened; the same name with other data or settings is refused.
+        move if that never happened; the same name with other data or settings is refused. ``tags``
+        (``{key: value}``, see ``records.check_tag``) are the first registration's: a rerun keeps them.
         """
         parents = list(parents)
         digest = key = None
@@ -112,7 +116,7 @@ class Registry:
             digest = file_sha256(path)
         fields = dict(site=site, parents=parents, aligned_to=aligned_to, config=config, metrics=metrics or {},
                       fingerprint=fingerprint, artifact=None if digest is None else f"{ARTIFACTS}/{digest}",
-                      hash=digest, name=name)
+                      hash=digest, name=name, tags=dict(tags or {}))
         record = Record.new(kind, **fields)  # validates every field before anything is written
         if name is not None:
             existing = self.find_run(kind, name)
@@ -133,6 +137,12 @@ class Registry:
                 if name is not None:  # a concurrent run of the same name registered first
                     return self.complete(self.same_run(self.get(record.id), fingerprint, settings), make_current)
                 record = replace(record, id=Record.new(kind, **fields).id)  # an id collision: draw again
+        if key is not None:  # a gc that listed the records before this one may delete the artifact: re-check
+            retention.wait_for_collectors(self.store)
+            if not self.store.exists(key):
+                log.warning("artifact %s was collected while %s was being registered; publishing it again",
+                            key, record.id)
+                self._publish_artifact(path, digest, progress)
         alias = current_alias(kind, site)
         if make_current and alias:  # a new record: no earlier move to it can exist
             aliases.move(self.store, alias, record.id, unless_current=True)
@@ -202,9 +212,25 @@ class Registry:
             prior.save(path)
             return self.register(kind, site=site, artifact=path, **fields)
 
-    def move_alias(self, alias: str, record_id: str) -> AliasMove:
-        self.get(record_id)
-        return aliases.move(self.store, alias, record_id)
+    def move_alias(self, alias: str, record_id: str, reason: str | None = None,
+                   expect: str | None = None) -> AliasMove:
+        """Point ``alias`` at ``record_id`` (``expect``: only while it points at that id; see
+        ``aliases.move``). The fleet's aliases take only their kind of record: ``core`` a prior,
+        ``<kind>.<site>`` a record of that kind and site; a rollback is a move to an older record."""
+        record = self.get(record_id)
+        kind, _, site = alias.partition(".")
+        wanted = ("prior", None) if alias == CORE_ALIAS else (kind, site) if site and kind in KINDS else None
+        if wanted and (record.kind, record.site) != wanted:
+            raise RegistryError(f"alias {alias!r} points at {wanted[0]} records{f' of site {site}' if site else ''}; "
+                                f"{record_id} is {'an' if record.kind[0] in 'aeiou' else 'a'} {record.kind}"
+                                f"{f' of site {record.site}' if record.site else ''}")
+        if reason is not None and (len(reason) > 500 or not reason.isprintable()):
+            raise RegistryError("--reason: printable text of at most 500 characters")
+        return aliases.move(self.store, alias, record_id, expect=expect, reason=reason)
+
+    def current(self, prefix: str = "") -> dict[str, AliasMove]:
+        """``{alias: its latest move}`` for every alias (whose name starts with ``prefix``), in one listing."""
+        return aliases.current(self.store, prefix)
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, record_id: str) -> Record:
@@ -239,8 +265,7 @@ class Registry:
                    if n.endswith(".json")}
         verifiable = any(info.md5 for info in listing.values())
         cached = snapshots.read_latest(self.store) if verifiable else {}
-        raw = {i: cached[i] for i, info in listing.items() if i in cached and info.md5 is not None
-               and info.size == len(cached[i]) and hashlib.md5(cached[i]).hexdigest() == info.md5}
+        raw = snapshots.vouched(cached, listing)
         missing = [i for i in listing if i not in raw]
         raw.update(zip(missing, self.store.read_many([f"{RECORDS}/{i}.json" for i in missing])))
         if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
@@ -339,11 +364,16 @@ class Registry:
             raise RegistryError("no current core prior in the registry; name one with --prior")
         self.get(prior)
         records = self.records()
-        family, grew = {prior}, True
-        while grew:  # everything with a parent in the family joins it
-            grown = family | {r.id for r in records if family.intersection(r.parents)}
-            grew, family = grown != family, grown
+        inside = family(records, prior)
         by_id = {r.id: r for r in records}
-        prefix = "encoder."
-        current = [self.alias(a) for a in aliases.names(self.store) if a.startswith(prefix)]
-        return [by_id[e] for e in current if e in by_id and by_id[e].aligned_to not in family]
+        current = [move.target for move in self.current("encoder.").values()]
+        return [by_id[e] for e in current if e in by_id and by_id[e].aligned_to not in inside]
+
+
+def family(records: list[Record], prior: str) -> set[str]:
+    """``prior`` and every record derived from it: whatever has a parent in the family joins it."""
+    inside, grew = {prior}, True
+    while grew:
+        grown = inside | {r.id for r in records if inside.intersection(r.parents)}
+        grew, inside = grown != inside, grown
+    return inside

@@ -1,5 +1,9 @@
 """Snapshots: many records gathered into one Parquet object, so ``ls`` reads one object, not 10,000.
 
+Alias entries (immutable too) are cached the same way under ``registry/alias-snapshots/``, with
+``id`` the entry's key below ``registry/aliases/`` (``<alias>/<version>.json``): ``fleet status``
+then reads one object, not the latest entry of 3,000 aliases.
+
 Records stay the source of truth (immutable JSON objects under ``registry/records/``). A snapshot
 ``registry/snapshots/<count>-<digest>.parquet`` (columns ``id`` and ``record``, the record's JSON
 bytes unchanged; ``digest`` covers both, and a snapshot that does not match it is ignored) is a
@@ -18,21 +22,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.storage import AlreadyExists, Store, StoreError
+from pipeline.storage.store import ObjectInfo
 
 SNAPSHOTS = "registry/snapshots"
+ALIAS_SNAPSHOTS = "registry/alias-snapshots"
 COMPACT_AFTER = 256  # records missing from the latest snapshot before a reader writes a new one
 
 log = logging.getLogger(__name__)
 
 
-def read_latest(store: Store) -> dict[str, bytes]:
-    """``{record id: record JSON}`` of the largest snapshot ({} if there is none)."""
-    names = [n for n in store.list(SNAPSHOTS) if n.endswith(".parquet")]
+def read_latest(store: Store, folder: str = SNAPSHOTS) -> dict[str, bytes]:
+    """``{record id: record JSON}`` of the largest snapshot in ``folder`` ({} if there is none)."""
+    names = [n for n in store.list(folder) if n.endswith(".parquet")]
     if not names:
         return {}
     name = max(names)
     try:
-        table = read_snapshot(store.read(f"{SNAPSHOTS}/{name}"))
+        table = read_snapshot(store.read(f"{folder}/{name}"))
         records = dict(zip(table["id"].to_pylist(), table["record"].to_pylist()))
     except (pa.ArrowException, KeyError) as error:
         records, name = {}, f"{name} ({error})"
@@ -55,14 +61,21 @@ def name_of(records: dict[str, bytes]) -> str:
     return f"{len(records):010d}-{h.hexdigest()[:32]}.parquet"
 
 
-def write(store: Store, records: dict[str, bytes]) -> None:
+def vouched(cached: dict[str, bytes], listing: dict[str, ObjectInfo]) -> dict[str, bytes]:
+    """The cached rows the listing vouches for: the object is listed with the same size and the MD5 the
+    server reports for it (an object without a listed MD5 is never taken from a cache)."""
+    return {i: cached[i] for i, info in listing.items() if i in cached and info.md5 is not None
+            and info.size == len(cached[i]) and hashlib.md5(cached[i]).hexdigest() == info.md5}
+
+
+def write(store: Store, records: dict[str, bytes], folder: str = SNAPSHOTS) -> None:
     """Publish a snapshot of ``records``; a failure only costs speed, so it is logged, not raised."""
     ids = sorted(records)
     table = pa.table({"id": pa.array(ids, pa.string()), "record": pa.array([records[i] for i in ids], pa.binary())})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     try:
-        store.create(f"{SNAPSHOTS}/{name_of(records)}", buffer.getvalue())
+        store.create(f"{folder}/{name_of(records)}", buffer.getvalue())
     except AlreadyExists:
         pass  # another reader published the same snapshot
     except StoreError as error:  # e.g. read-only credentials: reading still works, just slower

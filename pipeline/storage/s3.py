@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 
 ENV_PREFIX = "FLOWPRIOR_S3_"
 
@@ -65,7 +66,21 @@ class S3Options:
         # botocore asks for "100-continue" on uploads, and aiohttp waits for that interim answer with
         # no timeout: a hung server would stall every write forever. Send the body straight away.
         fs.s3.meta.events.unregister("before-call.s3", add_expect_header)
+        # Listings: botocore parses every key's LastModified with dateutil, most of a 10,000-key listing's
+        # time. Its parsers come from the session's factory, per response, so this applies from now on
+        # (in this process: a pickled filesystem, e.g. Ray Train's storage, is rebuilt from its arguments).
+        fs.session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=iso_timestamp)
         return fs
+
+
+def iso_timestamp(value: str) -> datetime:
+    """A timestamp of an S3 answer: ISO 8601 by the fast C parser, anything else by botocore's own."""
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        from botocore.parsers import DEFAULT_TIMESTAMP_PARSER
+
+        return DEFAULT_TIMESTAMP_PARSER(value)
 
 
 def is_precondition_failed(error: BaseException) -> bool:

@@ -128,14 +128,26 @@ class Store:
         return sorted(self._call("list", prefix, self.backend.list, check_key(prefix)))
 
     def delete(self, key: str) -> None:
-        """Remove the object at ``key`` (caches only: records, artifacts and alias entries are never deleted
-        by flowprior; a missing object is not an error)."""
+        """Remove the object at ``key`` (a missing object is not an error). Records and alias entries are
+        never deleted by flowprior; artifacts and run folders only by ``registry gc``."""
         self._call("delete", key, self.backend.delete, check_key(key))
+
+    def delete_many(self, keys: list[str], prune_below: str | None = None) -> None:
+        """Remove many objects (in batches of 1,000 on S3); on local disk also the folders they leave empty
+        below the folder ``prune_below`` (itself kept: a concurrent publish may be creating a file in it)."""
+        self._call("delete", f"{len(keys)} objects", self.backend.delete_many, [check_key(k) for k in keys],
+                   None if prune_below is None else check_key(prune_below))
 
     def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
         """Like :meth:`list`, with each object's size and, where the server reports it, the MD5 of its
         bytes (an S3 ETag of a single-part upload), from the listing alone."""
         return dict(sorted(self._call("list", prefix, self.backend.list_details, check_key(prefix)).items()))
+
+    def list_tree(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every object under ``prefix/`` at any depth, by its key relative to ``prefix`` (one flat listing on
+        S3: a page per 1,000 objects, however many folders), with size, MD5 (as ``list_details``) and
+        last-write time."""
+        return dict(sorted(self._call("list", prefix, self.backend.list_tree, check_key(prefix)).items()))
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -145,6 +157,7 @@ class Store:
 class ObjectInfo:
     size: int
     md5: str | None  # hex; None where the listing does not say (local disk, multipart uploads, SSE-KMS)
+    modified: float | None = None  # unix time of the last write, where the listing says (``list_tree``)
 
 
 class LocalBackend:
@@ -200,6 +213,18 @@ class LocalBackend:
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
 
+    def delete_many(self, keys: list[str], prune_below: str | None) -> None:
+        for key in keys:
+            self.delete(key)
+        top = self.root / prune_below if prune_below else None
+        for folder in sorted({(self.root / k).parent for k in keys}, key=lambda p: len(p.parts), reverse=True):
+            while top is not None and folder != top and folder.is_relative_to(top):
+                try:
+                    folder.rmdir()  # only if empty
+                except OSError:
+                    break
+                folder = folder.parent
+
     def list(self, prefix: str) -> Iterable[str]:
         return list(self.list_details(prefix))
 
@@ -207,9 +232,29 @@ class LocalBackend:
         folder = self.root / prefix
         if not folder.is_dir():
             return {}
+        found = {}
         with os.scandir(folder) as entries:
-            return {e.name: ObjectInfo(e.stat().st_size if e.is_file() else 0, None)
-                    for e in entries if not e.name.startswith(".")}
+            for e in entries:
+                if not e.name.startswith("."):
+                    try:
+                        found[e.name] = ObjectInfo(e.stat().st_size if e.is_file() else 0, None)
+                    except FileNotFoundError:
+                        pass  # deleted since the folder was read (e.g. by a gc): not there
+        return found
+
+    def list_tree(self, prefix: str) -> dict[str, ObjectInfo]:
+        folder, found = self.root / prefix, {}
+        for parent, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                if not name.startswith("."):
+                    path = Path(parent) / name
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue  # deleted since its folder was read
+                    found[path.relative_to(folder).as_posix()] = ObjectInfo(stat.st_size, None, stat.st_mtime)
+        return found
 
 
 class S3Backend:
@@ -218,6 +263,9 @@ class S3Backend:
     def __init__(self, root: str, options: S3Options) -> None:
         self.root, self.options = root, options
         self._fs = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fs": None}  # a Ray task or worker opens its own client from the options
 
     @property
     def fs(self):
@@ -294,6 +342,10 @@ class S3Backend:
         except FileNotFoundError:
             pass
 
+    def delete_many(self, keys: list[str], prune_below: str | None) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a request
+            self.fs.rm([self._path(k) for k in keys[start:start + 1000]])
+
     def list(self, prefix: str) -> Iterable[str]:
         return list(self.list_details(prefix))
 
@@ -311,4 +363,19 @@ class S3Backend:
             if not name.startswith("."):
                 etag = str(entry.get("ETag") or "").strip('"').lower()
                 found[name] = ObjectInfo(int(entry.get("size") or 0), etag if MD5.fullmatch(etag) else None)
+        return found
+
+    def list_tree(self, prefix: str) -> dict[str, ObjectInfo]:
+        base = self._path(prefix).rstrip("/") + "/"
+        try:
+            entries = self.fs.find(base, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for path, entry in entries.items():
+            key = path[len(base):] if path.startswith(base) else None
+            if key and not any(part.startswith(".") for part in key.split("/")):
+                modified, etag = entry.get("LastModified"), str(entry.get("ETag") or "").strip('"').lower()
+                found[key] = ObjectInfo(int(entry.get("size") or 0), etag if MD5.fullmatch(etag) else None,
+                                        modified.timestamp() if modified is not None else None)
         return found

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.storage import S3Options, Store, StoreError
 from tests.support.processes import pids_titled
 from tests.support.shards import assert_disjoint_shards
+from tests.support.tfevents import merged
 
 SMALL = dict(width=32, depth=2, fit=FitConfig(steps=300, warmup=20, lr=2e-3), report_every=100)
 
@@ -98,10 +100,16 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     store = Store.open(store_uri)
     lines = []
     spec = PriorFitSpec(features=str(two_blobs), workers=2, name="core-v1", **SMALL)
-    record = fit_core_prior(spec, store, say=lines.append)
+    record = fit_core_prior(spec, store, say=lines.append, tags={"team": "ops"})
     registry = Registry(store)
     assert [r.id for r in registry.records()] == [record.id] and registry.alias(CORE_ALIAS) == record.id
-    assert record.name == "core-v1" and record.config["workers"] == 2
+    assert record.name == "core-v1" and record.config["workers"] == 2 and record.tags == {"team": "ops"}
+    # rank 0 wrote every report's metrics as TensorBoard events under the run's folder in the store
+    board = "ray-runs/core-v1/tensorboard"
+    events = merged({name: store.read(f"{board}/{name}") for name in store.list(board)})
+    history = registry.load_prior(record.id).info["history"]
+    assert sorted(events["heldout_fm"]) == [h["step"] for h in history]
+    assert events["heldout_fm"][history[-1]["step"]] == pytest.approx(history[-1]["heldout_fm"], rel=1e-6)
     assert record.config["ray_run"]["path"].endswith("ray-runs/core-v1")
     assert record.fingerprint == scan(spec).fingerprint
     assert record.metrics["step"] == 300 and record.metrics["resumes"] == 0
@@ -187,11 +195,12 @@ def test_the_cli_starts_a_local_ray_and_a_driver_killed_before_the_alias_move_is
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FLOWPRIOR_STORE")}
     fit = ["prior", "fit", "--features", str(two_blobs), "--steps", "100", "--report-every", "50", "--width", "32",
-           "--depth", "2", "--name", "embedded", "--precision", "bf16", "--t-group", "8"]
+           "--depth", "2", "--name", "embedded", "--precision", "bf16", "--t-group", "8", "--tag", "team=ml"]
     died = subprocess.run([sys.executable, "-c", DIES_BEFORE_THE_ALIAS_MOVE, *fit], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300, start_new_session=True)
     assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
-    assert "[prior fit] step 100" in died.stdout + died.stderr  # progress a person can follow
+    printed = died.stdout + died.stderr  # progress a person can follow: steps done of all, with an ETA
+    assert re.search(r"\[prior fit\] 50/100 steps \(50%\), \d+s, ETA \d+s", printed) and "100/100 steps (100%)" in printed
     registry = Registry(Store.open(str(tmp_path / "flowprior-store")))
     (record,) = registry.records()
     assert registry.alias(CORE_ALIAS) is None  # the crash window
@@ -199,9 +208,10 @@ def test_the_cli_starts_a_local_ray_and_a_driver_killed_before_the_alias_move_is
     result = subprocess.run([sys.executable, "-m", "pipeline", *fit], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "already registered" in result.stdout and "[prior fit] step" not in result.stdout + result.stderr
+    assert "already registered" in result.stdout and "/100 steps" not in result.stdout + result.stderr
     assert registry.records() == [record] and [m.target for m in registry.alias_history(CORE_ALIAS)] == [record.id]
     assert record.name == "embedded" and f"prior {record.id}  run embedded" in result.stdout
+    assert record.tags == {"team": "ml"}
     # the training settings reached the workers' loop and the record (bf16 autocast runs on a CPU too)
     assert record.config["fit"]["precision"] == "bf16" and record.config["fit"]["t_group"] == 8
     assert record.metrics["step"] == 100 and math.isfinite(record.metrics["heldout_fm"])

@@ -78,12 +78,13 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     spec = str(small_spec(tmp_path))
     registry = Registry(Store.open(store_uri))
 
-    code, out, _ = flowprior(capsys, "site", "check", spec, "--json", "--store", store_uri)
+    code, out, _ = flowprior(capsys, "site", "check", spec, "--json", "--store", store_uri, "--tag", "line=3")
     (check,) = json.loads(out)
     assert code == 0 and check["site"] == SITE and check["prior"] == core.id
     assert check["decision"] in ("reuse", "finetune", "refit") and check["fm_ratio"] > 0
     (record,) = registry.records(kind="site-check", site=SITE)
     assert record.id == check["check"] and record.config["decision"] == check["decision"]
+    assert record.tags == {"line": "3"}
 
     # a rerun of the same step returns its record; --force runs it again
     code, out, _ = flowprior(capsys, "site", "check", spec, "--store", store_uri)
@@ -92,8 +93,11 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     first, forced = registry.records(kind="site-check")
     assert first.id == record.id and forced.config["step"] == first.name and forced.name is None
 
-    code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri)
+    code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri,
+                             "--tag", "line=3")
     (site_prior,) = registry.records(kind="site-prior", site=SITE)
+    assert site_prior.tags == {"line": "3"}  # through the Ray task
+    assert "[sites finetune] 1/1 sites (100%)" in out  # the driver counts sites done
     assert code == 0 and site_prior.parents == [core.id] and site_prior.config["mode"] == "finetune"
     assert site_prior.id in out and [h["step"] for h in site_prior.config["history"]] == [30, 60]
     assert registry.load_prior(site_prior.id).latent_dim == 4
@@ -111,6 +115,12 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     assert code == 0 and encoder.id in out and len(registry.records(kind="encoder")) == 1  # nothing trained
     code, out, _ = flowprior(capsys, "registry", "aligned", SITE, "--json", "--store", store_uri)
     assert [r["id"] for r in json.loads(out)] == [site_prior.id]
+    # the fleet view of this site agrees with the records the steps wrote
+    code, out, _ = flowprior(capsys, "fleet", "status", "--json", "--store", store_uri)
+    (status,) = json.loads(out)["sites"]
+    assert (status["encoder"], status["aligned_to"], status["aligned_kind"], status["aligned_core"]) == (
+        encoder.id, site_prior.id, "site-prior", core.id)
+    assert (status["stale"], status["check"], status["decision"]) == (False, forced.id, forced.config["decision"])
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from pipeline.registry import Registry
 from pipeline.storage import Store
 from pipeline.sweeps import Selection, load_sweep_spec
 from tests.jobs.test_sites import flowprior, publish_core, small_spec
+from tests.support.tfevents import merged
 
 SITES = ("R80711", "R80721")
 LAMBDAS = [0.001, 0.01, 0.1, 1.0]
@@ -77,7 +78,7 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
     registry = Registry(Store.open(store_uri))
 
     code, out, err = flowprior(capsys, "sweep", str(path), "--store", store_uri, "--json", "--report",
-                               str(tmp_path / "report"))
+                               str(tmp_path / "report"), "--tag", "campaign=q4")
     assert code == 0, err
     answer = json.loads(out)
     (record,) = registry.records(kind="sweep")
@@ -86,6 +87,16 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
     check_record(record, spec)
     assert record.metrics["trial_epochs"] < record.metrics["full_epochs"]  # ASHA stopped some trials early
     assert Store.open(store_uri).exists(f"ray-runs/{record.name}/tuner.pkl")  # Tune's experiment lives in the store
+    assert record.tags == {"campaign": "q4"}
+    # every trial's metrics as TensorBoard events in its trial folder, one point per epoch it ran
+    store = Store.open(store_uri)
+    tree = store.list_tree(f"ray-runs/{record.name}")
+    for trial in record.config["trials"]:
+        folder = next(k.split("/")[0] for k in tree if k.split("/")[0].endswith(trial["trial"]))
+        files = {k: store.read(f"ray-runs/{record.name}/{k}") for k in tree
+                 if k.startswith(f"{folder}/events.out.tfevents")}
+        recon = merged(files)["ray/tune/recon"]
+        assert len(recon) == trial["epochs"], trial["trial"]
     page = (tmp_path / "report" / "sweep.html").read_text()
     assert (tmp_path / "report" / "sweep_pareto.png").stat().st_size > 10_000
     assert all(record.config["choices"][s]["trial"] in page for s in SITES)

@@ -1,0 +1,58 @@
+"""Progress of long work with an ETA: ``[label] 300/2000 steps (15%), 1m20s, ETA 7m33s``.
+
+Where the caller owns the terminal (nothing else prints meanwhile) the line is rewritten in place;
+elsewhere (logs, CI, beside Ray's forwarded worker output) each update is a plain line. The ETA is
+the mean rate since the start, projected over what is left.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, TextIO
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``7m33s``, ``2h05m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def status(done: int, total: int, elapsed: float, unit: str = "") -> str:
+    """``300/2000 steps (15%), 1m20s, ETA 7m33s``: the ETA from the mean rate so far (none before the first)."""
+    share = done / total if total else 1.0
+    eta = "" if done <= 0 or done >= total else f", ETA {duration(elapsed * (total - done) / done)}"
+    return f"{done}/{total}{' ' + unit if unit else ''} ({share:.0%}), {duration(elapsed)}{eta}"
+
+
+class Progress:
+    """``update(done, note)`` as the work goes: a plain line per update through ``say``; with ``live`` and
+    ``stream`` a terminal, one line rewritten in place instead (at most ``min_interval`` apart, and
+    always the last)."""
+
+    def __init__(self, label: str, total: int, unit: str = "", say: Callable[[str], None] = print,
+                 live: bool = False, stream: TextIO | None = None, min_interval: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.total, self.unit, self.say, self.clock = label, total, unit, say, clock
+        self.stream = stream or sys.stdout
+        self.live = live and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.min_interval, self.started, self.shown = min_interval, clock(), -math.inf
+
+    def line(self, done: int, note: str, now: float) -> str:
+        return f"[{self.label}] {status(done, self.total, now - self.started, self.unit)}" + (f"  {note}" if note else "")
+
+    def update(self, done: int, note: str = "") -> None:
+        now = self.clock()
+        if not self.live:
+            self.say(self.line(done, note, now))
+            return
+        if done < self.total and now - self.shown < self.min_interval:
+            return
+        self.stream.write("\r\x1b[K" + self.line(done, note, now) + ("\n" if done >= self.total else ""))
+        self.stream.flush()
+        self.shown = now

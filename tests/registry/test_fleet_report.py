@@ -1,0 +1,77 @@
+"""``fleet report``: the page is whole without a server, and a real headless Chromium renders it cleanly."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.registry import Registry
+from pipeline.registry.fleet_report import GRAPH_NODES, write_fleet_report
+from tests.registry.test_registry import build_fleet
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# the flags this machine needs (no network beyond the loopback; running as root)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def test_the_report_links_only_to_files_it_wrote(store, tmp_path):
+    registry = Registry(store)
+    fleet = build_fleet(registry)
+    page = write_fleet_report(registry, tmp_path / "report")
+    text = page.read_text()
+    links = {line.split('"', 1)[0] for line in text.split('href="')[1:]}
+    assert links and all((page.parent / link).is_file() for link in links)  # relative, and every one is there
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing loads from elsewhere
+    record = json.loads((page.parent / "records" / f"{fleet['e3'].id}.json").read_text())
+    assert record["aligned_to"] == fleet["s3"].id
+    assert all(f'data-site="{site}"' in text for site in ("s1", "s2", "s3"))
+
+
+def test_many_site_priors_are_grouped_in_the_graph(tmp_path):
+    from pipeline.storage import Store
+
+    registry = Registry(Store.open(str(tmp_path / "st")))
+    core = registry.register("prior")
+    for i in range(GRAPH_NODES + 5):
+        site_prior = registry.register("site-prior", site=f"site{i:03d}", parents=[core.id])
+        registry.register("encoder", site=f"site{i:03d}", parents=[site_prior.id], aligned_to=site_prior.id)
+    text = write_fleet_report(registry, tmp_path / "report").read_text()
+    assert f"{GRAPH_NODES + 5} site priors" in text and text.count('data-site="') == GRAPH_NODES + 5
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_report_renders_in_headless_chromium_without_console_errors(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from pipeline.storage import Store
+
+    registry = Registry(Store.open(str(tmp_path / "st")))
+    fleet = build_fleet(registry)
+    registry.register("site-check", site="s2", parents=[fleet["core2"].id], config={"decision": "reuse"},
+                      metrics={"probe_gain": 0.01, "fm_ratio": 1.02, "nll_gap": 0.1, "mmd": 0.01})
+    registry.register("sweep", config={"choices": {"s1": {"mode": "align", "lam": 0.004, "lr": 1e-3, "draws": 4}}})
+    page_path = write_fleet_report(registry, tmp_path / "report")
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning")
+                else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.goto(page_path.as_uri())
+        sites = page.locator("tr.site").evaluate_all("rows => rows.map(r => r.dataset.site)")
+        stale = page.locator("tr.site.stale").evaluate_all("rows => rows.map(r => r.dataset.site)")
+        counts = page.locator("#counts").inner_text()
+        boxes = page.locator("svg rect").count()
+        page.screenshot(path=str(tmp_path / "fleet_report.png"), full_page=True)
+        page.locator("tr.site a").first.click()  # a record link opens its JSON
+        opened = json.loads(page.locator("body").inner_text())
+        browser.close()
+    assert problems == []
+    assert sites == ["s1", "s2", "s3"] and stale == ["s1", "s2"] and counts == "3 sites, 2 stale"
+    assert boxes == 4  # core v1, core v2 (current), the site priors of s1 and s3
+    assert opened["id"] == fleet["e1"].id
+    assert Path(tmp_path / "fleet_report.png").stat().st_size > 10_000

@@ -1,0 +1,132 @@
+"""``registry gc``: it deletes only what nothing references, and never an artifact a publisher relies on."""
+
+import os
+import threading
+import time
+
+from pipeline.registry import Registry
+from pipeline.registry import retention, snapshots
+from pipeline.registry.check import check
+from pipeline.registry.retention import collect, live_leases
+
+
+def fill(store, tmp_path) -> dict:
+    """A referenced artifact, an unreferenced one, a registered and an abandoned run folder, two snapshots."""
+    registry = Registry(store)
+    (tmp_path / "kept.bin").write_bytes(b"weights of a registered prior")
+    kept = registry.register("prior", artifact=tmp_path / "kept.bin", name="fit-1")
+    (tmp_path / "orphan.bin").write_bytes(b"an upload whose publisher crashed" * 100)
+    store.put_file("artifacts/" + "0" * 64 + ".bin", tmp_path / "orphan.bin")
+    for run, files in (("fit-1", 3), ("abandoned-7", 2)):
+        for i in range(files):
+            store.create(f"ray-runs/{run}/checkpoint_{i:06d}/model.pt", b"x" * 1000)
+    snapshots.write(store, registry.raw_records())
+    sweep = registry.register("sweep")
+    snapshots.write(store, registry.raw_records())  # supersedes the first
+    return {"registry": registry, "kept": kept, "sweep": sweep}
+
+
+def test_gc_deletes_only_what_nothing_references(store, tmp_path):
+    made = fill(store, tmp_path)
+    registry, kept = made["registry"], made["kept"]
+    preview = collect(registry, keep_days=0, dry_run=True)
+    doomed = {d.key: d for d in preview.doomed}
+    superseded = sorted(store.list(snapshots.SNAPSHOTS))[0]
+    assert set(doomed) == {"artifacts/" + "0" * 64 + ".bin", "ray-runs/fit-1", "ray-runs/abandoned-7",
+                           f"{snapshots.SNAPSHOTS}/{superseded}"}
+    assert doomed["ray-runs/fit-1"].why.startswith("registered, 3 objects")
+    assert doomed["ray-runs/abandoned-7"].bytes == 2000 and doomed["ray-runs/abandoned-7"].why.startswith("abandoned")
+    assert preview.deleted == [] and len(store.list_tree("ray-runs")) == 5  # a dry run deletes nothing
+    assert collect(registry, keep_days=1, dry_run=True).doomed == []  # everything is younger than a day
+
+    done = collect(registry, keep_days=0)
+    assert sorted(done.deleted) == sorted(doomed) and done.stopped is None and done.bytes == preview.bytes
+    assert store.list_tree("ray-runs") == {} and store.list("artifacts") == [kept.artifact.split("/", 1)[1]]
+    assert len(store.list(snapshots.SNAPSHOTS)) == 1 and registry.records() == [kept, made["sweep"]]
+    assert check(registry).ok and live_leases(store) == []  # the lease is gone
+    if store.is_local:
+        assert not (store.backend.root / "ray-runs" / "fit-1").exists()  # no empty folders left behind
+
+
+def test_age_is_the_last_write_under_a_run_folder(tmp_path):
+    from pipeline.storage import Store
+
+    store = Store.open(str(tmp_path / "st"))
+    registry = Registry(store)
+    store.create("ray-runs/old/a", b"1")
+    store.create("ray-runs/going/a", b"1")
+    store.create("ray-runs/going/b", b"1")
+    ten_days = time.time() - 10 * 86400
+    for key in ("ray-runs/old/a", "ray-runs/going/a"):
+        os.utime(store.backend.root / key, (ten_days, ten_days))
+    assert [d.key for d in collect(registry, keep_days=7, dry_run=True).doomed] == ["ray-runs/old"]
+
+
+def test_a_gc_between_a_publishers_artifact_and_its_record_does_not_lose_the_artifact(store, tmp_path, caplog):
+    """The interleaving the lease protocol exists for: the artifact is already in the store (another record's
+    bytes, or an unreferenced upload), the publisher finds it and skips the upload, and a real gc, run at the
+    moment just before the record is written, deletes it as unreferenced."""
+    registry = Registry(store)
+    (tmp_path / "w.bin").write_bytes(b"bytes already in the store")
+    first = registry.register("prior", artifact=tmp_path / "w.bin", make_current=False)
+    store.delete(f"registry/records/{first.id}.json")  # now nothing references the artifact
+    create = store.create
+
+    def create_after_a_gc(key, data):
+        if key.startswith("registry/records/"):
+            assert first.artifact in collect(Registry(store), keep_days=0).deleted
+        return create(key, data)
+
+    store.create = create_after_a_gc
+    record = registry.register("prior", artifact=tmp_path / "w.bin", make_current=False)
+    store.create = create
+    assert record.artifact == first.artifact and store.exists(record.artifact)  # published again
+    assert "was collected while" in caplog.text
+    registry.fetch_artifact(record, tmp_path / "back.bin")  # whole, and its hash checks
+
+
+def test_gc_racing_eight_publishers_never_deletes_a_referenced_artifact(store, tmp_path):
+    registry = Registry(store)
+    payloads = [f"artifact {i}".encode() * 50 for i in range(24)]
+    for i, data in enumerate(payloads):  # every payload is already in the store, unreferenced: gc's prey
+        (tmp_path / f"p{i}.bin").write_bytes(data)
+        store.put_file(f"artifacts/{i:064d}.bin", tmp_path / f"p{i}.bin")
+        registry.register("sweep", artifact=tmp_path / f"p{i}.bin")
+    for record in registry.records():
+        store.delete(f"registry/records/{record.id}.json")
+    stop, collected = threading.Event(), []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            collected.extend(collect(Registry(store), keep_days=0).deleted)
+
+    def publish(worker: int) -> None:
+        for i in range(worker, len(payloads), 8):
+            Registry(store).register("sweep", artifact=tmp_path / f"p{i}.bin", config={"worker": worker})
+
+    gc = threading.Thread(target=gc_loop)
+    gc.start()
+    publishers = [threading.Thread(target=publish, args=(w,)) for w in range(8)]
+    for t in publishers:
+        t.start()
+    for t in publishers:
+        t.join()
+    stop.set()
+    gc.join()
+    records = registry.records()
+    assert len(records) == len(payloads) and collected  # gc ran and deleted (at least the planted objects)
+    report = check(registry)
+    assert [p for p in report.problems if p.area == "artifacts" and "missing" in p.message] == []
+    for record in records[:3]:
+        registry.fetch_artifact(record, tmp_path / "back.bin")
+
+
+def test_publishers_wait_while_a_gc_holds_a_live_lease(store, monkeypatch):
+    store.create(f"{retention.LEASES}/{int(time.time()) + 3600}-abcd.lease", b"")
+    store.create(f"{retention.LEASES}/{int(time.time()) - 3600}-dead.lease", b"")  # a crashed gc's, expired
+    assert len(live_leases(store)) == 1
+    slept = []
+    monkeypatch.setattr(retention.time, "sleep", lambda s: slept.append(s) or store.delete(
+        f"{retention.LEASES}/{live_leases(store)[0]}"))
+    retention.wait_for_collectors(store)
+    assert slept == [0.25] and live_leases(store) == []
