@@ -97,7 +97,6 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
                              "--tag", "line=3")
     (site_prior,) = registry.records(kind="site-prior", site=SITE)
     assert site_prior.tags == {"line": "3"}  # through the Ray task
-    assert "[sites finetune] 1/1 sites (100%)" in out  # the driver counts sites done
     assert code == 0 and site_prior.parents == [core.id] and site_prior.config["mode"] == "finetune"
     assert site_prior.id in out and [h["step"] for h in site_prior.config["history"]] == [30, 60]
     assert registry.load_prior(site_prior.id).latent_dim == 4
@@ -200,6 +199,8 @@ def test_a_gpu_share_falls_back_to_cpu_on_a_local_ray_without_gpus(local_ray, tm
     sites = [SimpleNamespace(site="a"), SimpleNamespace(site="b")]
     assert run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=0.25, say=lines.append) == ["cpu", "cpu"]
     assert any("no GPU: running on CPUs" in line for line in lines)
+    counted = [re.match(r"\[sites _device_of_task\] (\d)/2 sites \((\d+)%\)", line) for line in lines]
+    assert [m.groups() for m in counted if m] == [("1", "50"), ("2", "100")]  # the driver counts sites done
     assert site_task_resources(0.25) == {"CPU": 1.0, "GPU": 0.25} and site_task_resources() == {"CPU": 1.0}
     with pytest.raises(ValueError, match="share of one GPU"):
         run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=2)
