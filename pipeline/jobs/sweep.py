@@ -47,7 +47,7 @@ from pipeline.jobs import runtime
 from pipeline.jobs.sites import alignment_data, alignment_prior
 from pipeline.method.encoder import AlignConfig, EncoderTraining
 from pipeline.method.prior import FlowPrior
-from pipeline.progress import status
+from pipeline.progress import duration
 from pipeline.registry import Record, Registry
 from pipeline.storage import Store, validate_name
 from pipeline.sweeps import Selection, SweepSpec, choose, pareto_front
@@ -185,10 +185,10 @@ class Progress(tune.Callback):
         how = "ran to the end" if epoch >= self.epochs else f"stopped at epoch {epoch}/{self.epochs}"
         settings = " ".join(f"{k} {c[k]}" if isinstance(c[k], str) else f"{k} {c[k]:g}" for k in SWEPT if k in c)
         objective = f"  objective {r['objective']:.3f}" if "objective" in r else ""
-        # trials: (ended this run) of (left at the start of this run), for the pace; the count shown is all of them
-        pace = status(self.ended - self.ended_before, self.total - self.ended_before, time.monotonic() - self.started)
-        eta = pace.split(", ", 1)[1] if ", " in pace else ""
-        self.say(f"[{self.label}] {self.ended}/{self.total} trials, {eta}: {c['site']} {settings}: {how}  "
+        # the pace of this run (a resumed sweep's earlier trials took no time here); the count is all trials
+        done, left, elapsed = self.ended - self.ended_before, self.total - self.ended_before, time.monotonic() - self.started
+        eta = f", ETA {duration(elapsed * (left - done) / done)}" if 0 < done < left else ""
+        self.say(f"[{self.label}] {self.ended}/{self.total} trials, {duration(elapsed)}{eta}: {c['site']} {settings}: {how}  "
                  f"recon {r.get('recon', math.nan):.4f}  knn_nll {r.get('knn_nll', math.nan):.3f}{objective}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

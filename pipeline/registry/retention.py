@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline.registry.records import Record, RegistryError
+from pipeline.registry.snapshots import ALIAS_SNAPSHOTS, SNAPSHOTS
 from pipeline.storage import Store
 
 if TYPE_CHECKING:
@@ -106,8 +107,6 @@ def plan(store: Store, records: list[Record], artifact_keys: set[str], keep_days
         if last is not None and last < cutoff:
             why = f"{'registered' if run in names else 'abandoned'}, {len(infos)} objects, last written"
             doomed.append(Doomed(f"{RAY_RUNS}/{run}", "run", sum(i.size for i in infos), age(last), why))
-
-    from pipeline.registry.snapshots import ALIAS_SNAPSHOTS, SNAPSHOTS
 
     for folder in (SNAPSHOTS, ALIAS_SNAPSHOTS):
         listed = {n: i for n, i in store.list_tree(folder).items() if "/" not in n and n.endswith(".parquet")}
