@@ -135,3 +135,25 @@ def s3_store(s3_server):
     from pipeline.storage import Store
 
     return Store.open(f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}")
+
+
+# -- a real MLflow tracking server (mlflow server on 127.0.0.1, SQLite) ------------------------------
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    from tests.support.mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_tracking(mlflow_server, monkeypatch, request):
+    """MLflow tracking on, as ``MLFLOW_TRACKING_URI`` turns it on for a user, into an experiment of this
+    test's own (the ``Experiment`` returned)."""
+    import re
+
+    experiment = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:80]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    return mlflow_server.experiment(experiment)

@@ -12,8 +12,8 @@ def test_method_library_does_not_import_ray():
     assert result.returncode == 0, result.stderr
 
 
-def test_store_registry_and_data_need_neither_torch_nor_ray():
-    code = ("import sys, pipeline.storage, pipeline.registry, pipeline.data, pipeline.cli; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')); assert not bad, bad[:5]")
+def test_store_registry_data_and_tracking_need_neither_torch_nor_ray_nor_mlflow():
+    code = ("import sys, pipeline.storage, pipeline.registry, pipeline.data, pipeline.tracking, pipeline.cli; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'mlflow')); assert not bad, bad[:5]")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,8 @@
 """The ``flowprior`` command line (also ``python -m pipeline``).
 
 One module per command group; each adds its parser and handler. Errors a user can fix print
-``flowprior <command>: error: ...`` and exit 2; an unreachable store or Ray cluster exits 1.
+``flowprior <command>: error: ...`` and exit 2; an unreachable store, Ray cluster or MLflow server
+exits 1.
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline import tracking
     from pipeline.jobs.runtime import RayUnreachable
     from pipeline.storage import StoreError
 
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "mlflow") and (on := tracking.use(args.mlflow)):
+            print(f"[mlflow] runs and records are copied to {on}", file=sys.stderr)
         return args.handler(args)
-    except (StoreError, RayUnreachable) as error:
+    except (StoreError, RayUnreachable, tracking.TrackingUnreachable) as error:
         print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
         return 1
     except ValueError as error:  # the project's errors for bad input; any other exception is a bug: traceback

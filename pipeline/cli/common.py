@@ -35,10 +35,19 @@ def open_existing_store(args: argparse.Namespace) -> Store:
     return store
 
 
-def add_tag_argument(parser: argparse.ArgumentParser) -> None:
+def add_record_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tag`` and ``--mlflow``: how what a command registers is labelled and where it is copied."""
     parser.add_argument("--tag", dest="tags", action="append", type=tag, default=[], metavar="KEY=VALUE",
                         help="tag what this registers (repeatable; find it with `flowprior registry ls --where "
                              "KEY=VALUE`)")
+    add_mlflow_argument(parser)
+
+
+def add_mlflow_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mlflow", metavar="URI",
+                        help="also log runs and registered records to this MLflow tracking server (default: "
+                             "$MLFLOW_TRACKING_URI; off when neither is set; experiment $MLFLOW_EXPERIMENT_NAME, "
+                             "else flowprior). Needs pip install 'flowprior[mlflow]'")
 
 
 def tag(text: str) -> tuple[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.common import add_tag_argument, positive
+from pipeline.cli.common import add_record_arguments, positive
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -45,5 +45,5 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="skip the distribution-matching encoders (alignment mode 'match') that the report compares "
                            "with plain L_align")
     demo.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    add_tag_argument(demo)
+    add_record_arguments(demo)
     demo.set_defaults(handler=cmd_demo)

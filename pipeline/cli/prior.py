@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_precision_argument, add_store_arguments, add_tag_argument, open_store, positive
+from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, open_store, positive
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -114,6 +114,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    add_tag_argument(fit)
+    add_record_arguments(fit)
     add_store_arguments(fit)
     fit.set_defaults(handler=cmd_fit)

@@ -6,7 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
-from pipeline.cli.common import add_store_arguments, days, open_existing_store, open_store, table
+from pipeline.cli.common import add_mlflow_argument, add_store_arguments, days, open_existing_store, open_store, table
 from pipeline.registry import KINDS, Record, Registry, RegistryError
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.query import FIELDS, TIMES, Where, select
@@ -117,6 +117,27 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from pipeline.tracking import Tracking, TrackingError
+
+    tracking = Tracking.from_env()  # --mlflow, if given, is already in the environment (see cli.main)
+    if tracking is None:
+        raise TrackingError("registry mirror needs an MLflow server: --mlflow URI or $MLFLOW_TRACKING_URI")
+    store = open_existing_store(args)
+    registry = Registry(store)
+    have = tracking.mirrored()
+    records = [r for r in select(registry.records(), args.where) if r.id not in have]
+    if args.dry_run:
+        print(render(records, False, "nothing to copy"))
+    else:
+        for start in range(0, len(records), 50):
+            tracking.mirror(records[start:start + 50], registry.artifact_uri)
+            print(f"[registry mirror] {min(start + 50, len(records))}/{len(records)} records copied", flush=True)
+    print(f"{store.uri}: {len(records)} record(s) {'to copy' if args.dry_run else 'copied'} to {tracking}; "
+          f"{len(have)} were there already")
+    return 0
+
+
 def handle(args: argparse.Namespace) -> int:
     registry = Registry(open_existing_store(args))
     records, empty = args.query(args, registry)
@@ -184,6 +205,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     gc.add_argument("--json", action="store_true", help="print the result as JSON")
     add_store_arguments(gc)
     gc.set_defaults(handler=cmd_gc)
+
+    mirror = queries.add_parser(
+        "mirror", help="copy to MLflow the records it does not have yet",
+        description="Copy each record that the MLflow experiment has no run for (tag flowprior.id) as a finished "
+                    "run, as registering does when MLflow tracking is on: after an MLflow outage, or to bring a "
+                    "registry's history into MLflow when a team starts using it. The registry is not changed.")
+    mirror.add_argument("--where", action="append", type=where, default=[], metavar="KEY=VALUE",
+                        help="only records that match (as in `registry ls --where`)")
+    mirror.add_argument("--dry-run", action="store_true", help="list what would be copied; copy nothing")
+    add_mlflow_argument(mirror)
+    add_store_arguments(mirror)
+    mirror.set_defaults(handler=cmd_mirror)
 
     alias = queries.add_parser(
         "alias", help="list, show the history of, or move aliases (the current core prior, each site's current ...)",

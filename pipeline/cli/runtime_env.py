@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.jobs.runtime_env import EXTRAS
+
 DESCRIPTION = """\
 Print (or write with --out) the Ray runtime_env that runs flowprior on a cluster
 that has only Ray and torch: this installed flowprior package as a py_module
@@ -18,7 +20,8 @@ node installs once into a virtualenv that keeps the node's own Ray and torch.
       python -m pipeline prior fit --features s3://BUCKET/features/ --store s3://BUCKET/flowprior
 
 Nodes need a package index for pip (PyPI by default; --index-url for a mirror),
-or a wheelhouse every node can read (--no-index --find-links DIR)."""
+or a wheelhouse every node can read (--no-index --find-links DIR). Jobs that log
+to MLflow (--mlflow URI) need --extra mlflow."""
 
 
 def cmd_runtime_env(args: argparse.Namespace) -> int:
@@ -29,7 +32,7 @@ def cmd_runtime_env(args: argparse.Namespace) -> int:
     options = [*(["--no-index"] if args.no_index else []),
                *([f"--index-url={args.index_url}"] if args.index_url else []),
                *[f"--find-links={link}" for link in args.find_links or []]]
-    text = yaml.safe_dump(runtime_env(options), sort_keys=False)
+    text = yaml.safe_dump(runtime_env(options, tuple(args.extras)), sort_keys=False)
     if args.out is None:
         sys.stdout.write(text)
     else:
@@ -46,4 +49,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--find-links", action="append", metavar="DIR|URL",
                         help="a wheelhouse the nodes' pip reads (repeatable)")
     parser.add_argument("--no-index", action="store_true", help="nodes use only --find-links, no index")
+    parser.add_argument("--extra", dest="extras", action="append", choices=EXTRAS, default=[],
+                        help="also install this optional extra on the nodes (mlflow: for jobs run with --mlflow URI)")
     parser.set_defaults(handler=cmd_runtime_env)

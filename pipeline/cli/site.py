@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.cli.common import add_precision_argument, add_store_arguments, add_tag_argument, gpu_share, open_store
+from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, gpu_share, open_store
 
 SITE_RETRIES = 3  # the default of --retries (pipeline.jobs.sites.SITE_RETRIES; a test keeps them equal)
 
@@ -145,7 +145,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--prior", metavar="ID", help="use this prior instead of the current core prior "
                                                           "(align: instead of the site's own)")
         if action is not validate:
-            add_tag_argument(action)
+            add_record_arguments(action)
             action.add_argument("--force", action="store_true",
                                 help="run the step even if a step with the same inputs (spec sections, prior, data "
                                      "fingerprint) already ran; without it a rerun prints and returns that record")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli.common import add_store_arguments, add_tag_argument, open_store
+from pipeline.cli.common import add_record_arguments, add_store_arguments, open_store
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -61,6 +61,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="resume an unfinished Tune experiment found under <store>/ray-runs/. Tune keeps its state "
                              "as pickles, so resuming runs code from the store on this driver: pass this only if no one "
                              "but trusted jobs can write there (without it, finding such state is an error)")
-    add_tag_argument(parser)
+    add_record_arguments(parser)
     add_store_arguments(parser)
     parser.set_defaults(handler=cmd_sweep)

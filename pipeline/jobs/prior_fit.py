@@ -17,7 +17,8 @@ No single process holds the features (see :mod:`pipeline.jobs.ingest`):
 Checkpoints go under the store (``<store>/ray-runs/<name>``); a run restarted after a worker
 failure, or rerun with the same name, resumes from the last one. The driver then builds the prior
 from the EMA weights and registers it with its data fingerprint, settings, metrics and Ray run:
-once per run name.
+once per run name. Rank 0 writes each report as TensorBoard events under the run's folder and,
+with MLflow tracking on (:mod:`pipeline.tracking`), to the fit's MLflow run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Record, Registry
 from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import Store, validate_name
+from pipeline.tracking import TAG, Tracking
 
 Progress = Callable[[str], None]
 
@@ -211,6 +213,20 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
         registry.complete(registry.same_run(done, features.fingerprint, run_settings(spec)), make_current)
         say(f"[prior fit] run {spec.name} is already registered as {done.id}")
         return done
+    tracking = Tracking.from_env()
+    if tracking is None:
+        return _fit(spec, store, features, address, say, make_current, tags, started, [])
+    with tracking.training_run(spec.name, spec.to_dict(), {f"{TAG}kind": "prior-fit", **(tags or {})}) as run:
+        say(f"[prior fit] metrics go to {run}")
+        record = _fit(spec, store, features, address, say, make_current, tags, started, [run])
+        run.end_tags[f"{TAG}registered"] = record.id
+    return record
+
+
+def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str | None, say: Progress,
+         make_current: bool, tags: dict[str, str] | None, started: float, sinks: list) -> Record:
+    """Run the fit on Ray and register its prior; rank 0 writes each report to TensorBoard and ``sinks``."""
+    registry = Registry(store)
     say(f"[prior fit] {spec.features}: {len(features.files)} Parquet files, "
         f"{sum(f.size for f in features.files) / 2**20:,.1f} MiB; checking every row")
 
@@ -240,7 +256,7 @@ def fit_core_prior(spec: PriorFitSpec, store: Store, address: str | None = None,
             "batch_per_worker": spec.batch_per_worker, "seed": spec.seed,
             "shuffle_buffer": spec.shuffle_buffer, "cache_mb": spec.cache_mb, "report_every": spec.report_every,
             "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker,
-            "events": tensorboard.EventLog(store, f"{RAY_RUNS}/{spec.name}/{tensorboard.FOLDER}")},
+            "sinks": [tensorboard.EventLog(store, f"{RAY_RUNS}/{spec.name}/{tensorboard.FOLDER}"), *sinks]},
         datasets={"train": dataset}, dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker=worker_resources(spec, use_gpu)),

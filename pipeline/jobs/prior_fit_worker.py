@@ -37,7 +37,6 @@ from pipeline.method.sampling import sample
 from pipeline.method.training import EMA, FitConfig, new_training, train_loop
 from pipeline.method.velocity import VelocityConfig
 from pipeline.progress import status
-from pipeline.storage import StoreError
 
 STATE_FILE, EMA_FILE, MODEL_FILE, OPTIMISER_FILE = "state.json", "ema.safetensors", "model.safetensors", "optimiser.pt"
 
@@ -184,10 +183,11 @@ def train_loop_per_worker(config: dict) -> None:
                      shards=shards if all("rows" in s for s in shards) or not state["shards"] else state["shards"])
         say(f"[prior fit] {status(metrics['step'], fit.steps, metrics['seconds'], 'steps')}  " + "  ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step"))
-        try:
-            config["events"].write(metrics["step"], metrics)  # TensorBoard, under the run's folder in the store
-        except StoreError as error:  # the run matters more than its plots
-            say(f"[prior fit] could not write TensorBoard events: {error}")
+        for sink in config["sinks"]:  # TensorBoard events under the run's folder in the store; an MLflow run
+            try:
+                sink.write(metrics["step"], metrics)
+            except Exception as error:  # noqa: BLE001 - the run matters more than its plots
+                say(f"[prior fit] could not write to {sink}: {type(error).__name__}: {error}")
         with tempfile.TemporaryDirectory() as folder:
             save_state(folder, getattr(model, "module", model), ema, optimiser, state)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))

@@ -23,10 +23,12 @@ import pipeline
 
 CLUSTER_PROVIDED = ("ray", "torch")  # the cluster's own: never installed by a job
 DEFAULT_PIP_OPTIONS = ["--disable-pip-version-check", "--no-cache-dir"]  # Ray's own defaults
+EXTRAS = ("mlflow",)  # the optional extras a job may need on the nodes (``test`` is for development)
 
 
-def requirements() -> list[str]:
-    """flowprior's runtime requirements without extras, Ray and torch, e.g. ``["numpy>=1.24", ...]``."""
+def requirements(extras: tuple[str, ...] = ()) -> list[str]:
+    """flowprior's runtime requirements and those of ``extras`` (e.g. ``("mlflow",)``), without Ray and torch,
+    e.g. ``["numpy>=1.24", ...]``."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -38,16 +40,21 @@ def requirements() -> list[str]:
     out = []
     for text in declared:
         requirement = Requirement(text)
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue  # an optional extra (test, ...)
+        if requirement.marker is not None and not any(requirement.marker.evaluate({"extra": e}) for e in ("", *extras)):
+            continue  # an optional extra not asked for (test, ...)
+        requirement.marker = None  # pip on the node needs no "extra == ..." marker
         if canonicalize_name(requirement.name) not in CLUSTER_PROVIDED:
             out.append(str(requirement))
     return out
 
 
-def runtime_env(pip_options: list[str] | None = None) -> dict:
-    """The runtime_env described in the module docstring; ``pip_options`` are appended to Ray's defaults."""
-    pip: dict = {"packages": requirements(), "pip_check": False}
+def runtime_env(pip_options: list[str] | None = None, extras: tuple[str, ...] = ()) -> dict:
+    """The runtime_env described in the module docstring, with the requirements of ``extras``; ``pip_options``
+    are appended to Ray's defaults."""
+    unknown = sorted(set(extras) - set(EXTRAS))
+    if unknown:
+        raise ValueError(f"unknown extra {', '.join(unknown)}; expected one of {', '.join(EXTRAS)}")
+    pip: dict = {"packages": requirements(extras), "pip_check": False}
     if pip_options:
         pip["pip_install_options"] = [*DEFAULT_PIP_OPTIONS, *pip_options]
     return {"py_modules": [str(Path(pipeline.__file__).resolve().parent)], "pip": pip,

@@ -32,6 +32,7 @@ from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import SiteSpec
 from pipeline.storage import Store
+from pipeline.tracking import Tracking
 
 Say = Callable[[str], None]
 SITE_RETRIES = 3  # reruns of a site task whose worker died (a lost node, an OOM kill)
@@ -342,8 +343,10 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
     shape = site_task_resources(gpu)
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries!r}")
+    tracking = Tracking.from_env()  # each task copies its records to MLflow: it needs to know where
     task = ray.remote(num_cpus=shape["CPU"], num_gpus=shape.get("GPU", 0), max_retries=retries,
-                      retry_exceptions=False)(_in_task)
+                      retry_exceptions=False, **({"runtime_env": {"env_vars": tracking.env()}} if tracking else {})
+                      )(_in_task)
     refs = {task.remote(job, spec, store, kwargs): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
     bar = Progress(f"sites {getattr(job, '__name__', 'job').removesuffix('_site')}", len(refs), "sites", say)

@@ -52,6 +52,7 @@ from pipeline.registry import Record, Registry
 from pipeline.storage import Store, validate_name
 from pipeline.sweeps import Selection, SweepSpec, choose, pareto_front
 from pipeline.sweeps.spec import SWEPT
+from pipeline.tracking import TAG, Tracking
 
 Say = Callable[[str], None]
 STATE_FILE = "training.safetensors"
@@ -196,8 +197,10 @@ class Progress(tune.Callback):
 
 
 def _experiment(name: str, trainable, param_space: dict, samples: int, total: int, spec: SweepSpec,
-                store: Store, scheduler, say: Say, trust_store_state: bool) -> list:
-    """Run the Tune experiment ``name`` under the store, or resume it if it exists there; its Results."""
+                store: Store, scheduler, say: Say, trust_store_state: bool, tags: dict[str, str]) -> list:
+    """Run the Tune experiment ``name`` under the store, or resume it if it exists there; its Results.
+    With MLflow tracking on, each trial is also an MLflow run tagged with ``tags`` (a resumed experiment
+    keeps the callbacks it started with)."""
     # trials checkpoint every epoch and Tune snapshots its state with each (what resuming needs): no warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables, our progress lines only
@@ -213,13 +216,15 @@ def _experiment(name: str, trainable, param_space: dict, samples: int, total: in
         say(f"[sweep {spec.name}] picking up the Tune experiment {path}: finished trials are kept, unfinished ones resume")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
+        tracking = Tracking.from_env()
+        mlflow = [tracking.tune_callback({f"{TAG}sweep": spec.name, f"{TAG}experiment": name, **tags})] if tracking else []
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=samples, scheduler=scheduler,
                                         max_concurrent_trials=spec.max_concurrent or None,
                                         trial_dirname_creator=lambda t: f"{settings_of(t.config)['site']}-{t.trial_id}"),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
-                                      callbacks=[Progress(f"sweep {name}", total, spec.epochs)],
+                                      callbacks=[Progress(f"sweep {name}", total, spec.epochs), *mlflow],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       failure_config=tune.FailureConfig(max_failures=1)))
     grid = tuner.fit()
@@ -336,7 +341,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     baselines = {}
     for result in _experiment(baseline_name, _trainable(sites, spec, gpu),
                               {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
-                              len(site_ids), spec, store, None, say, trust_store_state):
+                              len(site_ids), spec, store, None, say, trust_store_state, tags or {}):
         site = settings_of(result.config)["site"]
         baselines[site] = _trial_entry(result, spec, sites[site])
         sites[site].baseline_recon = [spec.select.reconstruction(h) for h in baselines[site]["history"]]
@@ -345,7 +350,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
     scheduler = PerSiteASHA(spec) if spec.scheduler.type == "asha" else None
     results = _experiment(name, _trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec, store,
-                          scheduler, say, trust_store_state)
+                          scheduler, say, trust_store_state, tags or {})
     trials = [_trial_entry(r, spec, sites[settings_of(r.config)["site"]]) for r in results]
     choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)

@@ -24,6 +24,9 @@ class EventLog:
     def __init__(self, store: Store, folder: str) -> None:
         self.store, self.folder = store, folder
 
+    def __str__(self) -> str:
+        return f"TensorBoard events in {self.store.uri_of(self.folder)}"
+
     def write(self, step: int, scalars: dict[str, object]) -> None:
         """Publish the finite numbers of ``scalars`` at ``step`` as one event file (a failure is the caller's)."""
         from tensorboardX import SummaryWriter

@@ -146,7 +146,20 @@ class Registry:
         alias = current_alias(kind, site)
         if make_current and alias:  # a new record: no earlier move to it can exist
             aliases.move(self.store, alias, record.id, unless_current=True)
+        self._mirror(record)
         return record
+
+    def _mirror(self, record: Record) -> None:
+        """Copy the new ``record`` to MLflow when tracking is on (``pipeline.tracking``); a failure only warns."""
+        from pipeline.tracking import Tracking
+
+        try:
+            tracking = Tracking.from_env()
+            if tracking is not None:
+                tracking.mirror([record], self.artifact_uri)
+        except Exception as error:  # noqa: BLE001 - the registry has the record; MLflow gets only a copy
+            log.warning("could not copy record %s to MLflow (%s: %s); `flowprior registry mirror` copies it later",
+                        record.id, type(error).__name__, str(error)[:300])
 
     def complete(self, record: Record, make_current: bool = True) -> Record:
         """Finish ``record``'s publish: move its current-alias to it unless that alias already pointed
@@ -326,6 +339,10 @@ class Registry:
         except ValueError:
             raise RegistryError(f"record {record.id}: cannot find its artifact {artifact!r} in the store "
                                 f"{self.store.uri}") from None
+
+    def artifact_uri(self, record: Record) -> str:
+        """Where ``record``'s artifact is now (its key in this store, as a URI)."""
+        return self.store.uri_of(self.artifact_key(record))
 
     def load_prior(self, record_id: str) -> "FlowPrior":
         """The prior of a ``prior``/``site-prior`` record, hash-checked, loaded without executing code."""

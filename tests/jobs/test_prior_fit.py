@@ -96,7 +96,8 @@ def test_more_workers_than_cpus_is_a_clear_error(local_ray, two_blobs, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray, two_blobs, store_uri):
+def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray, two_blobs, store_uri,
+                                                                         mlflow_tracking):
     store = Store.open(store_uri)
     lines = []
     spec = PriorFitSpec(features=str(two_blobs), workers=2, name="core-v1", **SMALL)
@@ -110,6 +111,15 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     history = registry.load_prior(record.id).info["history"]
     assert sorted(events["heldout_fm"]) == [h["step"] for h in history]
     assert events["heldout_fm"][history[-1]["step"]] == pytest.approx(history[-1]["heldout_fm"], rel=1e-6)
+    # and to the fit's MLflow run (tracking is on here), which ends tagged with the record it registered; the
+    # record itself is copied as a run of its own
+    (run,) = mlflow_tracking.runs(run="core-v1")
+    assert (run.info.status, run.data.tags["flowprior.registered"], run.data.tags["team"]) == (
+        "FINISHED", record.id, "ops")
+    assert run.data.params["workers"] == "2" and run.data.params["fit.steps"] == "300"
+    assert mlflow_tracking.history(run, "heldout_fm") == pytest.approx({h["step"]: h["heldout_fm"] for h in history})
+    (copy,) = mlflow_tracking.runs(id=record.id)
+    assert copy.data.tags["flowprior.artifact"] == store.uri_of(record.artifact)
     assert record.config["ray_run"]["path"].endswith("ray-runs/core-v1")
     assert record.fingerprint == scan(spec).fingerprint
     assert record.metrics["step"] == 300 and record.metrics["resumes"] == 0
@@ -139,7 +149,7 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     assert 0.3 < (samples[:, 0] > 0).float().mean() < 0.7  # both modes are populated
     # rerunning the same name registers nothing new
     again = fit_core_prior(spec, store, say=lines.append)
-    assert again.id == record.id and len(registry.records()) == 1
+    assert again.id == record.id and len(registry.records()) == 1 and len(mlflow_tracking.runs()) == 2
     assert any("already registered" in line for line in lines)
 
 

@@ -73,8 +73,8 @@ def core_store(local_ray, store_uri):
 
 
 @pytest.mark.slow
-def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
-    store_uri, core = core_store
+def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_tracking):
+    store_uri, core = core_store  # published before MLflow tracking was turned on
     spec = str(small_spec(tmp_path))
     registry = Registry(Store.open(store_uri))
 
@@ -120,6 +120,15 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys):
     assert (status["encoder"], status["aligned_to"], status["aligned_kind"], status["aligned_core"]) == (
         encoder.id, site_prior.id, "site-prior", core.id)
     assert (status["stale"], status["check"], status["decision"]) == (False, forced.id, forced.config["decision"])
+    # with MLflow tracking on, every record was copied as a run, also those the site steps' Ray tasks registered
+    # (the tasks get the tracking URI from the driver); `registry mirror` copies the core prior from before
+    copied = {r.data.tags["flowprior.id"]: r for r in mlflow_tracking.runs()}
+    assert set(copied) == {r.id for r in registry.records()} - {core.id}
+    assert copied[site_prior.id].data.tags["line"] == "3" and copied[encoder.id].data.tags["flowprior.aligned_to"] == (
+        site_prior.id)
+    code, out, _ = flowprior(capsys, "registry", "mirror", "--store", store_uri)
+    assert code == 0 and "1 record(s) copied" in out
+    assert {r.data.tags["flowprior.id"] for r in mlflow_tracking.runs()} == {r.id for r in registry.records()}
 
 
 @pytest.mark.slow

@@ -71,7 +71,8 @@ def test_trials_follow_the_grid_as_listed_with_the_sites_interleaved(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(local_ray, store_uri, tmp_path, capsys):
+def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(local_ray, store_uri, tmp_path, capsys,
+                                                                             mlflow_tracking):
     core = publish_core(store_uri)
     path = sweep_spec(tmp_path, space={"lambda": {"grid": LAMBDAS}, "mode": {"grid": ["match"]}})  # distribution
     spec = load_sweep_spec(path)  # matching: its auxiliary flow is saved and resumed with every trial's checkpoint
@@ -97,6 +98,14 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
                  if k.startswith(f"{folder}/events.out.tfevents")}
         recon = merged(files)["ray/tune/recon"]
         assert len(recon) == trial["epochs"], trial["trial"]
+    # and each trial as an MLflow run (Tune's MLflow callback; tracking is on here): its settings, an epoch per step
+    runs = {r.data.tags["trial_name"]: r for r in mlflow_tracking.runs(sweep=spec.name, experiment=record.name)}
+    assert len(runs) == len(record.config["trials"])
+    for trial in record.config["trials"]:
+        run = next(r for name, r in runs.items() if name.endswith(trial["trial"].rsplit("-", 1)[1]))  # trial id
+        assert run.data.tags["campaign"] == "q4" and run.data.params["point/site"] == trial["site"]
+        assert len(mlflow_tracking.history(run, "recon")) == trial["epochs"], trial["trial"]
+    assert mlflow_tracking.runs(id=record.id)  # the sweep's record, copied
     page = (tmp_path / "report" / "sweep.html").read_text()
     assert (tmp_path / "report" / "sweep_pareto.png").stat().st_size > 10_000
     assert all(record.config["choices"][s]["trial"] in page for s in SITES)

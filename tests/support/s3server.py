@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.processes import stop_group
+
 ACCESS_KEY, SECRET_KEY = "flowprior-test-key", "flowprior-test-secret"
 PORT_NAMES = ("s3.port", "master.port", "volume.port", "filer.port", "admin.port")
 
@@ -90,12 +92,7 @@ class SeaweedServer:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.process)
 
     def make_bucket(self, name: str) -> None:
         from pipeline.storage import S3Options
