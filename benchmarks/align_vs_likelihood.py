@@ -29,6 +29,7 @@ from pipeline.method.losses import alignment_loss
 from pipeline.method.matching import AuxiliaryFlow, MatchConfig, matching_loss
 from pipeline.method.ode import Solver
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
+
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 

@@ -26,6 +26,7 @@ from pipeline.registry import Registry  # noqa: E402
 from pipeline.registry.aliases import ALIASES  # noqa: E402
 from pipeline.registry.fleet import fleet_status  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
+
 from machine import machine, on_local_and_s3  # benchmarks/machine.py, beside this script  # noqa: E402
 
 CHECK = {"probe_gain": 0.04, "fm_ratio": 1.1, "nll_gap": 0.2, "mmd": 0.01}

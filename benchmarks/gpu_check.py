@@ -47,6 +47,7 @@ from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.method.training import FitConfig, new_training, train_step  # noqa: E402
 from pipeline.method.velocity import VelocityConfig  # noqa: E402
 from pipeline.sites.site_prior import train_site_prior  # noqa: E402
+
 from machine import cpu_name  # benchmarks/machine.py, beside this script  # noqa: E402
 
 SAVE_EVERY = 5  # steps between the child's checkpoints
@@ -141,7 +142,7 @@ def kill_and_resume(args, device: torch.device) -> dict:
         fit = FitConfig(steps=10**9, warmup=10, batch_size=args.batch)
         model, ema, optimiser = new_training(velocity, fit, device, seed=123)  # other weights until loaded
         state = load_state(str(last), model, ema, optimiser)
-        misplaced = [name for p, name in zip(model.parameters(), dict(model.named_parameters()))
+        misplaced = [name for p, name in zip(model.parameters(), dict(model.named_parameters()), strict=True)
                      for v in optimiser.state[p].values() if torch.is_tensor(v) and v.device != p.device]
         if misplaced or not optimiser.state:
             raise RuntimeError(f"optimiser state not beside its parameters after resume: {misplaced[:3]}")
@@ -167,7 +168,8 @@ def site_steps(args, device: torch.device) -> dict:
     core_seconds = time.perf_counter() - start
     start = time.perf_counter()
     site = train_site_prior(core_prior, site_data[:4_500], site_data[4_500:], "finetune", fit)
-    finetune = {"seconds": time.perf_counter() - start, "heldout_fm_core": heldout_fm(core_prior.velocity, site_data[4_500:]),
+    finetune = {"seconds": time.perf_counter() - start,
+                "heldout_fm_core": heldout_fm(core_prior.velocity, site_data[4_500:]),
                 "heldout_fm_site": site.info["history"][-1]["heldout_fm"],
                 "device": str(next(site.velocity.parameters()).device)}
     observations = torch.cat([site_data[:4_000], torch.randn(4_000, 4, device=device)], dim=1)  # (4000, dim + 4)

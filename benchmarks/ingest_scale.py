@@ -138,7 +138,8 @@ def run_one(path: str, uri: str, steps: int) -> dict:
     trainer = TorchTrainer(
         in_memory_worker, train_loop_config={
             "shards": [ray.put(z)], "threads": 2, "out": out, "fit": fit.to_dict(), "batch": 4096, "report_every": 50,
-            "velocity": VelocityConfig(dim=COMMON["latent_dim"], width=COMMON["width"], depth=COMMON["depth"]).to_dict()},
+            "velocity": VelocityConfig(dim=COMMON["latent_dim"], width=COMMON["width"],
+                                       depth=COMMON["depth"]).to_dict()},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 2}),
         run_config=RunConfig(name=f"in-memory-{uuid.uuid4().hex[:6]}", storage_path=tempfile.mkdtemp()))
     trainer.fit()
@@ -179,8 +180,8 @@ def main() -> None:
                 uri = f"s3://{bucket}/features-{rows}"
                 start = time.time()
                 write_features(uri, rows, Path(tmp))
-                print(f"[bench] wrote {rows:,} rows ({rows * COLUMNS * 4 / 2**30:.2f} GiB) in {time.time() - start:.0f} s",
-                      flush=True)
+                print(f"[bench] wrote {rows:,} rows ({rows * COLUMNS * 4 / 2**30:.2f} GiB) in "
+                      f"{time.time() - start:.0f} s", flush=True)
                 for path in ["streaming", *(["in-memory"] if rows in baseline else [])]:
                     out = subprocess.run([sys.executable, __file__, "--run", path, uri, str(args.steps)], env=env,
                                          capture_output=True, text=True, cwd=ROOT)

@@ -78,7 +78,7 @@ def main() -> None:
         healthy = torch.from_numpy(target[order[METRIC_POINTS:METRIC_POINTS + 2000]])  # held out from z_target
         own_2014 = read_features(str(lhb.PARQUET), columns=lhb.FEATURES, drop_nonfinite=True,
                                  filters={"site": turbine, "year": 2014, "fault": False}).values
-        nll = lambda y: knn_nll(y, z_target).mean().item()  # noqa: E731
+        nll = lambda y, z=z_target: knn_nll(y, z).mean().item()  # noqa: E731
         row = {"site": turbine, "target_knn_nll": reference,
                "pool_2014_rows": nll(larger.to_prior(pool_sample)),
                "own_2014_rows": nll(larger.to_prior(own_2014[:: max(1, len(own_2014) // 2000)]))}

@@ -28,8 +28,9 @@ from pipeline.jobs.tensorboard import EventLog  # noqa: E402
 from pipeline.registry import Registry  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
 from pipeline.tracking import URI_ENV, Tracking  # noqa: E402
-from machine import machine  # benchmarks/machine.py, beside this script  # noqa: E402
 from tests.support.mlflow_server import MlflowServer  # noqa: E402
+
+from machine import machine  # benchmarks/machine.py, beside this script  # noqa: E402
 
 REPORT = {"step": 300, "loss": 0.91, "lr": 0.002, "grad_norm": 1.3, "samples_per_s": 41000.0, "seconds": 12.5,
           "resumes": 0, "epoch": 2, "heldout_fm": 0.88, "sliced_w2": 0.12, "mean_error": 0.03, "sd_error": 0.05,
@@ -91,9 +92,11 @@ def run(server: MlflowServer, tmp: Path, args: argparse.Namespace) -> dict:
             started = time.perf_counter()
             events.write(step, REPORT)
             board_s.append(time.perf_counter() - started)
-    report = {"mlflow_ms": 1000 * statistics.median(mlflow_s[10:]), "tensorboard_ms": 1000 * statistics.median(board_s[10:])}
+    report = {"mlflow_ms": 1000 * statistics.median(mlflow_s[10:]),
+              "tensorboard_ms": 1000 * statistics.median(board_s[10:])}
     print(f"one report ({len(REPORT)} metrics)  MLflow {report['mlflow_ms']:7.1f} ms   TensorBoard file "
-          f"{report['tensorboard_ms']:7.1f} ms   MLflow/TensorBoard {report['mlflow_ms'] / report['tensorboard_ms']:.1f}x")
+          f"{report['tensorboard_ms']:7.1f} ms   "
+          f"MLflow/TensorBoard {report['mlflow_ms'] / report['tensorboard_ms']:.1f}x")
 
     source = Registry(Store.open(str(tmp / "mirror-store")))
     parent = source.register("prior").id

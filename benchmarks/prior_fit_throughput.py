@@ -40,6 +40,7 @@ from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Registry
 from pipeline.storage import Store
+
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 BATCH = 256

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 
 from pipeline.registry import Registry  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
+
 from machine import machine, on_local_and_s3  # benchmarks/machine.py, beside this script  # noqa: E402
 
 

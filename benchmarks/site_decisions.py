@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.data import read_features
+from pipeline.data.split import split_indices
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo.run import DemoSettings, _rows, fault_scores
 from pipeline.jobs.sites import alignment_data
@@ -53,9 +54,8 @@ from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
 from pipeline.sites.decision import Thresholds, decide, measure, probe
-from pipeline.sites.spec import FinetuneSettings
-from pipeline.data.split import split_indices
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
+from pipeline.sites.spec import FinetuneSettings
 
 DEMO = DemoSettings()
 CORE = {"latent_dim": DEMO.latent_dim, "projection": "pca", "normaliser": "per-dim", "width": DEMO.width,
@@ -93,7 +93,8 @@ def label(reuse_vs_site: float) -> str:
     return "reuse" if reuse_vs_site <= 1.03 else "not reuse" if reuse_vs_site >= 1.05 else "either"
 
 
-def check_site(core: FlowPrior, core_fm: float, core_nll: float, name: str, x: np.ndarray, args, started: float) -> dict:
+def check_site(core: FlowPrior, core_fm: float, core_nll: float, name: str, x: np.ndarray, args,
+               started: float) -> dict:
     """The check's numbers and decision for site rows ``x``, then what a fine-tune and a refit reach."""
     tr, he = split_indices(x, 0.1, seed=0)
     z_train, z_held = core.to_prior(x[tr]), core.to_prior(x[he])
@@ -125,7 +126,8 @@ def confusion(rows: list[dict]) -> dict:
     """Counts of (truth, decision), and the sites that break the contract."""
     table = {t: {d: sum(r["truth"] == t and r["decision"] == d for r in rows) for d in ("reuse", "finetune", "refit")}
              for t in ("reuse", "either", "not reuse")}
-    wrong = [r["site"] for r in rows if (r["truth"] == "reuse") != (r["decision"] == "reuse") and r["truth"] != "either"]
+    wrong = [r["site"] for r in rows
+             if (r["truth"] == "reuse") != (r["decision"] == "reuse") and r["truth"] != "either"]
     return {"table": table, "violations": wrong}
 
 

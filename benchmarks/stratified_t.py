@@ -71,7 +71,8 @@ def main() -> None:
             ema, _ = fit_velocity(model, z_train, fit, seed=seed)
             wall = time.perf_counter() - start
             runs.append({"seed": seed, "t_group": k, "steps": steps, "wall_seconds": wall,
-                         "samples_per_s": steps * BATCH / wall, "heldout_fm": heldout_fm(ema, z_heldout, seed=7, draws=8)})
+                         "samples_per_s": steps * BATCH / wall,
+                         "heldout_fm": heldout_fm(ema, z_heldout, seed=7, draws=8)})
             print(f"seed {seed}  t_group {k:3d}: {steps:5d} steps in {wall:5.1f} s ({runs[-1]['samples_per_s']:,.0f} "
                   f"samples/s), held-out FM {runs[-1]['heldout_fm']:.4f}", flush=True)
     summary = {}

@@ -101,8 +101,10 @@ def analyse(spec, grid, asha, seconds: dict, orders: int = 200) -> dict:
             order = rng.sample(list(dimension.values), len(dimension.values))
             runs = {site: replay_asha(o, order, grace, rf, spec.epochs) for site, o in objectives.items()}
             fractions.append(sum(r[0] for r in runs.values()) / grid.metrics["trial_epochs"])
-            all_within.append(all((objectives[s][lam][-1] - best[s]) <= 0.05 * abs(best[s]) for s, (_, lam) in runs.items()))
-        robustness[grace] = {"median_fraction": float(np.median(fractions)), "p90_fraction": float(np.percentile(fractions, 90)),
+            all_within.append(all((objectives[s][lam][-1] - best[s]) <= 0.05 * abs(best[s])
+                                  for s, (_, lam) in runs.items()))
+        robustness[grace] = {"median_fraction": float(np.median(fractions)),
+                             "p90_fraction": float(np.percentile(fractions, 90)),
                              "orders_all_sites_within_5pct": float(np.mean(all_within))}
     return {
         "spec": spec.to_dict(), "sites": sites,
@@ -136,7 +138,8 @@ def report(summary: dict) -> None:
           + ", ".join(f"{site} {a}/{b}" for site, (a, b) in summary["replay_matches_tune"].items()))
     r = summary["random_orders"]
     for grace, v in r["by_grace_epochs"].items():
-        print(f"grid in {r['orders']} random orders, grace {grace} epoch(s), reduction factor {r['reduction_factor']:g}: "
+        print(f"grid in {r['orders']} random orders, grace {grace} epoch(s), "
+              f"reduction factor {r['reduction_factor']:g}: "
               f"median {v['median_fraction']:.0%} (p90 {v['p90_fraction']:.0%}) of the grid's trial-epochs; every "
               f"site within 5% of the grid's best in {v['orders_all_sites_within_5pct']:.0%} of the orders")
 

@@ -3,9 +3,10 @@
     python benchmarks/train_step_profile.py [--width 1024 --depth 6 --dim 32 --batch 256] [--rounds 5] [--t-group 32]
 
 One process, all cores' threads. Each round measures, side by side (median of ``--repeats`` calls
-each): the float32 matmul peak (2048^3 products), the whole :func:`~pipeline.method.training.train_step` with the optimiser flowprior
-uses (fused AdamW) and with PyTorch's default AdamW (per-tensor loop on a CPU, what flowprior used
-before), and the step's parts: forward + backward, grad-norm clipping, optimiser step, EMA update.
+each): the float32 matmul peak (2048^3 products), the whole
+:func:`~pipeline.method.training.train_step` with the optimiser flowprior uses (fused AdamW) and with
+PyTorch's default AdamW (per-tensor loop on a CPU, what flowprior used before), and the step's parts:
+forward + backward, grad-norm clipping, optimiser step, EMA update.
 FLOPs per step are counted by ``torch.utils.flop_counter``; the fraction of peak of each round is its
 achieved FLOP/s over that round's peak, and the table reports the median over rounds (this machine's
 speed drifts between runs; ratios within a round do not). Also the step with ``--t-group`` samples
@@ -27,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.method.losses import flow_matching_loss
 from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
+
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 

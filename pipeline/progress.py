@@ -44,7 +44,8 @@ class Progress:
         self.min_interval, self.started, self.shown = min_interval, clock(), -math.inf
 
     def line(self, done: int, note: str, now: float) -> str:
-        return f"[{self.label}] {status(done, self.total, now - self.started, self.unit)}" + (f"  {note}" if note else "")
+        line = f"[{self.label}] {status(done, self.total, now - self.started, self.unit)}"
+        return f"{line}  {note}" if note else line
 
     def update(self, done: int, note: str = "") -> None:
         now = self.clock()

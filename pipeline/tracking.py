@@ -230,7 +230,8 @@ class RunLog:
 
     def __str__(self) -> str:
         if urlsplit(self.tracking.uri).scheme in ("http", "https"):  # the run's page in MLflow's UI
-            return f"MLflow run {redact(self.tracking.uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+            base = redact(self.tracking.uri).rstrip("/")
+            return f"MLflow run {base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         return f"MLflow run {self.run_id}"
 
     def write(self, step: int, metrics: dict) -> None:

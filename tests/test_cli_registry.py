@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.registry import Registry
 from pipeline.storage import Store
-from tests.registry.test_registry import build_fleet
+from tests.support.fleet import build_fleet
 
 REQUIRED = {"id", "kind", "site", "parents", "created_at", "config", "metrics", "artifact", "hash", "fingerprint"}
 
@@ -27,6 +27,7 @@ def query(store_uri: str, *args: str) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_registry_queries_answer_from_the_cli(store_uri):
     fleet = build_fleet(Registry(Store.open(store_uri)))
     ids = lambda records: [r["id"] for r in records]  # noqa: E731
@@ -88,6 +89,7 @@ def test_help_explains_the_queries():
     assert "FLOWPRIOR_STORE" in flowprior("registry", "ls", "--help").stdout
 
 
+@pytest.mark.slow
 def test_fleet_status_aliases_and_tags_from_the_cli(store_uri):
     registry = Registry(Store.open(store_uri))
     fleet = build_fleet(registry)

@@ -1,4 +1,4 @@
-"""cluster.yaml passes Ray's own cluster-launcher validation and has the layout the README promises."""
+"""cluster.yaml passes Ray's own cluster-launcher validation and has the layout docs/operations.md promises."""
 
 from pathlib import Path
 
@@ -67,7 +67,7 @@ def test_the_head_takes_no_work_and_cpu_work_starts_cpu_workers_not_gpu_ones():
     assert all("--num-cpus=0" in c for c in config["head_start_ray_commands"] if "ray start" in c)
 
     trials = load_sweep_spec(Path(__file__).resolve().parents[1] / "tuning" / "lambda.yaml").resources
-    driver = {"CPU": 1}  # the README's --entrypoint-num-cpus 1
+    driver = {"CPU": 1}  # the documented --entrypoint-num-cpus 1
     # 40 sites, a sweep's trials and the jobs' drivers: CPU workers only, however many
     assert set(_placed_on([site_task_resources()] * 40)) == {"cpu_worker"}
     assert set(_placed_on([trials.shape()] * 36 + [driver] * 3)) == {"cpu_worker"}

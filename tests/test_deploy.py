@@ -24,7 +24,8 @@ from pipeline.jobs.runtime_env import requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted((ROOT / "deploy").glob("rayjob-*.yaml"))
-CRD = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "kuberay_rayjob_v1_schema.json.gz").read_bytes()))
+CRD = json.loads(gzip.decompress((Path(__file__).parent / "fixtures" / "kuberay_rayjob_v1_schema.json.gz")
+                                 .read_bytes()))
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -40,7 +41,8 @@ def unknown_fields(value: object, schema: dict, path: str = "") -> list[str]:
                     for p in unknown_fields(item, schema["additionalProperties"], f"{path}.{key}")]
         return []  # a free-form object (metadata, x-kubernetes-preserve-unknown-fields)
     if isinstance(value, list):
-        return [p for i, item in enumerate(value) for p in unknown_fields(item, schema.get("items", {}), f"{path}[{i}]")]
+        items = schema.get("items", {})
+        return [p for i, item in enumerate(value) for p in unknown_fields(item, items, f"{path}[{i}]")]
     return []
 
 

@@ -6,7 +6,9 @@ import sys
 
 def test_method_library_does_not_import_ray():
     code = ("import sys, pipeline, pipeline.method.prior, pipeline.method.matching, pipeline.toy.experiment, "
-            "pipeline.sites, pipeline.sites.site_prior, pipeline.sweeps, pipeline.sweeps.report, pipeline.method.encoder, pipeline.cli; bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
+            "pipeline.sites, pipeline.sites.site_prior, pipeline.sweeps, pipeline.sweeps.report, "
+            "pipeline.method.encoder, pipeline.cli; bad = sorted(m for m in sys.modules if m == 'ray' or "
+            "m.startswith('ray.')); "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -14,6 +16,7 @@ def test_method_library_does_not_import_ray():
 
 def test_store_registry_data_and_tracking_need_neither_torch_nor_ray_nor_mlflow():
     code = ("import sys, pipeline.storage, pipeline.registry, pipeline.data, pipeline.tracking, pipeline.cli; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'mlflow')); assert not bad, bad[:5]")
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'mlflow')); "
+            "assert not bad, bad[:5]")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -18,7 +18,8 @@ from pipeline.storage.store import check_key
 from pipeline.sweeps import load_sweep_spec
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+json_values = st.recursive(json_scalars,
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
                                                                                         max_size=4), max_leaves=12)
 FIELDS = ("id", "kind", "site", "parents", "created_at", "config", "metrics", "artifact", "hash", "fingerprint",

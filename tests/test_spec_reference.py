@@ -16,7 +16,8 @@ def test_the_reference_in_the_docs_is_the_generated_one():
 
 def test_every_top_level_key_the_loaders_accept_is_in_the_reference():
     for spec, keys in ((site_spec.SiteSpec, site_spec.KEYS), (sweep_spec.SweepSpec, sweep_spec.KEYS)):
-        listed = {key for key, _, _ in spec_reference.TOP_LEVEL[spec]} | {n for n, _, _ in spec_reference.SECTIONS[spec]}
+        listed = {key for key, _, _ in spec_reference.TOP_LEVEL[spec]}
+        listed |= {n for n, _, _ in spec_reference.SECTIONS[spec]}
         assert listed == keys
 
 

@@ -64,6 +64,7 @@ def test_the_cli_refuses_bad_tracking_before_doing_anything(tmp_path, capsys, mo
     assert "pip install 'flowprior[mlflow]'" in capsys.readouterr().err and not store.exists()
 
 
+@pytest.mark.slow
 def test_a_registered_record_is_copied_with_its_links_tags_metrics_and_settings(mlflow_tracking, tmp_path):
     store = Store.open(str(tmp_path / "store"))
     registry = Registry(store)
@@ -77,19 +78,21 @@ def test_a_registered_record_is_copied_with_its_links_tags_metrics_and_settings(
 
     (run,) = mlflow_tracking.runs(id=prior.id)
     tags = run.data.tags
-    assert (tags["flowprior.kind"], tags["flowprior.name"], tags["flowprior.fingerprint"]) == ("prior", "core-v1", "f" * 64)
+    assert (tags["flowprior.kind"], tags["flowprior.name"], tags["flowprior.fingerprint"]) == (
+        "prior", "core-v1", "f" * 64)
     assert tags["flowprior.artifact"] == store.uri_of(prior.artifact) and tags["team"] == "ops"
     assert "flowprior.site" not in tags and run.info.run_name == prior.id and run.info.status == "FINISHED"
     assert run.data.metrics == {"heldout_fm": 0.25, "step": 300.0}
     assert run.data.params == {"width": "64", "fit.lr": "0.002", "settings_digest": prior.config["settings_digest"]}
     (run,) = mlflow_tracking.runs(id=encoder.id)
     tags = run.data.tags
-    assert (tags["flowprior.kind"], tags["flowprior.site"], tags["flowprior.parents"], tags["flowprior.aligned_to"]) == (
-        "encoder", "plant-a", prior.id, prior.id)
+    assert tags["flowprior.kind"] == "encoder" and tags["flowprior.site"] == "plant-a"
+    assert tags["flowprior.parents"] == tags["flowprior.aligned_to"] == prior.id
     assert run.data.metrics == {"recon": 0.125}
     assert len(mlflow_tracking.runs()) == 2  # nothing else went there
 
 
+@pytest.mark.slow
 def test_a_server_down_at_registration_only_warns_and_registry_mirror_copies_later(
         mlflow_tracking, tmp_path, monkeypatch, caplog, capsys, quick_failures):
     store_uri = str(tmp_path / "store")
@@ -117,6 +120,7 @@ def test_a_server_down_at_registration_only_warns_and_registry_mirror_copies_lat
     assert main(mirror) == 0 and "0 record(s) copied" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_training_run_continues_where_it_stopped_and_ends_with_its_outcome(mlflow_tracking):
     tracking = Tracking.from_env()
     with pytest.raises(RuntimeError, match="lost the node"):

@@ -31,7 +31,8 @@ def open_existing_store(args: argparse.Namespace) -> Store:
     """The store of ``--store``, refusing a local one that was never published to (a mistyped path)."""
     store = open_store(args)
     if store.is_local and not store.backend.root.is_dir():
-        raise ValueError(f"no store at {store.uri} (nothing has been published there; check --store or $FLOWPRIOR_STORE)")
+        raise ValueError(f"no store at {store.uri} (nothing has been published there; check --store or "
+                         "$FLOWPRIOR_STORE)")
     return store
 
 
@@ -101,4 +102,4 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """Rows as aligned columns under ``header``, for people (``--json`` is for scripts)."""
     lines = [header, *rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)

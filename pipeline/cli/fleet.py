@@ -15,7 +15,8 @@ def _aligned(status, core: str | None) -> str:
     if status.aligned_to is None:
         return "-"
     if status.aligned_kind == "site-prior":
-        return f"site prior {status.aligned_to} (of {'the current core' if status.aligned_core == core else status.aligned_core})"
+        of = "the current core" if status.aligned_core == core else status.aligned_core
+        return f"site prior {status.aligned_to} (of {of})"
     return "the current core" if status.aligned_to == core else f"core {status.aligned_to}"
 
 

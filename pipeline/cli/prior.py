@@ -42,7 +42,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         normaliser=args.normaliser,
         width=args.width, depth=args.depth, fit=fit, workers=args.workers, gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource or []),
-        heldout_fraction=args.heldout_fraction, heldout_sample=args.heldout_sample, shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
+        heldout_fraction=args.heldout_fraction, heldout_sample=args.heldout_sample,
+        shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
         report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
     store = open_store(args)
@@ -73,7 +74,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="Parquet file, folder or glob (local, file:// or s3://)")
     fit.add_argument("--feature-column", default="features",
                      help="fixed-size-list column of features; if absent, every numeric column except id/site/time")
-    fit.add_argument("--columns", metavar="A,B,...", help="numeric feature columns to use (instead of --feature-column)")
+    fit.add_argument("--columns", metavar="A,B,...",
+                     help="numeric feature columns to use (instead of --feature-column)")
     fit.add_argument("--filter", action="append", type=_filter, metavar="COLUMN=VALUE",
                      help="keep rows whose COLUMN equals VALUE (repeat for several values or columns)")
     fit.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf (and count them) "
@@ -83,7 +85,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                      help="features -> prior space (default: none if dims match, else random)")
     fit.add_argument("--normaliser", choices=("global", "per-dim"), default="global",
                      help="scale of prior space: one scale for all dims, or one per dim (default: %(default)s)")
-    fit.add_argument("--width", type=positive, default=256, help="velocity MLP width (default: %(default)s; paper 1024)")
+    fit.add_argument("--width", type=positive, default=256,
+                     help="velocity MLP width (default: %(default)s; paper 1024)")
     fit.add_argument("--depth", type=positive, default=4, help="AdaLN blocks (default: %(default)s; paper 6)")
     fit.add_argument("--steps", type=positive, help="optimisation steps (default: 3000)")
     fit.add_argument("--batch-size", type=positive, help="global batch, split across workers (default: 256)")

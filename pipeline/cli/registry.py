@@ -62,7 +62,8 @@ def cmd_aligned(args: argparse.Namespace, registry: Registry) -> tuple[list[Reco
 
 
 def cmd_stale(args: argparse.Namespace, registry: Registry) -> tuple[list[Record], str]:
-    return registry.stale(args.prior), "no stale sites: every current encoder is aligned to the current core prior's family"
+    return registry.stale(args.prior), ("no stale sites: every current encoder is aligned to the current core "
+                                        "prior's family")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -76,7 +77,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(f"registry at {store.uri}: " + ", ".join(f"{n} {area.replace('_', ' ')}" for area, n in report.counts.items()))
+        counts = ", ".join(f"{n} {area.replace('_', ' ')}" for area, n in report.counts.items())
+        print(f"registry at {store.uri}: {counts}")
         for p in report.problems:
             print(f"  {p.area:9s} {p.key}: {p.message}")
         for key in report.repaired:

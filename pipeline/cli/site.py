@@ -65,7 +65,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{'site':10s} {'decision':9s} {'probe':>6s} {'fm_ratio':>8s} {'nll_gap':>8s} {'mmd':>8s}  check")
     for c in checks:
         m = c.metrics
-        print(f"{c.site:10s} {c.config['decision']:9s} {m['probe_gain']:6.1%} {m['fm_ratio']:8.3f} {m['nll_gap']:+8.3f} {m['mmd']:8.4f}  {c.id}")
+        print(f"{c.site:10s} {c.config['decision']:9s} {m['probe_gain']:6.1%} {m['fm_ratio']:8.3f} "
+              f"{m['nll_gap']:+8.3f} {m['mmd']:8.4f}  {c.id}")
     return 0
 
 
@@ -76,9 +77,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu,
                         retries=args.retries, mode=args.mode, prior_id=args.prior, precision=args.precision,
                         force=args.force, tags=dict(args.tags))
-    for spec, record in zip(specs, records):
-        print(f"{spec.site:10s} " + (f"{record.config['mode']:8s} {record.id}  held-out FM {record.metrics['heldout_fm_core']:.4f}"
-                                     f" (core) -> {record.metrics['heldout_fm']:.4f}" if record else "reuse    (nothing to train)"))
+    for spec, record in zip(specs, records, strict=True):
+        if record is None:
+            print(f"{spec.site:10s} reuse    (nothing to train)")
+        else:
+            print(f"{spec.site:10s} {record.config['mode']:8s} {record.id}  held-out FM "
+                  f"{record.metrics['heldout_fm_core']:.4f} (core) -> {record.metrics['heldout_fm']:.4f}")
     return 0
 
 
@@ -89,11 +93,13 @@ def cmd_align(args: argparse.Namespace) -> int:
     results = run_sites(align_site, specs, open_store(args), address=args.address, gpu=args.gpu,
                         retries=args.retries, lam=args.lam, prior_id=args.prior, sweep_id=args.from_sweep,
                         force=args.force, tags=dict(args.tags))
-    print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  encoder -> prior")
+    print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  "
+          "encoder -> prior")
     for r in results:
         m = r.record.metrics
         print(f"{r.record.site:10s} {r.record.config['lambda']:6g} {m['recon']:8.4f} {m['baseline_recon']:8.4f} "
-              f"{m['knn_nll']:8.3f} {m['baseline_knn_nll']:8.3f} {m['spread']:6.2f}  {r.record.id} -> {r.record.aligned_to}")
+              f"{m['knn_nll']:8.3f} {m['baseline_knn_nll']:8.3f} {m['spread']:6.2f}  "
+              f"{r.record.id} -> {r.record.aligned_to}")
     return 0
 
 

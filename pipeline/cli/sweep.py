@@ -31,10 +31,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(json.dumps({"sweep": record.id, "name": record.name, "metrics": record.metrics,
                           "choices": record.config["choices"]}, indent=1))
         return 0
-    print(f"{'site':10s} {'mode':5s} {'lambda':>7s} {'lr':>7s} {'draws':>5s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} "
-          f"{'nll@0':>8s} {'objective':>9s}  bound")
+    print(f"{'site':10s} {'mode':5s} {'lambda':>7s} {'lr':>7s} {'draws':>5s} {'recon':>8s} {'recon@0':>8s} "
+          f"{'knn_nll':>8s} {'nll@0':>8s} {'objective':>9s}  bound")
     for site, c in record.config["choices"].items():
-        print(f"{site:10s} {c.get('mode', 'align'):5s} {c['lam']:7g} {c['lr']:7g} {c['draws']:5d} {c['recon']:8.4f} {c['baseline_recon']:8.4f} "
+        print(f"{site:10s} {c.get('mode', 'align'):5s} {c['lam']:7g} {c['lr']:7g} {c['draws']:5d} {c['recon']:8.4f} "
+              f"{c['baseline_recon']:8.4f} "
               f"{c['knn_nll']:8.3f} {c['baseline_knn_nll']:8.3f} {c['objective']:9.3f}  "
               f"{'within' if c['feasible'] else 'exceeded'}")
     print(f"sweep {record.id}: align with `flowprior site align SITE.yaml --from-sweep {record.id}`")
@@ -49,8 +50,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "site's encoder against its prior and reporting every epoch; ASHA (per site) stops weak trials "
                     "early. Records a sweep with every trial and the chosen setting per site (lowest alignment "
                     "score within the reconstruction bound). Experiments live under the store; rerunning the same "
-                    "command resumes an interrupted sweep (with --trust-store-state; exit status 130 on Ctrl+C) or prints the "
-                    "recorded one.")
+                    "command resumes an interrupted sweep (with --trust-store-state; exit status 130 on Ctrl+C) or "
+                    "prints the recorded one.")
     parser.add_argument("spec", metavar="SWEEP.yaml", help="sweep spec (see tuning/lambda.yaml)")
     parser.add_argument("--name", help="Tune experiment name (default: the spec's name + a digest of the settings, "
                                        "the sites' priors and data, so that a rerun resumes)")
@@ -58,9 +59,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the choices and metrics as JSON")
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--trust-store-state", action="store_true",
-                        help="resume an unfinished Tune experiment found under <store>/ray-runs/. Tune keeps its state "
-                             "as pickles, so resuming runs code from the store on this driver: pass this only if no one "
-                             "but trusted jobs can write there (without it, finding such state is an error)")
+                        help="resume an unfinished Tune experiment found under <store>/ray-runs/. Tune keeps its "
+                             "state as pickles, so resuming runs code from the store on this driver: pass this only if "
+                             "no one but trusted jobs can write there (without it, finding such state is an error)")
     add_record_arguments(parser)
     add_store_arguments(parser)
     parser.set_defaults(handler=cmd_sweep)

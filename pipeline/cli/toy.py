@@ -29,7 +29,7 @@ def _table(rows: list[dict]) -> str:
             line += ["-" if run.get(key) is None else fmt.format(run[key]) for key, _, fmt in LATENT_COLUMNS]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) for line in lines)
 
 
 def cmd_toy(args: argparse.Namespace) -> int:

@@ -219,7 +219,8 @@ class FeatureScan:
             if name not in schema.names:
                 raise DataError(f"{where}: feature column {name!r} not found (columns: {', '.join(schema.names)})")
             if not _is_number(schema.field(name).type):
-                raise DataError(f"{where}: feature column {name!r} has type {schema.field(name).type}; expected numbers")
+                raise DataError(f"{where}: feature column {name!r} has type {schema.field(name).type}; "
+                                "expected numbers")
 
     def matrix(self, table: pa.Table, where: str, first_row: int = 0) -> tuple[np.ndarray, int]:
         """``(x (n, d) float32, rows dropped)`` of a table of the feature columns. NaN/inf/null are an error

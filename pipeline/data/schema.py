@@ -68,7 +68,7 @@ class FeatureSchema:
         columns = list(columns)
         if columns == list(self.columns):
             return
-        for i, (mine, theirs) in enumerate(zip(self.columns, columns)):
+        for i, (mine, theirs) in enumerate(zip(self.columns, columns, strict=False)):  # the common prefix
             if mine != theirs:
                 moved = f" (the prior has {theirs!r} at position {self.columns.index(theirs)})" \
                     if theirs in self.columns else ""
@@ -85,7 +85,7 @@ class FeatureSchema:
         and for a column whose Parquet type differs."""
         warnings = []
         for name, dtype, mean, sd, site_dtype, site_mean, site_sd in zip(
-                self.columns, self.dtypes, self.mean, self.sd, site.dtypes, site.mean, site.sd):
+                self.columns, self.dtypes, self.mean, self.sd, site.dtypes, site.mean, site.sd, strict=True):
             if dtype != site_dtype:
                 warnings.append(f"column {name}: type {site_dtype}, the prior was fitted on {dtype}")
             if sd > 0 and abs(site_mean - mean) > DRIFT_SD * sd:

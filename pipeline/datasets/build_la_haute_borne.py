@@ -58,7 +58,8 @@ def build(table: pa.Table) -> pa.Table:
     columns = {
         "site": pa.array(site).dictionary_encode(), "time": time, "year": pa.array(year),
         **{c: pa.array(raw[c].astype(np.float32), from_pandas=True) for c in RAW},
-        **{n: pa.array(((engineered[n] - m) / s).astype(np.float32), from_pandas=True) for n, (m, s) in scaling.items()},
+        **{n: pa.array(((engineered[n] - m) / s).astype(np.float32), from_pandas=True)
+           for n, (m, s) in scaling.items()},
         "fault": pa.array(fault),
     }
     out = pa.table(columns)

@@ -17,7 +17,6 @@ from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.registry import Record, Registry  # noqa: E402
 from pipeline.sweeps import report as sweeps_report  # noqa: E402
 
-
 SCORE_DRAWS = 8  # noise draws per row when scoring readings by L_align
 
 
@@ -70,7 +69,7 @@ def plot_prior_fits(core: FlowPrior, site_priors: dict[str, Record], path: Path)
 def plot_alignment_curves(alignments: list, path: Path) -> str:
     """L_align and the kNN NLL proxy of the latents during encoder training (the paper's Fig. 4)."""
     fig, axes = plt.subplots(1, len(alignments), figsize=(3.6 * len(alignments), 3.2), squeeze=False)
-    for ax, a in zip(axes[0], alignments):
+    for ax, a in zip(axes[0], alignments, strict=True):
         h = a.aligned.history
         steps = [e["step"] for e in h]
         ax.plot(steps, [e["l_align"] for e in h], color="C0", label="L_align")
@@ -89,12 +88,12 @@ def plot_latents(alignments: list, matched: list, priors: dict[str, FlowPrior], 
     encoder (top row) and, where they ran, the distribution-matching encoders (bottom row)."""
     rows = 2 if any(m is not None for m in matched) else 1
     fig, axes = plt.subplots(rows, len(alignments), figsize=(3.6 * len(alignments), 3.6 * rows), squeeze=False)
-    for column, (a, m) in enumerate(zip(alignments, matched)):
+    for column, (a, m) in enumerate(zip(alignments, matched, strict=True)):
         prior = priors[a.record.site]
         samples = prior.sample(1500, generator=torch.Generator().manual_seed(0))  # (1500, d1)
         mean = samples.mean(0)
         _, _, v = torch.linalg.svd(samples - mean, full_matrices=False)
-        to_2d = lambda y: ((y - mean) @ v[:2].T).numpy()  # noqa: E731  (n, d1) -> (n, 2)
+        to_2d = lambda y, mean=mean, v=v: ((y - mean) @ v[:2].T).numpy()  # noqa: E731  (n, d1) -> (n, 2)
         o = torch.from_numpy(observations[a.record.site][:1500])
         with torch.no_grad():
             panels = [((a.baseline.model.encode(o), "lambda = 0", "C1"),
@@ -144,14 +143,14 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
                          f"<h3>Chosen settings</h3>{sweeps_report.choices_table(sweep)}"
                          f"<h3>Reconstruction vs alignment, every trial that ran to the end (chosen: circled)</h3>"
                          f"<img src=\"{sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png')}\">")
-    decisions = sweeps_report.table(["site", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd", "site FM", "core FM",
-                                     "check record"],
+    decisions = sweeps_report.table(["site", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd", "site FM",
+                                     "core FM", "check record"],
                        [[s, c.config["decision"], c.metrics["probe_gain"], c.metrics["fm_ratio"], c.metrics["nll_gap"],
                          c.metrics["mmd"],
                          c.metrics["fm_site"], c.metrics["fm_core"], c.id] for s, c in checks.items()])
-    encoders = sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon", "median recon (lambda 0)",
-                       "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)",
-                       "spread", "spread (lambda 0)", "aligned to"],
+    encoders = sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon",
+                       "median recon (lambda 0)", "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)",
+                       "kNN NLL (target's own)", "spread", "spread (lambda 0)", "aligned to"],
                       [[a.record.site, a.record.config["lambda"], *[a.record.metrics[k] for k in (
                           "recon", "baseline_recon", "recon_median", "baseline_recon_median", "l_align",
                           "baseline_l_align", "knn_nll", "baseline_knn_nll", "target_knn_nll", "spread",
@@ -161,8 +160,9 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
          "spread", "spread (L_align)", "encoder"],
         [[m.record.site, m.record.config["lambda"], m.record.metrics["recon"], m.record.metrics["recon_median"],
           m.record.metrics["recon_median"] / m.record.metrics["baseline_recon_median"], m.record.metrics["knn_nll"],
-          m.record.metrics["target_knn_nll"] or "-", m.record.metrics["spread"], a.record.metrics["spread"], m.record.id]
-         for a, m in zip(alignments, matched) if m is not None])
+          m.record.metrics["target_knn_nll"] or "-", m.record.metrics["spread"], a.record.metrics["spread"],
+          m.record.id]
+         for a, m in zip(alignments, matched, strict=True) if m is not None])
     fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v.get("l_align_match", "-"), v["recon_lambda0"],
                    v["recon_aligned"]] for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
     faults = sweeps_report.table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC L_align (match)",
@@ -179,7 +179,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:1
 <h1>flowprior demo: La Haute Borne wind farm</h1>
 <p>Core prior <code>{html.escape(core.id)}</code> fitted with Ray Train on the healthy 2014 readings of all four
 turbines; each turbine checked on its healthy 2015 readings, its encoder trained on all complete 2015 readings.
-Store: <code>{html.escape(registry.store.uri)}</code>. Data: ENGIE La Haute Borne open data (Etalab Open Licence 2.0).</p>
+Store: <code>{html.escape(registry.store.uri)}</code>.
+Data: ENGIE La Haute Borne open data (Etalab Open Licence 2.0).</p>
 <h2>Site decisions</h2>{decisions}<img src="{figures['decisions']}">
 <h2>Prior fits</h2><img src="{figures['prior_fits']}">
 {sweep_section}
@@ -189,8 +190,8 @@ Store: <code>{html.escape(registry.store.uri)}</code>. Data: ENGIE La Haute Born
 <h3>Latents vs prior samples</h3><img src="{figures['latents']}">
 <h3>Reconstruction vs alignment</h3><img src="{figures['tradeoff']}">
 <h2>Flagging sensor faults</h2><p>Rows with physically impossible readings (temperature below -40 C, pitch outside
-[-5, 95] deg) scored by L_align of their latent under the site's prior ({SCORE_DRAWS} noise draws) and by the reconstruction
-error of the lambda = 0 autoencoder. 2014 rows were never seen by the encoders.</p>{faults}
+[-5, 95] deg) scored by L_align of their latent under the site's prior ({SCORE_DRAWS} noise draws) and by the
+reconstruction error of the lambda = 0 autoencoder. 2014 rows were never seen by the encoders.</p>{faults}
 <h2>Lineage</h2>{lineage}
 <h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary["sites"], indent=1, default=str)[:20000])}</pre>
 </body></html>"""

@@ -47,7 +47,7 @@ from pipeline.sweeps import SweepSpec, load_sweep_spec
 
 # distribution matching in the demo: at lambda 0.1 for 4,000 steps the latents' spread is 0.79-0.91 and
 # their kNN NLL proxy that of the prior's own samples, at 3.5-7x the median reconstruction error of a
-# lambda = 0 run of as many steps (the README's wind farm section; benchmarks/alignment_modes.py)
+# lambda = 0 run of as many steps (docs/measured.md, the wind farm; benchmarks/alignment_modes.py)
 MATCH_LAMBDA = 0.1
 MATCH_STEPS = 4000
 
@@ -154,7 +154,8 @@ def _auroc_table(per_site: dict[str, dict]) -> dict:
         labels = np.concatenate(pooled_labels)
         table.setdefault(str(year), {})["all"] = {
             "faults": int(labels.sum()), "rows": len(labels),
-            **{n: auroc(torch.from_numpy(np.concatenate(s)), torch.from_numpy(labels)) for n, s in pooled_scores.items()}}
+            **{n: auroc(torch.from_numpy(np.concatenate(s)), torch.from_numpy(labels))
+               for n, s in pooled_scores.items()}}
     return table
 
 
@@ -175,8 +176,9 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     checks = {spec.site: check_site(spec, registry, core.id, say=say, tags=tags) for spec in specs}
     timings["checks"] = time.perf_counter() - started - sum(timings.values())
     to_train = [s for s in specs if checks[s.site].config["decision"] != "reuse"]
-    site_priors = dict(zip([s.site for s in to_train], run_sites(finetune_site, to_train, store, settings.address,
-                                                                  say=say, prior_id=core.id, tags=tags))) if to_train else {}
+    trained = run_sites(finetune_site, to_train, store, settings.address, say=say, prior_id=core.id,
+                        tags=tags) if to_train else []
+    site_priors = dict(zip([s.site for s in to_train], trained, strict=True))
     timings["site_priors"] = time.perf_counter() - started - sum(timings.values())
     sweep_spec = settings.sweep_spec(specs)
     sweep = run_sweep(sweep_spec, store, settings.address, say=say, tags=tags) if sweep_spec else None
@@ -189,7 +191,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     timings["alignment"] = time.perf_counter() - started - sum(timings.values())
 
     per_site, priors = {}, {}
-    for spec, alignment, match in zip(specs, alignments, matched):
+    for spec, alignment, match in zip(specs, alignments, matched, strict=True):
         prior = priors[spec.site] = registry.load_prior(alignment.record.aligned_to)
         per_site[spec.site] = {}
         for year in (2015, 2014):
@@ -199,8 +201,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
                 recon_lambda0 = alignment.baseline.model.reconstruction_error(torch.from_numpy(x)).numpy()
             scores = {"l_align": aligned["l_align"], "recon_aligned": aligned["recon"], "recon_lambda0": recon_lambda0}
             if match is not None:
-                scores["l_align_match"] = fault_scores(match.aligned.model, registry.load_prior(match.record.aligned_to),
-                                                       x, spec.seed)["l_align"]
+                matched_prior = registry.load_prior(match.record.aligned_to)
+                scores["l_align_match"] = fault_scores(match.aligned.model, matched_prior, x, spec.seed)["l_align"]
             per_site[spec.site][year] = {"x": x, "labels": labels, "scores": scores}
     faults = _auroc_table(per_site)
     timings["scoring"] = time.perf_counter() - started - sum(timings.values())
@@ -215,7 +217,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
             "encoder": a.record.id, "aligned_to": a.record.aligned_to, "lambda": a.record.config["lambda"],
             "metrics": a.record.metrics,
             "match": {"encoder": m.record.id, "lambda": m.record.config["lambda"], "metrics": m.record.metrics}
-            if m is not None else None} for spec, a, m in zip(specs, alignments, matched)},
+            if m is not None else None} for spec, a, m in zip(specs, alignments, matched, strict=True)},
         "faults_auroc": faults, "quick": settings.quick,
         "sweep": {"id": sweep.id, "metrics": sweep.metrics, "choices": sweep.config["choices"]} if sweep else None}
     report = write_report(out, registry, core, checks, site_priors, alignments, matched, priors, per_site, summary,
@@ -230,7 +232,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
 
 def format_summary(summary: dict) -> str:
     lines = [f"{'site':8s} {'decision':9s} {'probe':>6s} {'fm_ratio':>8s} {'nll_gap':>8s} {'prior':>10s} {'recon':>7s} "
-             f"{'recon@0':>7s} {'knn_nll':>7s} {'nll@0':>7s} {'nll tgt':>7s} {'spread':>6s} {'AUROC L_align':>13s} {'AUROC recon@0':>13s}"]
+             f"{'recon@0':>7s} {'knn_nll':>7s} {'nll@0':>7s} {'nll tgt':>7s} {'spread':>6s} {'AUROC L_align':>13s} "
+             f"{'AUROC recon@0':>13s}"]
     auroc_2015 = summary["faults_auroc"]["2015"]
     for site, s in summary["sites"].items():
         m, c, a = s["metrics"], s["check_metrics"], auroc_2015.get(site, {})
@@ -247,7 +250,8 @@ def format_summary(summary: dict) -> str:
         if s["match"] is not None:
             m = s["match"]["metrics"]
             lines.append(f"{site:8s} match     lambda {s['match']['lambda']:g}: recon {m['recon']:.4f}  median x"
-                         f"{m['recon_median'] / m['baseline_recon_median']:.2f} of lambda 0  knn_nll {m['knn_nll']:.3f} "
+                         f"{m['recon_median'] / m['baseline_recon_median']:.2f} of lambda 0  "
+                         f"knn_nll {m['knn_nll']:.3f} "
                          f"(target {m['target_knn_nll'] or float('nan'):.3f})  spread {m['spread']:.2f}")
     for year, sites in summary["faults_auroc"].items():
         if "l_align_match" in sites["all"]:

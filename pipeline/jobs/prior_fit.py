@@ -194,9 +194,9 @@ def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
     if spec.gpu and not use_gpu:
         say(f"[prior fit] --gpu asked for {spec.workers} GPU worker(s) but the cluster has {gpus:g} GPU(s): using CPUs")
     if spec.workers * spec.cpus_per_worker > cpus:
-        raise ValueError(f"{spec.workers} workers x {spec.cpus_per_worker} CPU need {spec.workers * spec.cpus_per_worker} "
-                         f"CPUs but the cluster has {cpus:g} for training (and {runtime.INGEST_CPUS} for reading "
-                         "data); lower --workers or --cpus-per-worker")
+        raise ValueError(f"{spec.workers} workers x {spec.cpus_per_worker} CPU need "
+                         f"{spec.workers * spec.cpus_per_worker} CPUs but the cluster has {cpus:g} for training "
+                         f"(and {runtime.INGEST_CPUS} for reading data); lower --workers or --cpus-per-worker")
     return use_gpu
 
 
@@ -286,7 +286,8 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
               "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",
               "columns": list(schema.columns), "shards": state.get("shards", []),
               "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()},
-              "seconds_validating": checking, "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None}
+              "seconds_validating": checking,
+              "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
                                             "use_gpu": use_gpu}, "ingest": ingest}
     record = registry.publish_prior(prior, fingerprint=features.fingerprint, config=config,
@@ -294,6 +295,6 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
                                              "heldout_rows": stats.heldout_rows},
                                     name=spec.name, settings=run_settings(spec), make_current=make_current,
                                     tags=tags)
-    say(f"[prior fit] registered {record.id} ({store.uri_of(record.artifact)}); driver peak RSS {rss_before:,.0f} MiB before "
-        f"the data, {ingest['driver_peak_rss_mib']['end']:,.0f} MiB at the end")
+    say(f"[prior fit] registered {record.id} ({store.uri_of(record.artifact)}); driver peak RSS "
+        f"{rss_before:,.0f} MiB before the data, {ingest['driver_peak_rss_mib']['end']:,.0f} MiB at the end")
     return record

@@ -56,8 +56,9 @@ def heldout_metrics(model: torch.nn.Module, heldout: torch.Tensor, seed: int, n_
 
 
 def save_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer, state: dict) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(folder, MODEL_FILE))
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.model.state_dict().items()}, os.path.join(folder, EMA_FILE))
+    for module, name in ((model, MODEL_FILE), (ema.model, EMA_FILE)):
+        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(tensors, os.path.join(folder, name))
     torch.save(optimiser.state_dict(), os.path.join(folder, OPTIMISER_FILE))  # tensors + numbers only
     with open(os.path.join(folder, STATE_FILE), "w") as f:
         json.dump(state, f)

@@ -6,8 +6,9 @@
 
 Each job is an ordinary function over the method library and the registry; ``run_sites`` runs it
 as Ray tasks (1 CPU, 1 torch thread each, and a GPU share if asked: the task then trains on its
-GPU) so many sites train at once on a cluster and two at a time on a 2-core laptop. Every result is registered by the task that produced it (the registry
-takes many writers), so a site that fails does not lose the others' work.
+GPU) so many sites train at once on a cluster and two at a time on a 2-core laptop. Every result is
+registered by the task that produced it (the registry takes many writers), so a site that fails does
+not lose the others' work.
 """
 
 from __future__ import annotations
@@ -280,10 +281,13 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
         say(f"[site {spec.site} align] {name}: lambda {run_config.lam:g}, {len(observations.values)} observations, "
             f"{run_config.steps} steps, prior {prior_id}, on {device}")
         bar = Progress(f"site {spec.site} align {name}", run_config.steps, "steps", say)
-        progress = lambda h, bar=bar: bar.update(  # noqa: E731
-            h["step"], f"recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  knn_nll {h['knn_nll']:.3f}  "
-                       f"spread {h['spread']:.2f}") if h["step"] % (5 * run_config.log_every) == 0 \
-            or h["step"] == run_config.steps else None
+
+        def progress(h: dict, bar: Progress = bar, every: int = 5 * run_config.log_every,
+                     last: int = run_config.steps) -> None:
+            if h["step"] % every == 0 or h["step"] == last:
+                bar.update(h["step"], f"recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  "
+                                      f"knn_nll {h['knn_nll']:.3f}  spread {h['spread']:.2f}")
+
         runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.widths,
                                    seed=spec.seed, progress=progress, device=device)
     aligned, baseline = runs["aligned"], runs["baseline"]

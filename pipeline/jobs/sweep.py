@@ -94,7 +94,7 @@ def grid_points(spec: SweepSpec, sites: list[str], fixed: dict | None = None) ->
     run mostly one after another and its first ones span the grid (list values coarse-to-fine)."""
     grids = [d for d in spec.space if d.sampler == "grid"] if fixed is None else []
     combos = itertools.product(*[d.values for d in grids])
-    return [{**(fixed or {}), **dict(zip([d.field for d in grids], combo)), "site": site}
+    return [{**(fixed or {}), **dict(zip([d.field for d in grids], combo, strict=True)), "site": site}
             for combo in combos for site in sites]
 
 
@@ -187,13 +187,19 @@ class Progress(tune.Callback):
         settings = " ".join(f"{k} {c[k]}" if isinstance(c[k], str) else f"{k} {c[k]:g}" for k in SWEPT if k in c)
         objective = f"  objective {r['objective']:.3f}" if "objective" in r else ""
         # the pace of this run (a resumed sweep's earlier trials took no time here); the count is all trials
-        done, left, elapsed = self.ended - self.ended_before, self.total - self.ended_before, time.monotonic() - self.started
+        done, left = self.ended - self.ended_before, self.total - self.ended_before
+        elapsed = time.monotonic() - self.started
         eta = f", ETA {duration(elapsed * (left - done) / done)}" if 0 < done < left else ""
-        self.say(f"[{self.label}] {self.ended}/{self.total} trials, {duration(elapsed)}{eta}: {c['site']} {settings}: {how}  "
-                 f"recon {r.get('recon', math.nan):.4f}  knn_nll {r.get('knn_nll', math.nan):.3f}{objective}")
+        self.say(f"[{self.label}] {self.ended}/{self.total} trials, {duration(elapsed)}{eta}: {c['site']} {settings}: "
+                 f"{how}  recon {r.get('recon', math.nan):.4f}  knn_nll {r.get('knn_nll', math.nan):.3f}{objective}")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.say(f"[{self.label}] trial {trial.trial_id} ({settings_of(trial.config)['site']}) failed; see {trial.path}")
+        site = settings_of(trial.config)["site"]
+        self.say(f"[{self.label}] trial {trial.trial_id} ({site}) failed; see {trial.path}")
+
+
+def _trial_folder(trial) -> str:
+    return f"{settings_of(trial.config)['site']}-{trial.trial_id}"
 
 
 def _experiment(name: str, trainable, param_space: dict, samples: int, total: int, spec: SweepSpec,
@@ -213,16 +219,18 @@ def _experiment(name: str, trainable, param_space: dict, samples: int, total: in
                 f"sweep {spec.name}: the Tune experiment {path} exists (an interrupted run). Resuming it unpickles "
                 "its state, which runs code from the store on this driver: rerun with --trust-store-state if only "
                 "trusted jobs can write there, or pass another --name to start over")
-        say(f"[sweep {spec.name}] picking up the Tune experiment {path}: finished trials are kept, unfinished ones resume")
+        say(f"[sweep {spec.name}] picking up the Tune experiment {path}: finished trials are kept, unfinished ones "
+            "resume")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
         tracking = Tracking.from_env()
-        mlflow = [tracking.tune_callback({f"{TAG}sweep": spec.name, f"{TAG}experiment": name, **tags})] if tracking else []
+        run_tags = {f"{TAG}sweep": spec.name, f"{TAG}experiment": name, **tags}
+        mlflow = [tracking.tune_callback(run_tags)] if tracking else []
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=samples, scheduler=scheduler,
                                         max_concurrent_trials=spec.max_concurrent or None,
-                                        trial_dirname_creator=lambda t: f"{settings_of(t.config)['site']}-{t.trial_id}"),
+                                        trial_dirname_creator=_trial_folder),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
                                       callbacks=[Progress(f"sweep {name}", total, spec.epochs), *mlflow],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
@@ -278,7 +286,8 @@ def experiment_names(spec: SweepSpec, sites: dict[str, SiteData]) -> tuple[str, 
     """``(<spec name>-<digest>, <spec name>-baseline-<digest>)``: the same settings, priors and data give the
     same names (so a rerun resumes). The baselines depend only on the sites and the trial length, so sweeps
     that differ in their search space or scheduler share them."""
-    identity = {s: [d.prior_id, d.fingerprint, d.alignment.to_dict(), d.widths, d.seed] for s, d in sorted(sites.items())}
+    identity = {s: [d.prior_id, d.fingerprint, d.alignment.to_dict(), d.widths, d.seed]
+                for s, d in sorted(sites.items())}
     return (f"{spec.name}-{_digest({'spec': spec.to_dict() | {'path': None}, 'sites': identity})}",
             f"{spec.name}-baseline-{_digest(identity)}")
 
@@ -349,8 +358,8 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     points = grid_points(spec, site_ids)
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
     scheduler = PerSiteASHA(spec) if spec.scheduler.type == "asha" else None
-    results = _experiment(name, _trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec, store,
-                          scheduler, say, trust_store_state, tags or {})
+    results = _experiment(name, _trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec,
+                          store, scheduler, say, trust_store_state, tags or {})
     trials = [_trial_entry(r, spec, sites[settings_of(r.config)["site"]]) for r in results]
     choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)
@@ -369,7 +378,8 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     say(f"[sweep {spec.name}] recorded {record.id}: {metrics['trials']} trials, {metrics['completed']} ran to the end, "
         f"{trial_epochs} of {metrics['full_epochs']} trial-epochs ({metrics['compute_fraction']:.0%})")
     for site, c in choices.items():
-        say(f"[sweep {spec.name}] {site}: {c['mode']} lambda {c['lam']:g} lr {c['lr']:g} draws {c['draws']}  recon {c['recon']:.4f} "
-            f"(lambda 0: {c['baseline_recon']:.4f})  knn_nll {c['knn_nll']:.3f}  objective {c['objective']:.3f}"
+        say(f"[sweep {spec.name}] {site}: {c['mode']} lambda {c['lam']:g} lr {c['lr']:g} draws {c['draws']}  "
+            f"recon {c['recon']:.4f} (lambda 0: {c['baseline_recon']:.4f})  knn_nll {c['knn_nll']:.3f}  "
+            f"objective {c['objective']:.3f}"
             f"{'' if c['feasible'] else '  (no trial within the reconstruction bound)'}")
     return record

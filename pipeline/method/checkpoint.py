@@ -84,7 +84,8 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise CheckpointError(f"{path}: file hash does not match the recorded {expected_sha256[:12]}...; refusing to load")
+        raise CheckpointError(f"{path}: file hash does not match the recorded {expected_sha256[:12]}...; "
+                              "refusing to load")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

@@ -15,6 +15,7 @@ are standardised inside the model with the median and a robust scale of the trai
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -25,8 +26,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.method.checkpoint import (CheckpointError, load_checkpoint, load_optimiser, optimiser_tensors,
-                                        save_checkpoint)
+from pipeline.method.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_optimiser,
+    optimiser_tensors,
+    save_checkpoint,
+)
 from pipeline.method.inputs import as_points
 from pipeline.method.matching import MODES, AuxiliaryFlow, MatchConfig, matching_loss
 from pipeline.method.metrics import knn_nll, spread_ratio
@@ -57,8 +63,8 @@ class EncoderConfig:
 class AlignConfig:
     """Stage-2 settings: the alignment weight ``lam`` (lambda), ``draws`` (K), the optimiser, and the
     ``mode``: ``align`` (``L_align``) or ``match`` (distribution matching, with ``aux_steps`` and
-    ``aux_lr`` for its auxiliary flow). The defaults are the measured ones on the wind farm (README,
-    "Sites"): ``L_align`` at lambda 0.002 sits between 0.001 (kNN NLL proxy ~2 nats above the target's
+    ``aux_lr`` for its auxiliary flow). The defaults are the measured ones on the wind farm
+    (docs/measured.md): ``L_align`` at lambda 0.002 sits between 0.001 (kNN NLL proxy ~2 nats above the target's
     own, reconstruction 1.2-1.4x lambda = 0's) and 0.003 (~1.5 nats below); 0.01 already collapses
     the latents onto the prior's modes, and 1.0 costs ~45x in reconstruction."""
 
@@ -94,7 +100,7 @@ class AlignConfig:
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.SiLU())

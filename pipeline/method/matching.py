@@ -92,7 +92,8 @@ class AuxiliaryFlow:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
         """Restore what :meth:`tensors` returned."""
-        self.velocity.load_state_dict({k[len("velocity."):]: v for k, v in tensors.items() if k.startswith("velocity.")})
+        prefix = "velocity."
+        self.velocity.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         load_optimiser(self.optimiser, tensors, "adam", groups)
 
 

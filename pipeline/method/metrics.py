@@ -26,7 +26,8 @@ from pipeline.method.losses import flow_matching_loss
 def heldout_fm(velocity: torch.nn.Module, z: torch.Tensor, seed: int = 0, draws: int = 3) -> float:
     """Mean ``L_FM`` of points ``z`` (n, d) over ``draws`` seeded ``(t, x_0)`` draws per point."""
     generator = torch.Generator(device=z.device).manual_seed(seed)
-    return torch.stack([flow_matching_loss(velocity, z, generator=generator).mean() for _ in range(draws)]).mean().item()
+    losses = [flow_matching_loss(velocity, z, generator=generator).mean() for _ in range(draws)]
+    return torch.stack(losses).mean().item()
 
 
 def _kth_neighbour_distance(a: torch.Tensor, b: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:

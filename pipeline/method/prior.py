@@ -69,8 +69,8 @@ class FlowPrior:
         """Fit a prior on target features ``x`` ``(n, d2)``.
 
         ``width`` x ``depth`` default to the paper's 1024 x 6 (pass smaller ones on a CPU);
-        ``fit`` holds the optimiser settings. ``latent_dim`` defaults to ``d2``; ``projection`` defaults to ``none`` when
-        ``latent_dim == d2`` and ``random`` otherwise. ``seed`` fixes the projection,
+        ``fit`` holds the optimiser settings. ``latent_dim`` defaults to ``d2``; ``projection`` defaults to
+        ``none`` when ``latent_dim == d2`` and ``random`` otherwise. ``seed`` fixes the projection,
         initialisation and noise draws.
         """
         x = as_points(x, "target features x", dtype=torch.float32)
@@ -122,7 +122,8 @@ class FlowPrior:
         self._check_latents(y)
         return alignment_loss(self.velocity, y, draws=draws, generator=generator)
 
-    def flow_matching_loss(self, z: torch.Tensor, draws: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    def flow_matching_loss(self, z: torch.Tensor, draws: int = 1,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean flow-matching loss of prior-space points ``z`` (e.g. held-out ``to_prior(x)``)."""
         self._check_latents(z)
         with torch.no_grad():

@@ -89,7 +89,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
             ema_p.lerp_(p, 1 - d)
 
 

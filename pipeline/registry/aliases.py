@@ -54,7 +54,8 @@ def parse(data: bytes, where: str, alias: str, version: int) -> AliasMove:
     try:
         utc(move.moved_at)
     except ValueError:
-        raise RegistryError(f"{where}: not a valid alias entry (moved_at {move.moved_at!r:.40} is not a time)") from None
+        raise RegistryError(f"{where}: not a valid alias entry (moved_at {move.moved_at!r:.40} is not a "
+                            "time)") from None
     return move
 
 
@@ -82,7 +83,8 @@ def latest(store: Store, alias: str) -> AliasMove | None:
 def history(store: Store, alias: str) -> list[AliasMove]:
     versions = _versions(store, alias)
     keys = [_key(alias, v) for v in versions]
-    return [parse(data, store.uri_of(k), alias, v) for k, v, data in zip(keys, versions, store.read_many(keys))]
+    entries = zip(keys, versions, store.read_many(keys), strict=True)
+    return [parse(data, store.uri_of(k), alias, v) for k, v, data in entries]
 
 
 def pointed_at(store: Store, alias: str, target: str, since: datetime) -> bool:
@@ -119,7 +121,7 @@ def current(store: Store, prefix: str = "") -> dict[str, AliasMove]:
     cached = snapshots.vouched(snapshots.read_latest(store, snapshots.ALIAS_SNAPSHOTS) if verifiable else {},
                                {k: tree[k] for k in latest.values()})
     missing = [k for k in latest.values() if k not in cached]
-    raw = {**cached, **dict(zip(missing, store.read_many([f"{ALIASES}/{k}" for k in missing])))}
+    raw = {**cached, **dict(zip(missing, store.read_many([f"{ALIASES}/{k}" for k in missing]), strict=True))}
     if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
         snapshots.write(store, raw, snapshots.ALIAS_SNAPSHOTS)
     return {a: parse(raw[k], store.uri_of(f"{ALIASES}/{k}"), a, versions[a]) for a, k in latest.items()

@@ -27,9 +27,9 @@ import pyarrow as pa
 
 from pipeline.hashing import file_sha256
 from pipeline.registry import aliases, snapshots
-from pipeline.registry.snapshots import read_snapshot
 from pipeline.registry.records import Record, RegistryError
 from pipeline.registry.registry import ARTIFACTS, RECORDS, Registry
+from pipeline.registry.snapshots import read_snapshot
 from pipeline.storage import Store
 
 HASH_NAME = re.compile(r"([0-9a-f]{64})(?:-[0-9a-f]+)?(?:\.[A-Za-z0-9]+)?")
@@ -65,7 +65,8 @@ def check(registry: Registry, hashes: bool = True) -> Report:
     say = lambda area, key, message: report.problems.append(Problem(area, key, message))  # noqa: E731
 
     names = [n for n in store.list(RECORDS) if n.endswith(".json")]
-    raw = dict(zip([n[: -len(".json")] for n in names], store.read_many([f"{RECORDS}/{n}" for n in names])))
+    raw = dict(zip([n.removesuffix(".json") for n in names], store.read_many([f"{RECORDS}/{n}" for n in names]),
+                   strict=True))
     records: dict[str, Record] = {}
     for record_id, data in raw.items():
         key = f"{RECORDS}/{record_id}.json"
@@ -110,7 +111,8 @@ def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: boo
         if not key.startswith(f"{ARTIFACTS}/") or key.split("/", 1)[1] not in present:
             say("artifacts", key, f"missing: record {record.id} points at it")
         elif hashes and digest(key) != record.hash:
-            say("artifacts", key, f"has SHA-256 {digest(key)[:12]}... but record {record.id} holds {record.hash[:12]}...")
+            say("artifacts", key,
+                f"has SHA-256 {digest(key)[:12]}... but record {record.id} holds {record.hash[:12]}...")
     if hashes:
         for name in sorted(present):
             match = HASH_NAME.fullmatch(name)
@@ -161,7 +163,7 @@ def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report, f
         key = f"{folder}/{name}"
         try:
             table = read_snapshot(store.read(key))
-            rows = dict(zip(table["id"].to_pylist(), table["record"].to_pylist()))
+            rows = dict(zip(table["id"].to_pylist(), table["record"].to_pylist(), strict=True))
         except (pa.ArrowException, KeyError) as error:
             say("snapshots", key, f"not a readable snapshot ({error})")
             continue

@@ -46,9 +46,11 @@ def _status_rows(fleet: Fleet) -> str:
         check = "-" if s.check is None else (f"{_link(s.check)} <b>{html.escape(str(s.decision))}</b> "
                                              f"{age(s.check_at, fleet.read_at)} ago{older}<br>{html.escape(numbers)}")
         choice = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.sweep_choice.items())
-        sweep = "-" if s.sweep is None else f"{_link(s.sweep)} {age(s.sweep_at, fleet.read_at)} ago<br>{html.escape(choice)}"
+        sweep = "-" if s.sweep is None else (f"{_link(s.sweep)} {age(s.sweep_at, fleet.read_at)} ago"
+                                             f"<br>{html.escape(choice)}")
         rows.append(f'<tr class="site {"stale" if s.stale else ""}" data-site="{html.escape(s.site)}">'
-                    f"<td><b>{html.escape(s.site)}</b></td><td>{_link(s.encoder)} {age(s.encoder_at, fleet.read_at)}</td>"
+                    f"<td><b>{html.escape(s.site)}</b></td>"
+                    f"<td>{_link(s.encoder)} {age(s.encoder_at, fleet.read_at)}</td>"
                     f"<td>{aligned}</td><td>{stale}</td><td>{_link(s.site_prior)}</td><td>{check}</td><td>{sweep}</td></tr>")
     return "".join(rows)
 
@@ -74,7 +76,8 @@ def _matrix(fleet: Fleet) -> str:
 def _graph(fleet: Fleet, by_id: dict[str, Record]) -> str:
     """The priors in use (what current encoders align to, the current core) and their ancestors, as an SVG
     layered by derivation depth; edges run from parent to child."""
-    used = {s.aligned_to for s in fleet.sites if s.aligned_to in by_id} | ({fleet.core} if fleet.core in by_id else set())
+    used = {s.aligned_to for s in fleet.sites if s.aligned_to in by_id}
+    used |= {fleet.core} if fleet.core in by_id else set()
     nodes, queue = set(), list(used)
     while queue:
         rid = queue.pop()
@@ -118,7 +121,8 @@ def _graph(fleet: Fleet, by_id: dict[str, Record]) -> str:
                 href = f"records/{rid}.json"
             box = (f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="5" fill="{colour}" stroke="#555"/>'
                    f'<text x="{x + 6}" y="{y + 14}">{html.escape(label)}</text>'
-                   f'<text x="{x + 6}" y="{y + 27}" fill="#555">{html.escape(rid if not rid.startswith("+") else "")[:30]}</text>')
+                   f'<text x="{x + 6}" y="{y + 27}" fill="#555">'
+                   f'{html.escape(rid if not rid.startswith("+") else "")[:30]}</text>')
             boxes.append(f'<a href="{html.escape(href)}">{box}</a>' if href else box)
     for rid, (x, y) in where.items():
         parents = [rid.split(":", 1)[1]] if rid.startswith("+") else by_id[rid].parents

@@ -61,7 +61,8 @@ class Record:
         if self.kind == "encoder" and self.aligned_to is None:
             raise RegistryError("an encoder record needs aligned_to (the prior its latents are aligned to)")
         if self.kind in ("site-prior", "site-check") and not self.parents:
-            raise RegistryError(f"a {self.kind} record needs a parent (the prior it was derived from or checked against)")
+            raise RegistryError(f"a {self.kind} record needs a parent (the prior it was derived from or checked "
+                                "against)")
         if (self.artifact is None) != (self.hash is None):
             raise RegistryError("artifact and hash go together")
         for key, value in self.tags.items():

@@ -280,7 +280,7 @@ class Registry:
         cached = snapshots.read_latest(self.store) if verifiable else {}
         raw = snapshots.vouched(cached, listing)
         missing = [i for i in listing if i not in raw]
-        raw.update(zip(missing, self.store.read_many([f"{RECORDS}/{i}.json" for i in missing])))
+        raw.update(zip(missing, self.store.read_many([f"{RECORDS}/{i}.json" for i in missing]), strict=True))
         if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
             snapshots.write(self.store, raw)
         return {i: raw[i] for i in listing}
@@ -320,8 +320,9 @@ class Registry:
         found = file_sha256(path)
         if found != record.hash:
             path.unlink()
-            raise IntegrityError(f"record {record.id}: artifact {self.store.uri_of(key)} has SHA-256 {found[:12]}... but the "
-                                 f"registry recorded {record.hash[:12]}...; it was changed after publishing, refusing it")
+            raise IntegrityError(f"record {record.id}: artifact {self.store.uri_of(key)} has SHA-256 {found[:12]}... "
+                                 f"but the registry recorded {record.hash[:12]}...; it was changed after publishing, "
+                                 "refusing it")
         return path
 
     def artifact_key(self, record: Record) -> str:

@@ -39,7 +39,7 @@ def read_latest(store: Store, folder: str = SNAPSHOTS) -> dict[str, bytes]:
     name = max(names)
     try:
         table = read_snapshot(store.read(f"{folder}/{name}"))
-        records = dict(zip(table["id"].to_pylist(), table["record"].to_pylist()))
+        records = dict(zip(table["id"].to_pylist(), table["record"].to_pylist(), strict=True))
     except (pa.ArrowException, KeyError) as error:
         records, name = {}, f"{name} ({error})"
     if name != name_of(records):

@@ -22,7 +22,7 @@ All numbers live in the core prior's space, on the site's held-out target points
 Decision: ``refit`` when ``fm_ratio > refit_fm`` (the field is so far off that a fine-tune within
 its budget no longer gets within 5% of a prior trained from scratch); else ``finetune`` when
 ``probe_gain > finetune_gain``; else ``reuse``. The defaults are read off
-``benchmarks/site_decisions.py`` on the wind-farm data (README, "Measured"), where the rule is held
+``benchmarks/site_decisions.py`` on the wind-farm data (docs/measured.md), where the rule is held
 to: ``reuse`` wherever reusing the core is within 3% of a site prior's held-out FM on the site,
 never ``reuse`` where it is 5% or more worse. A site spec can override them.
 """

@@ -31,7 +31,6 @@ from pipeline.sites.decision import Thresholds
 from pipeline.specs import SpecError, read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 
-
 KEYS = frozenset({"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds",
                   "seed"})  # a site spec's top-level keys
 

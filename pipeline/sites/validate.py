@@ -45,11 +45,11 @@ def _table(spec: SiteSpec, name: str, source: DataSource, report: SiteValidation
         report.problems.append(f"{name}: {error}")
         return None
     first = scan.files[0].display
-    missing = [c for c, t in zip(scan.read_columns, scan.read_dtypes) if t == "missing"]
+    missing = [c for c, t in zip(scan.read_columns, scan.read_dtypes, strict=True) if t == "missing"]
     if missing:
         report.problems.append(f"{name}: feature column {missing[0]!r} is not in {first}")
         return None
-    text = [c for c, t in zip(scan.read_columns, scan.read_dtypes) if not scan.list_column
+    text = [c for c, t in zip(scan.read_columns, scan.read_dtypes, strict=True) if not scan.list_column
             and not any(k in t for k in ("int", "float", "double", "halffloat"))]
     if text:
         report.problems.append(f"{name}: feature column {text[0]!r} of {first} is not numeric")

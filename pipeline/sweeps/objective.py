@@ -28,7 +28,7 @@ RECONSTRUCTIONS = {"mean": "recon", "median": "recon_median"}
 
 @dataclass(frozen=True)
 class Selection:
-    """How a sweep picks each site's setting. The defaults are the measured ones (README, "Sweeps"):
+    """How a sweep picks each site's setting. The defaults are the measured ones (docs/measured.md, "Sweeps"):
     the plain ``knn_nll`` keeps falling as larger lambdas collapse the latents onto the prior's modes,
     and the mean reconstruction error jumps with a few wild readings."""
 

@@ -28,20 +28,20 @@ def plot_pareto(record: Record, path: Path) -> str:
     selection, choices = _selection(record), record.config["choices"]
     sites = list(choices)
     fig, axes = plt.subplots(1, len(sites), figsize=(4.2 * len(sites), 3.8), squeeze=False)
-    for ax, site in zip(axes[0], sites):
+    for ax, site in zip(axes[0], sites, strict=True):
         choice = choices[site]
         target = choice["target_knn_nll"]
         done = [t for t in record.config["trials"] if t["site"] == site and t["completed"]]
         points = [(selection.reconstruction(t["final"]), selection.score(t["final"], target)) for t in done]
         ax.scatter([p[0] for p in points], [p[1] for p in points], color="C0", s=18, label="trials (ran to the end)")
-        for t, (x, y) in zip(done, points):
+        for t, (x, y) in zip(done, points, strict=True):
             ax.annotate(f"{t['config']['lam']:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         stopped = [t for t in record.config["trials"] if t["site"] == site and not t["completed"]]
         if stopped:  # where early stopping left them: earlier in training, so not comparable with the rest
             early = [(selection.reconstruction(t["final"]), selection.score(t["final"], target)) for t in stopped]
             ax.scatter([p[0] for p in early], [p[1] for p in early], color="0.6", marker=".", s=14,
                        label="stopped early (at their last epoch)")
-            for t, (x, y) in zip(stopped, early):
+            for t, (x, y) in zip(stopped, early, strict=True):
                 ax.annotate(f"{t['config']['lam']:g}@{t['epochs']}", (x, y), fontsize=6, color="0.5",
                             xytext=(3, -6), textcoords="offset points")
         front = [points[i] for i in pareto_front(points)]
@@ -51,7 +51,7 @@ def plot_pareto(record: Record, path: Path) -> str:
         ax.scatter([base_point[0]], [base_point[1]], color="k", marker="x", label="lambda = 0")
         ax.axvline((1 + selection.recon_tolerance) * base_point[0], color="k", ls="--", lw=1,
                    label=f"recon bound (+{selection.recon_tolerance:.0%})")
-        chosen = next(p for t, p in zip(done, points) if t["trial"] == choice["trial"])
+        chosen = next(p for t, p in zip(done, points, strict=True) if t["trial"] == choice["trial"])
         ax.scatter([chosen[0]], [chosen[1]], s=160, facecolors="none", edgecolors="C3", lw=2,
                    label=f"chosen: lambda {choice['lam']:g}")
         ax.set(xscale="log", title=site, xlabel=f"reconstruction error ({selection.recon})",
@@ -70,9 +70,10 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def choices_table(record: Record) -> str:
-    rows = [[site, c.get("mode", "align"), c["lam"], c["lr"], c["draws"], c["steps"], c["recon"], c["baseline_recon"], c["recon_median"],
-             c["baseline_recon_median"], c["knn_nll"], c["baseline_knn_nll"], c["target_knn_nll"] or "-", c["spread"],
-             c["objective"], "yes" if c["feasible"] else "no", c["trial"]] for site, c in record.config["choices"].items()]
+    rows = [[site, c.get("mode", "align"), c["lam"], c["lr"], c["draws"], c["steps"], c["recon"], c["baseline_recon"],
+             c["recon_median"], c["baseline_recon_median"], c["knn_nll"], c["baseline_knn_nll"],
+             c["target_knn_nll"] or "-", c["spread"], c["objective"], "yes" if c["feasible"] else "no", c["trial"]]
+            for site, c in record.config["choices"].items()]
     return table(["site", "mode", "lambda", "lr", "draws K", "steps", "recon", "recon (lambda 0)", "median recon",
                   "median recon (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)", "spread",
                   "objective", "within bound", "trial"], rows)
@@ -99,9 +100,10 @@ def write_sweep_report(out: Path, record: Record) -> Path:
     """``out/sweep.html`` with the Pareto figure and the tables of choices and trials."""
     out.mkdir(parents=True, exist_ok=True)
     figure = plot_pareto(record, out / "sweep_pareto.png")
-    trials = table(["trial", "site", "mode", "lambda", "lr", "draws", "epochs", "recon", "median recon", "kNN NLL", "spread",
-                    "objective"],
-                   [[t["trial"], t["site"], t["config"].get("mode", "align"), t["config"]["lam"], t["config"]["lr"], t["config"]["draws"], t["epochs"],
+    trials = table(["trial", "site", "mode", "lambda", "lr", "draws", "epochs", "recon", "median recon", "kNN NLL",
+                    "spread", "objective"],
+                   [[t["trial"], t["site"], t["config"].get("mode", "align"), t["config"]["lam"], t["config"]["lr"],
+                     t["config"]["draws"], t["epochs"],
                      *[t["final"].get(k, "-") for k in ("recon", "recon_median", "knn_nll", "spread", "objective")]]
                     for t in record.config["trials"]])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior sweep {html.escape(record.id)}</title>

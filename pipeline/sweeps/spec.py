@@ -13,7 +13,7 @@
     scheduler: {type: asha, grace_epochs: 1, reduction_factor: 3}   # or {type: fifo}
     resources: {cpu: 1, gpu: 0}                    # per trial (gpu: 0.25 packs four trials per GPU)
     max_concurrent: 0                              # 0: as many trials as the cluster holds
-    select: {metric: nll_gap, recon: median, recon_tolerance: 2.0, penalty: 10}   # the defaults; see pipeline.sweeps.objective
+    select: {metric: nll_gap, recon: median, recon_tolerance: 2.0, penalty: 10}   # the defaults (sweeps.objective)
 
 Every trial trains one site's encoder; each site also gets one lambda = 0 baseline run (its
 reconstruction error is what ``recon_tolerance`` is relative to). Trials start in the order the

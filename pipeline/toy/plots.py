@@ -36,7 +36,7 @@ def plot_latents(summary: dict, arrays: dict, path: Path) -> None:
     land = arrays["landscape"]
     runs = [*_runs(summary, arrays), ("the prior's own samples", summary["prior_samples"], arrays["y_prior"], [])]
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), squeeze=False)
-    for ax, (name, stats, y, _) in zip(axes[0], runs):
+    for ax, (name, stats, y, _) in zip(axes[0], runs, strict=True):
         image = _heatmap(ax, land, land["nll"], f"{name}\nNLL {stats['nll_latents']:.2f} "
                          f"(target {summary['nll_target']:.2f}), spread x{stats['spread_ratio']:.2f}",
                          clip=_nll_clip(land))
@@ -65,7 +65,7 @@ def plot_landscape(summary: dict, arrays: dict, path: Path) -> None:
 def plot_curves(summary: dict, arrays: dict, path: Path) -> None:
     runs = _runs(summary, arrays)
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
-    for ax, (name, stats, _, curve) in zip(axes[0], runs):
+    for ax, (name, stats, _, curve) in zip(axes[0], runs, strict=True):
         steps = [max(r["step"], 1) for r in curve]
         ax.plot(steps, [r["align"] for r in curve], color="tab:blue", label="mean L_align")
         ax.set_xscale("log")
@@ -84,6 +84,6 @@ def plot_curves(summary: dict, arrays: dict, path: Path) -> None:
 def write_plots(summary: dict, arrays: dict, out: Path) -> list[Path]:
     """Write the three figures under ``out``; return their paths."""
     paths = [out / "latents.png", out / "landscape.png", out / "curves.png"]
-    for plot, path in zip((plot_latents, plot_landscape, plot_curves), paths):
+    for plot, path in zip((plot_latents, plot_landscape, plot_curves), paths, strict=True):
         plot(summary, arrays, path)
     return paths

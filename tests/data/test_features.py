@@ -1,7 +1,6 @@
 import shutil
 
 import fsspec.implementations.local
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

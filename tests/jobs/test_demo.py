@@ -13,7 +13,7 @@ from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
 from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
 from pipeline.storage import Store
-from tests.jobs.test_sites import flowprior
+from tests.support.sites import flowprior
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def test_statistics_do_not_depend_on_files_or_blocks_and_match_the_in_memory_fit
     # the map to prior space from the streamed moments equals today's in-memory fit on the training rows
     train = torch.from_numpy(read_features(str(tmp_path / "one")).values[~held])
     for kind in ("pca", "random"):
-        for streamed, direct in zip(fit_transform(b.train, 3, kind, "per-dim"), fit_transform(train, 3, kind, "per-dim")):
+        pairs = zip(fit_transform(b.train, 3, kind, "per-dim"), fit_transform(train, 3, kind, "per-dim"), strict=True)
+        for streamed, direct in pairs:
             torch.testing.assert_close(streamed, direct, atol=1e-5, rtol=1e-5)
 
 

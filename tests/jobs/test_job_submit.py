@@ -1,7 +1,8 @@
-"""The README's `ray job submit` commands against a real local head node of a *stock* Ray cluster:
-the node's Python holds Ray and torch only (not flowprior, not its other requirements), and every job
-brings flowprior with `flowprior runtime-env` (the package as a py_module, the rest through pip from a
-wheelhouse, since nodes here have no package index; see ``tests/support/stock_venv.py``)."""
+"""The documented `ray job submit` commands (README, docs/operations.md, docs/sites.md) against a real
+local head node of a *stock* Ray cluster: the node's Python holds Ray and torch only (not flowprior,
+not its other requirements), and every job brings flowprior with `flowprior runtime-env` (the package
+as a py_module, the rest through pip from a wheelhouse, since nodes here have no package index; see
+``tests/support/stock_venv.py``)."""
 
 import shutil
 import subprocess
@@ -50,7 +51,7 @@ def stock_head(tmp_path_factory):
 
 def _submit(head: RayHead, env_file: Path, args: list[str], working_dir: Path | None = None,
             timeout: float = 420) -> subprocess.CompletedProcess:
-    """The README's command: ``ray job submit --runtime-env ... [--working-dir ...] --entrypoint-num-cpus 1
+    """The documented command: ``ray job submit --runtime-env ... [--working-dir ...] --entrypoint-num-cpus 1
     --entrypoint-memory ... -- python -m pipeline ARGS``."""
     command = [RAY, "job", "submit", "--address", head.address, "--runtime-env", str(env_file),
                *(["--working-dir", str(working_dir)] if working_dir else []), *ENTRYPOINT,

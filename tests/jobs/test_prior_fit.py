@@ -39,7 +39,8 @@ def test_bad_paths_and_schemas_fail_before_ray_starts(tmp_path, make, message, m
     monkeypatch.setattr(runtime, "connect", no_ray)
     path = make(tmp_path)
     with pytest.raises(ValueError, match=message):
-        fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")), say=lambda _: None)
+        fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")),
+                       say=lambda _: None)
     assert not (tmp_path / "store").exists()  # nothing written
 
 
@@ -53,7 +54,8 @@ def test_bad_paths_and_schemas_fail_before_ray_starts(tmp_path, make, message, m
 def test_bad_rows_fail_in_the_validating_pass_before_any_training(local_ray, tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(ValueError, match=message):
-        fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")), say=lambda _: None)
+        fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")),
+                       say=lambda _: None)
     assert not (tmp_path / "store").exists()  # no Ray Train run, no checkpoint, no record
 
 
@@ -210,7 +212,8 @@ def test_the_cli_starts_a_local_ray_and_a_driver_killed_before_the_alias_move_is
                           capture_output=True, text=True, timeout=300, start_new_session=True)
     assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
     printed = died.stdout + died.stderr  # progress a person can follow: steps done of all, with an ETA
-    assert re.search(r"\[prior fit\] 50/100 steps \(50%\), \d+s, ETA \d+s", printed) and "100/100 steps (100%)" in printed
+    assert re.search(r"\[prior fit\] 50/100 steps \(50%\), \d+s, ETA \d+s", printed)
+    assert "100/100 steps (100%)" in printed
     registry = Registry(Store.open(str(tmp_path / "flowprior-store")))
     (record,) = registry.records()
     assert registry.alias(CORE_ALIAS) is None  # the crash window

@@ -3,68 +3,16 @@
 import json
 import os
 import re
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.cli import main
 from pipeline.datasets import la_haute_borne as lhb
-from pipeline.data import read_features
-from pipeline.data.schema import FeatureSchema
-from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
-from pipeline.sites import measure
-from pipeline.data.split import split_indices
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from tests.support.processes import pids_titled
-
-SITE = "R80711"
-
-
-def publish_core(store_uri: str, steps: int = 150, contract: bool = True):
-    """A small core prior on the healthy 2014 rows, fitted in this process (the Ray Train fit has its own
-    tests) and registered with the held-out numbers a site check compares with and (unless not
-    ``contract``, as before contracts) its feature schema, as the Train job records them."""
-    x = read_features(str(lhb.PARQUET), columns=lhb.FEATURES, filters={"year": 2014, "fault": False},
-                      drop_nonfinite=True)
-    train, heldout = split_indices(x.values, 0.1, seed=0)
-    prior = FlowPrior.fit(x.values[train][:20000], latent_dim=4, projection="pca", normaliser="per-dim", width=32,
-                          depth=2, fit=FitConfig(steps=steps, warmup=20, lr=2e-3), seed=0)
-    if contract:
-        prior.info["features"] = FeatureSchema.measure(x.columns, x.dtypes, x.values[train]).to_dict()
-    own = measure(prior, prior.to_prior(x.values[heldout][:2000]), 1.0, 0.0, 1000)
-    return Registry(Store.open(store_uri)).publish_prior(
-        prior, fingerprint=x.fingerprint, metrics={"heldout_fm": own["fm_site"], "heldout_nll_proxy": own["nll_site"],
-                                                   "nll_samples": 1000})
-
-
-def small_spec(tmp_path: Path, site: str = SITE, **overrides) -> Path:
-    """The shipped spec of ``site`` with a few dozen steps everywhere (and any overrides)."""
-    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "sites" / f"{site}.yaml").read_text())
-    for section in ("target", "observations"):
-        data[section]["uri"] = str(lhb.PARQUET)
-    data["finetune"] = {"steps": 60, "refit_steps": 60, "log_every": 30}
-    data["alignment"] = {"lambda": 1.0, "steps": 60, "log_every": 30, "eval_points": 500}
-    data.update(overrides)
-    path = tmp_path / f"{site}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def flowprior(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process; stdout without the lines Ray streams from its workers (which may
-    arrive late, in the middle of a later command's output)."""
-    capsys.readouterr()
-    code = main(list(args))
-    out = capsys.readouterr()
-    ours = [line for line in out.out.splitlines(keepends=True) if not RAY_LOG.match(line)]
-    return code, "".join(ours), out.err
-
-
-RAY_LOG = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+")
+from tests.support.sites import SITE, flowprior, publish_core, small_spec
 
 
 @pytest.fixture
@@ -148,7 +96,8 @@ def test_auto_mode_follows_the_check_and_align_refuses_a_missing_site_prior(loca
     assert Registry(Store.open(store_uri)).records(kind="encoder") == []
 
 
-def test_a_spec_whose_columns_break_the_contract_is_refused_by_name_and_order(tmp_path, capsys):
+@pytest.mark.slow
+def test_a_spec_whose_columns_break_the_contract_is_refused_by_name_and_order(local_ray, tmp_path, capsys):
     store_uri = str(tmp_path / "store")
     publish_core(store_uri, steps=5)
     swapped = ["power", "pitch", *lhb.FEATURES[2:]]  # as many columns, another order
@@ -198,6 +147,7 @@ def _device_of_task(spec, store, device: str, **kwargs) -> str:
     return device
 
 
+@pytest.mark.slow
 def test_a_gpu_share_falls_back_to_cpu_on_a_local_ray_without_gpus(local_ray, tmp_path):
     """`site finetune|align --gpu 0.25` on a laptop: the sites still run, on CPUs, and say so."""
     from types import SimpleNamespace
@@ -224,6 +174,7 @@ def _dies_or_writes(spec, store, device: str, **kwargs) -> str:
     return spec.site
 
 
+@pytest.mark.slow
 def test_a_crashed_site_task_does_not_abort_the_other_sites(local_ray, tmp_path):
     from types import SimpleNamespace
 
@@ -282,6 +233,7 @@ def test_validate_reads_only_footers_holds_the_contract_and_writes_nothing(tmp_p
     assert listing() == before and not (tmp_path / "none").exists()  # nothing written anywhere
 
 
+@pytest.mark.slow
 def test_two_concurrent_checks_of_the_same_site_register_once(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -310,6 +262,7 @@ def _fails_once_by_dying_then_by_raising(spec, store, device: str, **kwargs) -> 
     return f"{spec.site} after {attempts} attempt(s)"
 
 
+@pytest.mark.slow
 def test_a_dead_worker_is_retried_and_an_error_of_the_step_is_not(local_ray, tmp_path):
     from types import SimpleNamespace
 

@@ -14,7 +14,7 @@ from pipeline.jobs.sweep import SweepInterrupted, UntrustedState, grid_points, r
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from pipeline.sweeps import Selection, load_sweep_spec
-from tests.jobs.test_sites import flowprior, publish_core, small_spec
+from tests.support.sites import flowprior, publish_core, small_spec
 from tests.support.tfevents import merged
 
 SITES = ("R80711", "R80721")
@@ -45,8 +45,8 @@ def check_record(record, spec) -> None:
         base = record.config["baselines"][t["site"]]["history"]
         target = record.config["choices"][t["site"]]["target_knn_nll"]
         for h in t["history"]:  # the objective ASHA ranked by: against the baseline at the same epoch
-            assert h["objective"] == pytest.approx(selection.objective(h, selection.reconstruction(base[h["epoch"] - 1]),
-                                                                       target))
+            baseline = selection.reconstruction(base[h["epoch"] - 1])
+            assert h["objective"] == pytest.approx(selection.objective(h, baseline, target))
     for site in SITES:
         done = [t for t in trials if t["site"] == site and t["completed"]]
         best = min(done, key=lambda t: (t["final"]["objective"], t["config"]["lam"]))

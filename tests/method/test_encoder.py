@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from pipeline.method.checkpoint import CheckpointError
-from pipeline.method.encoder import (AlignConfig, Autoencoder, EncoderConfig, EncoderTraining, load_encoder,
-                                     save_encoder, train_encoder)
+from pipeline.method.encoder import (
+    AlignConfig,
+    Autoencoder,
+    EncoderConfig,
+    EncoderTraining,
+    load_encoder,
+    save_encoder,
+    train_encoder,
+)
 from pipeline.method.metrics import mmd
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
@@ -45,6 +52,7 @@ def test_scaling_is_robust_to_wild_readings_and_to_columns_at_rest():
     assert model.scale[3].item() == 1.0  # a constant column keeps unit scale
 
 
+@pytest.mark.slow
 def test_alignment_pulls_latents_onto_the_prior_at_small_reconstruction_cost(setting):
     observations, prior, z = setting
     config = AlignConfig(lam=1.0, steps=600, log_every=100, eval_points=1000)
@@ -60,6 +68,7 @@ def test_alignment_pulls_latents_onto_the_prior_at_small_reconstruction_cost(set
     assert not any(p.requires_grad for p in aligned.model.parameters())
 
 
+@pytest.mark.slow
 def test_distribution_matching_spreads_the_latents_like_the_target(setting):
     """Plain L_align piles the latents onto the two modes; matching gives them the target's spread."""
     observations, prior, z = setting
@@ -74,6 +83,7 @@ def test_distribution_matching_spreads_the_latents_like_the_target(setting):
     assert match["recon"] < 0.05
 
 
+@pytest.mark.slow
 def test_checkpoints_round_trip_and_refuse_changes(setting, tmp_path):
     observations, prior, z = setting
     run = train_encoder(observations, prior, AlignConfig(lam=1.0, steps=20, log_every=10, eval_points=100), z,
@@ -116,6 +126,7 @@ def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an
         other.resume(tmp_path / "state.safetensors")
 
 
+@pytest.mark.slow
 def test_bad_settings_and_inputs_are_refused(setting):
     observations, prior, z = setting
     with pytest.raises(ValueError, match="lambda"):

@@ -52,7 +52,8 @@ def test_stratified_shared_times_keep_the_fm_loss_unbiased(gaussian_flow):
 
 def test_alignment_loss_of_exact_velocity_matches_closed_form(gaussian_flow):
     a, b = gaussian_flow.align_a, gaussian_flow.align_b
-    ys = torch.stack([gaussian_flow.mu, gaussian_flow.mu + 0.5, gaussian_flow.mu - torch.tensor([1.0, 0, 2.0], dtype=torch.float64)])
+    mu = gaussian_flow.mu
+    ys = torch.stack([mu, mu + 0.5, mu - torch.tensor([1.0, 0, 2.0], dtype=torch.float64)])
     loss = alignment_loss(gaussian_flow, ys, draws=200_000, generator=seeded(3))
     expected = a * (ys - gaussian_flow.mu).pow(2).sum(-1) + 3 * b
     assert loss.shape == (3,)

@@ -68,7 +68,8 @@ def test_auroc_is_the_mann_whitney_statistic():
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 5, (200,), generator=g).double()  # many ties
     labels = torch.rand(200, generator=g) < 0.3
-    expected = mannwhitneyu(scores[labels].numpy(), scores[~labels].numpy()).statistic / (int(labels.sum()) * int((~labels).sum()))
+    pairs = int(labels.sum()) * int((~labels).sum())
+    expected = mannwhitneyu(scores[labels].numpy(), scores[~labels].numpy()).statistic / pairs
     assert auroc(scores, labels) == pytest.approx(float(expected), abs=1e-12)
     with pytest.raises(ValueError, match="positives and negatives"):
         auroc(torch.ones(3), torch.zeros(3, dtype=torch.bool))

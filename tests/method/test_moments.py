@@ -41,7 +41,10 @@ def test_the_map_from_streamed_moments_equals_the_in_memory_fit(projection, norm
         torch.testing.assert_close(p, vh.float(), atol=1e-5, rtol=1e-5)
     z = x @ p.T
     centred = z - z.mean(0)
-    expected = centred.pow(2).mean().sqrt().expand(latent_dim) if normaliser == "global" else centred.pow(2).mean(0).sqrt()
+    if normaliser == "global":
+        expected = centred.pow(2).mean().sqrt().expand(latent_dim)
+    else:
+        expected = centred.pow(2).mean(0).sqrt()
     torch.testing.assert_close(mean, z.mean(0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scale, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fit_transform(x, latent_dim, projection, normaliser, seed=1)[1], mean)

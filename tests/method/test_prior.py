@@ -20,7 +20,8 @@ def gaussian_prior() -> tuple[FlowPrior, torch.Tensor]:
 
 def test_fit_reaches_the_flow_matching_minimum_of_a_gaussian(gaussian_prior):
     prior, x = gaussian_prior
-    z = prior.to_prior(torch.randn((5000, 2), generator=seeded(1)) * torch.tensor([2.0, 1.0]) + torch.tensor([3.0, -1.0]))
+    x_new = torch.randn((5000, 2), generator=seeded(1)) * torch.tensor([2.0, 1.0]) + torch.tensor([3.0, -1.0])
+    z = prior.to_prior(x_new)
     # after the global normaliser the per-dimension stds are s_j = (2, 1) / sqrt(2.5); the FM
     # minimum is sum_j pi s_j / 2 (closed form, tests/conftest.py)
     minimum = sum(math.pi * s / 2 for s in (2 / math.sqrt(2.5), 1 / math.sqrt(2.5)))

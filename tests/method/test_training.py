@@ -35,7 +35,8 @@ def test_a_resumed_run_has_every_optimiser_tensor_on_the_model_device_and_contin
         assert state and all(v.device == p.device for v in state.values() if torch.is_tensor(v)), state.keys()
     for name, value in resumed.state_dict().items():
         assert torch.equal(value, model.state_dict()[name]), name
-    for (name, value), original in zip(resumed_ema.model.state_dict().items(), ema.model.state_dict().values()):
+    pairs = zip(resumed_ema.model.state_dict().items(), ema.model.state_dict().values(), strict=True)
+    for (name, value), original in pairs:
         assert torch.equal(value, original), name
 
     # both continue on the same batches and noise: the resumed run is the uninterrupted one
@@ -43,7 +44,7 @@ def test_a_resumed_run_has_every_optimiser_tensor_on_the_model_device_and_contin
     again = _steps(resumed, resumed_optimiser, resumed_ema, fit, data[3:], 3,
                    torch.Generator(device=device).manual_seed(3))
     assert after == again
-    for a, b in zip(model.parameters(), resumed.parameters()):
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -56,7 +57,8 @@ def test_bf16_autocasts_the_forward_but_keeps_weights_optimiser_and_loss_in_floa
         model, ema, optimiser = new_training(VELOCITY, fit, device, seed=0)
         hook = model.input.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
         x_1 = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)).to(device)
-        losses[precision] = train_step(model, optimiser, ema, x_1, 0, fit, torch.Generator(device=device).manual_seed(1))
+        generator = torch.Generator(device=device).manual_seed(1)
+        losses[precision] = train_step(model, optimiser, ema, x_1, 0, fit, generator)
         hook.remove()
         assert losses[precision].dtype == torch.float32
         assert all(p.dtype == torch.float32 for p in [*model.parameters(), *ema.model.parameters()])

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.registry import Registry, snapshots
 from pipeline.storage import Store
-from tests.registry.test_registry import build_fleet
+from tests.support.fleet import build_fleet
 
 
 def check(store_uri: str, *args: str) -> tuple[int, dict]:
@@ -22,6 +24,7 @@ def everything(store: Store) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_whole_registry_passes_and_each_damage_is_named_without_changing_anything(tmp_path):
     store = Store.open(str(tmp_path / "store"))
     registry = Registry(store)
@@ -77,6 +80,7 @@ def test_a_planted_object_at_the_hash_key_does_not_poison_later_publishes(store,
     assert registry.fetch_artifact(record, tmp_path / "back.bin").read_bytes() == b"the real weights"
 
 
+@pytest.mark.slow
 def test_repair_on_s3_replaces_a_forged_snapshot_with_one_of_the_record_files(s3_store):
     registry = Registry(s3_store)
     records = [registry.register("prior", metrics={"fm": 1.0}) for _ in range(3)]

@@ -39,5 +39,5 @@ def test_32_concurrent_writers_lose_nothing_and_serialise_alias_moves(store_uri)
     assert [m.previous for m in history] == [None] + [m.target for m in history[:-1]]
     assert registry.alias(CORE_ALIAS) == history[-1].target
     # each writer's own moves appear in the order it made them
-    for w, ids, _ in reports:
+    for _, ids, _ in reports:
         assert [m.target for m in history if m.target in ids] == ids

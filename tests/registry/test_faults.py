@@ -29,6 +29,7 @@ from tests.support.writers import publish_named_until_done
 CONNECT, READ, ATTEMPTS = 1.0, 2.0, 2
 
 
+@pytest.mark.slow
 def test_every_store_operation_against_a_silent_server_fails_within_its_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "silent-test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "silent-test-secret")
@@ -42,7 +43,8 @@ def test_every_store_operation_against_a_silent_server_fails_within_its_budget(t
         operations = {
             "list": lambda: store.list("registry/records"), "read": lambda: store.read("a/b.json"),
             "read_many": lambda: store.read_many(["a/b.json", "a/c.json"]), "exists": lambda: store.exists("a/b"),
-            "create": lambda: store.create("a/b.json", b"{}"), "put_file": lambda: store.put_file("a/a.bin", tmp_path / "a.bin"),
+            "create": lambda: store.create("a/b.json", b"{}"),
+            "put_file": lambda: store.put_file("a/a.bin", tmp_path / "a.bin"),
             "get_file": lambda: store.get_file("a/b.json", tmp_path / "back"),
             "registry ls": lambda: Registry(store).records(), "publish": lambda: Registry(store).register("prior"),
         }
@@ -135,10 +137,12 @@ print(record.id)
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.slow
 def test_a_publish_killed_at_each_step_completes_exactly_once_on_rerun(store_uri, tmp_path, point):
     (tmp_path / "w.bin").write_bytes(b"nightly weights")
     prefix = KILL_POINTS[point]
-    args = [sys.executable, "-c", CHILD, store_uri, prefix or "", "1" if prefix is None else "0", str(tmp_path / "w.bin")]
+    args = [sys.executable, "-c", CHILD, store_uri, prefix or "", "1" if prefix is None else "0",
+            str(tmp_path / "w.bin")]
     died = subprocess.run(args, capture_output=True, text=True, timeout=120, env=os.environ)
     assert died.returncode == -signal.SIGKILL, died.stderr
     registry = Registry(Store.open(store_uri))

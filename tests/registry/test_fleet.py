@@ -2,12 +2,11 @@
 
 import pytest
 
-from pipeline.registry import CORE_ALIAS, Registry, RegistryError
-from pipeline.registry import aliases, snapshots
+from pipeline.registry import CORE_ALIAS, Registry, RegistryError, aliases, snapshots
 from pipeline.registry.aliases import AliasMoved
 from pipeline.registry.check import check
 from pipeline.registry.fleet import age, fleet_status
-from tests.registry.test_registry import build_fleet
+from tests.support.fleet import build_fleet
 
 
 def test_fleet_status_answers_per_site_what_the_single_queries_answer(store):

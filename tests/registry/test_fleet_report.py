@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.registry import Registry
 from pipeline.registry.fleet_report import GRAPH_NODES, write_fleet_report
-from tests.registry.test_registry import build_fleet
+from tests.support.fleet import build_fleet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # the flags this machine needs (no network beyond the loopback; running as root)
@@ -42,6 +42,7 @@ def test_many_site_priors_are_grouped_in_the_graph(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+@pytest.mark.slow
 def test_the_report_renders_in_headless_chromium_without_console_errors(tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -4,8 +4,9 @@ import os
 import threading
 import time
 
-from pipeline.registry import Registry
-from pipeline.registry import retention, snapshots
+import pytest
+
+from pipeline.registry import Registry, retention, snapshots
 from pipeline.registry.check import check
 from pipeline.registry.retention import collect, live_leases
 
@@ -85,6 +86,7 @@ def test_a_gc_between_a_publishers_artifact_and_its_record_does_not_lose_the_art
     registry.fetch_artifact(record, tmp_path / "back.bin")  # whole, and its hash checks
 
 
+@pytest.mark.slow
 def test_gc_racing_eight_publishers_never_deletes_a_referenced_artifact(store, tmp_path):
     registry = Registry(store)
     payloads = [f"artifact {i}".encode() * 50 for i in range(24)]
@@ -121,6 +123,7 @@ def test_gc_racing_eight_publishers_never_deletes_a_referenced_artifact(store, t
         registry.fetch_artifact(record, tmp_path / "back.bin")
 
 
+@pytest.mark.slow
 def test_publishers_wait_while_a_gc_holds_a_live_lease(store, monkeypatch):
     store.create(f"{retention.LEASES}/{int(time.time()) + 3600}-abcd.lease", b"")
     store.create(f"{retention.LEASES}/{int(time.time()) - 3600}-dead.lease", b"")  # a crashed gc's, expired

@@ -12,7 +12,7 @@ SAMPLES = 1000
 MODES = torch.tensor([[-2.5, 0.0], [2.5, 0.0]])
 
 
-def pool(n: int, seed: int, modes: list[int] = [0, 1]) -> torch.Tensor:
+def pool(n: int, seed: int, modes: tuple[int, ...] = (0, 1)) -> torch.Tensor:
     """``n`` points of the pool (two Gaussians, sd 0.5), or of the listed modes only."""
     g = torch.Generator().manual_seed(seed)
     which = torch.tensor(modes)[torch.randint(0, len(modes), (n,), generator=g)]
@@ -37,12 +37,14 @@ def check(core, points: torch.Tensor) -> dict:
             **probe(prior, train, held, settings.probe_steps, settings.lr, settings.batch_size, seed=1)}
 
 
+@pytest.mark.slow
 def test_a_site_drawn_from_the_pool_reuses_the_core(core):
     numbers = check(core, pool(20000, 5))
     assert abs(numbers["fm_ratio"] - 1) < 0.05 and abs(numbers["probe_gain"]) < 0.02
     assert decide(numbers) == "reuse"
 
 
+@pytest.mark.slow
 def test_a_site_that_is_one_part_of_the_pool_is_fine_tuned(core):
     """One mode of two: the core explains every point well (one-sided numbers say reuse), but spends half
     its mass where the site has none; the probe fine-tune finds the gain."""
@@ -52,6 +54,7 @@ def test_a_site_that_is_one_part_of_the_pool_is_fine_tuned(core):
     assert decide(numbers) == "finetune"
 
 
+@pytest.mark.slow
 def test_an_unrelated_site_is_refit(core):
     numbers = check(core, 0.3 * torch.randn(4000, 2, generator=torch.Generator().manual_seed(7)) + 14.0)
     assert numbers["fm_ratio"] > 35 and decide(numbers) == "refit"

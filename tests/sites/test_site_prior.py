@@ -15,6 +15,7 @@ def core():
     return FlowPrior.fit(x, width=64, depth=2, fit=FitConfig(steps=1000, warmup=50, lr=2e-3), seed=0)
 
 
+@pytest.mark.slow
 def test_fine_tune_beats_reuse_and_starts_where_the_core_is(core):
     g = torch.Generator().manual_seed(1)
     shifted = core.to_prior(torch.randn(4000, 2, generator=g) * 0.5 + torch.tensor([1.0, 1.0]))
@@ -33,6 +34,7 @@ def test_fine_tune_beats_reuse_and_starts_where_the_core_is(core):
     assert heldout_fm(core.velocity, heldout, seed=0) == reuse
 
 
+@pytest.mark.slow
 def test_unknown_modes_are_refused(core):
     with pytest.raises(ValueError, match="unknown mode"):
         site_fit_config(core, "retrain", 10, 1e-3, 8, 5)

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from pipeline.storage import AlreadyExists, S3Options, Store, StoreError, validate_name
 from pipeline.registry import Registry
+from pipeline.storage import AlreadyExists, S3Options, Store, StoreError, validate_name
 from pipeline.storage.store import check_key
 
 
@@ -39,6 +39,7 @@ def test_read_many_keeps_order_and_missing_keys_raise(store):
         store.read("r/missing.json")
 
 
+@pytest.mark.slow
 def test_racing_creators_of_one_key_have_exactly_one_winner(store):
     wins, errors = [], []
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from tests.support.ray_head import RayHead, session_pids, stop_session
 from tests.support.s3server import free_port_pair
 
-
 WORKER_PORTS = 21_000
 
 

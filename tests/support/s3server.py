@@ -74,8 +74,8 @@ class SeaweedServer:
         raise RuntimeError(f"SeaweedFS S3 did not answer within {timeout:.0f} s; see {self.data_dir / 'weed.log'}")
 
     def _s3_ready(self) -> bool:
-        import urllib.request
         import urllib.error
+        import urllib.request
 
         try:
             urllib.request.urlopen(self.endpoint + "/", timeout=1)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.sites import SpecError
 from pipeline.sweeps import SweepSpec, load_sweep_spec
 from pipeline.sweeps.objective import Selection
-from pipeline.sites import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,6 @@ import torch
 from pipeline.toy.targets import TARGETS, get_target
 from tests.conftest import seeded
 
-
 TICKS = torch.linspace(-6, 6, 121, dtype=torch.float64)  # spacing 0.1 <= every target's std
 CELL = (TICKS[1] - TICKS[0]).item() ** 2
 
@@ -18,12 +17,14 @@ def grid_log_prob() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
+@pytest.mark.slow
 def test_density_integrates_to_one(name, grid_log_prob):
     # a Riemann sum on a lattice finer than the noise std is accurate for these smooth densities
     assert grid_log_prob[name].exp().sum().item() * CELL == pytest.approx(1.0, abs=0.01)
 
 
 @pytest.mark.parametrize("name", list(TARGETS))
+@pytest.mark.slow
 def test_samples_follow_the_density(name, grid_log_prob):
     """Samples score the density's own expected log-likelihood (a histogram-free check)."""
     target = TARGETS[name]

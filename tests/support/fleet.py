@@ -1,0 +1,16 @@
+"""A small registry history the registry, fleet and CLI tests share."""
+
+from pipeline.registry import Registry
+
+
+def build_fleet(registry: Registry) -> dict:
+    """Core v1 -> site priors and encoders for three sites; then core v2 with one site moved over."""
+    core1 = registry.register("prior", fingerprint="a" * 64, config={"v": 1})
+    s1 = registry.register("site-prior", site="s1", parents=[core1.id], fingerprint="b" * 64)
+    e1 = registry.register("encoder", site="s1", parents=[s1.id], aligned_to=s1.id)
+    e2 = registry.register("encoder", site="s2", parents=[core1.id], aligned_to=core1.id)
+    core2 = registry.register("prior", parents=[core1.id], fingerprint="c" * 64, config={"v": 2})
+    e3_old = registry.register("encoder", site="s3", aligned_to=core1.id)
+    s3 = registry.register("site-prior", site="s3", parents=[core2.id])
+    e3 = registry.register("encoder", site="s3", parents=[s3.id], aligned_to=s3.id)
+    return dict(core1=core1, s1=s1, e1=e1, e2=e2, core2=core2, e3_old=e3_old, s3=s3, e3=e3)
