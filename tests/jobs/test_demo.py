@@ -51,7 +51,12 @@ def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(loc
         assert code == 0 and [r["id"] for r in json.loads(out)] == [s["aligned_to"]]
 
     pooled = summary["faults_auroc"]["2015"]["all"]
-    assert pooled["faults"] == 16 and 0 <= pooled["l_align"] <= 1 and 0 <= pooled["recon_lambda0"] <= 1
+    per_site = [v for site, v in summary["faults_auroc"]["2015"].items() if site != "all"]
+    assert pooled["faults"] == 16 == sum(v["faults"] for v in per_site)
+    assert pooled["rows"] == sum(v["rows"] for v in per_site)
+    # the impossible readings rank far above chance (measured on this quick demo, 2026-11-30: L_align 0.83,
+    # the lambda = 0 reconstruction error 0.98)
+    assert pooled["l_align"] > 0.7 and pooled["recon_lambda0"] > 0.9
     assert summary["faults_auroc"]["2014"]["all"]["faults"] == 61
     assert set(summary["faults_auroc"]["2014"]["all"]) >= {"l_align", "l_align_match", "recon_lambda0"}
 
