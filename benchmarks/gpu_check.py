@@ -44,6 +44,7 @@ from pipeline.jobs.prior_fit_worker import load_state, save_state  # noqa: E402
 from pipeline.method.encoder import AlignConfig, train_encoder  # noqa: E402
 from pipeline.method.metrics import heldout_fm  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
+from pipeline.method.prior_space import PriorSpace  # noqa: E402
 from pipeline.method.training import FitConfig, new_training, train_step  # noqa: E402
 from pipeline.method.velocity import VelocityConfig  # noqa: E402
 from pipeline.sites.site_prior import train_site_prior  # noqa: E402
@@ -163,7 +164,8 @@ def site_steps(args, device: torch.device) -> dict:
     core_data, site_data = mixture(20_000, dim, 3, device), mixture(5_000, dim, 4, device) + 0.5
     model, _, _ = new_training(VelocityConfig(dim=dim, width=256, depth=3), fit, device)
     start = time.perf_counter()
-    core_prior = train_site_prior(FlowPrior(model.eval(), torch.eye(dim), torch.zeros(dim), torch.ones(dim)).to(device),
+    identity = PriorSpace(torch.eye(dim), torch.zeros(dim), torch.ones(dim))
+    core_prior = train_site_prior(FlowPrior(model.eval(), identity).to(device),
                                   core_data[:18_000], core_data[18_000:], "refit", fit)
     core_seconds = time.perf_counter() - start
     start = time.perf_counter()

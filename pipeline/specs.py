@@ -16,10 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-
-class SpecError(ValueError):
-    """A spec that cannot be used; the message names the file and the key."""
-
+from pipeline.errors import SpecError
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is settings, not data
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
+from pipeline.errors import TrackingError, TrackingUnreachable
 from pipeline.storage.uris import redact
 
 if TYPE_CHECKING:
@@ -51,14 +52,6 @@ BATCH_PARAMS, PARAM_CHARS = 100, 500  # MLflow's log_batch takes 100 params; lon
 
 
 _EXPERIMENTS: dict["Tracking", str] = {}  # experiment ids this process looked up
-
-
-class TrackingError(ValueError):
-    """MLflow asked for but not usable as given: not installed, or a URI with credentials."""
-
-
-class TrackingUnreachable(RuntimeError):
-    """The MLflow server asked for does not answer."""
 
 
 def scalars(values: dict, prefix: str = "") -> dict[str, float]:

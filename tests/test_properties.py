@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.registry import Record, RegistryError
+from pipeline.errors import RegistryError, SpecError
+from pipeline.registry import Record
 from pipeline.registry.aliases import parse as parse_alias
-from pipeline.sites import SpecError
 from pipeline.sites.spec import load_site_spec
 from pipeline.storage import Store, validate_name
 from pipeline.storage.store import check_key

@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from pipeline.cli import main
+from pipeline.errors import TrackingError
 from pipeline.registry import Registry
 from pipeline.storage import Store
-from pipeline.tracking import Tracking, TrackingError, params, scalars
+from pipeline.tracking import Tracking, params, scalars
 
 
 def dead_uri() -> str:

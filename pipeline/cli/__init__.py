@@ -1,8 +1,8 @@
 """The ``flowprior`` command line (also ``python -m pipeline``).
 
-One module per command group; each adds its parser and handler. Errors a user can fix print
-``flowprior <command>: error: ...`` and exit 2; an unreachable store, Ray cluster or MLflow server
-exits 1.
+One module per command group; each adds its parser and handler. Errors a user can fix (the
+:mod:`pipeline.errors` family) print ``flowprior <command>: error: ...`` and exit 2; an unreachable
+store, Ray cluster or MLflow server exits 1; any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from pipeline.cli import demo, fleet, prior, registry, runtime_env, site, sweep, toy
+from pipeline.errors import FlowpriorError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,20 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline import tracking
-    from pipeline.jobs.runtime import RayUnreachable
-    from pipeline.storage import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "mlflow") and (on := tracking.use(args.mlflow)):
             print(f"[mlflow] runs and records are copied to {on}", file=sys.stderr)
         return args.handler(args)
-    except (StoreError, RayUnreachable, tracking.TrackingUnreachable) as error:
+    except FlowpriorError as error:  # anything else is a bug and keeps its traceback
         print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:  # the project's errors for bad input; any other exception is a bug: traceback
-        print(f"flowprior {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

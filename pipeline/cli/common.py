@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.errors import RegistryError, SpecError
 from pipeline.storage import S3Options, Store
 
 
@@ -31,7 +32,7 @@ def open_existing_store(args: argparse.Namespace) -> Store:
     """The store of ``--store``, refusing a local one that was never published to (a mistyped path)."""
     store = open_store(args)
     if store.is_local and not store.backend.root.is_dir():
-        raise ValueError(f"no store at {store.uri} (nothing has been published there; check --store or "
+        raise SpecError(f"no store at {store.uri} (nothing has been published there; check --store or "
                          "$FLOWPRIOR_STORE)")
     return store
 
@@ -52,7 +53,7 @@ def add_mlflow_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def tag(text: str) -> tuple[str, str]:
-    from pipeline.registry.records import RegistryError, parse_tag
+    from pipeline.registry.records import parse_tag
 
     try:
         return parse_tag(text)

@@ -7,7 +7,8 @@ import json
 from dataclasses import asdict
 
 from pipeline.cli.common import add_mlflow_argument, add_store_arguments, days, open_existing_store, open_store, table
-from pipeline.registry import KINDS, Record, Registry, RegistryError
+from pipeline.errors import RegistryError, TrackingError
+from pipeline.registry import KINDS, Record, Registry
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.query import FIELDS, TIMES, Where, select
 
@@ -120,7 +121,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
-    from pipeline.tracking import Tracking, TrackingError
+    from pipeline.tracking import Tracking
 
     tracking = Tracking.from_env()  # --mlflow, if given, is already in the environment (see cli.main)
     if tracking is None:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, gpu_share, open_store
+from pipeline.errors import SpecError
 
 SITE_RETRIES = 3  # the default of --retries (pipeline.jobs.sites.SITE_RETRIES; a test keeps them equal)
 
@@ -17,14 +18,14 @@ def _specs(args: argparse.Namespace) -> list:
     seen: dict[str, str] = {}
     for spec in specs:
         if spec.site in seen:
-            raise ValueError(f"{spec.path} and {seen[spec.site]} both describe site {spec.site!r}")
+            raise SpecError(f"{spec.path} and {seen[spec.site]} both describe site {spec.site!r}")
         seen[spec.site] = spec.path
     return specs
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.registry import Registry
-    from pipeline.sites import SpecError, load_site_spec
+    from pipeline.sites import load_site_spec
     from pipeline.sites.validate import SiteValidation, validate_site
 
     registry, reports = Registry(open_store(args)), []

@@ -36,16 +36,13 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 
 from pipeline.data.fingerprint import SourceFile, fingerprint
+from pipeline.errors import DataError
 from pipeline.storage.s3 import S3Options
 from pipeline.storage.uris import split_uri
 
 DEFAULT_EXCLUDE = ("id", "site", "time")
 BATCH_ROWS = 65_536  # rows per streamed block
 Filters = Mapping[str, object]
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, column and value."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.data.features import DataError
+from pipeline.errors import DataError
 
 DRIFT_SD = 10.0  # a site column whose mean is this many core sds away from the core's looks like other units
 DRIFT_SCALE = 10.0  # ... or whose sd is this many times larger or smaller than the core's

@@ -1,13 +1,16 @@
 """The held-out split as a function of each row's values: no permutation, no row index, no memory.
 
-    h = row_hash(x, seed)              # (n,) uint64, from the float32 bits of each row
-    heldout = is_heldout(h, 0.1)       # (n,) bool: h / 2^64 < 0.1
+    split = Split(heldout_fraction=0.1, seed=0)
+    h, heldout = split.of(x)           # (n,) uint64 row hashes, (n,) bool: h / 2^64 < 0.1
+    train, heldout = split_indices(x, 0.1, seed=0)   # in memory: row indices, each side >= MIN_ROWS
 
 A row's split depends only on its feature values and the seed, so it is the same whether the
 rows are read by one process or by a thousand Ray tasks, in any order, from any copy of the data
 and however its files are partitioned or compacted. Identical rows (repeated readings) share a
 split, so none leaks from training into the held-out set. The held-out share is ``fraction`` in
-expectation (binomial: about ``sqrt(n f (1 - f))`` rows either way).
+expectation (binomial: about ``sqrt(n f (1 - f))`` rows either way). The prior fit (streamed, in Ray
+tasks) and the site jobs (in memory) use this one rule, and refuse data with fewer than
+``MIN_ROWS`` rows on either side.
 
 The hash is SplitMix64's finaliser folded over the columns (``h <- mix(h ^ bits(x_j))``), with
 ``-0.0`` counted as ``0.0``; it is a fixed function, so a record's split can be recomputed later.
@@ -15,7 +18,13 @@ The hash is SplitMix64's finaliser folded over the columns (``h <- mix(h ^ bits(
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from pipeline.errors import DataError
+
+MIN_ROWS = 2  # rows each side of a split needs (a held-out loss of one row is not a measurement)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -52,13 +61,25 @@ def digest(hashes: np.ndarray) -> int:
     return int(hashes.sum(dtype=np.uint64)) if len(hashes) else 0
 
 
+@dataclass(frozen=True)
+class Split:
+    """How rows are split: the expected held-out share and the hash seed."""
+
+    heldout_fraction: float
+    seed: int = 0
+
+    def of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(hashes (n,) uint64, heldout (n,) bool)`` of the rows ``x`` ``(n, d)``."""
+        h = row_hash(x, self.seed)
+        return h, is_heldout(h, self.heldout_fraction)
+
+
 def split_indices(x: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, heldout)`` row indices of the in-memory rows ``x`` ``(n, d)`` by :func:`is_heldout`.
-    With ``n >= 2`` each side keeps at least one row (the smallest hash is held out, the largest trained on)."""
-    h = row_hash(x, seed)
-    heldout = is_heldout(h, fraction)
-    if len(h) >= 2 and not heldout.any():
-        heldout[np.argmin(h)] = True
-    if len(h) >= 2 and heldout.all():
-        heldout[np.argmax(h)] = False
-    return np.flatnonzero(~heldout), np.flatnonzero(heldout)
+    """``(train, heldout)`` row indices of the in-memory rows ``x`` ``(n, d)`` by :class:`Split`; a
+    ``DataError`` if either side has fewer than ``MIN_ROWS`` rows."""
+    _, heldout = Split(fraction, seed).of(x)
+    train, held = np.flatnonzero(~heldout), np.flatnonzero(heldout)
+    if min(len(train), len(held)) < MIN_ROWS:
+        raise DataError(f"{len(x)} rows are too few to split with {fraction:.0%} held out (need at least {MIN_ROWS} "
+                        f"in each split, got {len(train)} and {len(held)})")
+    return train, held

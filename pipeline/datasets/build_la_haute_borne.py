@@ -24,6 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from pipeline.datasets.la_haute_borne import ANGLES, FAULT_RULES, FEATURES, LINEAR, PARQUET, RAW, TURBINES
+from pipeline.errors import DataError
 
 ZIP_MEMBER, CSV_MEMBER = "examples/data/la_haute_borne.zip", "la-haute-borne-data-2014-2015.csv"
 
@@ -41,7 +42,7 @@ def build(table: pa.Table) -> pa.Table:
     site = table["Wind_turbine_name"].to_numpy(zero_copy_only=False)
     unknown = sorted(set(site) - set(TURBINES))
     if unknown:
-        raise ValueError(f"{CSV_MEMBER}: unexpected turbines {unknown}")
+        raise DataError(f"{CSV_MEMBER}: unexpected turbines {unknown}")
     time = table["Date_time"]
     year = pc.year(time).to_numpy().astype(np.int16)
     raw = {c: table[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in RAW}  # NaN where missing

@@ -33,6 +33,7 @@ import torch
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo import SITES
 from pipeline.demo.report import SCORE_DRAWS, write_report
+from pipeline.errors import SpecError
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
 from pipeline.jobs.sites import Alignment, align_site, check_site, finetune_site, run_sites
 from pipeline.jobs.sweep import run_sweep
@@ -84,7 +85,7 @@ class DemoSettings:
         spec = load_sweep_spec(self.sweep)
         ours = {s.site: s for s in specs}
         if sorted(ours) != sorted(s.site for s in spec.sites):
-            raise ValueError(f"{self.sweep}: sweeps {', '.join(s.site for s in spec.sites)} but the demo runs "
+            raise SpecError(f"{self.sweep}: sweeps {', '.join(s.site for s in spec.sites)} but the demo runs "
                              f"{', '.join(ours)}")
         spec = replace(spec, sites=tuple(ours[s.site] for s in spec.sites))
         if self.quick:
@@ -95,11 +96,11 @@ class DemoSettings:
     def site_specs(self) -> list[SiteSpec]:
         paths = sorted(self.sites.glob("*.yaml"))
         if not paths:
-            raise ValueError(f"{self.sites}: no site specs (*.yaml)")
+            raise SpecError(f"{self.sites}: no site specs (*.yaml)")
         specs = [load_site_spec(p) for p in paths]
         unknown = [s.site for s in specs if s.site not in lhb.TURBINES]
         if unknown:
-            raise ValueError(f"{self.sites}: the demo runs the La Haute Borne turbines ({', '.join(lhb.TURBINES)}); "
+            raise SpecError(f"{self.sites}: the demo runs the La Haute Borne turbines ({', '.join(lhb.TURBINES)}); "
                              f"{', '.join(unknown)} is not one (use `flowprior site ...` for other sites)")
         if not self.quick:
             return specs

@@ -2,8 +2,8 @@
 
     scan = scan_features("s3://bucket/features/", filters={"year": 2014})   # driver: listing + one footer
     stats = gather_stats(scan, split, sample=10_000)    # Ray tasks: validate every row, moments, held-out sample
-    p, mean, scale = fit_transform(stats.train, ...)    # driver: the map to prior space from d^2 numbers
-    dataset = training_dataset(scan, split, p, mean, scale)   # Ray Data: read -> filter -> to prior space
+    space = PriorSpace.fit(stats.train, ...)            # driver: the map to prior space from d^2 numbers
+    dataset = training_dataset(scan, split, space)      # Ray Data: read -> filter -> to prior space
 
 The driver never holds the data: it holds the listing, the moments of the training rows
 (``d^2`` float64), and a bounded sample of held-out rows for evaluation (the ``sample`` held-out
@@ -28,22 +28,15 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.data import DataError
 from pipeline.data.features import FeatureScan
-from pipeline.data.split import digest, is_heldout, row_hash
+from pipeline.data.split import Split, digest
+from pipeline.errors import DataError
 from pipeline.method.moments import Moments
+from pipeline.method.prior_space import PriorSpace
 from pipeline.progress import Progress
 
 Say = Callable[[str], None]
 TASKS_PER_CPU = 2  # statistics tasks per cluster CPU: enough to balance files of uneven size
-
-
-@dataclass(frozen=True)
-class Split:
-    """How rows are split: held-out share and the hash seed."""
-
-    heldout_fraction: float
-    seed: int
 
 
 @dataclass
@@ -92,8 +85,7 @@ def file_stats(scan: FeatureScan, indices: list[int], split: Split, sample: int)
         source = scan.files[i]
         total = total.merge(FeatureStats(files=1, bytes=source.size), sample)
         for x, dropped in scan.blocks(source, filesystem=filesystem):
-            h = row_hash(x, split.seed)
-            held = is_heldout(h, split.heldout_fraction)
+            h, held = split.of(x)
             order = np.argsort(h[held], kind="stable")[:sample]
             block = FeatureStats(train=Moments.of(x[~held]), heldout_rows=int(held.sum()),
                                  sample=x[held][order], sample_hash=h[held][order],
@@ -132,18 +124,15 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
     return total
 
 
-def _to_prior(table, scan: FeatureScan, split: Split, p: np.ndarray, mean: np.ndarray,
-              scale: np.ndarray) -> dict:
+def _to_prior(table, scan: FeatureScan, split: Split, space: PriorSpace) -> dict:
     """One Ray Data block -> its training rows in prior space ``z`` ``(b, d1)`` and their hashes ``row``."""
     x, _ = scan.matrix(table, scan.uri)
-    h = row_hash(x, split.seed)
-    train = ~is_heldout(h, split.heldout_fraction)
-    z = (x[train] @ p.T - mean) / scale  # (b, d1)
-    return {"z": z.astype(np.float32), "row": h[train].view(np.int64)}
+    h, heldout = split.of(x)
+    train = ~heldout
+    return {"z": space.apply(x[train]).astype(np.float32), "row": h[train].view(np.int64)}
 
 
-def training_dataset(scan: FeatureScan, split: Split, p: np.ndarray, mean: np.ndarray, scale: np.ndarray,
-                     seed: int):
+def training_dataset(scan: FeatureScan, split: Split, space: PriorSpace, seed: int):
     """A ``ray.data`` dataset of the training rows in prior space (columns ``z``, ``row``): Parquet read
     with only the feature columns and the filters pushed down, file order reshuffled every epoch,
     and the map to prior space as a batch transform."""
@@ -159,5 +148,4 @@ def training_dataset(scan: FeatureScan, split: Split, p: np.ndarray, mean: np.nd
         dataset = dataset.filter(expr=col(column).is_in(values))
     return dataset.select_columns(list(scan.read_columns)).map_batches(
         _to_prior, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"scan": scan, "split": split, "p": p.astype(np.float32), "mean": mean.astype(np.float32),
-                   "scale": scale.astype(np.float32)})
+        fn_kwargs={"scan": scan, "split": split, "space": space.to("cpu")})

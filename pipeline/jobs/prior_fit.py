@@ -35,14 +35,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from pipeline.data import DataError
 from pipeline.data.features import FeatureScan, column_dtypes, column_names, scan_features
 from pipeline.data.schema import FeatureSchema
+from pipeline.data.split import MIN_ROWS, Split
+from pipeline.errors import DataError, SpecError
 from pipeline.jobs import runtime, tensorboard
-from pipeline.jobs.ingest import FeatureStats, Split, gather_stats, training_dataset
-from pipeline.method.prior import FlowPrior
+from pipeline.jobs.ingest import FeatureStats, gather_stats, training_dataset
+from pipeline.method.prior import FlowPrior, fit_info
+from pipeline.method.prior_space import PriorSpace
 from pipeline.method.training import FitConfig
-from pipeline.method.transforms import NORMALISERS, PROJECTIONS, default_projection, fit_transform
+from pipeline.method.transforms import NORMALISERS, PROJECTIONS
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 from pipeline.registry import Record, Registry
 from pipeline.registry.retention import RAY_RUNS
@@ -85,23 +87,23 @@ class PriorFitSpec:
         if self.name is not None:
             validate_name(self.name, "run name")
         if self.projection is not None and self.projection not in PROJECTIONS:
-            raise ValueError(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
+            raise SpecError(f"unknown projection {self.projection!r}; choose one of {', '.join(PROJECTIONS)}")
         if self.normaliser not in NORMALISERS:
-            raise ValueError(f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
+            raise SpecError(f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
         for name in ("width", "depth", "workers", "cpus_per_worker", "report_every", "eval_samples", "heldout_sample",
                      "shuffle_buffer"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latent_dim is not None and self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+            raise SpecError(f"latent_dim must be >= 1, got {self.latent_dim}")
         if not 0 < self.heldout_fraction < 0.5:
-            raise ValueError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
+            raise SpecError(f"heldout_fraction must be in (0, 0.5), got {self.heldout_fraction}")
         if self.cache_mb < 0:
-            raise ValueError(f"cache_mb must be >= 0, got {self.cache_mb}")
+            raise SpecError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.max_failures < 0:
-            raise ValueError(f"max_failures must be >= 0, got {self.max_failures}")
+            raise SpecError(f"max_failures must be >= 0, got {self.max_failures}")
         if self.batch_per_worker % self.fit.t_group:
-            raise ValueError(f"--t-group {self.fit.t_group} must divide each worker's batch ({self.batch_per_worker}: "
+            raise SpecError(f"--t-group {self.fit.t_group} must divide each worker's batch ({self.batch_per_worker}: "
                              f"{self.fit.batch_size} over {self.workers} workers)")
 
     @property
@@ -123,15 +125,8 @@ class PreparedData:
     """What the driver holds before training: the statistics, and the map to prior space."""
 
     stats: FeatureStats
-    projection_kind: str
-    projection: torch.Tensor  # (d1, d2)
-    mean: torch.Tensor  # (d1,)
-    scale: torch.Tensor  # (d1,)
+    space: PriorSpace
     z_heldout: np.ndarray  # (<= heldout_sample, d1) float32: the held-out sample in prior space
-
-    @property
-    def feature_dim(self) -> int:
-        return self.projection.shape[1]
 
 
 def scan(spec: PriorFitSpec) -> FeatureScan:
@@ -149,20 +144,16 @@ def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) ->
         detail = f" after filters {spec.filters}" if spec.filters else ""
         detail += f" ({stats.rows_dropped} rows dropped for NaN/inf)" if stats.rows_dropped else ""
         raise DataError(f"{spec.features}: no feature rows{detail} (the table is empty)")
-    if n_train < 2 or n_heldout < 2:
-        raise ValueError(f"{spec.features}: {n_train + n_heldout} rows are too few to fit a prior with "
-                         f"{spec.heldout_fraction:.0%} held out (need at least 2 in each split, got {n_train} "
+    if min(n_train, n_heldout) < MIN_ROWS:
+        raise DataError(f"{spec.features}: {n_train + n_heldout} rows are too few to fit a prior with "
+                         f"{spec.heldout_fraction:.0%} held out (need at least {MIN_ROWS} in each split, got {n_train} "
                          f"and {n_heldout})")
-    d2 = stats.train.dim
-    latent_dim = spec.latent_dim or d2
-    if spec.projection == "none" and latent_dim != d2:
-        raise ValueError(f"projection 'none' needs latent_dim == the feature dimension {d2}, got {latent_dim}")
-    if latent_dim > d2:
-        raise ValueError(f"latent_dim {latent_dim} exceeds the feature dimension {d2} of {spec.features}")
-    kind = default_projection(latent_dim, d2, spec.projection)
-    p, mean, scale = fit_transform(stats.train, latent_dim, kind, spec.normaliser, spec.seed)
-    z_heldout = ((torch.tensor(stats.sample) @ p.T - mean) / scale).numpy()  # (k, d1); a copy: Ray returns it read-only
-    return PreparedData(stats, kind, p, mean, scale, z_heldout)
+    try:
+        space = PriorSpace.fit(stats.train, spec.latent_dim, spec.projection, spec.normaliser, spec.seed)
+    except (SpecError, DataError) as error:  # name the features
+        raise type(error)(f"{spec.features}: {error}") from None
+    z_heldout = space.apply(torch.tensor(stats.sample)).numpy()  # (k, d1); a copy: Ray returns it read-only
+    return PreparedData(stats, space, z_heldout)
 
 
 def run_settings(spec: PriorFitSpec) -> dict:
@@ -194,7 +185,7 @@ def _check_resources(spec: PriorFitSpec, embedded: bool, say: Progress) -> bool:
     if spec.gpu and not use_gpu:
         say(f"[prior fit] --gpu asked for {spec.workers} GPU worker(s) but the cluster has {gpus:g} GPU(s): using CPUs")
     if spec.workers * spec.cpus_per_worker > cpus:
-        raise ValueError(f"{spec.workers} workers x {spec.cpus_per_worker} CPU need "
+        raise SpecError(f"{spec.workers} workers x {spec.cpus_per_worker} CPU need "
                          f"{spec.workers * spec.cpus_per_worker} CPUs but the cluster has {cpus:g} for training "
                          f"(and {runtime.INGEST_CPUS} for reading data); lower --workers or --cpus-per-worker")
     return use_gpu
@@ -241,14 +232,13 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
     checking = time.time()
     data = prepare(spec, features, say)
     checking = time.time() - checking
-    stats, d1 = data.stats, data.projection.shape[0]
+    stats, space = data.stats, data.space
     say(f"[prior fit] {stats.train_rows:,} training and {stats.heldout_rows:,} held-out rows "
-        f"({len(data.z_heldout):,} kept for evaluation), d={data.feature_dim} -> {d1} ({data.projection_kind}); "
+        f"({len(data.z_heldout):,} kept for evaluation), d={space.feature_dim} -> {space.latent_dim} ({space.kind}); "
         f"run {spec.name}")
     storage_path, storage_filesystem = runtime.storage_for(store)
-    velocity = VelocityConfig(dim=d1, width=spec.width, depth=spec.depth)
-    dataset = training_dataset(features, Split(spec.heldout_fraction, spec.seed), data.projection.numpy(),
-                               data.mean.numpy(), data.scale.numpy(), spec.seed)
+    velocity = VelocityConfig(dim=space.latent_dim, width=spec.width, depth=spec.depth)
+    dataset = training_dataset(features, Split(spec.heldout_fraction, spec.seed), space, spec.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -275,12 +265,10 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
     model = VelocityMLP(velocity)
     model.load_state_dict(weights)
     history = state["history"]
-    d2 = data.feature_dim
+    d2 = space.feature_dim
     schema = FeatureSchema.from_moments(column_names(features, d2), column_dtypes(features, d2),
                                         stats.train.mean, stats.train.covariance)  # the feature contract
-    info = {"projection": data.projection_kind, "normaliser": spec.normaliser, "seed": spec.seed,
-            "feature_dim": d2, "fit": spec.fit.to_dict(), "history": history, "features": schema.to_dict()}
-    prior = FlowPrior(model, data.projection, data.mean, data.scale, info)
+    prior = FlowPrior(model, space, {**fit_info(space, spec.fit, history, spec.seed), "features": schema.to_dict()})
     ingest = {"files": len(features.files), "bytes": stats.bytes, "train_rows": stats.train_rows,
               "heldout_rows": stats.heldout_rows, "heldout_sample": len(data.z_heldout),
               "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",

@@ -11,6 +11,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+from pipeline.errors import RayUnreachable, SpecError
 from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import Store
 
@@ -18,10 +19,6 @@ from pipeline.storage import Store
 # core would otherwise leave them no slot, and the fit would wait for data forever.
 INGEST_CPUS = 1
 CONNECT_TIMEOUT_S = 10.0  # for the TCP probe of a cluster address
-
-
-class RayUnreachable(ConnectionError):
-    """Nothing answers at the Ray address (``ray.init`` itself would wait without a limit)."""
 
 
 def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -35,7 +32,7 @@ def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     except ValueError:
         host = port = None
     if not host or not port:
-        raise ValueError(f"Ray address {address!r}: expected host:port, ray://host:port, auto or local")
+        raise SpecError(f"Ray address {address!r}: expected host:port, ray://host:port, auto or local")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as error:

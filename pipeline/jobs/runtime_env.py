@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
 import pipeline
+from pipeline.errors import SpecError
 
 CLUSTER_PROVIDED = ("ray", "torch")  # the cluster's own: never installed by a job
 DEFAULT_PIP_OPTIONS = ["--disable-pip-version-check", "--no-cache-dir"]  # Ray's own defaults
@@ -53,7 +54,7 @@ def runtime_env(pip_options: list[str] | None = None, extras: tuple[str, ...] = 
     are appended to Ray's defaults."""
     unknown = sorted(set(extras) - set(EXTRAS))
     if unknown:
-        raise ValueError(f"unknown extra {', '.join(unknown)}; expected one of {', '.join(EXTRAS)}")
+        raise SpecError(f"unknown extra {', '.join(unknown)}; expected one of {', '.join(EXTRAS)}")
     pip: dict = {"packages": requirements(extras), "pip_check": False}
     if pip_options:
         pip["pip_install_options"] = [*DEFAULT_PIP_OPTIONS, *pip_options]

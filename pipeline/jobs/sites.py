@@ -20,14 +20,15 @@ from typing import Callable
 
 import torch
 
-from pipeline.data import DataError, Features
+from pipeline.data import Features
 from pipeline.data.schema import FeatureSchema
 from pipeline.data.split import split_indices
+from pipeline.errors import DataError, RegistryError, SpecError
 from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
 from pipeline.method.metrics import heldout_fm, knn_nll
 from pipeline.method.prior import FlowPrior
 from pipeline.progress import Progress
-from pipeline.registry import CORE_ALIAS, Record, Registry, RegistryError
+from pipeline.registry import CORE_ALIAS, Record, Registry
 from pipeline.registry.registry import current_alias, settings_digest
 from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
@@ -212,7 +213,7 @@ def alignment_data(spec: SiteSpec, prior: FlowPrior, say: Say | None = None):
     value latents distributed exactly like the target would score. The target is held to the prior's
     feature contract (warnings are said with ``say``)."""
     if spec.encoder.latent_dim is not None and spec.encoder.latent_dim != prior.latent_dim:
-        raise ValueError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior it aligns to "
+        raise SpecError(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior it aligns to "
                          f"has dimension {prior.latent_dim}")
     observations = spec.observations.read()
     target, _, _, _ = _site_points(spec, prior, say)
@@ -257,7 +258,7 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
     config = spec.alignment if lam is None else replace(spec.alignment, lam=lam)
     if sweep_id is not None:
         if lam is not None or prior_id is not None:
-            raise ValueError("--from-sweep sets lambda and the prior; do not also pass --lambda or --prior")
+            raise SpecError("--from-sweep sets lambda and the prior; do not also pass --lambda or --prior")
         choice = sweep_choice(registry, sweep_id, spec.site)
         config = replace(config, **{k: choice[k] for k in ("lam", "lr", "draws", "steps")},
                          mode=choice.get("mode", "align"))  # sweeps recorded before modes used L_align
@@ -339,14 +340,14 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
     from pipeline.jobs import runtime
 
     if not 0 <= gpu <= 1:
-        raise ValueError(f"gpu is a share of one GPU per site task, in [0, 1]; got {gpu!r}")
+        raise SpecError(f"gpu is a share of one GPU per site task, in [0, 1]; got {gpu!r}")
     if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:
         say(f"[sites] asked for {gpu:g} GPU per site but this local Ray has no GPU: running on CPUs")
         gpu = 0.0
     kwargs["device"] = "cuda" if gpu else "cpu"
     shape = site_task_resources(gpu)
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries!r}")
+        raise SpecError(f"retries must be >= 0, got {retries!r}")
     tracking = Tracking.from_env()  # each task copies its records to MLflow: it needs to know where
     task = ray.remote(num_cpus=shape["CPU"], num_gpus=shape.get("GPU", 0), max_retries=retries,
                       retry_exceptions=False, **({"runtime_env": {"env_vars": tracking.env()}} if tracking else {})

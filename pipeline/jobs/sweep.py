@@ -43,6 +43,7 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from pipeline.errors import SpecError, UntrustedState
 from pipeline.jobs import runtime
 from pipeline.jobs.sites import alignment_data, alignment_prior
 from pipeline.method.encoder import AlignConfig, EncoderTraining
@@ -57,10 +58,6 @@ from pipeline.tracking import TAG, Tracking
 Say = Callable[[str], None]
 STATE_FILE = "training.safetensors"
 HISTORY_KEYS = ("epoch", "recon", "recon_median", "l_align", "knn_nll", "spread", "objective")
-
-
-class UntrustedState(ValueError):
-    """An unfinished Tune experiment exists under the store, and resuming it (unpickling) was not allowed."""
 
 
 class SweepInterrupted(RuntimeError):
@@ -325,7 +322,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
         prior = registry.load_prior(prior_id)
         observations, target, target_nll = alignment_data(site, prior)
         if spec.select.metric == "nll_gap" and target_nll is None:
-            raise ValueError(f"{site.path}: select.metric nll_gap needs the target's own kNN NLL, but the target "
+            raise SpecError(f"{site.path}: select.metric nll_gap needs the target's own kNN NLL, but the target "
                              "has too few rows to measure it; use metric knn_nll")
         sites[site.site] = SiteData(
             prior_id, prior, observations.values, target, target_nll, widths=site.encoder.widths, seed=site.seed,

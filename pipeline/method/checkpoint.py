@@ -19,11 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from pipeline.errors import CheckpointError
 from pipeline.hashing import file_sha256
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, malformed, of the wrong kind or has been changed."""
 
 
 def optimiser_tensors(optimiser: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], list[dict]]:

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pipeline.errors import SpecError
 from pipeline.method.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -53,7 +54,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
         if self.obs_dim < 1 or self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
-            raise ValueError(f"EncoderConfig needs positive dims and widths, got {self}")
+            raise SpecError(f"EncoderConfig needs positive dims and widths, got {self}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
@@ -81,15 +82,15 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise SpecError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.match_config()  # validates aux_steps and aux_lr
         if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lambda must be a finite number >= 0, got {self.lam!r}")
+            raise SpecError(f"lambda must be a finite number >= 0, got {self.lam!r}")
         for name in ("draws", "steps", "batch_size", "log_every", "eval_points"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise SpecError(f"lr must be > 0, got {self.lr!r}")
 
     def match_config(self) -> MatchConfig:
         return MatchConfig(aux_steps=self.aux_steps, aux_lr=self.aux_lr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.errors import DataError
+
 
 def as_points(x, name: str, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x`` as a finite floating tensor of shape ``(n, dim)``, or a ``ValueError`` naming the problem."""
@@ -15,11 +17,11 @@ def as_points(x, name: str, dim: int | None = None, dtype: torch.dtype | None = 
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
     if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, d), got {tuple(x.shape)}")
+        raise DataError(f"{name} must have shape (n, d), got {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows)")
+        raise DataError(f"{name} is empty (0 rows)")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} has dimension {x.shape[1]}, expected {dim}")
+        raise DataError(f"{name} has dimension {x.shape[1]}, expected {dim}")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     if dtype is not None:
@@ -27,7 +29,7 @@ def as_points(x, name: str, dim: int | None = None, dtype: torch.dtype | None = 
     bad = ~torch.isfinite(x)
     if bad.any():
         rows = bad.any(1).nonzero().flatten()
-        raise ValueError(
+        raise DataError(
             f"{name} has {int(bad.sum())} NaN/inf values in {len(rows)} rows "
             f"(first at row {int(rows[0])}); clean or drop them first"
         )

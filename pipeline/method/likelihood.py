@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from pipeline.errors import SpecError
 from pipeline.method.losses import Velocity
 from pipeline.method.ode import Solver
 
@@ -74,7 +75,7 @@ def log_likelihood(
     ``auto`` (exact for ``d <= 16``).
     """
     if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+        raise SpecError(f"unknown divergence {divergence!r}; choose one of {', '.join(DIVERGENCES)}")
     n, d = y.shape
     if divergence == "auto":
         divergence = "exact" if d <= EXACT_MAX_DIM else "hutchinson"

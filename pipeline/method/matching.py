@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.errors import SpecError
 from pipeline.method.checkpoint import load_optimiser, optimiser_tensors
 from pipeline.method.losses import Velocity, flow_matching_loss
 from pipeline.method.paths import interpolate
@@ -59,11 +60,11 @@ class MatchConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.t_min < self.t_max <= 1:
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={self.t_min!r}, t_max={self.t_max!r}")
+            raise SpecError(f"need 0 <= t_min < t_max <= 1, got t_min={self.t_min!r}, t_max={self.t_max!r}")
         if isinstance(self.aux_steps, bool) or not isinstance(self.aux_steps, int) or self.aux_steps < 1:
-            raise ValueError(f"aux_steps must be a positive integer, got {self.aux_steps!r}")
+            raise SpecError(f"aux_steps must be a positive integer, got {self.aux_steps!r}")
         if not self.aux_lr > 0:
-            raise ValueError(f"aux_lr must be > 0, got {self.aux_lr!r}")
+            raise SpecError(f"aux_lr must be > 0, got {self.aux_lr!r}")
 
 
 class AuxiliaryFlow:

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torchdiffeq import odeint
 
+from pipeline.errors import SpecError
+
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
 
 
@@ -28,9 +30,9 @@ class Solver:
 
     def __post_init__(self) -> None:
         if self.method not in SOLVERS:
-            raise ValueError(f"unknown solver {self.method!r}; choose one of {', '.join(SOLVERS)}")
+            raise SpecError(f"unknown solver {self.method!r}; choose one of {', '.join(SOLVERS)}")
         if self.steps < 1:
-            raise ValueError(f"solver steps must be >= 1, got {self.steps}")
+            raise SpecError(f"solver steps must be >= 1, got {self.steps}")
 
     def integrate(self, f: Callable, state, t_start: float, t_end: float):
         """Solve ``d state / dt = f(t, state)`` from ``t_start`` to ``t_end``; return the end state."""

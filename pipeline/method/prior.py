@@ -7,8 +7,9 @@
     prior.to_prior(x)                       # (n, 32) features mapped to prior space
     sha = prior.save("prior.safetensors"); FlowPrior.load("prior.safetensors", expected_sha256=sha)
 
-Prior space: ``z = (x P^T - mean) / scale`` (see :mod:`pipeline.method.transforms`). The
-velocity field, latents, samples and likelihoods all live there.
+Prior space: ``z = (x P^T - mean) / scale`` (``prior.space``, a
+:class:`~pipeline.method.prior_space.PriorSpace`). The velocity field, latents, samples and
+likelihoods all live there.
 """
 
 from __future__ import annotations
@@ -18,38 +19,35 @@ from typing import Callable
 
 import torch
 
-from pipeline.method.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.errors import CheckpointError, DataError
+from pipeline.method.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.method.inputs import as_points
 from pipeline.method.likelihood import log_likelihood
 from pipeline.method.losses import alignment_loss, flow_matching_loss
 from pipeline.method.ode import Solver
+from pipeline.method.prior_space import PriorSpace
 from pipeline.method.sampling import sample
 from pipeline.method.training import FitConfig, fit_velocity
-from pipeline.method.transforms import default_projection, fit_transform
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
 
 CHECKPOINT_KIND = "flowprior.prior/v1"
 
 
+def fit_info(space: PriorSpace, fit: FitConfig, history: list[dict], seed: int) -> dict:
+    """What a prior's ``info`` records about its fit (a job may add its own keys, e.g. the feature schema)."""
+    return {**space.settings(), "seed": seed, "feature_dim": space.feature_dim, "fit": fit.to_dict(),
+            "history": history}
+
+
 class FlowPrior:
     """A fitted, frozen flow prior. Build with :meth:`fit` or :meth:`load`."""
 
-    def __init__(
-        self,
-        velocity: VelocityMLP,
-        projection: torch.Tensor,
-        mean: torch.Tensor,
-        scale: torch.Tensor,
-        info: dict | None = None,
-    ) -> None:
-        d1, d2 = projection.shape
-        if velocity.config.dim != d1 or mean.shape != (d1,) or scale.shape != (d1,):
-            raise ValueError(
-                f"inconsistent prior: projection {tuple(projection.shape)}, velocity dim "
-                f"{velocity.config.dim}, mean {tuple(mean.shape)}, scale {tuple(scale.shape)}"
-            )
+    def __init__(self, velocity: VelocityMLP, space: PriorSpace, info: dict | None = None) -> None:
+        if velocity.config.dim != space.latent_dim:
+            raise ValueError(f"inconsistent prior: velocity dim {velocity.config.dim}, prior space dim "
+                             f"{space.latent_dim}")
         self.velocity = velocity.eval().requires_grad_(False)
-        self.projection, self.mean, self.scale = projection, mean, scale
+        self.space = space
         self.info = dict(info or {})
 
     # ----------------------------------------------------------------- construction
@@ -75,42 +73,34 @@ class FlowPrior:
         """
         x = as_points(x, "target features x", dtype=torch.float32)
         if x.shape[0] < 2:
-            raise ValueError("target features x need at least 2 rows to fit a prior")
-        d2 = x.shape[1]
-        latent_dim = d2 if latent_dim is None else latent_dim
-        projection = default_projection(latent_dim, d2, projection)
-        p, mean, scale = fit_transform(x, latent_dim, projection, normaliser, seed)
-        z = (x @ p.T - mean) / scale  # (n, d1)
+            raise DataError("target features x need at least 2 rows to fit a prior")
+        space = PriorSpace.fit(x, latent_dim, projection, normaliser, seed)
+        z = space.apply(x)  # (n, d1)
         with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(seed)
-            model = VelocityMLP(VelocityConfig(dim=latent_dim, width=width, depth=depth))
+            model = VelocityMLP(VelocityConfig(dim=space.latent_dim, width=width, depth=depth))
         ema_model, history = fit_velocity(model, z, fit, seed=seed, progress=progress)
-        info = {"projection": projection, "normaliser": normaliser, "seed": seed,
-                "feature_dim": d2, "fit": fit.to_dict(), "history": history}
-        return cls(ema_model, p, mean, scale, info)
+        return cls(ema_model, space, fit_info(space, fit, history, seed))
 
     # ----------------------------------------------------------------- properties
     @property
     def latent_dim(self) -> int:
-        return self.projection.shape[0]
+        return self.space.latent_dim
 
     @property
     def feature_dim(self) -> int:
-        return self.projection.shape[1]
+        return self.space.feature_dim
 
     def to(self, device: str | torch.device) -> "FlowPrior":
         """Move the prior to ``device`` (in place); returns ``self``."""
         self.velocity.to(device)
-        self.projection, self.mean, self.scale = (
-            t.to(device) for t in (self.projection, self.mean, self.scale)
-        )
+        self.space = self.space.to(device)
         return self
 
     # ----------------------------------------------------------------- the method
     def to_prior(self, x) -> torch.Tensor:
         """Target features ``(n, d2)`` to prior space ``(n, d1)``."""
-        x = as_points(x, "features", dim=self.feature_dim, dtype=self.projection.dtype)
-        return (x.to(self.projection.device) @ self.projection.T - self.mean) / self.scale
+        return self.space.apply(as_points(x, "features", dim=self.feature_dim, dtype=self.space.projection.dtype))
 
     def _check_latents(self, y: torch.Tensor) -> None:
         if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != self.latent_dim:
@@ -145,15 +135,15 @@ class FlowPrior:
         """``n`` samples ``(n, d1)`` from the prior (noise pushed through the flow)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        x_0 = torch.randn((n, self.latent_dim), generator=generator, dtype=self.mean.dtype,
-                          device=self.mean.device)
+        x_0 = torch.randn((n, self.latent_dim), generator=generator, dtype=self.space.mean.dtype,
+                          device=self.space.mean.device)
         return sample(self.velocity, x_0, solver)
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> str:
         """Write a tensor-only checkpoint atomically; returns its file SHA-256."""
         tensors = {f"velocity.{k}": v for k, v in self.velocity.state_dict().items()}
-        tensors.update(projection=self.projection, mean=self.mean, scale=self.scale)
+        tensors.update(self.space.tensors())
         config = {"velocity": self.velocity.config.to_dict(), "info": self.info}
         return save_checkpoint(path, CHECKPOINT_KIND, config, tensors)
 
@@ -165,6 +155,7 @@ class FlowPrior:
             velocity = VelocityMLP(VelocityConfig(**config["velocity"]))
             state = {k.removeprefix("velocity."): v for k, v in tensors.items() if k.startswith("velocity.")}
             velocity.load_state_dict(state, strict=True)
-            return cls(velocity, tensors["projection"], tensors["mean"], tensors["scale"], config.get("info"))
+            info = config.get("info") or {}
+            return cls(velocity, PriorSpace.from_saved(tensors, info), info)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{path}: checkpoint does not describe a valid prior ({error})") from None

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from pipeline.errors import SpecError
 from pipeline.method.losses import flow_matching_loss
 from pipeline.method.precision import PRECISIONS
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
@@ -53,16 +54,16 @@ class FitConfig:
         positive = ("steps", "batch_size", "lr", "log_every")
         for name in positive:
             if not getattr(self, name) > 0:
-                raise ValueError(f"FitConfig.{name} must be > 0, got {getattr(self, name)!r}")
+                raise SpecError(f"FitConfig.{name} must be > 0, got {getattr(self, name)!r}")
         if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("FitConfig: warmup and weight_decay must be >= 0, grad_clip > 0")
+            raise SpecError("FitConfig: warmup and weight_decay must be >= 0, grad_clip > 0")
         if not (0 <= self.ema_decay < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("FitConfig: ema_decay, beta1 and beta2 must be in [0, 1)")
+            raise SpecError("FitConfig: ema_decay, beta1 and beta2 must be in [0, 1)")
         if not (isinstance(self.t_group, int) and self.t_group >= 1 and self.batch_size % self.t_group == 0):
-            raise ValueError(f"FitConfig.t_group must be a positive divisor of batch_size {self.batch_size}, "
+            raise SpecError(f"FitConfig.t_group must be a positive divisor of batch_size {self.batch_size}, "
                              f"got {self.t_group!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise SpecError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,11 +1,8 @@
-"""Fixed maps from target features (dim ``d2``) to prior space (dim ``d1``).
-
-``to_prior(x) = (x P^T - mean) / scale``: a fixed linear projection ``P`` (``d1 x d2``),
-then a normaliser. Both are fitted once on the target features, seeded, and stored with
-the prior, so latents ``y`` of an encoder live in the same space as the prior's samples.
-Both are fitted from the features' :class:`~pipeline.method.moments.Moments` (count, mean,
-centred cross-products), so a fleet's features streamed through many tasks give the same map
-as the same rows in memory.
+"""The two parts of the map to prior space, ``z = (x P^T - mean) / scale`` (held by
+:class:`~pipeline.method.prior_space.PriorSpace`): a fixed linear projection ``P`` (``d1 x d2``)
+and a normaliser (``mean``, ``scale``). Both are fitted from the features'
+:class:`~pipeline.method.moments.Moments` (count, mean, centred cross-products), so a fleet's
+features streamed through many tasks give the same map as the same rows in memory.
 
 Projections (paper, Sec. dimension mismatch): ``random`` (entries ``N(0, 1/d2)``, the
 paper's best), ``pca`` (top-``d1`` eigenvectors of the covariance) and ``pool`` (average
@@ -17,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.errors import DataError, SpecError
 from pipeline.method.moments import Moments
 
 PROJECTIONS = ("none", "random", "pca", "pool")
@@ -27,11 +25,6 @@ def _moments(x: "torch.Tensor | Moments") -> Moments:
     return x if isinstance(x, Moments) else Moments.of(x.detach().cpu().double())
 
 
-def default_projection(latent_dim: int, feature_dim: int, projection: str | None) -> str:
-    """``projection``, or its default: ``none`` when the dimensions agree, else ``random``."""
-    return projection or ("none" if latent_dim == feature_dim else "random")
-
-
 def projection_matrix(
     kind: str, x: "torch.Tensor | Moments", latent_dim: int, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -39,14 +32,14 @@ def projection_matrix(
     d2 = x.dim if isinstance(x, Moments) else x.shape[1]
     dtype = dtype if isinstance(x, Moments) else x.dtype
     if kind not in PROJECTIONS:
-        raise ValueError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
+        raise SpecError(f"unknown projection {kind!r}; choose one of {', '.join(PROJECTIONS)}")
     if not 1 <= latent_dim <= d2:
-        raise ValueError(
+        raise SpecError(
             f"latent_dim must be in [1, {d2}] (the feature dim) for a projection, got {latent_dim}"
         )
     if kind == "none":
         if latent_dim != d2:
-            raise ValueError(
+            raise SpecError(
                 f"projection 'none' needs latent_dim == feature dim ({d2}), got {latent_dim}; "
                 "choose 'random', 'pca' or 'pool'"
             )
@@ -79,22 +72,12 @@ def normaliser_stats(
     ``per-dim`` standardises each dimension, ``sqrt(diag(Cov z))``.
     """
     if kind not in NORMALISERS:
-        raise ValueError(f"unknown normaliser {kind!r}; choose one of {', '.join(NORMALISERS)}")
+        raise SpecError(f"unknown normaliser {kind!r}; choose one of {', '.join(NORMALISERS)}")
     dtype = dtype if isinstance(z, Moments) else z.dtype
     moments = _moments(z)
     variance = np.diag(moments.covariance)
     scale = np.full(moments.dim, np.sqrt(variance.mean())) if kind == "global" else np.sqrt(variance)
     if (scale <= 1e-12 * (1 + np.abs(moments.mean))).any():
-        raise ValueError("target features have zero variance; cannot normalise them")
+        raise DataError("target features have zero variance; cannot normalise them")
     return torch.tensor(moments.mean, dtype=dtype), torch.tensor(scale, dtype=dtype)
 
-
-def fit_transform(
-    x: "torch.Tensor | Moments", latent_dim: int, projection: str, normaliser: str = "global", seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fixed map to prior space fitted on features ``x`` ``(n, d2)`` or their moments:
-    ``(P (d1, d2), mean (d1,), scale (d1,))``, so that ``z = (x P^T - mean) / scale``."""
-    moments = _moments(x)
-    p = projection_matrix(projection, moments, latent_dim, seed=seed)
-    mean, scale = normaliser_stats(moments.project(p.double().numpy()), normaliser)
-    return p, mean, scale

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pipeline.errors import SpecError
+
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as 1000 t, so the frequencies resolve small steps
 
 
@@ -43,9 +45,9 @@ class VelocityConfig:
         for name in ("dim", "width", "depth", "frequency_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"VelocityConfig.{name} must be a positive integer, got {value!r}")
+                raise SpecError(f"VelocityConfig.{name} must be a positive integer, got {value!r}")
         if self.frequency_dim % 2:
-            raise ValueError(f"VelocityConfig.frequency_dim must be even, got {self.frequency_dim}")
+            raise SpecError(f"VelocityConfig.frequency_dim must be even, got {self.frequency_dim}")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
+from pipeline.errors import RegistryError
 from pipeline.registry import snapshots
-from pipeline.registry.records import RegistryError
 from pipeline.storage import AlreadyExists, Store, validate_name
 
 ALIASES = "registry/aliases"

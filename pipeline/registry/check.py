@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline.errors import RegistryError
 from pipeline.hashing import file_sha256
 from pipeline.registry import aliases, snapshots
-from pipeline.registry.records import Record, RegistryError
+from pipeline.registry.records import Record
 from pipeline.registry.registry import ARTIFACTS, RECORDS, Registry
 from pipeline.registry.snapshots import read_snapshot
 from pipeline.storage import Store

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import RegistryError
 from pipeline.registry.aliases import utc
-from pipeline.registry.records import TAG_KEY, Record, RegistryError
+from pipeline.registry.records import TAG_KEY, Record
 
 FIELDS = ("kind", "site", "name", "aligned_to", "parent", "fingerprint")
 TIMES = ("created_after", "created_before")

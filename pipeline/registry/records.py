@@ -15,6 +15,7 @@ import secrets
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
+from pipeline.errors import RegistryError
 from pipeline.storage.names import validate_name
 
 KINDS = ("prior", "site-prior", "site-check", "encoder", "sweep")
@@ -22,10 +23,6 @@ SECRET_KEY = re.compile(r"secret|password|passwd|token|access.?key|credential", 
 TAG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 TAG_VALUE_MAX = 256
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN")
-
-
-class RegistryError(ValueError):
-    """A record that is invalid, missing or refers to a missing record."""
 
 
 @dataclass(frozen=True)

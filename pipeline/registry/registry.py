@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import pyarrow as pa
 
+from pipeline.errors import RegistryError
 from pipeline.hashing import file_sha256
 from pipeline.registry import aliases, retention, snapshots
 from pipeline.registry.aliases import AliasMove
-from pipeline.registry.records import KINDS, Record, RegistryError
+from pipeline.registry.records import KINDS, Record
 from pipeline.storage import AlreadyExists, Store, validate_name
 from pipeline.storage.store import Progress, check_key
 

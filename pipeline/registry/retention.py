@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pipeline.registry.records import Record, RegistryError
+from pipeline.errors import RegistryError
+from pipeline.registry.records import Record
 from pipeline.registry.snapshots import ALIAS_SNAPSHOTS, SNAPSHOTS
 from pipeline.storage import Store
 

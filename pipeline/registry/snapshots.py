@@ -21,7 +21,8 @@ import logging
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import AlreadyExists, Store, StoreError
+from pipeline.errors import StoreError
+from pipeline.storage import AlreadyExists, Store
 from pipeline.storage.store import ObjectInfo
 
 SNAPSHOTS = "registry/snapshots"

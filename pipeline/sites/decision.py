@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from pipeline.errors import SpecError
 from pipeline.method.metrics import heldout_fm, knn_nll, mmd
 from pipeline.method.ode import Solver
 from pipeline.method.prior import FlowPrior
@@ -57,12 +58,12 @@ class Thresholds:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"threshold {name} must be a finite number, got {value!r}")
+                raise SpecError(f"threshold {name} must be a finite number, got {value!r}")
         if not 0 <= self.finetune_gain < 1:
-            raise ValueError(f"threshold finetune_gain is a fraction of the held-out FM loss, in [0, 1); "
+            raise SpecError(f"threshold finetune_gain is a fraction of the held-out FM loss, in [0, 1); "
                              f"got {self.finetune_gain}")
         if self.refit_fm <= 1:
-            raise ValueError(f"threshold refit_fm must be > 1 (a ratio), got {self.refit_fm}")
+            raise SpecError(f"threshold refit_fm must be > 1 (a ratio), got {self.refit_fm}")
 
     def to_dict(self) -> dict:
         return asdict(self)

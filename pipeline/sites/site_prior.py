@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from pipeline.errors import SpecError
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig, fit_velocity
@@ -29,7 +30,7 @@ def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_siz
     and its own ``precision`` and one t per sample (not the core's: a core fitted in bf16 on GPUs may be
     fine-tuned on a CPU)."""
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     base = replace(FitConfig(**core.info["fit"]) if "fit" in core.info else FitConfig(), precision=precision, t_group=1)
     if mode == "finetune":
         return replace(base, steps=steps, lr=lr, warmup=min(50, steps // 10), batch_size=batch_size,
@@ -57,9 +58,9 @@ def train_site_prior(
             torch.manual_seed(seed)
             model = VelocityMLP(core.velocity.config)
     else:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     model = model.to(z_train.device)
     ema, history = fit_velocity(model, z_train, fit, seed=seed, progress=progress,
                                 evaluate=lambda m: {"heldout_fm": heldout_fm(m, z_heldout, seed)})
     info = {**core.info, "fit": fit.to_dict(), "history": history, "mode": mode}
-    return FlowPrior(ema, core.projection, core.mean, core.scale, info)
+    return FlowPrior(ema, core.space, info)

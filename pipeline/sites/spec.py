@@ -26,9 +26,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.errors import SpecError
 from pipeline.method.encoder import AlignConfig
 from pipeline.sites.decision import Thresholds
-from pipeline.specs import SpecError, read_mapping, resolve, section, typed
+from pipeline.specs import read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 
 KEYS = frozenset({"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds",
@@ -68,7 +69,7 @@ class EncoderSettings:
 
     def __post_init__(self) -> None:
         if self.latent_dim is not None and self.latent_dim < 1 or min(self.widths) < 1:
-            raise ValueError(f"latent_dim and widths must be positive, got {self}")
+            raise SpecError(f"latent_dim and widths must be positive, got {self}")
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         for name in ("steps", "refit_steps", "probe_steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 < self.heldout_fraction < 0.5:
-            raise ValueError(f"lr must be > 0 and heldout_fraction in (0, 0.5), got {self}")
+            raise SpecError(f"lr must be > 0 and heldout_fraction in (0, 0.5), got {self}")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.data import DataError
 from pipeline.data.features import FeatureScan, column_names
 from pipeline.data.schema import FeatureSchema
-from pipeline.registry import CORE_ALIAS, Registry, RegistryError
+from pipeline.errors import DataError, RegistryError, StoreError
+from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.sites.decision import MIN_CHECK_POINTS
 from pipeline.sites.spec import DataSource, SiteSpec
-from pipeline.storage import StoreError
 
 
 @dataclass

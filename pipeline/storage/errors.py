@@ -1,13 +1,6 @@
-"""Errors of the store, shared by its backends."""
+"""Conditions the store's backends signal to it (``StoreError``, what users see, is in :mod:`pipeline.errors`)."""
 
 from __future__ import annotations
-
-
-class StoreError(OSError):
-    """The store cannot be reached or used (server gone, no permission, bad URI).
-
-    Messages name the store URI and the object key, never credentials.
-    """
 
 
 class AlreadyExists(FileExistsError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.errors import SpecError
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -14,7 +16,7 @@ def validate_name(value: object, what: str = "name") -> str:
     ``..`` anywhere, so a name can never escape its folder or address another object.
     """
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
-        raise ValueError(
+        raise SpecError(
             f"invalid {what} {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a "
             "letter or digit, with no '..', slashes or spaces")
     return value

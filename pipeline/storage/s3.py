@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 
+from pipeline.errors import SpecError
+
 ENV_PREFIX = "FLOWPRIOR_S3_"
 
 
@@ -27,9 +29,9 @@ class S3Options:
 
     def __post_init__(self) -> None:
         if not (self.connect_timeout > 0 and self.read_timeout > 0):
-            raise ValueError(f"S3 timeouts must be > 0, got connect={self.connect_timeout} read={self.read_timeout}")
+            raise SpecError(f"S3 timeouts must be > 0, got connect={self.connect_timeout} read={self.read_timeout}")
         if self.retries < 1:
-            raise ValueError(f"S3 retries must be >= 1 (attempts per request), got {self.retries}")
+            raise SpecError(f"S3 retries must be >= 1 (attempts per request), got {self.retries}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> "S3Options":
@@ -42,7 +44,7 @@ class S3Options:
                     values[f.name] = text if f.name in ("endpoint_url", "profile") else (
                         int(text) if f.name == "retries" else float(text))
                 except ValueError:
-                    raise ValueError(f"{ENV_PREFIX + f.name.upper()}={text!r} is not a number") from None
+                    raise SpecError(f"{ENV_PREFIX + f.name.upper()}={text!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 

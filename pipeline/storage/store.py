@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pipeline.storage.errors import AlreadyExists, BucketMissing, StoreError
+from pipeline.errors import SpecError, StoreError
+from pipeline.storage.errors import AlreadyExists, BucketMissing
 from pipeline.storage.s3 import S3Options, is_precondition_failed
 from pipeline.storage.uris import split_uri
 
@@ -58,7 +59,7 @@ class Store:
         if parts.scheme == "s3":
             bucket, prefix = parts.netloc, parts.path.strip("/")
             if not bucket:
-                raise ValueError(f"store URI {uri!r} names no bucket (expected s3://bucket/prefix)")
+                raise SpecError(f"store URI {uri!r} names no bucket (expected s3://bucket/prefix)")
             root = f"{bucket}/{prefix}" if prefix else bucket
             return cls(f"s3://{root}", S3Backend(root, s3 or S3Options.from_env()))
         path = Path(os.path.expanduser(parts.path if parts.scheme == "file" else uri)).resolve()  # "~nobody" stays

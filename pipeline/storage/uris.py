@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult, urlsplit
 
+from pipeline.errors import SpecError
+
 SCHEMES = ("", "file", "s3")
 
 
@@ -25,11 +27,11 @@ def split_uri(uri: str, what: str) -> SplitResult:
     hosts for local paths); ``ValueError`` messages show ``uri`` redacted."""
     parts = urlsplit(uri)
     if "@" in parts.netloc:
-        raise ValueError(f"{what} {redact(uri)}: URIs must not embed credentials; use AWS_ACCESS_KEY_ID/"
+        raise SpecError(f"{what} {redact(uri)}: URIs must not embed credentials; use AWS_ACCESS_KEY_ID/"
                          "AWS_SECRET_ACCESS_KEY or a profile (--s3-profile)")
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"{what} {redact(uri)}: unsupported URI scheme {parts.scheme!r}; use a local path, "
+        raise SpecError(f"{what} {redact(uri)}: unsupported URI scheme {parts.scheme!r}; use a local path, "
                          "file:///path or s3://bucket/prefix")
     if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
-        raise ValueError(f"{what} {uri}: file:// URIs name a local path (file:///path), not host {parts.netloc!r}")
+        raise SpecError(f"{what} {uri}: file:// URIs name a local path (file:///path), not host {parts.netloc!r}")
     return parts

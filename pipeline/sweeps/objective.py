@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.errors import SpecError
+
 METRICS = ("knn_nll", "nll_gap")
 RECONSTRUCTIONS = {"mean": "recon", "median": "recon_median"}
 
@@ -39,13 +41,13 @@ class Selection:
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+            raise SpecError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.recon not in RECONSTRUCTIONS:
-            raise ValueError(f"recon must be one of {', '.join(RECONSTRUCTIONS)}, got {self.recon!r}")
+            raise SpecError(f"recon must be one of {', '.join(RECONSTRUCTIONS)}, got {self.recon!r}")
         if not (math.isfinite(self.recon_tolerance) and self.recon_tolerance >= 0):
-            raise ValueError(f"recon_tolerance must be a finite number >= 0, got {self.recon_tolerance!r}")
+            raise SpecError(f"recon_tolerance must be a finite number >= 0, got {self.recon_tolerance!r}")
         if not (math.isfinite(self.penalty) and self.penalty > 0):
-            raise ValueError(f"penalty must be a finite number > 0, got {self.penalty!r}")
+            raise SpecError(f"penalty must be a finite number > 0, got {self.penalty!r}")
 
     def reconstruction(self, metrics: dict) -> float:
         return metrics[RECONSTRUCTIONS[self.recon]]
@@ -54,7 +56,7 @@ class Selection:
         if self.metric == "knn_nll":
             return metrics["knn_nll"]
         if target_nll is None:
-            raise ValueError("metric nll_gap needs the target's own kNN NLL, which needs more target rows")
+            raise SpecError("metric nll_gap needs the target's own kNN NLL, which needs more target rows")
         return abs(metrics["knn_nll"] - target_nll)
 
     def objective(self, metrics: dict, baseline_recon: float, target_nll: float | None) -> float:

@@ -31,9 +31,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import SpecError
 from pipeline.method.matching import MODES
 from pipeline.sites.spec import SiteSpec, load_site_spec
-from pipeline.specs import SpecError, read_mapping, resolve, section, typed
+from pipeline.specs import read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 from pipeline.sweeps.objective import Selection
 
@@ -57,19 +58,19 @@ class Dimension:
 
     def __post_init__(self) -> None:
         if self.name not in DIMENSIONS:
-            raise ValueError(f"unknown dimension {self.name!r} (known: {', '.join(DIMENSIONS)})")
+            raise SpecError(f"unknown dimension {self.name!r} (known: {', '.join(DIMENSIONS)})")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
+            raise SpecError(f"unknown sampler {self.sampler!r} (known: {', '.join(SAMPLERS)})")
         if self.sampler == "loguniform":
             if self.name in ("draws", "mode"):
-                raise ValueError(f"{self.name} is not a number range: use grid or choice")
+                raise SpecError(f"{self.name} is not a number range: use grid or choice")
             low, high = self.values if len(self.values) == 2 else (0, 0)
             if not (0 < low < high and math.isfinite(high)):
-                raise ValueError(f"loguniform needs [low, high] with 0 < low < high, got {list(self.values)}")
+                raise SpecError(f"loguniform needs [low, high] with 0 < low < high, got {list(self.values)}")
         elif not self.values:
-            raise ValueError(f"{self.sampler} needs at least one value")
+            raise SpecError(f"{self.sampler} needs at least one value")
         if self.name == "mode" and not set(self.values) <= set(MODES):
-            raise ValueError(f"mode values must be among {', '.join(MODES)}, got {list(self.values)}")
+            raise SpecError(f"mode values must be among {', '.join(MODES)}, got {list(self.values)}")
 
     @property
     def field(self) -> str:
@@ -80,7 +81,7 @@ class Dimension:
         from ray import tune
 
         if self.sampler == "grid":
-            raise ValueError(f"{self.name}: a grid is not sampled")
+            raise SpecError(f"{self.name}: a grid is not sampled")
         if self.sampler == "choice":
             return tune.choice(list(self.values))
         return tune.loguniform(*self.values)
@@ -97,9 +98,9 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         if self.type not in ("asha", "fifo"):
-            raise ValueError(f"type must be asha or fifo, got {self.type!r}")
+            raise SpecError(f"type must be asha or fifo, got {self.type!r}")
         if self.grace_epochs < 1 or not self.reduction_factor > 1:
-            raise ValueError(f"grace_epochs must be >= 1 and reduction_factor > 1, got {self}")
+            raise SpecError(f"grace_epochs must be >= 1 and reduction_factor > 1, got {self}")
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,9 @@ class Resources:
 
     def __post_init__(self) -> None:
         if not self.cpu > 0:
-            raise ValueError(f"cpu must be > 0, got {self.cpu}")
+            raise SpecError(f"cpu must be > 0, got {self.cpu}")
         if not 0 <= self.gpu <= 1:
-            raise ValueError(f"gpu is a share of one GPU per trial, in [0, 1]; got {self.gpu}")
+            raise SpecError(f"gpu is a share of one GPU per trial, in [0, 1]; got {self.gpu}")
 
     def shape(self, gpu: float | None = None) -> dict[str, float]:
         """One trial's request in Ray's resource names (``gpu``: this share instead of the spec's)."""

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from scipy.stats import spearmanr
 
+from pipeline.errors import SpecError
 from pipeline.method import metrics
 from pipeline.method.matching import AuxiliaryFlow, MatchConfig, matching_loss
 from pipeline.method.prior import FlowPrior
@@ -60,9 +61,9 @@ class ToyConfig:
                      "grid", "landscape_draws", "n_eval", "aux_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise SpecError(f"{name} must be a positive integer, got {value!r}")
         if self.n_eval <= self.latents:
-            raise ValueError(f"n_eval ({self.n_eval}) must exceed latents ({self.latents}): the target's "
+            raise SpecError(f"n_eval ({self.n_eval}) must exceed latents ({self.latents}): the target's "
                              "kNN NLL is measured with held-out samples")
         MatchConfig(aux_steps=self.aux_steps, aux_lr=self.aux_lr)  # validates them
 
@@ -87,9 +88,9 @@ class ToyRun:
 
     def true_nll(self, y: torch.Tensor) -> torch.Tensor:
         """``-log p_Y(y)`` under the target mapped to prior space: ``(n, 2) -> (n,)``."""
-        p = self.prior
-        x = y.detach().double() * p.scale.double() + p.mean.double()  # projection is the identity here
-        return -(self.target.log_prob(x) + p.scale.double().log().sum())
+        space = self.prior.space
+        x = y.detach().double() * space.scale.double() + space.mean.double()  # projection is the identity here
+        return -(self.target.log_prob(x) + space.scale.double().log().sum())
 
     def fit_prior(self) -> dict:
         c = self.config

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from pipeline.errors import SpecError
+
 
 def _mixture_log_prob(x: torch.Tensor, centres: torch.Tensor, log_weights: torch.Tensor, std: float) -> torch.Tensor:
     """``log sum_m w_m N(x; c_m, std^2 I)``: ``(n, 2) -> (n,)``, chunked over points."""
@@ -131,4 +133,4 @@ def get_target(name: str) -> Target:
     try:
         return TARGETS[name]
     except KeyError:
-        raise ValueError(f"unknown distribution {name!r}; choose one of {', '.join(TARGETS)}") from None
+        raise SpecError(f"unknown distribution {name!r}; choose one of {', '.join(TARGETS)}") from None

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data import DataError, read_features
+from pipeline.data import read_features
+from pipeline.errors import DataError
 
 
 def write(path, **columns):

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from pipeline.data import DataError
 from pipeline.data.schema import FeatureSchema
+from pipeline.errors import DataError
 
 COLUMNS = ("pitch", "power", "wind_speed", "temperature")
 

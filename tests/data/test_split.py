@@ -1,8 +1,10 @@
 """The held-out split by row hash: a fixed function of the values, binomial in size, layout-free."""
 
 import numpy as np
+import pytest
 
-from pipeline.data.split import digest, is_heldout, row_hash, split_indices
+from pipeline.data.split import Split, digest, is_heldout, row_hash, split_indices
+from pipeline.errors import DataError
 
 
 def test_the_split_depends_on_the_values_only():
@@ -29,10 +31,11 @@ def test_digests_add_up_over_a_partition():
     assert (digest(h[:300]) + digest(h[299:])) % 2**64 != digest(h)  # a row read twice shows
 
 
-def test_in_memory_split_indices_keep_a_row_on_each_side():
+def test_in_memory_split_indices_follow_the_one_rule_and_refuse_too_few_rows():
     x = np.random.default_rng(2).normal(size=(1000, 3)).astype(np.float32)
     train, heldout = split_indices(x, 0.1, seed=3)
     assert sorted(np.concatenate([train, heldout]).tolist()) == list(range(1000))
     np.testing.assert_array_equal(heldout, np.flatnonzero(is_heldout(row_hash(x, 3), 0.1)))
-    assert [len(part) for part in split_indices(x[:2], 0.1)] == [1, 1]
-    assert [len(part) for part in split_indices(x[:2], 0.9)] == [1, 1]
+    np.testing.assert_array_equal(Split(0.1, 3).of(x)[1], is_heldout(row_hash(x, 3), 0.1))
+    with pytest.raises(DataError, match=r"3 rows are too few to split with 10% held out \(need at least 2"):
+        split_indices(x[:3], 0.1)

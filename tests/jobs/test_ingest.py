@@ -7,11 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.data import DataError, read_features
+from pipeline.data import read_features
 from pipeline.data.features import scan_features
-from pipeline.data.split import digest, is_heldout, row_hash
-from pipeline.jobs.ingest import Split, file_stats
-from pipeline.method.transforms import fit_transform
+from pipeline.data.split import Split, digest, is_heldout, row_hash
+from pipeline.errors import DataError
+from pipeline.jobs.ingest import file_stats
+from pipeline.method.prior_space import PriorSpace
 
 SPLIT = Split(heldout_fraction=0.1, seed=7)
 
@@ -44,9 +45,9 @@ def test_statistics_do_not_depend_on_files_or_blocks_and_match_the_in_memory_fit
     # the map to prior space from the streamed moments equals today's in-memory fit on the training rows
     train = torch.from_numpy(read_features(str(tmp_path / "one")).values[~held])
     for kind in ("pca", "random"):
-        pairs = zip(fit_transform(b.train, 3, kind, "per-dim"), fit_transform(train, 3, kind, "per-dim"), strict=True)
-        for streamed, direct in pairs:
-            torch.testing.assert_close(streamed, direct, atol=1e-5, rtol=1e-5)
+        streamed, direct = PriorSpace.fit(b.train, 3, kind, "per-dim"), PriorSpace.fit(train, 3, kind, "per-dim")
+        for name, tensor in streamed.tensors().items():
+            torch.testing.assert_close(tensor, direct.tensors()[name], atol=1e-5, rtol=1e-5)
 
 
 def test_a_bad_row_is_named_by_file_and_row_across_blocks(tmp_path):

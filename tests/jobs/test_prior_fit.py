@@ -14,10 +14,11 @@ import torch
 
 from pipeline.data import read_features
 from pipeline.data.split import is_heldout, row_hash
+from pipeline.errors import StoreError
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, scan
 from pipeline.method.training import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
-from pipeline.storage import S3Options, Store, StoreError
+from pipeline.storage import S3Options, Store
 from tests.support.processes import pids_titled
 from tests.support.shards import assert_disjoint_shards
 from tests.support.tfevents import merged

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from pipeline.jobs.runtime import RayUnreachable, probe
+from pipeline.errors import RayUnreachable
+from pipeline.jobs.runtime import probe
 
 
 def closed_port() -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.jobs.sweep import SweepInterrupted, UntrustedState, grid_points, run_sweep, settings_of
+from pipeline.errors import UntrustedState
+from pipeline.jobs.sweep import SweepInterrupted, grid_points, run_sweep, settings_of
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from pipeline.sweeps import Selection, load_sweep_spec

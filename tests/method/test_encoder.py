@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.method.checkpoint import CheckpointError
+from pipeline.errors import CheckpointError
 from pipeline.method.encoder import (
     AlignConfig,
     Autoencoder,

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import CheckpointError, FitConfig, FlowPrior
+from pipeline import FitConfig, FlowPrior
+from pipeline.errors import CheckpointError
 from pipeline.method.checkpoint import file_sha256
 from tests.conftest import seeded
 

@@ -19,9 +19,10 @@ from collections import Counter
 
 import pytest
 
+from pipeline.errors import StoreError
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.registry.check import check
-from pipeline.storage import S3Options, Store, StoreError
+from pipeline.storage import S3Options, Store
 from tests.conftest import BUCKET
 from tests.support.faults import FaultProxy, SilentServer
 from tests.support.writers import publish_named_until_done

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.registry import CORE_ALIAS, Registry, RegistryError, aliases, snapshots
+from pipeline.errors import RegistryError
+from pipeline.registry import CORE_ALIAS, Registry, aliases, snapshots
 from pipeline.registry.aliases import AliasMoved
 from pipeline.registry.check import check
 from pipeline.registry.fleet import age, fleet_status

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pipeline.registry import Record, Registry, RegistryError
+from pipeline.errors import RegistryError
+from pipeline.registry import Record, Registry
 from pipeline.registry.query import Where, select
 from pipeline.registry.records import parse_tag
 

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from pipeline.registry import Record, RegistryError
+from pipeline.errors import RegistryError
+from pipeline.registry import Record
 
 
 def test_new_records_have_ids_times_and_typed_links():

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from pipeline import FitConfig, FlowPrior
-from pipeline.method.checkpoint import CheckpointError
-from pipeline.registry import CORE_ALIAS, IntegrityError, Registry, RegistryError
+from pipeline.errors import CheckpointError, RegistryError
+from pipeline.registry import CORE_ALIAS, IntegrityError, Registry
 from tests.support.fleet import build_fleet
 
 

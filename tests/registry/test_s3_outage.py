@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from pipeline.errors import StoreError
 from pipeline.registry import CORE_ALIAS, Registry
-from pipeline.storage import S3Options, Store, StoreError
+from pipeline.storage import S3Options, Store
 from tests.support.s3server import SeaweedServer
 
 

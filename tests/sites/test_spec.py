@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.datasets import la_haute_borne as lhb
-from pipeline.sites import SpecError, Thresholds, load_site_spec
+from pipeline.errors import SpecError
+from pipeline.sites import Thresholds, load_site_spec
 
 SITES = Path(__file__).resolve().parents[2] / "sites"
 GOOD = """\

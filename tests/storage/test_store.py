@@ -3,8 +3,9 @@ import threading
 
 import pytest
 
+from pipeline.errors import DataError, StoreError
 from pipeline.registry import Registry
-from pipeline.storage import AlreadyExists, S3Options, Store, StoreError, validate_name
+from pipeline.storage import AlreadyExists, S3Options, Store, validate_name
 from pipeline.storage.store import check_key
 
 
@@ -159,7 +160,7 @@ def test_both_shapes_of_a_precondition_failure_are_recognised(error, expected):
 
 
 def test_feature_uris_with_credentials_are_refused_without_echoing_them():
-    from pipeline.data import DataError, read_features
+    from pipeline.data import read_features
 
     with pytest.raises(DataError, match=r"s3://\*\*\*@bucket/f: URIs must not embed credentials") as info:
         read_features("s3://AKIAEXAMPLE:verysecret@bucket/f")

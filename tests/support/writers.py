@@ -23,8 +23,9 @@ def publish_named_until_done(store_uri: str, endpoint: str, writer: int, count: 
     moving the core alias), retrying a whole publish after a ``StoreError`` as an operator's rerun would."""
     import os
 
+    from pipeline.errors import StoreError
     from pipeline.registry import Registry
-    from pipeline.storage import S3Options, Store, StoreError
+    from pipeline.storage import S3Options, Store
 
     options = S3Options(endpoint_url=endpoint, connect_timeout=1, read_timeout=2, retries=2)
     registry = Registry(Store.open(store_uri, options))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.sites import SpecError
+from pipeline.errors import SpecError
 from pipeline.sweeps import SweepSpec, load_sweep_spec
 from pipeline.sweeps.objective import Selection
 
