@@ -40,13 +40,6 @@ def test_console_script_entry_point_is_main():
     assert script.load() is main
 
 
-def test_cli_target_names_match_the_toy_targets():
-    from pipeline.cli.toy import TARGET_NAMES
-    from pipeline.toy.targets import TARGETS
-
-    assert list(TARGET_NAMES) == list(TARGETS)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--features", "/nonexistent/x.parquet"], "no such file or directory"),
     (["--features", "x.parquet", "--name", "../up"], "invalid run name '../up'"),
@@ -80,12 +73,30 @@ def test_sweep_help_and_a_bad_sweep_spec_fail_before_any_work(tmp_path):
     assert result.returncode == 0 and "--from-sweep" in result.stdout
 
 
-def test_site_commands_default_to_the_jobs_retries_and_explain_validate(capsys):
-    from pipeline.cli import site
-    from pipeline.jobs import sites
-
-    assert site.SITE_RETRIES == sites.SITE_RETRIES
+def test_site_validate_explains_itself(capsys):
     with pytest.raises(SystemExit):
         main(["site", "validate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Writes nothing" in text and "docs/spec-reference.md" in text
+
+
+def test_exactly_the_error_family_is_reported_without_a_traceback(monkeypatch, tmp_path, capsys):
+    from pipeline.cli import registry
+    from pipeline.errors import RegistryError, StoreError
+
+    store = ["--store", str(tmp_path)]
+    raised: list[BaseException] = []
+
+    def fails(args):
+        raise raised[-1]
+
+    monkeypatch.setattr(registry, "cmd_check", fails)  # stands in for a handler that meets each error
+    raised.append(RegistryError("record abc: not a valid record"))
+    assert main(["registry", "check", *store]) == 2
+    assert capsys.readouterr().err == "flowprior registry: error: record abc: not a valid record\n"
+    raised.append(StoreError("s3://bucket/p: the store does not answer"))
+    assert main(["registry", "check", *store]) == 1
+    assert "error: s3://bucket/p: the store does not answer" in capsys.readouterr().err
+    raised.append(ValueError("a bug, not the user's input"))
+    with pytest.raises(ValueError, match="a bug"):  # propagates: the traceback is shown, exit 1
+        main(["registry", "check", *store])
