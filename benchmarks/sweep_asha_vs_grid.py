@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cli import TUNE_ENV
 from pipeline.demo.run import DemoSettings
 from pipeline.jobs import runtime
 from pipeline.jobs.prior_fit import fit_core_prior
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--from-store", metavar="DIR", help="analyse the sweeps a kept store holds; train nothing")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_asha_vs_grid.json"))
     args = parser.parse_args()
+    os.environ.update({k: os.environ.get(k, v) for k, v in TUNE_ENV.items()})  # Tune's output as the command's
 
     spec = load_sweep_spec(args.spec)
     if spec.scheduler.type != "asha":
@@ -172,7 +174,7 @@ def main() -> None:
             records = {}
             for label, run_spec in (("grid", replace(spec, scheduler=Scheduler(type="fifo"))), ("asha", spec)):
                 started = time.perf_counter()
-                records[label] = run_sweep(run_spec, store, name=f"{spec.name}-{label}")
+                records[label] = run_sweep(run_spec, store, name=f"{spec.name}-{label}").record
                 seconds[label] = time.perf_counter() - started  # the grid's includes the shared baselines
 
     summary = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},

@@ -8,10 +8,16 @@ store, Ray cluster or MLflow server exits 1; any other exception is a bug and sh
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.cli import demo, fleet, prior, registry, runtime_env, site, sweep, toy
 from pipeline.errors import FlowpriorError
+
+# The command's process settings, made once at its start (the library never changes the environment): Tune
+# prints no tables (with verbose=0 a sweep's own progress lines are the output) and no warning about the
+# frequent experiment snapshots a resumable sweep needs. An explicit value in the environment wins.
+TUNE_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import tracking
 
     args = build_parser().parse_args(argv)
+    for name, value in TUNE_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         if hasattr(args, "mlflow") and (on := tracking.use(args.mlflow)):
             print(f"[mlflow] runs and records are copied to {on}", file=sys.stderr)

@@ -18,22 +18,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     quiet = (lambda _: None) if args.json else print
     try:
-        record = run_sweep(spec, open_store(args), address=args.address, say=quiet, name=args.name,
+        result = run_sweep(spec, open_store(args), address=args.address, say=quiet, name=args.name,
                            trust_store_state=args.trust_store_state, tags=dict(args.tags))
     except SweepInterrupted as error:
         print(f"flowprior sweep: {error}", file=sys.stderr)
         return 130
+    record = result.record
     if args.report:
         from pipeline.sweeps.report import write_sweep_report
 
         quiet(f"[sweep {spec.name}] report: {write_sweep_report(Path(args.report), record)}")
     if args.json:
-        print(json.dumps({"sweep": record.id, "name": record.name, "metrics": record.metrics,
-                          "choices": record.config["choices"]}, indent=1))
+        print(json.dumps({"sweep": record.id, "name": record.name, "metrics": result.metrics,
+                          "choices": result.choices}, indent=1))
         return 0
+    print(result.summary())
     print(f"{'site':10s} {'mode':5s} {'lambda':>7s} {'lr':>7s} {'draws':>5s} {'recon':>8s} {'recon@0':>8s} "
           f"{'knn_nll':>8s} {'nll@0':>8s} {'objective':>9s}  bound")
-    for site, c in record.config["choices"].items():
+    for site, c in result.choices.items():
         print(f"{site:10s} {c.get('mode', 'align'):5s} {c['lam']:7g} {c['lr']:7g} {c['draws']:5d} {c['recon']:8.4f} "
               f"{c['baseline_recon']:8.4f} "
               f"{c['knn_nll']:8.3f} {c['baseline_knn_nll']:8.3f} {c['objective']:9.3f}  "

@@ -182,7 +182,11 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     site_priors = dict(zip([s.site for s in to_train], trained, strict=True))
     timings["site_priors"] = time.perf_counter() - started - sum(timings.values())
     sweep_spec = settings.sweep_spec(specs)
-    sweep = run_sweep(sweep_spec, store, settings.address, say=say, tags=tags) if sweep_spec else None
+    sweep = None
+    if sweep_spec:
+        result = run_sweep(sweep_spec, store, settings.address, say=say, tags=tags)
+        say(f"[demo] {result.summary()}")
+        sweep = result.record
     timings["sweep"] = time.perf_counter() - started - sum(timings.values())
     matched: list[Alignment | None] = [None] * len(specs)
     if settings.match_lambda is not None:

@@ -159,7 +159,9 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
     with pytest.raises(UntrustedState, match="rerun with --trust-store-state"):  # no unpickling unless asked
         run_sweep(spec, store, say=lines.append)
     lines.clear()
-    record = run_sweep(spec, store, say=lines.append, trust_store_state=True)
+    result = run_sweep(spec, store, say=lines.append, trust_store_state=True)
+    record = result.record
+    assert result.ran and record.id in result.summary()
     check_record(record, spec)
     assert record.metrics["completed"] == 8  # FIFO: every trial ran to the end
     rates = [t["config"]["lr"] for t in record.config["trials"]]
