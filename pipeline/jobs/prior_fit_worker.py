@@ -31,28 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.data.split import digest
-from pipeline.method.metrics import heldout_fm, knn_nll, sliced_wasserstein
-from pipeline.method.ode import Solver
-from pipeline.method.sampling import sample
+from pipeline.method.metrics import heldout_metrics
 from pipeline.method.training import EMA, FitConfig, new_training, train_loop
 from pipeline.method.velocity import VelocityConfig
 from pipeline.progress import status
 
 STATE_FILE, EMA_FILE, MODEL_FILE, OPTIMISER_FILE = "state.json", "ema.safetensors", "model.safetensors", "optimiser.pt"
-
-
-@torch.no_grad()
-def heldout_metrics(model: torch.nn.Module, heldout: torch.Tensor, seed: int, n_samples: int = 1000) -> dict:
-    """Held-out FM loss (fixed noise), and prior samples vs held-out points: sliced W2, the kNN NLL
-    proxy of the samples under the held-out points and of the held-out points under the samples
-    (``heldout_nll_proxy``, the baseline a site check compares a site's points with)."""
-    fm = heldout_fm(model, heldout, seed)
-    generator = torch.Generator(device=heldout.device).manual_seed(seed)
-    x_0 = torch.randn((min(n_samples, len(heldout)), heldout.shape[1]), generator=generator, device=heldout.device)
-    samples, heldout = sample(model, x_0, Solver(method="euler", steps=50)).cpu(), heldout.cpu()
-    return {"heldout_fm": fm, "sliced_w2": sliced_wasserstein(samples, heldout, seed=seed),
-            "knn_nll": knn_nll(samples, heldout).mean().item(),
-            "heldout_nll_proxy": knn_nll(heldout, samples).mean().item(), "nll_samples": len(samples)}
 
 
 def save_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer, state: dict) -> None:

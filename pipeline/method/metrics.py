@@ -9,7 +9,8 @@
   only as wide as ``h`` see which modes are hit but not the shape inside each mode).
 * ``sliced_wasserstein``: ``sqrt(E_theta W_2^2(theta^T y, theta^T x))`` over random directions.
 * ``spread_ratio`` and ``mode_shares``: how much latents spread and which modes they cover.
-* ``heldout_fm``: the flow-matching loss of held-out points with fixed noise (``draws`` per point).
+* ``heldout_fm``: the flow-matching loss of held-out points with fixed noise (``draws`` per point);
+  ``heldout_metrics``: it and the prior's samples against held-out points (what a prior fit reports).
 * ``auroc``: how well a score ranks positives above negatives (the Mann-Whitney U statistic).
 """
 
@@ -20,6 +21,8 @@ import math
 import torch
 
 from pipeline.method.losses import flow_matching_loss
+from pipeline.method.ode import Solver
+from pipeline.method.sampling import sample
 
 
 @torch.no_grad()
@@ -80,6 +83,20 @@ def sliced_wasserstein(
     qy = torch.quantile(y.double() @ theta, q, dim=0)  # (Q, P)
     qx = torch.quantile(x.double() @ theta, q, dim=0)
     return (qy - qx).pow(2).mean().sqrt().item()
+
+
+@torch.no_grad()
+def heldout_metrics(model: torch.nn.Module, heldout: torch.Tensor, seed: int, n_samples: int = 1000) -> dict:
+    """Held-out FM loss (fixed noise), and prior samples vs held-out points: sliced W2, the kNN NLL
+    proxy of the samples under the held-out points and of the held-out points under the samples
+    (``heldout_nll_proxy``, the baseline a site check compares a site's points with)."""
+    fm = heldout_fm(model, heldout, seed)
+    generator = torch.Generator(device=heldout.device).manual_seed(seed)
+    x_0 = torch.randn((min(n_samples, len(heldout)), heldout.shape[1]), generator=generator, device=heldout.device)
+    samples, heldout = sample(model, x_0, Solver(method="euler", steps=50)).cpu(), heldout.cpu()
+    return {"heldout_fm": fm, "sliced_w2": sliced_wasserstein(samples, heldout, seed=seed),
+            "knn_nll": knn_nll(samples, heldout).mean().item(),
+            "heldout_nll_proxy": knn_nll(heldout, samples).mean().item(), "nll_samples": len(samples)}
 
 
 def nearest_mode(y: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     np.testing.assert_allclose(contract["sd"], x[~heldout].std(0), rtol=1e-4)
     assert registry.load_prior(record.id).info["features"] == contract
     # the fit learned the two blobs: held-out FM loss well below an untrained model's, samples close to data
-    from pipeline.jobs.prior_fit_worker import heldout_metrics
+    from pipeline.method.metrics import heldout_metrics
     from pipeline.method.velocity import VelocityConfig, VelocityMLP
 
     torch.manual_seed(0)
