@@ -49,7 +49,7 @@ def projection_matrix(
         p = torch.randn((latent_dim, d2), generator=generator, dtype=torch.float64)
         return (p / d2**0.5).to(dtype)
     if kind == "pca":
-        eigenvalues, vectors = np.linalg.eigh(_moments(x).covariance)  # ascending
+        _, vectors = np.linalg.eigh(_moments(x).covariance)  # ascending
         axes = torch.from_numpy(vectors[:, ::-1][:, :latent_dim].T.copy())  # rows: principal axes
         # Sign convention: the largest-magnitude entry of each axis is positive (deterministic).
         signs = torch.sign(axes.gather(1, axes.abs().argmax(1, keepdim=True)))

@@ -30,6 +30,7 @@ from pipeline.storage import AlreadyExists, Store, validate_name
 from pipeline.storage.store import Progress, check_key
 
 if TYPE_CHECKING:
+    from pipeline.method.encoder import Autoencoder
     from pipeline.method.prior import FlowPrior
 
 RECORDS = "registry/records"
@@ -350,12 +351,22 @@ class Registry:
         """The prior of a ``prior``/``site-prior`` record, hash-checked, loaded without executing code."""
         from pipeline.method.prior import FlowPrior
 
+        return self._load(record_id, ("prior", "site-prior"), "a prior", FlowPrior.load)
+
+    def load_encoder(self, record_id: str) -> "Autoencoder":
+        """The autoencoder of an ``encoder`` record (a site's, aligned to ``record.aligned_to``), hash-checked,
+        loaded without executing code."""
+        from pipeline.method.encoder import load_encoder
+
+        return self._load(record_id, ("encoder",), "an encoder", load_encoder)
+
+    def _load(self, record_id: str, kinds: tuple[str, ...], what: str, load):
         record = self.get(record_id)
-        if record.kind not in ("prior", "site-prior"):
-            raise RegistryError(f"record {record_id} is a {record.kind}, not a prior")
+        if record.kind not in kinds:
+            raise RegistryError(f"record {record_id} is a {record.kind}, not {what}")
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.fetch_artifact(record, Path(tmp) / "prior.safetensors")
-            return FlowPrior.load(path, expected_sha256=record.hash)
+            path = self.fetch_artifact(record, Path(tmp) / "artifact.safetensors")
+            return load(path, expected_sha256=record.hash)
 
     # -- questions -----------------------------------------------------------------------------
     def lineage(self, record_id: str) -> list[Record]:

@@ -6,7 +6,7 @@ baseline's at the same epoch, ``s`` its alignment score and ``tau`` the toleranc
     objective = s + penalty * max(0, log(r / r_0) - log(1 + tau))
 
     s = knn_nll                       (metric knn_nll: the paper's kNN NLL proxy of the latents, nats)
-    s = |knn_nll - knn_nll_target|    (metric nll_gap: distance to the target's own value, which
+    s = |knn_nll - target_knn_nll|    (metric nll_gap: distance to the target's own value, which
                                        does not reward latents collapsing onto the prior's modes)
 
 so the choice -- the lowest objective among the trials that ran to the end -- is the best-aligned

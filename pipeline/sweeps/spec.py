@@ -142,12 +142,6 @@ class SweepSpec:
         """Reports per trial (the last may cover fewer than ``epoch_steps`` steps)."""
         return math.ceil(self.steps / self.epoch_steps)
 
-    def site(self, site: str) -> SiteSpec:
-        for spec in self.sites:
-            if spec.site == site:
-                return spec
-        raise KeyError(site)
-
     def to_dict(self) -> dict:
         """JSON-able settings (the site specs by path): what the registry keeps and the name digests."""
         out = dataclasses.asdict(self)

@@ -103,7 +103,7 @@ class ToyRun:
         )
         z_eval = self.prior.to_prior(self.target.sample(c.n_eval, self.generator))
         heldout = self.prior.flow_matching_loss(z_eval, draws=8, generator=self.generator).item()
-        return {"fit_seconds": time.perf_counter() - start, "heldout_fm_loss": heldout}
+        return {"fit_seconds": time.perf_counter() - start, "heldout_fm": heldout}
 
     def landscape(self, lo: float, hi: float) -> dict:
         """``L_align`` and true NLL on a ``grid x grid`` lattice of prior space."""
@@ -178,7 +178,7 @@ class ToyRun:
             "knn_nll_latents": metrics.knn_nll(y, z_eval).mean().item(),
             "spread_ratio": metrics.spread_ratio(y, z_eval, modes),
             "mmd": metrics.mmd(y, z_eval),
-            "sliced_wasserstein": metrics.sliced_wasserstein(y, z_eval),
+            "sliced_w2": metrics.sliced_wasserstein(y, z_eval),
             "spearman_training": _spearman(torch.tensor([r["align"] for r in curve]),
                                            torch.tensor([r["nll"] for r in curve])) if curve else None,
         }
@@ -216,7 +216,7 @@ def run_toy(config: ToyConfig, progress: Callable[[str], None] = print) -> tuple
         "spearman_landscape": land["spearman"],
         **align_metrics,
         "nll_target": nll_target,
-        "knn_nll_target": metrics.knn_nll(z_eval[: config.latents], z_eval[config.latents:]).mean().item(),
+        "target_knn_nll": metrics.knn_nll(z_eval[: config.latents], z_eval[config.latents:]).mean().item(),
         "spread_method": "within-mode" if run.target.modes is not None else "knn-distance",
         "matching": match_metrics,
         "prior_samples": prior_samples,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipeline.datasets import la_haute_borne as lhb
+from pipeline.errors import RegistryError
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from tests.support.processes import pids_titled
@@ -58,6 +59,10 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     for name in ("recon", "l_align", "knn_nll", "spread"):
         assert encoder.metrics[name] is not None and encoder.metrics[f"baseline_{name}"] is not None
     assert encoder.metrics["l_align"] < encoder.metrics["baseline_l_align"]
+    model = registry.load_encoder(encoder.id)  # the artifact, hash-checked: latents in the site prior's space
+    assert model.config.latent_dim == registry.load_prior(site_prior.id).latent_dim == 4
+    with pytest.raises(RegistryError, match="is a site-prior, not an encoder"):
+        registry.load_encoder(site_prior.id)
     code, out, _ = flowprior(capsys, "site", "align", spec, "--lambda", "2", "--store", store_uri)
     assert code == 0 and encoder.id in out and len(registry.records(kind="encoder")) == 1  # nothing trained
     code, out, _ = flowprior(capsys, "registry", "aligned", SITE, "--json", "--store", store_uri)
