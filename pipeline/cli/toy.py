@@ -12,7 +12,7 @@ from pipeline.cli.common import positive
 # The names of pipeline.toy.targets.TARGETS, kept here so that building the CLI needs no torch.
 TARGET_NAMES = ("mog", "grid", "moons", "rings", "spiral", "swissroll")
 
-LATENT_COLUMNS = (("nll_latents", "nll", "{:.2f}"), ("spread_ratio", "spread", "{:.2f}"), ("mmd", "mmd", "{:.4f}"),
+LATENT_COLUMNS = (("nll_latents", "nll", "{:.2f}"), ("spread", "spread", "{:.2f}"), ("mmd", "mmd", "{:.4f}"),
                   ("mode_coverage", "cover", "{:.2f}"))
 
 
@@ -24,7 +24,7 @@ def _table(rows: list[dict]) -> str:
     lines = [header]
     for row in rows:
         line = [row["distribution"], f"{row['spearman_landscape']:.3f}", f"{row['nll_target']:.2f}",
-                f"{row['prior_samples']['nll_latents']:.2f}", f"{row['prior_samples']['spread_ratio']:.2f}"]
+                f"{row['prior_samples']['nll_latents']:.2f}", f"{row['prior_samples']['spread']:.2f}"]
         for run in (row, row["matching"]):
             line += ["-" if run.get(key) is None else fmt.format(run[key]) for key, _, fmt in LATENT_COLUMNS]
         lines.append(line)

@@ -175,8 +175,8 @@ class ToyRun:
         modes = self.modes_in_prior_space()
         out = {
             "nll_latents": self.true_nll(y).mean().item(),
-            "knn_nll_latents": metrics.knn_nll(y, z_eval).mean().item(),
-            "spread_ratio": metrics.spread_ratio(y, z_eval, modes),
+            "knn_nll": metrics.knn_nll(y, z_eval).mean().item(),
+            "spread": metrics.spread_ratio(y, z_eval, modes),
             "mmd": metrics.mmd(y, z_eval),
             "sliced_w2": metrics.sliced_wasserstein(y, z_eval),
             "spearman_training": _spearman(torch.tensor([r["align"] for r in curve]),

@@ -38,7 +38,7 @@ def plot_latents(summary: dict, arrays: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), squeeze=False)
     for ax, (name, stats, y, _) in zip(axes[0], runs, strict=True):
         image = _heatmap(ax, land, land["nll"], f"{name}\nNLL {stats['nll_latents']:.2f} "
-                         f"(target {summary['nll_target']:.2f}), spread x{stats['spread_ratio']:.2f}",
+                         f"(target {summary['nll_target']:.2f}), spread x{stats['spread']:.2f}",
                          clip=_nll_clip(land))
         ax.scatter(y[:, 0], y[:, 1], s=2, c="crimson", alpha=0.6)
         if arrays["modes"] is not None:
