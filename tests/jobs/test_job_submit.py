@@ -66,7 +66,7 @@ def _submit(head: RayHead, env_file: Path, args: list[str], working_dir: Path | 
 def test_a_stock_cluster_fits_a_prior_and_aligns_a_site_with_the_documented_commands(stock_head, tmp_path):
     """The platform team fits the core prior on the wind farm; a site lead checks, fine-tunes and aligns
     their turbine from a folder that holds only their spec; each step is a `ray job submit`."""
-    from tests.jobs.test_sites import SITE, small_spec
+    from tests.support.sites import SITE, small_spec
 
     head, env_file = stock_head
     specs = tmp_path / "my-site"

@@ -17,9 +17,9 @@ import pytest
 from pipeline.data.split import is_heldout, row_hash
 from pipeline.registry import Registry
 from pipeline.storage import Store
-from tests.conftest import BUCKET
 from tests.support.ray_cluster import RayCluster
 from tests.support.ray_head import EXCLUDES, REPO, submit
+from tests.support.s3server import BUCKET
 from tests.support.shards import assert_disjoint_shards
 
 ROWS, COLUMNS, FILES = 2_000_000, 16, 8  # 128 MB of float32 features

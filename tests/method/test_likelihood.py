@@ -5,7 +5,7 @@ from pipeline.method.likelihood import log_likelihood
 from pipeline.method.ode import Solver
 from pipeline.method.sampling import sample
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
-from tests.conftest import seeded
+from tests.support.oracles import seeded
 
 TIGHT = Solver(method="dopri5", rtol=1e-8, atol=1e-8)
 

@@ -3,7 +3,7 @@ import torch
 
 from pipeline.method.losses import alignment_loss, flow_matching_loss
 from pipeline.method.paths import interpolate, target_velocity
-from tests.conftest import seeded
+from tests.support.oracles import seeded
 
 
 def test_path_endpoints_and_velocity():

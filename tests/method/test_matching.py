@@ -5,7 +5,7 @@ import torch
 
 from pipeline.method.matching import AuxiliaryFlow, MatchConfig, matching_loss, velocity_difference
 from pipeline.method.velocity import VelocityConfig, VelocityMLP
-from tests.conftest import GaussianFlow, MixtureFlow, seeded
+from tests.support.oracles import GaussianFlow, MixtureFlow, seeded
 
 PRIOR = GaussianFlow(torch.tensor([1.0, -0.5], dtype=torch.float64), s=0.5)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.method import metrics
-from tests.conftest import seeded
+from tests.support.oracles import seeded
 
 
 def gaussian_nll(y: torch.Tensor) -> torch.Tensor:

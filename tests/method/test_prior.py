@@ -7,7 +7,7 @@ import torch
 from pipeline import FitConfig, FlowPrior
 from pipeline.errors import CheckpointError
 from pipeline.method.checkpoint import file_sha256
-from tests.conftest import seeded
+from tests.support.oracles import seeded
 
 SMALL = dict(width=48, depth=2, fit=FitConfig(steps=600, batch_size=256, lr=3e-3, warmup=50, log_every=300))
 
@@ -24,7 +24,7 @@ def test_fit_reaches_the_flow_matching_minimum_of_a_gaussian(gaussian_prior):
     x_new = torch.randn((5000, 2), generator=seeded(1)) * torch.tensor([2.0, 1.0]) + torch.tensor([3.0, -1.0])
     z = prior.to_prior(x_new)
     # after the global normaliser the per-dimension stds are s_j = (2, 1) / sqrt(2.5); the FM
-    # minimum is sum_j pi s_j / 2 (closed form, tests/conftest.py)
+    # minimum is sum_j pi s_j / 2 (closed form, tests/support/oracles.py)
     minimum = sum(math.pi * s / 2 for s in (2 / math.sqrt(2.5), 1 / math.sqrt(2.5)))
     held_out = prior.flow_matching_loss(z, draws=8, generator=seeded(2)).item()
     assert minimum <= held_out * 1.01 and held_out < minimum * 1.08

@@ -23,8 +23,8 @@ from pipeline.errors import StoreError
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.registry.check import check
 from pipeline.storage import S3Options, Store
-from tests.conftest import BUCKET
 from tests.support.faults import FaultProxy, SilentServer
+from tests.support.s3server import BUCKET
 from tests.support.writers import publish_named_until_done
 
 CONNECT, READ, ATTEMPTS = 1.0, 2.0, 2

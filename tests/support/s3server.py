@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tests.support.processes import stop_group
 
+BUCKET = "flowprior-test"  # the bucket the test session's server holds
+
 ACCESS_KEY, SECRET_KEY = "flowprior-test-key", "flowprior-test-secret"
 PORT_NAMES = ("s3.port", "master.port", "volume.port", "filer.port", "admin.port")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.toy.targets import TARGETS, get_target
-from tests.conftest import seeded
+from tests.support.oracles import seeded
 
 TICKS = torch.linspace(-6, 6, 121, dtype=torch.float64)  # spacing 0.1 <= every target's std
 CELL = (TICKS[1] - TICKS[0]).item() ** 2
