@@ -73,3 +73,11 @@ def test_auroc_is_the_mann_whitney_statistic():
     assert auroc(scores, labels) == pytest.approx(float(expected), abs=1e-12)
     with pytest.raises(ValueError, match="positives and negatives"):
         auroc(torch.ones(3), torch.zeros(3, dtype=torch.bool))
+
+
+def test_heldout_fm_is_the_fm_loss_with_fixed_noise(gaussian_flow):
+    z = gaussian_flow.mu + gaussian_flow.s * torch.randn(20_000, 3, generator=seeded(4), dtype=torch.float64)
+    first = metrics.heldout_fm(gaussian_flow, z, seed=7)
+    assert metrics.heldout_fm(gaussian_flow, z, seed=7) == first  # the same noise: comparable across priors
+    assert metrics.heldout_fm(gaussian_flow, z, seed=8) != first
+    assert first == pytest.approx(gaussian_flow.min_fm_loss(), rel=0.02)  # the exact field reaches the minimum

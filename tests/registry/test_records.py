@@ -28,6 +28,9 @@ def test_new_records_have_ids_times_and_typed_links():
     ("prior", {"parents": ["a/b"]}, "invalid parent id"),
     ("prior", {"artifact": "s3://b/x"}, "artifact and hash go together"),
     ("prior", {"config": {"s3": {"aws_secret_access_key": "x"}}}, r"refusing to record \.config\.s3\.aws_secret"),
+    ("prior", {"config": {"aws_access_key_id": "AKIA"}}, r"refusing to record \.config\.aws_access_key_id"),
+    ("prior", {"config": {"mlflow": {"Token": "x"}}}, r"refusing to record \.config\.mlflow\.Token"),
+    ("prior", {"metrics": {"db_password": 1.0}}, r"refusing to record \.metrics\.db_password"),
 ])
 def test_invalid_records_are_refused(kind, fields, message):
     error = ValueError if "invalid" in message else RegistryError
