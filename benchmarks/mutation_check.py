@@ -66,8 +66,8 @@ def main() -> int:
         file.write_text(original.replace(old, new))
         try:
             started = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider",
-                                  *tests.split()], cwd=ROOT, capture_output=True, text=True)
+            command = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider"]
+            run = subprocess.run([*command, *tests.split()], cwd=ROOT, capture_output=True, text=True)
         finally:
             file.write_text(original)
         killed = run.returncode != 0
