@@ -20,3 +20,12 @@ def test_store_registry_data_and_tracking_need_neither_torch_nor_ray_nor_mlflow(
             "assert not bad, bad[:5]")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_ingest_tasks_never_load_torch():
+    """Ray's statistics and Ray Data's map tasks import pipeline.jobs.ingest; torch would add its import time
+    and memory to every one of their worker processes."""
+    code = ("import sys, pipeline.jobs.ingest, pipeline.method.prior_space; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')); assert not bad, bad[:5]")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -32,7 +32,7 @@ from pipeline.data.features import FeatureScan
 from pipeline.data.split import Split, digest
 from pipeline.errors import DataError
 from pipeline.method.moments import Moments
-from pipeline.method.prior_space import PriorSpace
+from pipeline.method.prior_space import PriorSpace, to_prior_space
 from pipeline.progress import Progress
 
 Say = Callable[[str], None]
@@ -124,15 +124,16 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
     return total
 
 
-def _to_prior(table, scan: FeatureScan, split: Split, space: PriorSpace) -> dict:
-    """One Ray Data block -> its training rows in prior space ``z`` ``(b, d1)`` and their hashes ``row``."""
+def _to_prior(table, scan: FeatureScan, split: Split, space: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+    """One Ray Data block -> its training rows in prior space ``z`` ``(b, d1)`` and their hashes ``row``
+    (``space``: :meth:`PriorSpace.arrays`, so the task never loads torch)."""
     x, _ = scan.matrix(table, scan.uri)
     h, heldout = split.of(x)
     train = ~heldout
-    return {"z": space.apply(x[train]).astype(np.float32), "row": h[train].view(np.int64)}
+    return {"z": to_prior_space(x[train], *space).astype(np.float32), "row": h[train].view(np.int64)}
 
 
-def training_dataset(scan: FeatureScan, split: Split, space: PriorSpace, seed: int):
+def training_dataset(scan: FeatureScan, split: Split, space: "PriorSpace", seed: int):
     """A ``ray.data`` dataset of the training rows in prior space (columns ``z``, ``row``): Parquet read
     with only the feature columns and the filters pushed down, file order reshuffled every epoch,
     and the map to prior space as a batch transform."""
@@ -148,4 +149,4 @@ def training_dataset(scan: FeatureScan, split: Split, space: PriorSpace, seed: i
         dataset = dataset.filter(expr=col(column).is_in(values))
     return dataset.select_columns(list(scan.read_columns)).map_batches(
         _to_prior, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"scan": scan, "split": split, "space": space.to("cpu")})
+        fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})

@@ -11,22 +11,32 @@ seeded, and stored with every prior that lives in it, so an encoder's latents ``
 samples and ``space.apply(x)`` share one space. Fitting needs only the features'
 :class:`~pipeline.method.moments.Moments`, so features streamed through many Ray tasks give the same
 space as the same rows in memory.
+
+This module imports no torch until a space is fitted, saved or loaded: the Ray Data tasks that map
+features to prior space call :func:`to_prior_space` on numpy blocks (:meth:`PriorSpace.arrays`)
+and never load torch.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.method.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.method.moments import Moments
-from pipeline.method.transforms import normaliser_stats, projection_matrix
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_KIND = "flowprior.prior-space/v1"
+
+
+def to_prior_space(x, p, mean, scale):
+    """``z = (x P^T - mean) / scale``: ``(n, d2) -> (n, d1)``, for tensors or numpy arrays alike."""
+    return (x @ p.T - mean) / scale  # (n, d1)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class PriorSpace:
             normaliser: str = "global", seed: int = 0) -> "PriorSpace":
         """Fit on features ``x`` ``(n, d2)`` or their moments. ``latent_dim`` defaults to ``d2``;
         ``projection`` to ``none`` when ``latent_dim == d2``, else ``random``; ``seed`` fixes a random one."""
+        from pipeline.method.transforms import normaliser_stats, projection_matrix
+
         moments = x if isinstance(x, Moments) else Moments.of(x.detach().cpu().double())
         latent_dim = moments.dim if latent_dim is None else latent_dim
         kind = projection or ("none" if latent_dim == moments.dim else "random")
@@ -66,14 +78,15 @@ class PriorSpace:
         return self.projection.shape[1]
 
     def apply(self, x: "torch.Tensor | np.ndarray") -> "torch.Tensor | np.ndarray":
-        """``z = (x P^T - mean) / scale``: features ``(n, d2)`` to prior space ``(n, d1)``. A tensor is
-        moved to the space's device; a numpy array (a Ray Data block) stays numpy."""
-        p, mean, scale = self.projection, self.mean, self.scale
+        """:func:`to_prior_space`: features ``(n, d2)`` to prior space ``(n, d1)``. A tensor is moved to
+        the space's device; a numpy array stays numpy."""
         if isinstance(x, np.ndarray):
-            p, mean, scale = p.cpu().numpy(), mean.cpu().numpy(), scale.cpu().numpy()
-        else:
-            x = x.to(p.device)
-        return (x @ p.T - mean) / scale  # (n, d1)
+            return to_prior_space(x, *self.arrays())
+        return to_prior_space(x.to(self.projection.device), self.projection, self.mean, self.scale)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(P, mean, scale)`` as numpy arrays, for :func:`to_prior_space` where torch is not loaded."""
+        return tuple(t.detach().cpu().numpy() for t in (self.projection, self.mean, self.scale))
 
     def to(self, device: str | torch.device) -> "PriorSpace":
         """This space with its tensors on ``device``."""
@@ -97,11 +110,15 @@ class PriorSpace:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write a tensor-only checkpoint atomically; returns its file SHA-256."""
+        from pipeline.method.checkpoint import save_checkpoint
+
         return save_checkpoint(path, CHECKPOINT_KIND, self.settings(), self.tensors())
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_sha256: str | None = None) -> "PriorSpace":
         """Load a checkpoint written by :meth:`save` (no code runs); refuses a changed file."""
+        from pipeline.method.checkpoint import load_checkpoint
+
         settings, tensors = load_checkpoint(path, CHECKPOINT_KIND, expected_sha256)
         try:
             return cls.from_saved(tensors, settings)
