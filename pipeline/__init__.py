@@ -2,7 +2,7 @@
 
 The public method API (no Ray needed):
 
-    from pipeline import FlowPrior, FitConfig
+    from pipeline import FlowPrior, FitConfig, PriorSpace, FlowpriorError
 
 Layout: ``method`` (the maths, torch only), ``data`` (Parquet features), ``storage`` (the store),
 ``registry`` (records and lineage), ``cli``. Names are imported lazily so that commands that
@@ -11,8 +11,9 @@ only read the registry start without loading torch.
 
 from importlib import import_module
 
-_EXPORTS = {"CheckpointError": "pipeline.method.checkpoint", "FlowPrior": "pipeline.method.prior",
-            "FitConfig": "pipeline.method.training"}
+_EXPORTS = {"CheckpointError": "pipeline.errors", "FlowpriorError": "pipeline.errors",
+            "FlowPrior": "pipeline.method.prior", "FitConfig": "pipeline.method.training",
+            "PriorSpace": "pipeline.method.prior_space"}
 
 __all__ = sorted(_EXPORTS)
 
