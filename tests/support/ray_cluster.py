@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.support.ray_head import RayHead, session_pids, stop_session
-from tests.support.s3server import free_port_pair
+from tests.support.s3server import free_ports
 
 WORKER_PORTS = 21_000
 
@@ -22,12 +22,13 @@ WORKER_PORTS = 21_000
 class WorkerNode:
     def __init__(self, head: RayHead, index: int, num_cpus: int, resources: dict, object_store_mib: int) -> None:
         self.head, self.index, self.resources = head, index, {f"node-{index}": 1, **resources}
+        node, objects, agent, agent_grpc, runtime_env, metrics = free_ports(6)  # distinct: Ray refuses repeats
         args = [str(Path(sys.executable).parent / "ray"), "start", f"--address=127.0.0.1:{head.gcs_port}", "--block",
                 "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--resources={json.dumps(self.resources)}",
-                f"--object-store-memory={object_store_mib << 20}", f"--node-manager-port={free_port_pair()}",
-                f"--object-manager-port={free_port_pair()}", f"--dashboard-agent-listen-port={free_port_pair()}",
-                f"--dashboard-agent-grpc-port={free_port_pair()}", f"--runtime-env-agent-port={free_port_pair()}",
-                f"--metrics-export-port={free_port_pair()}", "--disable-usage-stats"]
+                f"--object-store-memory={object_store_mib << 20}", f"--node-manager-port={node}",
+                f"--object-manager-port={objects}", f"--dashboard-agent-listen-port={agent}",
+                f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+                f"--metrics-export-port={metrics}", "--disable-usage-stats"]
         # each node's own range for its worker processes, below the ephemeral range that the listening
         # ports above come from (so no worker can take a port another node is about to bind)
         first = WORKER_PORTS + 300 * index

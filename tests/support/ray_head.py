@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support.s3server import free_port_pair
+from tests.support.s3server import free_ports
 
 
 class RayHead:
@@ -25,7 +25,8 @@ class RayHead:
 
     def __init__(self, temp_dir: Path, bin_dir: Path | None = None, cwd: Path | None = None) -> None:
         self.temp_dir, self.cwd = Path(temp_dir), cwd
-        self.dashboard_port, self.gcs_port = free_port_pair(), free_port_pair()
+        # every port the head listens on, distinct (Ray refuses two components on one port)
+        self.dashboard_port, self.gcs_port, *self.other_ports = free_ports(7)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.bin_dir = Path(bin_dir or Path(sys.executable).parent)
         bin_dir = str(self.bin_dir)
@@ -38,13 +39,14 @@ class RayHead:
         """Start the head with ``num_cpus`` logical CPUs: by default this machine's two for training and
         one for Ray Data's read tasks (as the embedded runtime has, see ``runtime.INGEST_CPUS``)."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        client, agent, agent_grpc, runtime_env, metrics = self.other_ports
         args = [str(self.bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                 f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={free_port_pair()}", f"--num-cpus={num_cpus}",
+                f"--ray-client-server-port={client}", f"--num-cpus={num_cpus}",
                 # fixed default ports (e.g. the job agent's 52365) may be held by another Ray on this
                 # machine, such as a test session's in-process one: then no job agent ever comes up
-                f"--dashboard-agent-listen-port={free_port_pair()}", f"--dashboard-agent-grpc-port={free_port_pair()}",
-                f"--runtime-env-agent-port={free_port_pair()}", f"--metrics-export-port={free_port_pair()}",
+                f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
                 f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
                 *([f"--object-store-memory={object_store_mib << 20}"] if object_store_mib else [])]
         log = open(self.temp_dir / "head.log", "ab")

@@ -41,6 +41,16 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair found")
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` *distinct* free ports (each as :func:`free_port_pair` finds one): one process's listening
+    ports, which separate calls could repeat, as the OS may hand a just-released port out again."""
+    ports: list[int] = []
+    while len(ports) < n:
+        if (port := free_port_pair()) not in ports:
+            ports.append(port)
+    return ports
+
+
 def weed_binary() -> str:
     found = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if not found:
