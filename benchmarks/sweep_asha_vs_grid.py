@@ -153,7 +153,8 @@ def main() -> None:
     parser.add_argument("--from-store", metavar="DIR", help="analyse the sweeps a kept store holds; train nothing")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_asha_vs_grid.json"))
     args = parser.parse_args()
-    os.environ.update({k: os.environ.get(k, v) for k, v in TUNE_ENV.items()})  # Tune's output as the command's
+    for name, value in TUNE_ENV.items():  # Tune's output as the flowprior command has it
+        os.environ.setdefault(name, value)
 
     spec = load_sweep_spec(args.spec)
     if spec.scheduler.type != "asha":

@@ -79,7 +79,12 @@ def split_indices(x: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.nda
     ``DataError`` if either side has fewer than ``MIN_ROWS`` rows."""
     _, heldout = Split(fraction, seed).of(x)
     train, held = np.flatnonzero(~heldout), np.flatnonzero(heldout)
-    if min(len(train), len(held)) < MIN_ROWS:
-        raise DataError(f"{len(x)} rows are too few to split with {fraction:.0%} held out (need at least {MIN_ROWS} "
-                        f"in each split, got {len(train)} and {len(held)})")
+    require_rows(len(train), len(held), fraction)
     return train, held
+
+
+def require_rows(train: int, heldout: int, fraction: float, purpose: str = "split") -> None:
+    """A ``DataError`` unless both sides of a split have at least ``MIN_ROWS`` rows."""
+    if min(train, heldout) < MIN_ROWS:
+        raise DataError(f"{train + heldout} rows are too few to {purpose} with {fraction:.0%} held out (need at "
+                        f"least {MIN_ROWS} in each split, got {train} and {heldout})")

@@ -37,7 +37,7 @@ from safetensors.torch import load_file
 
 from pipeline.data.features import FeatureScan, column_dtypes, column_names, scan_features
 from pipeline.data.schema import FeatureSchema
-from pipeline.data.split import MIN_ROWS, Split
+from pipeline.data.split import Split, require_rows
 from pipeline.errors import DataError, SpecError
 from pipeline.jobs import runtime, tensorboard
 from pipeline.jobs.ingest import FeatureStats, gather_stats, training_dataset
@@ -125,6 +125,7 @@ class PreparedData:
     """What the driver holds before training: the statistics, and the map to prior space."""
 
     stats: FeatureStats
+    split: Split  # which rows are held out: the statistics pass and the training stream agree on it
     space: PriorSpace
     z_heldout: np.ndarray  # (<= heldout_sample, d1) float32: the held-out sample in prior space
 
@@ -144,16 +145,13 @@ def prepare(spec: PriorFitSpec, features: FeatureScan, say: Progress = print) ->
         detail = f" after filters {spec.filters}" if spec.filters else ""
         detail += f" ({stats.rows_dropped} rows dropped for NaN/inf)" if stats.rows_dropped else ""
         raise DataError(f"{spec.features}: no feature rows{detail} (the table is empty)")
-    if min(n_train, n_heldout) < MIN_ROWS:
-        raise DataError(f"{spec.features}: {n_train + n_heldout} rows are too few to fit a prior with "
-                         f"{spec.heldout_fraction:.0%} held out (need at least {MIN_ROWS} in each split, got {n_train} "
-                         f"and {n_heldout})")
     try:
+        require_rows(n_train, n_heldout, spec.heldout_fraction, "fit a prior")
         space = PriorSpace.fit(stats.train, spec.latent_dim, spec.projection, spec.normaliser, spec.seed)
     except (SpecError, DataError) as error:  # name the features
         raise type(error)(f"{spec.features}: {error}") from None
     z_heldout = space.apply(torch.tensor(stats.sample)).numpy()  # (k, d1); a copy: Ray returns it read-only
-    return PreparedData(stats, space, z_heldout)
+    return PreparedData(stats, split, space, z_heldout)
 
 
 def run_settings(spec: PriorFitSpec) -> dict:
@@ -238,7 +236,7 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
         f"run {spec.name}")
     storage_path, storage_filesystem = runtime.storage_for(store)
     velocity = VelocityConfig(dim=space.latent_dim, width=spec.width, depth=spec.depth)
-    dataset = training_dataset(features, Split(spec.heldout_fraction, spec.seed), space, spec.seed)
+    dataset = training_dataset(features, data.split, space, spec.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
