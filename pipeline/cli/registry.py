@@ -102,18 +102,22 @@ def cmd_alias(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from pipeline.registry.retention import collect
+    from pipeline.registry.retention import collect, usable_key
 
     store = open_existing_store(args)
     result = collect(Registry(store), args.keep_days, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "bytes": result.bytes, "stopped": result.stopped,
-                          "deleted": result.deleted, "doomed": [asdict(d) for d in result.doomed]}, indent=1))
+                          "deleted": result.deleted, "doomed": [asdict(d) for d in result.doomed],
+                          "kept_for_unreadable": result.kept}, indent=1))
         return 0
     rows = [(d.what, d.key, f"{d.bytes / 2**20:,.2f}", f"{d.age_days:.1f}", d.why) for d in result.doomed]
     if rows:
         print(table(("what", "key", "MiB", "age (days)", "why"), rows))
+    for key, kept in result.kept.items():
+        print(f"kept {', '.join(kept)}: {store.uri_of(key) if usable_key(key) else key} refers to it and this "
+              "flowprior cannot read that record file (a newer version's? see `flowprior registry check`)")
     print(f"{store.uri}: {verb} {len(result.doomed) if args.dry_run else len(result.deleted)} item(s), "
           f"{result.bytes / 2**20:,.2f} MiB, older than {args.keep_days:g} days; records and aliases are never deleted"
           + (f"; stopped early: {result.stopped}" if result.stopped else ""))

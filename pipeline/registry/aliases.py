@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pipeline.errors import RegistryError
 from pipeline.registry import snapshots
 from pipeline.storage import AlreadyExists, Store, validate_name
+from pipeline.storage.store import usable
 
 ALIASES = "registry/aliases"
 VERSION_DIGITS = 10
@@ -114,7 +115,7 @@ def current(store: Store, prefix: str = "") -> dict[str, AliasMove]:
     for key in tree:
         alias, _, name = key.partition("/")
         stem = name[: -len(".json")]
-        if name.endswith(".json") and stem.isdigit():
+        if name.endswith(".json") and stem.isdigit() and usable(alias):  # a stray folder name is skipped
             versions[alias] = max(versions.get(alias, 0), int(stem))
     latest = {a: _key(a, v)[len(ALIASES) + 1:] for a, v in versions.items()}  # alias: "<alias>/<version>.json"
     verifiable = any(info.md5 for info in tree.values())

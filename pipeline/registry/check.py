@@ -32,6 +32,7 @@ from pipeline.registry.records import Record
 from pipeline.registry.registry import ARTIFACTS, RECORDS, Registry
 from pipeline.registry.snapshots import read_snapshot
 from pipeline.storage import Store
+from pipeline.storage.store import usable
 
 HASH_NAME = re.compile(r"([0-9a-f]{64})(?:-[0-9a-f]+)?(?:\.[A-Za-z0-9]+)?")
 
@@ -65,9 +66,11 @@ def check(registry: Registry, hashes: bool = True) -> Report:
     report = Report(store.uri)
     say = lambda area, key, message: report.problems.append(Problem(area, key, message))  # noqa: E731
 
-    names = [n for n in store.list(RECORDS) if n.endswith(".json")]
-    raw = dict(zip([n.removesuffix(".json") for n in names], store.read_many([f"{RECORDS}/{n}" for n in names]),
-                   strict=True))
+    listing, stray = registry.record_files()
+    raw = dict(zip(listing, store.read_many([f"{RECORDS}/{i}.json" for i in listing]), strict=True))
+    for name in stray:
+        say("records", f"{RECORDS}/{name}", "not a record file name (<record id>.json): every reader skips it (a "
+                                            "copy made by hand or by a sync tool? move it out of the registry)")
     records: dict[str, Record] = {}
     for record_id, data in raw.items():
         key = f"{RECORDS}/{record_id}.json"
@@ -75,7 +78,7 @@ def check(registry: Registry, hashes: bool = True) -> Report:
             records[record_id] = Record.from_json(data, store.uri_of(key), record_id)
         except (RegistryError, ValueError) as error:
             say("records", key, str(error))
-    report.counts["records"] = len(raw)
+    report.counts["records"] = len(raw) + len(stray)
 
     for record in records.values():
         for link in [*record.parents, *([record.aligned_to] if record.aligned_to else [])]:
@@ -130,10 +133,13 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
     moves, entries = 0, {}
     for alias in names:
         folder = f"{aliases.ALIASES}/{alias}"
+        if not usable(alias):
+            say("aliases", folder, "not an alias name: every reader skips it")
+            continue
         listed = store.list(folder)
         versions = sorted(int(n[:-5]) for n in listed if n.endswith(".json") and n[:-5].isdigit())
         for n in listed:
-            if not (n.endswith(".json") and n[:-5].isdigit()):
+            if not (n.endswith(".json") and n[:-5].isdigit() and usable(n)):
                 say("aliases", f"{folder}/{n}", "not an alias entry name (<version>.json)")
         if versions != list(range(1, len(versions) + 1)):
             say("aliases", folder, f"versions {versions[:10]} are not 1..{len(versions)} without gaps")
@@ -160,6 +166,9 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
 def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report, folder: str = snapshots.SNAPSHOTS,
                      files: str = "record files") -> None:
     names = [n for n in store.list(folder) if n.endswith(".parquet")]
+    for name in [n for n in names if not usable(n)]:
+        say("snapshots", f"{folder}/{name}", "not a snapshot name: every reader skips it")
+    names = [n for n in names if usable(n)]
     for name in names:
         key = f"{folder}/{name}"
         try:

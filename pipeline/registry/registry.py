@@ -25,16 +25,15 @@ from pipeline.errors import RegistryError
 from pipeline.hashing import file_sha256
 from pipeline.registry import aliases, retention, snapshots
 from pipeline.registry.aliases import AliasMove
+from pipeline.registry.layout import ARTIFACTS, RECORDS, record_id_of
 from pipeline.registry.records import KINDS, Record
 from pipeline.storage import AlreadyExists, Store, validate_name
-from pipeline.storage.store import Progress, check_key
+from pipeline.storage.store import ObjectInfo, Progress, check_key
 
 if TYPE_CHECKING:
     from pipeline.method.encoder import Autoencoder
     from pipeline.method.prior import FlowPrior
 
-RECORDS = "registry/records"
-ARTIFACTS = "artifacts"
 CORE_ALIAS = "core"
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,10 @@ class Registry:
             if not self.store.exists(key):
                 log.warning("artifact %s was collected while %s was being registered; publishing it again",
                             key, record.id)
-                self._publish_artifact(path, digest, progress)
+                try:
+                    self.store.put_file(key, path, progress)  # under the key the record holds
+                except AlreadyExists:
+                    pass  # published again meanwhile (by another publisher of the same bytes)
         alias = current_alias(kind, site)
         if make_current and alias:  # a new record: no earlier move to it can exist
             aliases.move(self.store, alias, record.id, unless_current=True)
@@ -172,6 +174,12 @@ class Registry:
                                                              aliases.utc(record.created_at)):
             aliases.move(self.store, alias, record.id, unless_current=True)
         return record
+
+    def make_current(self, record: Record) -> AliasMove | None:
+        """Point ``record``'s current-alias (``core`` for a prior, ``<kind>.<site>`` for a site's record) at it,
+        unless it already does: what rerunning a step that already ran does (see ``jobs.sites.find_step``)."""
+        alias = current_alias(record.kind, record.site)
+        return aliases.move(self.store, alias, record.id, unless_current=True) if alias else None
 
     def same_run(self, existing: Record, fingerprint: str | None, settings: dict | None) -> Record:
         """``existing`` if it is the run a caller with this data and these ``settings`` would register under
@@ -270,14 +278,31 @@ class Registry:
         records = [r for r in records if (kind is None or r.kind == kind) and (site is None or r.site == site)]
         return sorted(records, key=lambda r: (r.created_at, r.id))
 
-    def raw_records(self) -> dict[str, bytes]:
-        """``{record id: the bytes of its file}`` for every record file the listing shows.
+    def record_files(self) -> tuple[dict[str, ObjectInfo], list[str]]:
+        """One listing of ``registry/records/``: ``{record id: its file's listing}`` for the files named
+        ``<record id>.json``, and the other names there (``prior-x (1).json``, a copy a person or a sync
+        tool made): every reader skips those, ``registry check`` reports them, ``registry gc`` honours them."""
+        files, stray = {}, []
+        for name, info in self.store.list_details(RECORDS).items():
+            record_id = record_id_of(name)
+            if record_id is None:
+                stray.append(name)
+            else:
+                files[record_id] = info
+        return files, stray
+
+    def raw_records(self, listing: dict[str, ObjectInfo] | None = None) -> dict[str, bytes]:
+        """``{record id: the bytes of its file}`` for every record file the listing shows (``listing``: one
+        :meth:`record_files` already made; without it, a new one, warning about each name it skips).
 
         The listing is the truth; a snapshot row is used instead of reading a file only where the
         listing vouches for it (same size, and the MD5 the server reports for the file). Where the
         listing carries no MD5 (local disk) every file is read."""
-        listing = {n[: -len(".json")]: info for n, info in self.store.list_details(RECORDS).items()
-                   if n.endswith(".json")}
+        if listing is None:
+            listing, stray = self.record_files()
+            for name in stray:
+                log.warning("skipping %s/%s: not a record file name (<record id>.json); `flowprior registry check` "
+                            "lists such files", self.store.uri, f"{RECORDS}/{name}")
         verifiable = any(info.md5 for info in listing.values())
         cached = snapshots.read_latest(self.store) if verifiable else {}
         raw = snapshots.vouched(cached, listing)
@@ -286,6 +311,18 @@ class Registry:
         if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
             snapshots.write(self.store, raw)
         return {i: raw[i] for i in listing}
+
+    def every_record_file(self) -> dict[str, bytes]:
+        """``{name: bytes}`` of every object in ``registry/records/``, whatever its name or content: what
+        ``registry gc`` must honour (a record a newer flowprior wrote, a copy under another name)."""
+        listing, stray = self.record_files()
+        files = {f"{i}.json": data for i, data in self.raw_records(listing).items()}
+        for name in stray:
+            try:
+                files[name] = self.store.read_listed(RECORDS, name)
+            except (FileNotFoundError, IsADirectoryError):
+                pass  # gone since the listing, or a folder: nothing to honour
+        return files
 
     def table(self, kind: str | None = None, site: str | None = None) -> pa.Table:
         """The records as one pyarrow table (config and metrics as JSON text)."""

@@ -23,15 +23,19 @@ starts later sees the record.
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pipeline.errors import RegistryError
+from pipeline.registry.layout import ARTIFACTS, RECORDS, record_id_of
 from pipeline.registry.records import Record
 from pipeline.registry.snapshots import ALIAS_SNAPSHOTS, SNAPSHOTS
 from pipeline.storage import Store
+from pipeline.storage.store import usable
 
 if TYPE_CHECKING:
     from pipeline.registry.registry import Registry
@@ -41,6 +45,13 @@ LEASES = "registry/gc"
 LEASE_SECONDS = 900.0  # a gc stops deleting after this; publishers wait at most this long
 CLOCK_MARGIN = 60.0  # a lease counts as live this long after its expiry (clocks of gc and publisher differ)
 DAY = 86400.0
+
+log = logging.getLogger(__name__)
+
+
+def usable_key(key: str) -> bool:
+    """Whether every part of ``key`` (as a listing gave it) can be part of a store key."""
+    return all(map(usable, key.split("/")))
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class Collection:
     doomed: list[Doomed]
     deleted: list[str] = field(default_factory=list)  # keys of what was deleted (all of doomed, unless stopped)
     stopped: str | None = None  # why deleting stopped before the end (the lease ran out)
+    kept: dict[str, list[str]] = field(default_factory=dict)  # unreadable record file -> the artifacts it kept
 
     @property
     def bytes(self) -> int:
@@ -70,52 +82,107 @@ def live_leases(store: Store, now: float | None = None) -> list[str]:
             if n.endswith(".lease") and n.split("-", 1)[0].isdigit() and int(n.split("-", 1)[0]) + CLOCK_MARGIN > now]
 
 
-def wait_for_collectors(store: Store, poll: float = 0.25) -> None:
-    """Return once every gc that held a live lease at the call has ended (at most ``LEASE_SECONDS`` +
-    ``CLOCK_MARGIN``). A gc that starts later lists the records after its lease, so it sees the caller's
-    record and need not be waited for: back-to-back gcs cannot starve a publisher."""
+def wait_for_collectors(store: Store, poll: float = 0.25, limit: float = LEASE_SECONDS + CLOCK_MARGIN) -> bool:
+    """Return once every gc that held a live lease at the call has ended, or after ``limit`` seconds by the
+    caller's own clock (True if they all ended). A gc stops deleting ``CLOCK_MARGIN`` before its lease ends
+    and takes at most ``LEASE_SECONDS``, so no real gc outlasts the limit; a lease whose name claims a later
+    expiry (a gc host whose clock runs ahead, a stray file) cannot hold a publisher longer. A gc that starts
+    later lists the records after its lease, so it sees the caller's record and need not be waited for:
+    back-to-back gcs cannot starve a publisher."""
+    deadline = time.monotonic() + limit
     running = set(live_leases(store))
     while running:
+        if time.monotonic() >= deadline:
+            log.warning("store %s: gave up waiting for gc lease(s) %s after %.0f s (no gc runs that long: a clock "
+                        "ahead, or a stray file under %s/)", store.uri, ", ".join(sorted(running)), limit, LEASES)
+            return False
         time.sleep(poll)
         running &= set(live_leases(store))
+    return True
 
 
-def plan(store: Store, records: list[Record], artifact_keys: set[str], keep_days: float,
+HASH_TEXT = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+ARTIFACT_TEXT = re.compile(rb"artifacts/([A-Za-z0-9._=-]+)")
+
+
+@dataclass
+class Kept:
+    """What the record files mention: artifact names (below ``artifacts/``) and SHA-256 digests."""
+
+    names: set[str] = field(default_factory=set)
+    hashes: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, data: bytes) -> "Kept":
+        """Everything one record file's bytes mention, read as text: a record this flowprior cannot parse (a
+        newer version's, an unknown kind, damaged JSON) still keeps what it names."""
+        return cls({m.decode() for m in ARTIFACT_TEXT.findall(data)}, {m.decode() for m in HASH_TEXT.findall(data)})
+
+    def holds(self, name: str) -> bool:
+        """Whether the artifact ``artifacts/<name>`` is mentioned: by its name, or by the hash it starts with
+        (``<hash>.<ext>``, ``<hash>-<random>.<ext>``)."""
+        return name in self.names or name[:64] in self.hashes
+
+    def update(self, other: "Kept") -> None:
+        self.names |= other.names
+        self.hashes |= other.hashes
+
+
+def plan(store: Store, records: list[Record], kept: Kept, keep_days: float,
          now: float | None = None) -> list[Doomed]:
-    """What a gc would delete, given the records it listed and their artifacts' keys. An artifact whose name
-    starts with a record's hash is kept too (a record from before keys, whose URI did not resolve)."""
+    """What a gc would delete, given the records it read (their run names) and what every record file
+    mentions (``kept``: an artifact any record file names, by key or hash, stays). Objects whose names
+    cannot be keys (``x (1).bin``) are never touched."""
     now = time.time() if now is None else now
-    hashes = {r.hash for r in records if r.hash}
     cutoff = now - keep_days * DAY
     doomed = []
 
     def age(modified: float | None) -> float:
         return (now - (modified if modified is not None else now)) / DAY
 
-    for name, info in store.list_tree("artifacts").items():
-        key = f"artifacts/{name}"
-        if key not in artifact_keys and name[:64] not in hashes and info.modified is not None \
+    for name, info in store.list_tree(ARTIFACTS).items():
+        if not kept.holds(name) and usable_key(f"{ARTIFACTS}/{name}") and info.modified is not None \
                 and info.modified < cutoff:
-            doomed.append(Doomed(key, "artifact", info.size, age(info.modified), "no record points at it"))
+            doomed.append(Doomed(f"{ARTIFACTS}/{name}", "artifact", info.size, age(info.modified),
+                                 "no record points at it"))
 
     runs: dict[str, list] = {}
     for name, info in store.list_tree(RAY_RUNS).items():
-        runs.setdefault(name.split("/", 1)[0], []).append(info)
+        runs.setdefault(name.split("/", 1)[0], []).append((name, info))
     names = {r.name for r in records if r.name}
-    for run, infos in sorted(runs.items()):
+    for run, listed in sorted(runs.items()):
+        infos = [info for _, info in listed]
         last = max((i.modified for i in infos if i.modified is not None), default=None)
-        if last is not None and last < cutoff:
+        if last is not None and last < cutoff and all(usable_key(f"{RAY_RUNS}/{n}") for n, _ in listed):
             why = f"{'registered' if run in names else 'abandoned'}, {len(infos)} objects, last written"
             doomed.append(Doomed(f"{RAY_RUNS}/{run}", "run", sum(i.size for i in infos), age(last), why))
 
     for folder in (SNAPSHOTS, ALIAS_SNAPSHOTS):
-        listed = {n: i for n, i in store.list_tree(folder).items() if "/" not in n and n.endswith(".parquet")}
+        listed = {n: i for n, i in store.list_tree(folder).items() if "/" not in n and n.endswith(".parquet")
+                  and usable(n)}
         for name in sorted(listed)[:-1]:  # all but the newest (names sort by record count)
             info = listed[name]
             if info.modified is not None and info.modified < cutoff:
                 doomed.append(Doomed(f"{folder}/{name}", "snapshot", info.size, age(info.modified),
                                      "superseded by a newer snapshot"))
     return doomed
+
+
+def read_record_files(registry: "Registry") -> tuple[list[Record], Kept, dict[str, Kept]]:
+    """Every file in ``registry/records/``: the records that parse, what all files mention, and for each file
+    that is not a readable record (by content or name) what it mentions."""
+    records, kept, unreadable = [], Kept(), {}
+    for name, data in registry.every_record_file().items():
+        mentions = Kept.of(data)
+        kept.update(mentions)
+        record_id = record_id_of(name)
+        try:
+            if record_id is None:
+                raise RegistryError(f"{name}: not a record file name")
+            records.append(Record.from_json(data, name, record_id))
+        except RegistryError:
+            unreadable[f"{RECORDS}/{name}"] = mentions
+    return records, kept, unreadable
 
 
 def collect(registry: "Registry", keep_days: float, dry_run: bool = False,
@@ -129,14 +196,13 @@ def collect(registry: "Registry", keep_days: float, dry_run: bool = False,
         store.create(lease, b"")
     try:
         deadline = time.time() + lease_seconds - CLOCK_MARGIN
-        records = registry.records()
-        keys = set()
-        for record in (r for r in records if r.artifact):
-            try:
-                keys.add(registry.artifact_key(record))
-            except RegistryError:
-                pass  # kept by its hash (see plan)
-        collection = Collection(plan(store, records, keys, keep_days))
+        records, kept, unreadable = read_record_files(registry)
+        collection = Collection(plan(store, records, kept, keep_days))
+        present = [n for n in store.list_tree(ARTIFACTS)]
+        for key, mentions in unreadable.items():
+            held = [f"{ARTIFACTS}/{n}" for n in present if mentions.holds(n)]
+            if held:
+                collection.kept[key] = held
         if dry_run:
             return collection
         for doomed in collection.doomed:

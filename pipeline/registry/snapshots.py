@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.storage import AlreadyExists, Store
-from pipeline.storage.store import ObjectInfo
+from pipeline.storage.store import ObjectInfo, usable
 
 SNAPSHOTS = "registry/snapshots"
 ALIAS_SNAPSHOTS = "registry/alias-snapshots"
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def read_latest(store: Store, folder: str = SNAPSHOTS) -> dict[str, bytes]:
     """``{record id: record JSON}`` of the largest snapshot in ``folder`` ({} if there is none)."""
-    names = [n for n in store.list(folder) if n.endswith(".parquet")]
+    names = [n for n in store.list(folder) if n.endswith(".parquet") and usable(n)]
     if not names:
         return {}
     name = max(names)

@@ -44,6 +44,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def usable(name: str) -> bool:
+    """Whether a name that a listing returned can be one part of a key (see :func:`check_key`): a copy a
+    person or a sync tool made (``prior-x (1).json``) cannot, and readers skip it instead of failing."""
+    return bool(KEY_PART.fullmatch(name)) and not name.startswith(".")
+
+
 class Store:
     """A store location plus the backend that reads and publishes its objects."""
 
@@ -113,6 +119,15 @@ class Store:
 
     def read(self, key: str) -> bytes:
         return self._call("read", key, self.backend.read, check_key(key))
+
+    def read_listed(self, folder: str, name: str) -> bytes:
+        """Read the object ``name`` that listing ``folder`` returned, even one whose name no key may have
+        (see :func:`usable`): for the tools that must see every object, whatever its name (``registry gc``
+        and ``registry check``). ``name`` is one path part, so it cannot leave ``folder``."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid object name {name!r} under {folder}")
+        key = f"{check_key(folder)}/{name}"
+        return self._call("read", key, self.backend.read, key)
 
     def read_many(self, keys: list[str]) -> list[bytes]:
         """Read many objects (concurrently on S3), in the order of ``keys``."""
@@ -201,6 +216,15 @@ class LocalBackend:
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def read_listed(self, folder: str, name: str) -> bytes:
+        """Read the object ``name`` that listing ``folder`` returned, even one whose name no key may have
+        (see :func:`usable`): for the tools that must see every object, whatever its name (``registry gc``
+        and ``registry check``). ``name`` is one path part, so it cannot leave ``folder``."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid object name {name!r} under {folder}")
+        key = f"{check_key(folder)}/{name}"
+        return self._call("read", key, self.backend.read, key)
 
     def read_many(self, keys: list[str]) -> list[bytes]:
         return [self.read(k) for k in keys]
@@ -318,6 +342,15 @@ class S3Backend:
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key), max_concurrency=1)  # one GET (no HEAD for a concurrent read)
 
+    def read_listed(self, folder: str, name: str) -> bytes:
+        """Read the object ``name`` that listing ``folder`` returned, even one whose name no key may have
+        (see :func:`usable`): for the tools that must see every object, whatever its name (``registry gc``
+        and ``registry check``). ``name`` is one path part, so it cannot leave ``folder``."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid object name {name!r} under {folder}")
+        key = f"{check_key(folder)}/{name}"
+        return self._call("read", key, self.backend.read, key)
+
     def read_many(self, keys: list[str]) -> list[bytes]:
         paths = [self._path(k) for k in keys]
         if not paths:
@@ -358,8 +391,10 @@ class S3Backend:
             if missing:
                 raise missing from None
             return {}
-        found = {}
+        found, folder = {}, self._path(prefix).rstrip("/")
         for entry in entries:
+            if entry["name"].rstrip("/") == folder:
+                continue  # the folder's own marker (SeaweedFS lists one once the folder's last object is deleted)
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
             if not name.startswith("."):
                 etag = str(entry.get("ETag") or "").strip('"').lower()

@@ -236,3 +236,26 @@ def test_a_bad_alias_entry_is_named(store):
         registry.alias(CORE_ALIAS)
     with pytest.raises(RegistryError, match=r"0000000002.json: not a valid alias entry"):
         registry.alias_history(CORE_ALIAS)
+
+
+def test_a_stray_file_name_in_the_registry_is_skipped_with_a_warning_and_reported_by_check(store, caplog, capsys):
+    from pipeline.cli import main
+    from pipeline.registry.check import check
+
+    registry = Registry(store)
+    good = registry.register("prior")
+    name = f"registry/records/{good.id} (1).json"  # a copy made by hand or by a sync tool
+    if store.is_local:
+        (store.backend.root / name).write_bytes(good.to_json())
+    else:
+        store.backend.fs.pipe_file(store.backend._path(name), good.to_json())
+    with caplog.at_level("WARNING"):
+        assert registry.records() == [good]
+    assert f"{good.id} (1).json: not a record file name" in caplog.text
+    report = check(registry)
+    assert [(p.area, p.key) for p in report.problems] == [("records", name)]
+    for command in (["registry", "ls"], ["fleet", "status"], ["registry", "gc", "--dry-run"]):
+        capsys.readouterr()
+        assert main([*command, "--store", store.uri]) == 0, command
+    assert main(["registry", "check", "--store", store.uri]) == 1
+    assert "not a record file name" in capsys.readouterr().out

@@ -133,3 +133,112 @@ def test_publishers_wait_while_a_gc_holds_a_live_lease(store, monkeypatch):
         f"{retention.LEASES}/{live_leases(store)[0]}"))
     retention.wait_for_collectors(store)
     assert slept == [0.25] and live_leases(store) == []
+
+
+def unreadable_record(store, tmp_path, damage: str) -> str:
+    """An artifact that only one record file refers to, a file this flowprior cannot read (``damage``): a newer
+    version's field, an unknown kind, an id that is not its name, a name that is not a record's, or not JSON."""
+    import hashlib
+    import json
+
+    from pipeline.registry import Record
+
+    (tmp_path / "w.bin").write_bytes(b"weights a newer flowprior registered")
+    digest = hashlib.sha256((tmp_path / "w.bin").read_bytes()).hexdigest()
+    key = f"artifacts/{digest}.bin"
+    store.put_file(key, tmp_path / "w.bin")
+    raw = json.loads(Record.new("prior", artifact=key, hash=digest).to_json())
+    name = f"{raw['id']}.json"
+    if damage == "newer field":
+        raw["adapter_of"] = {"core": "prior-1"}
+    elif damage == "unknown kind":
+        raw["kind"] = "adapter"
+    elif damage == "other id":
+        name = "prior-20990101T000000-00000000.json"
+    data = json.dumps(raw).encode()
+    if damage == "not json":
+        data = b"{truncated " + data[:-40]
+    if damage == "stray name":
+        name = f"{raw['id']} (1).json"
+        if store.is_local:
+            (store.backend.root / "registry" / "records").mkdir(parents=True, exist_ok=True)
+            (store.backend.root / "registry" / "records" / name).write_bytes(data)
+        else:
+            store.backend.fs.pipe_file(store.backend._path(f"registry/records/{name}"), data)
+    else:
+        store.create(f"registry/records/{name}", data)
+    return key
+
+
+@pytest.mark.parametrize("damage", ["newer field", "unknown kind", "other id", "not json", "stray name"])
+def test_gc_keeps_every_artifact_a_record_file_names_even_one_it_cannot_read(store, tmp_path, capsys, damage):
+    from pipeline.cli import main
+
+    registry = Registry(store)
+    key = unreadable_record(store, tmp_path, damage)
+    store.put_file("artifacts/" + "0" * 64 + ".bin", tmp_path / "w.bin")  # an orphan: it still goes
+    preview = collect(registry, keep_days=0, dry_run=True)
+    assert [d.key for d in preview.doomed] == ["artifacts/" + "0" * 64 + ".bin"]
+    (unreadable, kept), = preview.kept.items()
+    assert unreadable.startswith("registry/records/") and kept == [key]
+    capsys.readouterr()
+    assert main(["registry", "gc", "--keep-days", "0", "--store", store.uri]) == 0
+    out = capsys.readouterr().out
+    assert f"kept {key}:" in out and "cannot read that record file" in out and "deleted 1 item(s)" in out
+    assert store.exists(key) and not store.exists("artifacts/" + "0" * 64 + ".bin")
+
+
+class Clock:
+    """The waiter's clock, advanced by its own sleeps (so a wait of minutes takes none)."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = time.monotonic(), 0.0
+
+    def time(self) -> float:
+        return time.time() + self.slept
+
+    def monotonic(self) -> float:
+        return self.now + self.slept
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+
+
+def test_a_lease_from_the_far_future_holds_a_publisher_no_longer_than_any_gc_runs(store, tmp_path, monkeypatch,
+                                                                                 caplog):
+    from pipeline.registry import CORE_ALIAS
+
+    store.create(f"{retention.LEASES}/9999999999-ahead.lease", b"")  # year 2286: a clock far ahead, or a stray file
+    clock = Clock()
+    monkeypatch.setattr(retention, "time", clock)
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    record = Registry(store).register("prior", artifact=tmp_path / "w.bin")
+    assert retention.LEASE_SECONDS <= clock.slept <= retention.LEASE_SECONDS + retention.CLOCK_MARGIN + 1
+    assert Registry(store).alias(CORE_ALIAS) == record.id and store.exists(record.artifact)  # the publish finished
+    assert "gave up waiting for gc lease(s) 9999999999-ahead.lease" in caplog.text
+
+
+def test_an_artifact_collected_mid_publish_is_published_again_under_the_key_its_record_holds(store, tmp_path):
+    """The publish went beside a planted object (``<hash>-<random>.bin``); a gc took it before the record: the
+    artifact comes back under that same key, not under a new one the record does not name."""
+    import hashlib
+
+    registry = Registry(store)
+    (tmp_path / "w.bin").write_bytes(b"real weights")
+    digest = hashlib.sha256(b"real weights").hexdigest()
+    (tmp_path / "planted.bin").write_bytes(b"not those bytes")
+    store.put_file(f"artifacts/{digest}.bin", tmp_path / "planted.bin")
+    create = store.create
+
+    def create_after_a_gc(key, data):
+        if key.startswith("registry/records/"):
+            beside = [k for k in store.list("artifacts") if k.startswith(f"{digest}-")]
+            for name in beside:
+                store.delete(f"artifacts/{name}")  # what a gc listing before the record would delete
+        return create(key, data)
+
+    store.create = create_after_a_gc
+    record = registry.register("prior", artifact=tmp_path / "w.bin")
+    store.create = create
+    assert record.artifact.startswith(f"artifacts/{digest}-") and store.exists(record.artifact)
+    registry.fetch_artifact(record, tmp_path / "back.bin")
