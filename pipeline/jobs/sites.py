@@ -13,10 +13,12 @@ not lose the others' work.
 
 from __future__ import annotations
 
+import secrets
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,7 +35,7 @@ from pipeline.registry.registry import current_alias, settings_digest
 from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import SiteSpec
-from pipeline.storage import Store
+from pipeline.storage import Store, validate_name
 from pipeline.tracking import Tracking
 
 Say = Callable[[str], None]
@@ -56,14 +58,43 @@ def step_name(step: str, spec: SiteSpec, prior_id: str, fingerprints: list[str],
     return f"{spec.site}.{step}.{digest}"
 
 
-def _done(registry: Registry, kind: str, site: str, name: str, force: bool, say: Say) -> Record | None:
-    """The newest record of the step ``name`` (its run, or a ``--force`` rerun of it), unless ``force``."""
+@dataclass(frozen=True)
+class StepRun:
+    """One run of a site step: the step's deterministic name (:func:`step_name`), the run name it registers
+    under (the step's own, or ``<step>.<token>`` for a ``--force`` rerun), and the record when it already ran."""
+
+    step: str
+    name: str
+    done: Record | None = None
+
+
+def find_step(registry: Registry, kind: str, site: str, step: str, force: bool | str, say: Say) -> StepRun:
+    """Whether the step ``step`` already ran, and if so with the registry made as a fresh run would leave it.
+
+    Without ``force``: the newest record of the step (its run, or a ``--force`` rerun of it). Its site's alias
+    (``<kind>.<site>``) is moved to it unless it already points there: so rerunning a step heals a publish
+    that died before its alias move, and, after ``registry alias set core <older>``, re-points the site to
+    its records of the restored core without training. A record whose artifact is gone does not count (the
+    step runs again, as a rerun). With ``force`` (True, or a token a caller drew once for all attempts of a
+    task) the step runs again as ``<step>.<token>``: a retried task finds that run instead of training twice."""
     if force:
-        return None
-    runs = [r for r in registry.records(kind=kind, site=site) if name in (r.name, r.config.get("step"))]
-    if runs:
-        say(f"[site {site}] {name} already ran: {runs[-1].id} (rerun it with --force)")
-    return runs[-1] if runs else None
+        token = secrets.token_hex(4) if force is True else validate_name(force, "forced run token")
+        name = f"{step}.{token}"
+        runs = [r for r in [registry.find_run(kind, name)] if r is not None]
+    else:
+        name = step
+        runs = [r for r in registry.records(kind=kind, site=site) if step in (r.name, r.config.get("step"))]
+    if not runs:
+        return StepRun(step, name)
+    record = runs[-1]
+    if record.artifact is not None and not registry.store.exists(registry.artifact_key(record)):
+        say(f"[site {site}] {step} ran as {record.id} but its artifact is missing from the store; running it again")
+        return StepRun(step, f"{step}.{secrets.token_hex(4)}")
+    before = registry.alias(current_alias(kind, site))
+    registry.make_current(record)
+    moved = f"; {current_alias(kind, site)} now points at it (was {before})" if before != record.id else ""
+    say(f"[site {site}] {step} already ran: {record.id}{moved} (rerun it with --force)")
+    return StepRun(step, name, record)
 
 
 def _core_id(registry: Registry, prior_id: str | None) -> str:
@@ -101,8 +132,17 @@ def _site_points(spec: SiteSpec, prior: FlowPrior, say: Say | None = None):
     return features, train, heldout, warnings
 
 
+@contextmanager
+def naming_the_site(spec: SiteSpec) -> Iterator[None]:
+    """A ``DataError`` raised inside, prefixed with the site and its spec (the method library knows neither)."""
+    try:
+        yield
+    except DataError as error:
+        raise DataError(f"site {spec.site} ({spec.path}): {error}") from None
+
+
 def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, say: Say = print,
-               force: bool = False, tags: dict[str, str] | None = None) -> Record:
+               force: bool | str = False, tags: dict[str, str] | None = None) -> Record:
     """Measure how well the prior (default: the current core) explains the site's held-out target
     features, decide reuse / finetune / refit, and record it as a ``site-check``. A step with the same
     inputs that already ran returns its record, unless ``force`` (see :func:`step_name`)."""
@@ -112,9 +152,10 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     if missing:
         raise RegistryError(f"prior {prior_id} has no {', '.join(missing)} in its metrics (fitted before site "
                             "checks existed); refit it with `flowprior prior fit`")
-    step = step_name("check", spec, prior_id, [spec.target.scan().fingerprint])
-    if done := _done(registry, "site-check", spec.site, step, force, say):
-        return done
+    run = find_step(registry, "site-check", spec.site, step_name("check", spec, prior_id, [target_fingerprint(spec)]),
+                    force, say)
+    if run.done:
+        return run.done
     prior = registry.load_prior(prior_id)
     features, train, heldout, warnings = _site_points(spec, prior, say)
     if len(heldout) < MIN_CHECK_POINTS:
@@ -125,12 +166,13 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     numbers = measure(prior, z, record.metrics["heldout_fm"], record.metrics["heldout_nll_proxy"],
                       int(record.metrics["nll_samples"]), seed=spec.seed)
     settings = spec.finetune
-    numbers |= probe(prior, prior.to_prior(features.values[train]), z, settings.probe_steps, settings.lr,
-                     settings.batch_size, seed=spec.seed)
-    decision = decide(numbers, spec.thresholds)
+    with naming_the_site(spec):  # a number that is not finite (a diverging probe) decides nothing
+        numbers |= probe(prior, prior.to_prior(features.values[train]), z, settings.probe_steps, settings.lr,
+                         settings.batch_size, seed=spec.seed)
+        decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-                              name=None if force else step, tags=tags,
-                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": step,
+                              name=run.name, tags=tags,
+                              config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": run.step,
                                       "spec": spec.path, "target": spec.target.uri, "contract_warnings": warnings},
                               metrics={**numbers, "rows_dropped": features.rows_dropped})
     t = spec.thresholds
@@ -141,14 +183,25 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     return check
 
 
-def latest_check(registry: Registry, site: str, prior_id: str) -> Record | None:
-    """The site's newest check against ``prior_id``."""
-    checks = [r for r in registry.records(kind="site-check", site=site) if prior_id in r.parents]
+def target_fingerprint(spec: SiteSpec) -> str:
+    """The fingerprint of the site's target data as its spec reads it (what a check records it measured)."""
+    return spec.target.scan().fingerprint
+
+
+def checks_against(registry: Registry, site: str, prior_id: str) -> list[Record]:
+    """The site's checks against ``prior_id``, oldest first."""
+    return [r for r in registry.records(kind="site-check", site=site) if prior_id in r.parents]
+
+
+def latest_check(registry: Registry, site: str, prior_id: str, fingerprint: str) -> Record | None:
+    """The site's newest check against ``prior_id`` of the target data with ``fingerprint`` (a check of other
+    data says nothing about these)."""
+    checks = [r for r in checks_against(registry, site, prior_id) if r.fingerprint == fingerprint]
     return checks[-1] if checks else None
 
 
 def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: str | None = None,
-                  say: Say = print, device: str = "cpu", precision: str = "fp32", force: bool = False,
+                  say: Say = print, device: str = "cpu", precision: str = "fp32", force: bool | str = False,
                   tags: dict[str, str] | None = None) -> Record | None:
     """Train and register a ``site-prior`` (parent: the core prior) on ``device``, the flow-matching
     forward in ``precision``. ``mode`` ``auto`` follows the site's latest check against that prior
@@ -156,15 +209,18 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     that already ran returns its record, unless ``force``."""
     registry = Registry(store)
     prior_id = _core_id(registry, prior_id)
+    fingerprint = target_fingerprint(spec)
     if mode == "auto":
-        check = latest_check(registry, spec.site, prior_id) or check_site(spec, registry, prior_id, say, tags=tags)
+        check = latest_check(registry, spec.site, prior_id, fingerprint) or check_site(spec, registry, prior_id, say,
+                                                                                     tags=tags)
         mode = check.config["decision"]
         if mode == "reuse":
             say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
             return None
-    step = step_name("finetune", spec, prior_id, [spec.target.scan().fingerprint], mode=mode, precision=precision)
-    if done := _done(registry, "site-prior", spec.site, step, force, say):
-        return done
+    run = find_step(registry, "site-prior", spec.site,
+                    step_name("finetune", spec, prior_id, [fingerprint], mode=mode, precision=precision), force, say)
+    if run.done:
+        return run.done
     core = registry.load_prior(prior_id).to(device)
     features, train, heldout, warnings = _site_points(spec, core, say)
     z_train, z_heldout = core.to_prior(features.values[train]), core.to_prior(features.values[heldout])
@@ -175,13 +231,14 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
         f"from {'the weights of ' if mode == 'finetune' else 'scratch in the space of '}{prior_id} on {device}")
     bar = Progress(f"site {spec.site} {mode}", steps, "steps", say)
     progress = lambda h: bar.update(h["step"], f"train_fm {h['train_fm']:.4f}  heldout_fm {h['heldout_fm']:.4f}")  # noqa: E731
-    site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
+    with naming_the_site(spec):  # a diverged training registers nothing
+        site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
     reuse_fm = heldout_fm(core.velocity, z_heldout, spec.seed)
     final = site_prior.info["history"][-1]
     record = registry.publish_prior(
         site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
-        name=None if force else step, tags=tags,
-        config={"step": step, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
+        name=run.name, tags=tags,
+        config={"step": run.step, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
                 "contract_warnings": warnings, "history": site_prior.info["history"]},
         metrics={"heldout_fm": final["heldout_fm"], "heldout_fm_core": reuse_fm, "steps": steps,
                  "train_rows": len(z_train), "heldout_rows": len(z_heldout)})
@@ -190,17 +247,24 @@ def finetune_site(spec: SiteSpec, store: Store, mode: str = "auto", prior_id: st
     return record
 
 
-def alignment_prior(registry: Registry, site: str, prior_id: str | None = None) -> str:
-    """The prior a site's encoder aligns to: its site prior derived from the current core prior if it
-    has one, else the core prior when its latest check said ``reuse``."""
+def alignment_prior(registry: Registry, site: str, fingerprint: str, prior_id: str | None = None) -> str:
+    """The prior a site's encoder aligns to (``prior_id`` if given): its site prior derived from the current
+    core prior if it has one, else the core prior when the site's check of its current target data (with
+    ``fingerprint``) said ``reuse``, or when the site was never checked against that core."""
     if prior_id:
         return prior_id
     core = _core_id(registry, None)
     site_prior = registry.alias(current_alias("site-prior", site))
     if site_prior and core in registry.get(site_prior).parents:
         return site_prior
-    check = latest_check(registry, site, core)
-    if check is not None and check.config["decision"] != "reuse":
+    checks = checks_against(registry, site, core)
+    current = [c for c in checks if c.fingerprint == fingerprint]
+    if checks and not current:
+        raise RegistryError(f"site {site}: its checks against the core prior {core} measured other target data "
+                            f"(newest: {checks[-1].id}); run `flowprior site check` on the current data first "
+                            "(or pass --prior)")
+    if current and current[-1].config["decision"] != "reuse":
+        check = current[-1]
         raise RegistryError(f"site {site}: its check {check.id} decided {check.config['decision']} but it has no "
                             f"site prior from the core prior {core}; run `flowprior site finetune` first "
                             "(or pass --prior)")
@@ -246,7 +310,7 @@ class Alignment:
 
 
 def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id: str | None = None,
-               sweep_id: str | None = None, say: Say = print, device: str = "cpu", force: bool = False,
+               sweep_id: str | None = None, say: Say = print, device: str = "cpu", force: bool | str = False,
                tags: dict[str, str] | None = None) -> Alignment:
     """Train the site's autoencoder with ``recon + lambda L_align`` against its prior, and a lambda = 0
     baseline in the same run; register the aligned encoder (``aligned_to`` the prior) with both runs' metrics.
@@ -264,17 +328,19 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
                          mode=choice.get("mode", "align"))  # sweeps recorded before modes used L_align
         prior_id = choice["prior"]
         try:
-            current = alignment_prior(registry, spec.site)
+            current = alignment_prior(registry, spec.site, target_fingerprint(spec))
         except RegistryError:
             current = None
         if current not in (None, prior_id):
             say(f"[site {spec.site} align] note: sweep {sweep_id} ran against {prior_id}, but the site's prior is "
                 f"now {current}; the encoder will be aligned to the sweep's (run a new sweep to follow the new one)")
-    prior_id = alignment_prior(registry, spec.site, prior_id)
-    step = step_name("align", spec, prior_id, [spec.observations.scan().fingerprint, spec.target.scan().fingerprint],
-                     align=config.to_dict(), sweep=sweep_id)
-    if done := _done(registry, "encoder", spec.site, step, force, say):
-        return Alignment(done, None, None)
+    fingerprint = target_fingerprint(spec)
+    prior_id = alignment_prior(registry, spec.site, fingerprint, prior_id)
+    run = find_step(registry, "encoder", spec.site,
+                    step_name("align", spec, prior_id, [spec.observations.scan().fingerprint, fingerprint],
+                              align=config.to_dict(), sweep=sweep_id), force, say)
+    if run.done:
+        return Alignment(run.done, None, None)
     prior = registry.load_prior(prior_id)
     observations, z_target, reference = alignment_data(spec, prior, say)
     runs = {}
@@ -297,8 +363,8 @@ def align_site(spec: SiteSpec, store: Store, lam: float | None = None, prior_id:
                             {"site": spec.site, "lambda": config.lam, "prior": prior_id})
         record = registry.register(
             "encoder", site=spec.site, parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
-            artifact=path, fingerprint=observations.fingerprint, name=None if force else step, tags=tags,
-            config={"step": step, "lambda": config.lam, "align": config.to_dict(),
+            artifact=path, fingerprint=observations.fingerprint, name=run.name, tags=tags,
+            config={"step": run.step, "lambda": config.lam, "align": config.to_dict(),
                     "encoder": aligned.model.config.to_dict(),
                     "sweep": sweep_id,
                     "spec": spec.path, "observations": spec.observations.uri,
@@ -345,6 +411,8 @@ def run_sites(job: Callable, specs: list[SiteSpec], store: Store, address: str |
         say(f"[sites] asked for {gpu:g} GPU per site but this local Ray has no GPU: running on CPUs")
         gpu = 0.0
     kwargs["device"] = "cuda" if gpu else "cpu"
+    if kwargs.get("force") is True:  # one token for every attempt: a retried forced task finds its own run
+        kwargs["force"] = secrets.token_hex(4)
     shape = site_task_resources(gpu)
     if retries < 0:
         raise SpecError(f"retries must be >= 0, got {retries!r}")

@@ -12,7 +12,7 @@ from ray import tune
 
 from pipeline.errors import SpecError
 from pipeline.jobs import runtime
-from pipeline.jobs.sites import alignment_data, alignment_prior
+from pipeline.jobs.sites import alignment_data, alignment_prior, target_fingerprint
 from pipeline.jobs.sweep.experiment import Say, run_experiment
 from pipeline.jobs.sweep.scheduling import grid_points, scheduler_of
 from pipeline.jobs.sweep.trial import SiteData, settings_of, trainable, trial_entry
@@ -65,7 +65,7 @@ def site_data(spec: SweepSpec, registry: Registry) -> dict[str, SiteData]:
     """Each site's prior (as ``site align`` would use), observations and target points in prior space."""
     sites: dict[str, SiteData] = {}
     for site in spec.sites:
-        prior_id = alignment_prior(registry, site.site)
+        prior_id = alignment_prior(registry, site.site, target_fingerprint(site))
         prior = registry.load_prior(prior_id)
         observations, target, target_nll = alignment_data(site, prior)
         if spec.select.metric == "nll_gap" and target_nll is None:
@@ -125,18 +125,18 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
         f"({spec.epochs} epochs) per trial, scheduler {spec.scheduler.type}")
     tags = tags or {}
     baselines = {}
-    for result in run_experiment(baseline_name, trainable(sites, spec, gpu),
-                                 {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
-                                 len(site_ids), spec, store, None, say, trust_store_state, tags):
-        site = settings_of(result.config)["site"]
-        baselines[site] = trial_entry(result, spec, sites[site])
+    for ended in run_experiment(baseline_name, trainable(sites, spec, gpu),
+                                {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
+                                len(site_ids), spec, store, None, say, trust_store_state, tags):
+        site = settings_of(ended.config)["site"]
+        baselines[site] = trial_entry(ended, spec, sites[site])
         sites[site].baseline_recon = [spec.select.reconstruction(h) for h in baselines[site]["history"]]
 
     points = grid_points(spec, site_ids)
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
-    results = run_experiment(name, trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec,
-                             store, scheduler_of(spec), say, trust_store_state, tags)
-    trials = [trial_entry(r, spec, sites[settings_of(r.config)["site"]]) for r in results]
+    ended = run_experiment(name, trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec,
+                           store, scheduler_of(spec), say, trust_store_state, tags)
+    trials = [trial_entry(e, spec, sites[settings_of(e.config)["site"]]) for e in ended]
     choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)
     metrics = {"trials": len(trials), "completed": sum(t["completed"] for t in trials),
