@@ -29,6 +29,9 @@ class SpecLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):  # `? [a, b]`: YAML allows it, no setting is named so
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, not a {type(key).__name__}"
+                                                        f" ({key!r:.40})", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)

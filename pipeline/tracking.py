@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from pipeline.errors import TrackingError, TrackingUnreachable
+from pipeline.registry.records import RESERVED_TAG_PREFIX
 from pipeline.storage.uris import redact
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 URI_ENV, EXPERIMENT_ENV, DEFAULT_EXPERIMENT = "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "flowprior"
 CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # stdout is the commands' (--json)
-TAG = "flowprior."
+TAG = RESERVED_TAG_PREFIX
 BATCH_PARAMS, PARAM_CHARS = 100, 500  # MLflow's log_batch takes 100 params; longer values are not settings
 
 
@@ -150,7 +151,7 @@ class Tracking:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
         else:
-            run_id = client.create_run(experiment, run_name=name, tags={f"{TAG}run": name, **tags}).info.run_id
+            run_id = client.create_run(experiment, run_name=name, tags={**tags, f"{TAG}run": name}).info.run_id
             _log(client, run_id, params(settings))
         run = RunLog(self, experiment, run_id)
         status = "FAILED"
@@ -179,10 +180,11 @@ class Tracking:
         """Each of ``records`` as one finished run (see the module docstring)."""
         client, experiment = self.connect()
         for record in records:
-            tags = {f"{TAG}id": record.id, f"{TAG}kind": record.kind, f"{TAG}site": record.site,
+            tags = {**record.tags, f"{TAG}id": record.id, f"{TAG}kind": record.kind, f"{TAG}site": record.site,
                     f"{TAG}parents": ",".join(record.parents), f"{TAG}aligned_to": record.aligned_to,
                     f"{TAG}fingerprint": record.fingerprint, f"{TAG}name": record.name,
-                    f"{TAG}artifact": artifact_uri(record) if record.artifact else None, **record.tags}
+                    f"{TAG}artifact": artifact_uri(record) if record.artifact else None}  # ours win over a
+            # record's tags (one registered before ``flowprior.*`` keys were refused)
             created = _unix_ms(record.created_at)
             run_id = client.create_run(experiment, start_time=created, run_name=record.id,
                                        tags={k: v for k, v in tags.items() if v}).info.run_id

@@ -2,7 +2,8 @@
 
 Keys name a record field, a time bound or a tag:
 
-    kind=encoder  site=R80711  name=...  aligned_to=ID  parent=ID  fingerprint=...   a field equals the value
+    id=ID  kind=encoder  site=R80711  name=...  aligned_to=ID  parent=ID           a field equals the value
+    fingerprint=...  hash=SHA-256  artifact=artifacts/...
     created_after=2026-11-01  created_before=2026-11-30T12:00                       ISO 8601, UTC unless zoned
     team=ops  tag.kind=nightly                                                     a tag (``tag.`` for a tag
                                                                                    named like a field)
@@ -19,8 +20,12 @@ from pipeline.errors import RegistryError
 from pipeline.registry.aliases import utc
 from pipeline.registry.records import TAG_KEY, Record
 
-FIELDS = ("kind", "site", "name", "aligned_to", "parent", "fingerprint")
+FIELDS = ("id", "kind", "site", "name", "aligned_to", "parent", "fingerprint", "hash", "artifact")
 TIMES = ("created_after", "created_before")
+# record fields --where does not compare, and what to use instead
+NOT_FILTERS = {"parents": "parent=ID", "created_at": "created_after=TIME or created_before=TIME",
+               "config": "`registry show ID --json`", "metrics": "`registry show ID --json`",
+               "tags": "KEY=VALUE for a tag", "links": "parent=ID or aligned_to=ID"}
 TAG_PREFIX = "tag."
 
 
@@ -45,6 +50,9 @@ class Where:
             return cls(key, value)
         if key in FIELDS:
             return cls(key, value)
+        if key in NOT_FILTERS:
+            raise RegistryError(f"--where {key}=...: {key} is a record field that --where does not compare; use "
+                                f"{NOT_FILTERS[key]} (a tag named {key} is tag.{key}=VALUE)")
         tag = key.removeprefix(TAG_PREFIX)
         if not TAG_KEY.fullmatch(tag):
             raise RegistryError(f"--where {key!r:.80}: not a field ({', '.join(FIELDS + TIMES)}) nor a tag key")

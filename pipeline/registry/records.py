@@ -22,6 +22,7 @@ KINDS = ("prior", "site-prior", "site-check", "encoder", "sweep")
 SECRET_KEY = re.compile(r"secret|password|passwd|token|access.?key|credential", re.IGNORECASE)
 TAG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 TAG_VALUE_MAX = 256
+RESERVED_TAG_PREFIX = "flowprior."  # the MLflow tags flowprior sets itself (``pipeline.tracking``)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN")
 
 
@@ -153,6 +154,9 @@ def check_tag(key: object, value: object) -> tuple[str, str]:
                             "(64 characters at most)")
     if SECRET_KEY.search(key):
         raise RegistryError(f"refusing tag {key}: credentials never go into the registry")
+    if key.lower().startswith(RESERVED_TAG_PREFIX):
+        raise RegistryError(f"refusing tag {key}: keys starting with {RESERVED_TAG_PREFIX!r} are flowprior's own "
+                            "(they link MLflow runs to records and fits); choose another key")
     if not isinstance(value, str) or len(value) > TAG_VALUE_MAX or not value.isprintable():
         raise RegistryError(f"tag {key}: the value must be printable text of at most {TAG_VALUE_MAX} characters, "
                             f"got {value!r:.80}")

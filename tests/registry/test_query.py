@@ -54,3 +54,24 @@ def test_where_filters_by_field_tag_and_time(store):
                          ("9x=1", "not a field")]:
         with pytest.raises(RegistryError, match=message):
             Where.parse(bad)
+
+
+def test_flowpriors_own_tag_keys_are_refused(store):
+    registry = Registry(store)
+    for key in ("flowprior.id", "flowprior.run", "FlowPrior.kind"):
+        with pytest.raises(RegistryError, match=f"refusing tag {key}: keys starting with 'flowprior.'"):
+            registry.register("prior", tags={key: "prior-1"})
+    with pytest.raises(RegistryError, match="keys starting with 'flowprior.'"):
+        parse_tag("flowprior.registered=x")
+    assert registry.records() == []
+
+
+def test_where_on_a_record_field_compares_it_or_says_how(store):
+    registry = Registry(store)
+    a, b = registry.register("prior"), registry.register("prior")
+    assert select(registry.records(), [Where.parse(f"id={b.id}")]) == [b]
+    assert select(registry.records(), [Where.parse(f"id={a.id}"), Where.parse(f"id={b.id}")]) == [a, b]
+    for key, hint in [("parents", "parent=ID"), ("created_at", "created_after=TIME"), ("metrics", "registry show")]:
+        with pytest.raises(RegistryError, match=f"--where {key}=...: {key} is a record field .*{hint}"):
+            Where.parse(f"{key}=x")
+    assert Where.parse("tag.parents=x").key == "tag.parents"  # a tag named like a field, as documented

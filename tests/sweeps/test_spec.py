@@ -114,6 +114,7 @@ def test_a_missing_or_unreadable_sweep_spec_is_named(tmp_path):
     ("resources: {cpu: .inf}\n", r"resources.cpu: expected a finite number, got inf"),
     ("scheduler: {reduction_factor: .inf}\n", r"scheduler.reduction_factor: expected a finite number"),
     ("resources: {cpu: .nan}\n", r"resources.cpu: expected a finite number, got nan"),
+    ("? [steps, epochs]\n: 1\n", r"not readable YAML \(a key must be a name, not a list"),
 ])
 def test_yaml_surprises_are_refused(tmp_path, text, message):
     path = write(tmp_path)
