@@ -4,7 +4,8 @@ tests/fixtures, from ray-project/kuberay's ray.io_rayjobs.yaml, Apache-2.0; its 
 Checked here: the manifests parse; they validate against the CRD's openAPIV3Schema (types, enums,
 required fields, quantity patterns); every field they set exists in that schema (Kubernetes' structural
 schemas accept unknown fields silently, and the API server would prune them); names are DNS-1123; the
-runtime_env's pip list is `flowprior runtime-env`'s; every entrypoint command parses with flowprior's CLI.
+runtime_env's pip list is `flowprior runtime-env`'s; every entrypoint command parses with flowprior's CLI;
+Ray's token auth is on (``authOptions: {mode: token}``, in the fixture's CRD since KubeRay v1.5.1).
 Not checked: admission by a live API server and the KubeRay operator (no cluster here), the image, and
 that the code archive URL exists.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from packaging.version import Version
 
 from pipeline.cli import build_parser
 from pipeline.jobs.runtime_env import requirements
@@ -84,3 +86,21 @@ def test_the_field_check_catches_a_misspelt_field():
     manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplica"] = 3
     assert unknown_fields(manifest, CRD["openAPIV3Schema"]) == [
         ".spec.rayClusterSpec.workerGroupSpecs[0].maxReplica", ".spec.entrypointNumCPUs"]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_turns_on_ray_token_auth_the_way_kuberay_documents_it(path):
+    """Whoever reaches an unauthenticated head's job API runs code with the bucket's role. KubeRay (>= v1.5.1)
+    turns Ray's token auth on with ``rayClusterSpec.authOptions.mode: token``: it generates a Secret named after
+    the RayCluster (key ``auth_token``) and sets RAY_AUTH_MODE and RAY_AUTH_TOKEN on every Ray container and on
+    the RayJob's submitter. It needs ``rayVersion`` >= 2.52.0; Kubernetes-delegated auth is not for RayJobs."""
+    auth_schema = CRD["openAPIV3Schema"]["properties"]["spec"]["properties"]["rayClusterSpec"]["properties"][
+        "authOptions"]
+    assert "token" in auth_schema["properties"]["mode"]["enum"]  # the fixture's CRD has the field
+    cluster = yaml.safe_load(path.read_text())["spec"]["rayClusterSpec"]
+    assert cluster.get("authOptions") == {"mode": "token"}, cluster.get("authOptions")
+    assert Version(cluster["rayVersion"]) >= Version("2.52.0")
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    overrides = [env for group in groups for container in group["template"]["spec"]["containers"]
+                 for env in container.get("env", []) if env["name"].startswith("RAY_AUTH")]
+    assert overrides == []  # nothing turns it off again or puts a token into the file

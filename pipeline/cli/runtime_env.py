@@ -21,7 +21,12 @@ node installs once into a virtualenv that keeps the node's own Ray and torch.
 
 Nodes need a package index for pip (PyPI by default; --index-url for a mirror),
 or a wheelhouse every node can read (--no-index --find-links DIR). Jobs that log
-to MLflow (--mlflow URI) need --extra mlflow."""
+to MLflow (--mlflow URI) need --extra mlflow.
+
+The runtime_env is part of the job's metadata, which Ray shows to whoever reaches
+the head: URLs with credentials (https://user:token@...) are refused. Give the
+nodes' pip its credentials in its own configuration (pip.conf or PIP_INDEX_URL
+on the image, or a ~/.netrc entry for the index's host)."""
 
 
 def cmd_runtime_env(args: argparse.Namespace) -> int:
@@ -45,7 +50,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("runtime-env", help="the Ray runtime_env for `ray job submit` to a stock Ray cluster",
                                  description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the YAML here (default: stdout)")
-    parser.add_argument("--index-url", metavar="URL", help="package index the nodes' pip uses (default: PyPI)")
+    parser.add_argument("--index-url", metavar="URL",
+                        help="package index the nodes' pip uses (default: PyPI); no credentials in the URL")
     parser.add_argument("--find-links", action="append", metavar="DIR|URL",
                         help="a wheelhouse the nodes' pip reads (repeatable)")
     parser.add_argument("--no-index", action="store_true", help="nodes use only --find-links, no index")

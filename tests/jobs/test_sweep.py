@@ -172,3 +172,38 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
     for t in tune.ExperimentAnalysis(str(experiment)).trials:
         if t.trial_id in ended:  # finished before the interruption: not run again
             assert (Path(t.path) / "result.json").read_bytes() == logs[t.trial_id]
+
+
+@pytest.mark.slow
+def test_a_later_sweep_over_the_same_sites_reuses_the_finished_baselines_without_unpickling(local_ray, tmp_path):
+    """A finished experiment is not an interrupted one: a second sweep over the same sites and length (another
+    search space, or the same one under another --name) shares the first one's baselines, which are read back
+    from the JSON the finished experiment left, never from Tune's pickles (no --trust-store-state needed)."""
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri)
+    store = Store.open(store_uri)
+    tiny = {"steps": 40, "scheduler": {"type": "fifo"}}
+    first = run_sweep(load_sweep_spec(sweep_spec(tmp_path, space={"lambda": {"grid": [0.1]}}, **tiny)), store,
+                      say=lambda line: None).record
+    for space, name in (({"lambda": {"grid": [0.01]}}, None), ({"lambda": {"grid": [0.1]}}, "ci-again")):
+        lines = []
+        later = run_sweep(load_sweep_spec(sweep_spec(tmp_path, space=space, **tiny)), store, say=lines.append,
+                          name=name)
+        assert later.ran and later.record.name != first.name and later.record.name == (name or later.record.name)
+        assert later.record.config["baselines"] == first.config["baselines"]  # the same runs, not new ones
+        assert not any(re.search(r"\[sweep ci-baseline-\w+\] \d+/\d+ trials", line) for line in lines), lines
+        assert any(re.search(r"ci-baseline-\w+ ran to its end before: reusing its 2 trials", line) for line in lines)
+        assert not any("picking up" in line for line in lines), lines  # nothing restored from Tune's pickles
+        assert later.record.metrics["completed"] == len(SITES)
+
+
+def test_a_damaged_record_of_a_finished_experiment_is_an_error_naming_it(tmp_path):
+    from pipeline.errors import RegistryError
+    from pipeline.jobs.sweep import finished
+
+    store = Store.open(str(tmp_path / "store"))
+    assert finished.load(store, "ci-baseline-0") is None  # never ran (or interrupted): Tune's state decides
+    store.create(finished.key_of("ci-baseline-0"), b'{"format": 1, "experiment": "ci-baseline-0", "trials": [{}]}')
+    with pytest.raises(RegistryError, match=r"ray-runs/ci-baseline-0/flowprior-trials.json: not the trials of a "
+                                            r"finished experiment .*delete the folder .*ray-runs/ci-baseline-0"):
+        finished.load(store, "ci-baseline-0")

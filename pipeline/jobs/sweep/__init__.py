@@ -22,8 +22,10 @@ Experiments live under the store (``<store>/ray-runs/<name>``, local or S3; :mod
 name is ``<spec name>-<digest>`` of the settings and of each site's prior and data: rerunning the
 same command resumes an interrupted sweep with ``Tuner.restore`` (finished trials are kept,
 unfinished ones continue from their last epoch) or returns the recorded sweep; a changed spec, prior
-or data is a new sweep. Tune keeps its experiment state as pickles, and unpickling runs code: a sweep
-resumes only with ``trust_store_state`` (``--trust-store-state``), else finding such state is an error.
+or data is a new sweep. An experiment whose trials all ended leaves them as JSON (:mod:`.finished`): a later
+sweep that needs it (the baselines of a new sweep over the same sites) reads them and runs nothing. Tune
+keeps its experiment state as pickles, and unpickling runs code: an interrupted sweep resumes only with
+``trust_store_state`` (``--trust-store-state``), else finding such state is an error.
 """
 
 from pipeline.jobs.sweep.experiment import SweepInterrupted

@@ -1,5 +1,6 @@
-"""One Tune experiment of a sweep under the store: started, or resumed if it exists there (only when
-its pickled state is trusted), with a progress line per trial that ends.
+"""One Tune experiment of a sweep under the store: started; or, if it ran to its end before, its trials read
+from the JSON it left (:mod:`.finished`, no Tune, no pickles); or resumed if it was interrupted (only when
+its pickled state is trusted); with a progress line per trial that ends.
 
 Tune's own output: the ``flowprior`` command runs with ``RAY_AIR_NEW_OUTPUT=0`` (with ``verbose=0``,
 no tables: the progress lines below are the output) and without Tune's warning about frequent state
@@ -18,7 +19,9 @@ from ray import tune
 
 from pipeline.errors import UntrustedState
 from pipeline.jobs import runtime
-from pipeline.jobs.sweep.trial import settings_of
+from pipeline.jobs.sweep import finished
+from pipeline.jobs.sweep.finished import EndedTrial
+from pipeline.jobs.sweep.trial import HISTORY_KEYS, settings_of
 from pipeline.progress import duration
 from pipeline.storage import Store
 from pipeline.sweeps import SweepSpec
@@ -76,18 +79,25 @@ def _trial_folder(trial) -> str:
 
 
 def run_experiment(name: str, trainable, param_space: dict, samples: int, total: int, spec: SweepSpec,
-                   store: Store, scheduler, say: Say, trust_store_state: bool, tags: dict[str, str]) -> list:
-    """Run the Tune experiment ``name`` under the store, or resume it if it exists there; its Results.
-    With MLflow tracking on, each trial is also an MLflow run tagged with ``tags`` (a resumed experiment
-    keeps the callbacks it started with)."""
+                   store: Store, scheduler, say: Say, trust_store_state: bool,
+                   tags: dict[str, str]) -> list[EndedTrial]:
+    """The ended trials of the Tune experiment ``name`` under the store: read back if it ran to its end before,
+    else run, or resumed if it was interrupted. With MLflow tracking on, each trial is also an MLflow run
+    tagged with ``tags`` (a resumed experiment keeps the callbacks it started with)."""
     storage_path, filesystem = runtime.storage_for(store)
     path = f"{storage_path}/{name}"
+    ended_before = finished.load(store, name)
+    if ended_before is not None:
+        say(f"[sweep {spec.name}] {name} ran to its end before: reusing its {len(ended_before)} trials "
+            f"({store.uri_of(finished.key_of(name))})")
+        return ended_before
     if tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         if not trust_store_state:
             raise UntrustedState(
-                f"sweep {spec.name}: the Tune experiment {path} exists (an interrupted run). Resuming it unpickles "
-                "its state, which runs code from the store on this driver: rerun with --trust-store-state if only "
-                "trusted jobs can write there, or pass another --name to start over")
+                f"sweep {spec.name}: the Tune experiment {path} exists and did not finish (interrupted, or left by a "
+                "flowprior that did not record finished experiments). Resuming it unpickles its state, which runs "
+                "code from the store on this driver: rerun with --trust-store-state if only trusted jobs can write "
+                "there, or pass another --name to start over")
         say(f"[sweep {spec.name}] picking up the Tune experiment {path}: finished trials are kept, unfinished ones "
             "resume")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True, storage_filesystem=filesystem)
@@ -114,7 +124,9 @@ def run_experiment(name: str, trainable, param_space: dict, samples: int, total:
     if ended < len(saved):
         raise SweepInterrupted(f"sweep {spec.name}: interrupted with {ended} of {len(saved)} trials of {name} "
                                f"ended; rerun the same command to resume ({path})")
-    return list(grid)
+    trials = [EndedTrial.of(result, HISTORY_KEYS) for result in grid]
+    finished.save(store, name, trials)  # from now on a sweep that needs this experiment reads it, unpickling nothing
+    return trials
 
 
 def _fit(tuner: tune.Tuner, say: Say):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from ray import tune
 
+from pipeline.jobs.sweep.finished import EndedTrial
 from pipeline.method.encoder import AlignConfig, EncoderTraining
 from pipeline.method.prior import FlowPrior
 from pipeline.sweeps import Selection, SweepSpec
@@ -89,17 +90,14 @@ def trainable(sites: dict[str, SiteData], spec: SweepSpec, gpu: float):
     return tune.with_resources(function, {k.lower(): v for k, v in spec.resources.shape(gpu).items()})
 
 
-def trial_entry(result, spec: SweepSpec, data: SiteData) -> dict:
-    """A finished trial's entry in the sweep record: its settings, epochs, history and final numbers."""
-    config = settings_of(result.config)
+def trial_entry(ended: EndedTrial, spec: SweepSpec, data: SiteData) -> dict:
+    """An ended trial's entry in the sweep record: its settings, epochs, history and final numbers."""
+    config = settings_of(ended.config)
     settings = {k: config.get(k, getattr(data.alignment, k)) for k in SWEPT}
-    frame = result.metrics_dataframe
-    columns = [k for k in HISTORY_KEYS if k in frame.columns]
-    history = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-               for row in frame[columns].to_dict("records")]
+    history = [dict(row) for row in ended.rows]
     final = {k: history[-1][k] for k in HISTORY_KEYS if k in history[-1]}
     if data.baseline_recon is not None:
         final["feasible"] = spec.select.feasible(final, data.baseline_recon[-1])
-    return {"trial": Path(result.path).name, "site": config["site"], "config": settings,
+    return {"trial": ended.folder, "site": config["site"], "config": settings,
             "epochs": final["epoch"], "completed": final["epoch"] >= spec.epochs, "final": final,
             "history": history}
