@@ -7,7 +7,7 @@ Every bad input raises ``DataError`` naming the source, file, column and value.
 
 Reading is in two steps, so that a cluster can share the work:
 
-    scan = scan_features(uri, filters={"site": "R80711"})   # lists files, reads one footer: no data
+    scan = scan_features(uri, filters={"site": "R80711"})   # lists and fingerprints files, reads one footer
     for source in scan.files:                               # anywhere: a process, a Ray task
         for x in scan.blocks(source):                       # (b, d) float32, checked, streamed
             ...
@@ -35,7 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-from pipeline.data.fingerprint import SourceFile, fingerprint
+from pipeline.data.fingerprint import SourceFile, fingerprint, source_files
 from pipeline.errors import DataError
 from pipeline.storage.s3 import S3Options
 from pipeline.storage.uris import split_uri
@@ -81,7 +81,7 @@ def _hidden(name: str, root: str) -> bool:
 
 def _list_files(uri: str, fs, path: str, local: bool) -> list[SourceFile]:
     """The Parquet files of ``uri`` (a file, a folder searched recursively, or a glob) with sizes and
-    a cheap identity (see ``SourceFile.of``), sorted by name; hidden and temporary paths skipped."""
+    identities (see ``pipeline.data.fingerprint``), sorted by name; hidden and temporary paths skipped."""
     try:
         if any(c in path for c in "*?["):
             root = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
@@ -93,8 +93,8 @@ def _list_files(uri: str, fs, path: str, local: bool) -> list[SourceFile]:
             infos, root = [fs.info(path)], path.rsplit("/", 1)[0]
         else:
             raise DataError(f"{uri}: {'no such file or directory' if local else 'no such object or prefix'}")
-        return sorted((SourceFile.of(i, root, local, fs) for i in infos
-                       if i.get("type") == "file" and not _hidden(i["name"], root)), key=lambda f: f.name)
+        infos = [i for i in infos if i.get("type") == "file" and not _hidden(i["name"], root)]
+        return sorted(source_files(infos, root, local, fs), key=lambda f: f.name)
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - unreadable URI, server gone, no permission
@@ -132,7 +132,7 @@ def _coerce_filters(filters: Filters, schema: pa.Schema, where: str) -> dict[str
 
 @dataclass(frozen=True)
 class FeatureScan:
-    """What reading ``uri`` means, learned from its listing and one file's footer (no data read):
+    """What reading ``uri`` means, learned from its listing and one file's footer (no rows decoded):
     the files, the Parquet columns to read, the filters in their columns' types, and the fingerprint.
     Small and picklable: Ray tasks read the files with it."""
 
@@ -270,7 +270,8 @@ def scan_features(
     s3: S3Options | None = None,
 ) -> FeatureScan:
     """List ``uri``'s files and read the first one's footer: which columns to read, the filters in their
-    columns' types, and the fingerprint. No data is read (see the module docstring)."""
+    columns' types, and the fingerprint. No rows are decoded; local files are hashed whole for the
+    fingerprint, S3 objects are identified by their listed ETags (see ``pipeline.data.fingerprint``)."""
     filters = dict(filters or {})
     fs, path, local = _filesystem(uri, s3)
     files = _list_files(uri, fs, path, local)

@@ -53,7 +53,8 @@ class DataSource:
                              filters=self.filters, drop_nonfinite=self.drop_nonfinite)
 
     def scan(self):
-        """The table's listing and one footer (no data read): its columns, types and fingerprint."""
+        """The table's listing and one footer (no rows decoded): its columns, types and fingerprint (local files
+        are hashed whole, see ``pipeline.data.fingerprint``)."""
         from pipeline.data.features import scan_features
 
         return scan_features(self.uri, feature_column=self.feature_column, columns=self.columns,
