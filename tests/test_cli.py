@@ -100,3 +100,25 @@ def test_exactly_the_error_family_is_reported_without_a_traceback(monkeypatch, t
     raised.append(ValueError("a bug, not the user's input"))
     with pytest.raises(ValueError, match="a bug"):  # propagates: the traceback is shown, exit 1
         main(["registry", "check", *store])
+
+
+@pytest.mark.parametrize("out, message", [
+    ("s3://b/x", "--out s3://b/x: the fleet report is a local folder; write it here and copy it with "
+                 "`aws s3 sync DIR s3://b/x`"),
+    ("taken.html", "--out taken.html: taken.html is a file; the fleet report is a folder"),
+    ("taken.html/report", "--out taken.html/report: taken.html is a file; the fleet report is a folder"),
+])
+def test_fleet_report_refuses_an_out_that_is_not_a_local_folder(out, message, tmp_path, monkeypatch, capsys):
+    from pipeline.registry import Registry
+    from pipeline.storage import Store
+    from tests.support.fleet import build_fleet
+
+    build_fleet(Registry(Store.open(str(tmp_path / "store"))))
+    monkeypatch.chdir(tmp_path)  # a relative --out, as typed
+    (tmp_path / "taken.html").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["fleet", "report", "--out", out, "--store", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"flowprior fleet: error: {message}") and err.count("\n") == 1  # one line, no traceback
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written (no ./s3:/b/x)
+    assert (tmp_path / "taken.html").read_text() == "mine"

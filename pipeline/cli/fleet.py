@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from pipeline.cli.common import add_store_arguments, open_existing_store, table
+from pipeline.errors import SpecError
+from pipeline.formatting import number
 
 HEADER = ("site", "encoder", "aligned to", "stale", "check", "sweep choice")
 
@@ -26,12 +28,11 @@ def _row(status, fleet) -> tuple[str, ...]:
     now = fleet.read_at
     numbers = status.check_numbers
     check = "-" if status.check is None else (
-        f"{status.decision} {age(status.check_at, now)} ago" + (
-            f" (probe {numbers['probe_gain']:.1%}, fm_ratio {numbers['fm_ratio']:.2f})"
-            if {"probe_gain", "fm_ratio"} <= numbers.keys() else "")
+        f"{status.decision} {age(status.check_at, now)} ago (probe {number(numbers.get('probe_gain'), '.1%')}, "
+        f"fm_ratio {number(numbers.get('fm_ratio'), '.2f')})"
         + ("" if status.checked_against == fleet.core else " vs an older core"))
     choice = status.sweep_choice
-    sweep = "-" if status.sweep is None else (f"{choice.get('mode', '?')} lambda {choice.get('lam', '?'):g} "
+    sweep = "-" if status.sweep is None else (f"{choice.get('mode', '?')} lambda {number(choice.get('lam'))} "
                                               f"{age(status.sweep_at, now)} ago")
     encoder = "-" if status.encoder is None else f"{status.encoder} ({age(status.encoder_at, now)})"
     stale = {None: "-", True: "STALE", False: "no"}[status.stale]
@@ -53,11 +54,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_folder(out: str) -> Path:
+    """The local folder ``--out`` names, refusing a URI (the report is written to local disk, then copied)
+    and a path that is, or lies under, an existing file; before anything is read or written."""
+    if "://" in out:
+        raise SpecError(f"--out {out}: the fleet report is a local folder; write it here and copy it with "
+                        f"`aws s3 sync DIR {out}`")
+    path = Path(out)
+    for place in (path, *path.parents):
+        if place.exists() and not place.is_dir():
+            raise SpecError(f"--out {out}: {place} is a file; the fleet report is a folder (index.html and records/)")
+    return path
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.registry import Registry
     from pipeline.registry.fleet_report import write_fleet_report
 
-    print(f"fleet report: {write_fleet_report(Registry(open_existing_store(args)), args.out)}")
+    out = report_folder(args.out)
+    print(f"fleet report: {write_fleet_report(Registry(open_existing_store(args)), out)}")
     return 0
 
 
@@ -81,6 +96,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "lineage graph of the priors in use, with every linked record as OUT/records/<id>.json. All "
                     "links are relative and nothing loads from the network, so the folder opens from a laptop or "
                     "from S3 as it is (e.g. `aws s3 sync OUT s3://bucket/fleet/`).")
-    report.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the page into")
+    report.add_argument("--out", required=True, metavar="DIR",
+                        help="local folder to write the page into (copy it to S3 with `aws s3 sync DIR s3://...`)")
     add_store_arguments(report)
     report.set_defaults(handler=cmd_report)

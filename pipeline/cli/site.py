@@ -7,6 +7,7 @@ import json
 
 from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, gpu_share, open_store
 from pipeline.errors import SpecError
+from pipeline.formatting import number
 
 SITE_RETRIES = 3  # the default of --retries (pipeline.jobs.sites.SITE_RETRIES; a test keeps them equal)
 
@@ -63,12 +64,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps([{"site": c.site, "decision": c.config["decision"], "check": c.id, "prior": c.parents[0],
                            **c.metrics} for c in checks], indent=1))
         return 0
-    print(f"{'site':10s} {'decision':9s} {'probe':>6s} {'fm_ratio':>8s} {'nll_gap':>8s} {'mmd':>8s}  check")
+    print(check_table(checks))
+    return 0
+
+
+def check_table(checks: list) -> str:
+    """The ``site check`` table of site-check records; a number a record lacks (or holds as null) reads n/a."""
+    lines = [f"{'site':10s} {'decision':9s} {'probe':>6s} {'fm_ratio':>8s} {'nll_gap':>8s} {'mmd':>8s}  check"]
     for c in checks:
         m = c.metrics
-        print(f"{c.site:10s} {c.config['decision']:9s} {m['probe_gain']:6.1%} {m['fm_ratio']:8.3f} "
-              f"{m['nll_gap']:+8.3f} {m['mmd']:8.4f}  {c.id}")
-    return 0
+        lines.append(f"{c.site:10s} {c.config['decision']:9s} {number(m.get('probe_gain'), '6.1%')} "
+                     f"{number(m.get('fm_ratio'), '8.3f')} {number(m.get('nll_gap'), '+8.3f')} "
+                     f"{number(m.get('mmd'), '8.4f')}  {c.id}")
+    return "\n".join(lines)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -83,7 +91,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print(f"{spec.site:10s} reuse    (nothing to train)")
         else:
             print(f"{spec.site:10s} {record.config['mode']:8s} {record.id}  held-out FM "
-                  f"{record.metrics['heldout_fm_core']:.4f} (core) -> {record.metrics['heldout_fm']:.4f}")
+                  f"{number(record.metrics.get('heldout_fm_core'), '.4f')} (core) -> "
+                  f"{number(record.metrics.get('heldout_fm'), '.4f')}")
     return 0
 
 
@@ -98,8 +107,9 @@ def cmd_align(args: argparse.Namespace) -> int:
           "encoder -> prior")
     for r in results:
         m = r.record.metrics
-        print(f"{r.record.site:10s} {r.record.config['lambda']:6g} {m['recon']:8.4f} {m['baseline_recon']:8.4f} "
-              f"{m['knn_nll']:8.3f} {m['baseline_knn_nll']:8.3f} {m['spread']:6.2f}  "
+        print(f"{r.record.site:10s} {r.record.config['lambda']:6g} {number(m.get('recon'), '8.4f')} "
+              f"{number(m.get('baseline_recon'), '8.4f')} {number(m.get('knn_nll'), '8.3f')} "
+              f"{number(m.get('baseline_knn_nll'), '8.3f')} {number(m.get('spread'), '6.2f')}  "
               f"{r.record.id} -> {r.record.aligned_to}")
     return 0
 

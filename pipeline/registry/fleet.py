@@ -71,6 +71,15 @@ def core_of(record: Record, by_id: dict[str, Record]) -> str | None:
     return None
 
 
+def sweep_choices(sweep: Record) -> dict[str, dict]:
+    """``{site: the setting}`` a sweep record chose (its ``config["choices"]``); a record edited by hand or
+    written by another version may hold anything there, and only an object per site counts as a choice."""
+    choices = sweep.config.get("choices")
+    if not isinstance(choices, dict):
+        return {}
+    return {site: choice for site, choice in choices.items() if isinstance(choice, dict)}
+
+
 def fleet_status(registry: Registry) -> Fleet:
     """One ``SiteStatus`` per site the registry knows (a record or an alias names it), sorted by site."""
     read_at = datetime.now(timezone.utc)
@@ -84,10 +93,9 @@ def fleet_status(registry: Registry) -> Fleet:
     inside = family(records, core) if core else set()
     sites = {r.site for r in records if r.site} | {a.split(".", 1)[1] for a in target
                                                    if a.split(".", 1)[0] in SITE_ALIASES and "." in a}
-    last_sweep: dict[str, Record] = {}
+    last_sweep: dict[str, tuple[Record, dict]] = {}
     for sweep in (r for r in records if r.kind == "sweep"):  # records come oldest first: the last one wins
-        for swept in sweep.config.get("choices") or {}:
-            last_sweep[swept] = sweep
+        last_sweep.update({site: (sweep, choice) for site, choice in sweep_choices(sweep).items()})
     statuses = []
     for site in sorted(sites):
         status = SiteStatus(site)
@@ -105,9 +113,9 @@ def fleet_status(registry: Registry) -> Fleet:
             status.checked_against = check.parents[0] if check.parents else None
             status.check_numbers = {k: check.metrics[k] for k in CHECK_NUMBERS if k in check.metrics}
         if site in last_sweep:
-            sweep = last_sweep[site]
+            sweep, choice = last_sweep[site]
             status.sweep, status.sweep_at = sweep.id, sweep.created_at
-            status.sweep_choice = {k: v for k, v in sweep.config["choices"][site].items() if k in SWEEP_CHOICE}
+            status.sweep_choice = {k: v for k, v in choice.items() if k in SWEEP_CHOICE}
         statuses.append(status)
     core_record = by_id.get(core or "")
     return Fleet(registry.store.uri, core, core_record.created_at if core_record else None, statuses,

@@ -14,7 +14,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.registry.fleet import Fleet, SiteStatus, age, fleet_status
+from pipeline.formatting import number
+from pipeline.registry.fleet import CHECK_NUMBERS, Fleet, SiteStatus, age, fleet_status
 from pipeline.registry.records import Record
 from pipeline.registry.registry import Registry
 
@@ -41,11 +42,12 @@ def _status_rows(fleet: Fleet) -> str:
     for s in fleet.sites:
         stale = {None: "-", True: "stale", False: "no"}[s.stale]
         aligned = "-" if s.aligned_to is None else f"{_link(s.aligned_to)} ({html.escape(s.aligned_kind or '?')})"
-        numbers = ", ".join(f"{k} {v:.3g}" for k, v in s.check_numbers.items())
+        numbers = ", ".join(f"{k} {number(s.check_numbers.get(k), '.3g')}" for k in CHECK_NUMBERS)
         older = "" if s.checked_against == fleet.core else " (against an older core)"
         check = "-" if s.check is None else (f"{_link(s.check)} <b>{html.escape(str(s.decision))}</b> "
                                              f"{age(s.check_at, fleet.read_at)} ago{older}<br>{html.escape(numbers)}")
-        choice = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s.sweep_choice.items())
+        choice = ", ".join(f"{k} {v}" if isinstance(v, (str, bool)) else f"{k} {number(v)}"
+                           for k, v in s.sweep_choice.items())
         sweep = "-" if s.sweep is None else (f"{_link(s.sweep)} {age(s.sweep_at, fleet.read_at)} ago"
                                              f"<br>{html.escape(choice)}")
         rows.append(f'<tr class="site {"stale" if s.stale else ""}" data-site="{html.escape(s.site)}">'
@@ -73,6 +75,30 @@ def _matrix(fleet: Fleet) -> str:
     return f'<table class="matrix"><tr><th>site</th>{head}</tr>{"".join(rows)}</table>'
 
 
+def depths(nodes: set[str], by_id: dict[str, Record]) -> dict[str, int]:
+    """Each node's layer in the graph: one below its deepest parent among ``nodes`` (0 for none). Depth-first
+    without recursion, so a long line of refits draws too; a loop of parents (a record edited by hand) is cut
+    where it closes, at the parent still being worked on."""
+    depth: dict[str, int] = {}
+    for start in sorted(nodes):
+        path, on_path = [start], {start}
+        while path:
+            rid = path[-1]
+            if rid in depth:
+                path.pop()
+                continue
+            parents = [p for p in by_id[rid].parents if p in nodes and p not in on_path]
+            pending = next((p for p in parents if p not in depth), None)
+            if pending is not None:
+                path.append(pending)
+                on_path.add(pending)
+                continue
+            depth[rid] = 1 + max((depth[p] for p in parents), default=-1)
+            path.pop()
+            on_path.discard(rid)
+    return depth
+
+
 def _graph(fleet: Fleet, by_id: dict[str, Record]) -> str:
     """The priors in use (what current encoders align to, the current core) and their ancestors, as an SVG
     layered by derivation depth; edges run from parent to child."""
@@ -92,18 +118,12 @@ def _graph(fleet: Fleet, by_id: dict[str, Record]) -> str:
             nodes.discard(n)
             parent = next((p for p in by_id[n].parents if p in nodes), "?")
             grouped[parent] = grouped.get(parent, 0) + 1
-    depth: dict[str, int] = {}
-
-    def depth_of(rid: str) -> int:
-        if rid not in depth:
-            depth[rid] = 1 + max((depth_of(p) for p in by_id[rid].parents if p in nodes), default=-1)
-        return depth[rid]
-
+    depth = depths(nodes, by_id)
     layers: dict[int, list[str]] = {}
     for rid in sorted(nodes, key=lambda r: (by_id[r].created_at, r)):
-        layers.setdefault(depth_of(rid), []).append(rid)
+        layers.setdefault(depth[rid], []).append(rid)
     for parent, count in grouped.items():
-        layers.setdefault(depth_of(parent) + 1 if parent in nodes else 0, []).append(f"+{count}:{parent}")
+        layers.setdefault(depth[parent] + 1 if parent in nodes else 0, []).append(f"+{count}:{parent}")
     width = max((len(v) for v in layers.values()), default=1) * (BOX_W + GAP_X) + GAP_X
     height = len(layers) * (BOX_H + GAP_Y) + GAP_Y
     where, boxes, edges = {}, [], []

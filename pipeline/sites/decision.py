@@ -34,16 +34,30 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from pipeline.errors import SpecError
+from pipeline.errors import DataError, SpecError
 from pipeline.method.metrics import heldout_fm, knn_nll, mmd
 from pipeline.method.ode import Solver
 from pipeline.method.prior import FlowPrior
-from pipeline.sites.site_prior import site_fit_config, train_site_prior
+from pipeline.sites.site_prior import TARGET_REMEDY, site_fit_config, train_site_prior
 
 DECISIONS = ("reuse", "finetune", "refit")
 
 
 MIN_CHECK_POINTS = 20  # held-out target points below which a site check refuses to decide
+PROBE_REMEDY = "lower finetune.lr or finetune.probe_steps in the site spec"  # what a diverging probe says to change
+CORE_REMEDY = "refit the core prior with `flowprior prior fit`, or check against another prior with --prior"
+CAUSES = {  # each number of a check, in the order they are computed: what it comes from, and what to change
+    "fm_core": f"the core prior's record holds no finite held-out FM loss (heldout_fm); {CORE_REMEDY}",
+    "nll_core": f"the core prior's record holds no finite kNN NLL proxy (heldout_nll_proxy); {CORE_REMEDY}",
+    "fm_site": f"the core prior's field gives no finite FM loss on the site's held-out points; {TARGET_REMEDY}",
+    "fm_ratio": f"the site's held-out FM loss over the core's is not finite; {TARGET_REMEDY}",
+    "nll_site": f"the kNN NLL proxy of the site's points under the core prior's samples is not finite; {TARGET_REMEDY}",
+    "nll_gap": f"the kNN NLL proxy of the site's points under the core prior's samples is not finite; {TARGET_REMEDY}",
+    "mmd": f"the MMD between the core prior's samples and the site's points is not finite; {TARGET_REMEDY}",
+    "fm_probe": f"the probe fine-tune diverged; {PROBE_REMEDY}",
+    "probe_gain": f"the probe fine-tune diverged; {PROBE_REMEDY}",
+}
+DECIDING = ("fm_ratio", "probe_gain")  # the numbers the rule reads: a check without them decides nothing
 
 
 @dataclass(frozen=True)
@@ -87,13 +101,34 @@ def probe(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, l
     """Fine-tune ``core`` for ``steps`` on the site's training points ``z_train`` (n, d1); its held-out FM
     on ``z`` (m, d1) against the core's, with the same noise: ``probe_gain`` (module docstring)."""
     fit = site_fit_config(core, "finetune", steps, lr, batch_size, log_every=steps)
-    probed = train_site_prior(core, z_train, z, "finetune", fit, seed=seed)
+    probed = train_site_prior(core, z_train, z, "finetune", fit, seed=seed, label=f"the {steps}-step probe fine-tune",
+                              remedy=PROBE_REMEDY)
     fm_core, fm_probe = heldout_fm(core.velocity, z, seed), probed.info["history"][-1]["heldout_fm"]
     return {"fm_probe": fm_probe, "probe_gain": 1 - fm_probe / fm_core, "probe_steps": steps}
 
 
+def require_finite(numbers: dict) -> None:
+    """A ``DataError`` for the first of a check's ``numbers`` (:func:`measure`'s and :func:`probe`'s) that
+    is missing (the ones the rule reads), None, NaN or infinite, saying what it comes from and which
+    setting to change. Its message starts in lower case: a caller prefixes the site."""
+    missing = [name for name in DECIDING if name not in numbers]
+    if missing:
+        raise DataError(f"{missing[0]} is missing from the check's numbers, so no decision was made")
+    order = {name: i for i, name in enumerate(CAUSES)}  # a cause before what it causes: fm_probe, then probe_gain
+    for name in sorted(numbers, key=lambda n: order.get(n, len(order))):
+        value = numbers[name]
+        if isinstance(value, bool) or not (value is None or isinstance(value, (int, float))):
+            continue  # not a number (a label, a flag): nothing to hold to finiteness
+        if value is None or not math.isfinite(value):
+            cause = CAUSES.get(name, "it is one of the check's numbers")
+            raise DataError(f"{name} is {'missing' if value is None else value}, not a finite number, so no decision "
+                            f"was made: {cause}")
+
+
 def decide(metrics: dict, thresholds: Thresholds = Thresholds()) -> str:
-    """``reuse``, ``finetune`` or ``refit`` from :func:`measure`'s and :func:`probe`'s numbers."""
+    """``reuse``, ``finetune`` or ``refit`` from :func:`measure`'s and :func:`probe`'s numbers; a
+    ``DataError`` (:func:`require_finite`) instead of a decision where any of them is not a finite number."""
+    require_finite(metrics)
     if metrics["fm_ratio"] > thresholds.refit_fm:
         return "refit"
     if metrics["probe_gain"] > thresholds.finetune_gain:

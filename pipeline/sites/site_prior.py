@@ -5,23 +5,33 @@ prior's held-out FM loss compares with the core's and a refit's, and a site's en
 between them without changing dimension or scale. ``finetune`` starts from the core's (EMA)
 weights with a small learning rate and a short warm-up; ``refit`` draws fresh weights and uses
 the core fit's learning rate. Both log the held-out FM loss (``metrics.heldout_fm``) at every log.
+A training whose logged FM loss (training or held-out) is not finite has diverged: it is a ``DataError``
+naming the setting to change, and no prior is returned.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 from typing import Callable
 
 import torch
 
-from pipeline.errors import SpecError
+from pipeline.errors import DataError, SpecError
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig, fit_velocity
 from pipeline.method.velocity import VelocityMLP
 
 MODES = ("finetune", "refit")
+TARGET_REMEDY = ("check the site's target data in the site spec (target.uri, target.filters, columns) for other "
+                 "units or extreme values")
+REMEDIES = {  # what a diverged site prior's error says to change, per mode
+    "finetune": "lower finetune.lr in the site spec",
+    "refit": (f"a refit trains at the core fit's lr (finetune.lr applies to fine-tunes only): {TARGET_REMEDY}, or "
+              "fine-tune instead (`flowprior site finetune --mode finetune`) with a lower finetune.lr"),
+}
 
 
 def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_size: int, log_every: int,
@@ -47,10 +57,17 @@ def train_site_prior(
     fit: FitConfig,
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
+    *,
+    label: str | None = None,
+    remedy: str | None = None,
 ) -> FlowPrior:
     """Train on the site's points in core prior space ``z_train`` (n, d1); ``z_heldout`` (m, d1) is
     only evaluated. Trains on ``z_train``'s device (move ``core`` there too). Returns the site prior
-    (EMA weights) with its history in ``info``."""
+    (EMA weights) with its history in ``info``.
+
+    A ``DataError`` instead, at the first log that shows it diverged (:func:`require_converged`): its
+    message calls the training ``label`` (default: the mode) and says to ``remedy`` (default:
+    ``REMEDIES[mode]``)."""
     if mode == "finetune":
         model = copy.deepcopy(core.velocity).requires_grad_(True).train()
     elif mode == "refit":
@@ -60,7 +77,23 @@ def train_site_prior(
     else:
         raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     model = model.to(z_train.device)
-    ema, history = fit_velocity(model, z_train, fit, seed=seed, progress=progress,
+
+    def watched(entry: dict) -> None:  # stop at the first log that diverged, not after the remaining steps
+        require_converged(entry, fit, label or f"the {mode}", remedy or REMEDIES[mode])
+        if progress is not None:
+            progress(entry)
+
+    ema, history = fit_velocity(model, z_train, fit, seed=seed, progress=watched,
                                 evaluate=lambda m: {"heldout_fm": heldout_fm(m, z_heldout, seed)})
     info = {**core.info, "fit": fit.to_dict(), "history": history, "mode": mode}
     return FlowPrior(ema, core.space, info)
+
+
+def require_converged(entry: dict, fit: FitConfig, label: str, remedy: str) -> None:
+    """A ``DataError`` if the training or held-out FM loss of the log ``entry`` (one of a fit's history) is
+    not finite: ``<label> diverged (...): <remedy>``, starting in lower case (a caller prefixes the site)."""
+    for key, name in (("train_fm", "training"), ("heldout_fm", "held-out")):
+        value = entry.get(key)
+        if value is not None and not math.isfinite(value):
+            raise DataError(f"{label} diverged ({name} FM loss {value} at step {entry['step']} of {fit.steps}, "
+                            f"lr {fit.lr:g}): {remedy}")

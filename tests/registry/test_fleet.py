@@ -1,13 +1,18 @@
 """The fleet view: one status per site from one read of records and aliases; alias moves with reasons."""
 
+import json
+
 import pytest
 
+from pipeline.cli import main
 from pipeline.errors import RegistryError
 from pipeline.registry import CORE_ALIAS, Registry, aliases, snapshots
 from pipeline.registry.aliases import AliasMoved
 from pipeline.registry.check import check
 from pipeline.registry.fleet import age, fleet_status
+from pipeline.storage import Store
 from tests.support.fleet import build_fleet
+from tests.support.null_metrics import null_metric_fleet
 
 
 def test_fleet_status_answers_per_site_what_the_single_queries_answer(store):
@@ -101,3 +106,20 @@ def test_entries_written_before_reasons_existed_still_parse(store):
 ])
 def test_ages_read_as_people_say_them(created, now, said):
     assert age(created, now) == said
+
+
+def test_fleet_status_shows_null_metrics_as_n_a_and_its_json_keeps_null(tmp_path, capsys):
+    uri, fleet = null_metric_fleet(tmp_path)
+    s1 = fleet_status(Registry(Store.open(uri))).sites[0]
+    assert s1.check == fleet["check"].id
+    assert s1.check_numbers == {"probe_gain": None, "fm_ratio": None, "nll_gap": None, "mmd": 0.02}
+    assert main(["fleet", "status", "--store", uri]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert "reuse" in rows["s1"] and "(probe n/a, fm_ratio n/a)" in rows["s1"] and "lambda n/a" in rows["s1"]
+    assert "(probe n/a, fm_ratio n/a)" in rows["s2"]  # a check recorded without its numbers
+    assert main(["fleet", "status", "--json", "--store", uri]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["sites"][0]["check_numbers"] == {"probe_gain": None, "fm_ratio": None, "nll_gap": None, "mmd": 0.02}
+    assert status["sites"][0]["sweep_choice"]["lam"] is None
+

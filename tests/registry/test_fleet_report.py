@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli import main
 from pipeline.registry import Registry
 from pipeline.registry.fleet_report import GRAPH_NODES, write_fleet_report
 from tests.support.fleet import build_fleet
+from tests.support.null_metrics import null_metric_fleet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # the flags this machine needs (no network beyond the loopback; running as root)
@@ -39,6 +41,18 @@ def test_many_site_priors_are_grouped_in_the_graph(tmp_path):
         registry.register("encoder", site=f"site{i:03d}", parents=[site_prior.id], aligned_to=site_prior.id)
     text = write_fleet_report(registry, tmp_path / "report").read_text()
     assert f"{GRAPH_NODES + 5} site priors" in text and text.count('data-site="') == GRAPH_NODES + 5
+
+
+def test_fleet_report_shows_null_metrics_as_n_a(tmp_path, capsys):
+    uri, fleet = null_metric_fleet(tmp_path)
+    assert main(["fleet", "report", "--out", str(tmp_path / "report"), "--store", uri]) == 0
+    text = (tmp_path / "report" / "index.html").read_text()
+    s1 = text.split('data-site="s1"', 1)[1].split("</tr>", 1)[0]
+    assert "probe_gain n/a, fm_ratio n/a, nll_gap n/a, mmd 0.02" in s1 and "lam n/a" in s1 and "objective n/a" in s1
+    s2 = text.split('data-site="s2"', 1)[1].split("</tr>", 1)[0]
+    assert "probe_gain n/a, fm_ratio n/a, nll_gap n/a, mmd n/a" in s2
+    check = json.loads((tmp_path / "report" / "records" / f"{fleet['check'].id}.json").read_text())
+    assert check["metrics"]["probe_gain"] is None
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from pipeline.errors import DataError
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
+from pipeline.sites import probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 
 
@@ -38,3 +40,38 @@ def test_fine_tune_beats_reuse_and_starts_where_the_core_is(core):
 def test_unknown_modes_are_refused(core):
     with pytest.raises(ValueError, match="unknown mode"):
         site_fit_config(core, "retrain", 10, 1e-3, 8, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 16-wide core fitted for 5 steps on 400 points, and those points in its space: enough to train from."""
+    x = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
+    prior = FlowPrior.fit(x, width=16, depth=1, fit=FitConfig(steps=5, warmup=0, batch_size=64, log_every=5), seed=0)
+    return prior, prior.to_prior(x)
+
+
+def test_a_fine_tune_that_diverges_is_an_error_naming_finetune_lr_not_a_prior(tiny):
+    core, z = tiny
+    steady = site_fit_config(core, "finetune", steps=20, lr=1e-3, batch_size=64, log_every=10)
+    assert len(train_site_prior(core, z[:300], z[300:], "finetune", steady).info["history"]) == 2
+    huge = site_fit_config(core, "finetune", steps=20, lr=1e3, batch_size=64, log_every=10)
+    logged: list[dict] = []
+    with pytest.raises(DataError, match=r"^the finetune diverged \(training FM loss nan at step 10 of 20, lr 1000\): "
+                                        r"lower finetune\.lr in the site spec$"):
+        train_site_prior(core, z[:300], z[300:], "finetune", huge, progress=logged.append)
+    assert logged == []  # it stopped at the first log that diverged, before reporting it as progress
+
+
+def test_a_refit_that_diverges_says_it_trains_at_the_core_fit_lr(tiny):
+    core, z = tiny
+    huge = FitConfig(steps=20, lr=1e3, warmup=2, batch_size=64, log_every=10)  # a core fitted at this lr
+    with pytest.raises(DataError, match=r"^the refit diverged .*lr 1000\): a refit trains at the core fit's lr "
+                                        r"\(finetune\.lr applies to fine-tunes only\)"):
+        train_site_prior(core, z[:300], z[300:], "refit", huge)
+
+
+def test_a_probe_that_diverges_names_the_probe_settings(tiny):
+    core, z = tiny
+    with pytest.raises(DataError, match=r"^the 20-step probe fine-tune diverged \(.*lr 1000\): lower finetune\.lr "
+                                        r"or finetune\.probe_steps in the site spec$"):
+        probe(core, z[:300], z[300:], steps=20, lr=1e3, batch_size=64)
