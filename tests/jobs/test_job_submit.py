@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pipeline.datasets import la_haute_borne as lhb
 from pipeline.jobs.runtime_env import requirements
 from pipeline.registry import Registry
 from pipeline.storage import Store
+from tests.support.processes import poll
 from tests.support.ray_head import RayHead, submit
 from tests.support.stock_venv import make_stock_venv, make_wheelhouse
 
@@ -44,8 +44,7 @@ def stock_head(tmp_path_factory):
     head = RayHead(Path(ray_dir), bin_dir=bin_dir, cwd=root).start()
     yield head, env_file
     head.stop()
-    time.sleep(0.5)
-    assert head.session_pids() == []  # exactly the cluster we started is gone
+    assert poll(head.session_pids, lambda left: left == [], timeout=30) == []  # exactly the cluster we started is gone
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 

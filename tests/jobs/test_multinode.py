@@ -5,7 +5,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from pipeline.data.split import is_heldout, row_hash
 from pipeline.registry import Registry
 from pipeline.storage import Store
+from tests.support.processes import poll
 from tests.support.ray_cluster import RayCluster
 from tests.support.ray_head import EXCLUDES, REPO, submit
 from tests.support.s3server import BUCKET
@@ -56,8 +56,7 @@ def test_prior_fit_on_two_worker_nodes_streams_disjoint_shards_from_s3(s3_server
         nodes = cluster.node_ids()
     finally:
         cluster.stop()
-    time.sleep(0.5)
-    assert cluster.pids() == []  # exactly the cluster we started is gone
+    assert poll(cluster.pids, lambda left: left == [], timeout=30) == []  # exactly the cluster we started is gone
     shutil.rmtree(ray_dir, ignore_errors=True)
 
     (record,) = Registry(Store.open(store)).records()  # exactly one prior

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +13,7 @@ from pipeline.datasets import la_haute_borne as lhb
 from pipeline.errors import RegistryError
 from pipeline.registry import Registry
 from pipeline.storage import Store
-from tests.support.processes import pids_titled
+from tests.support.processes import alive, pids_titled, poll, stdout_file
 from tests.support.sites import SITE, flowprior, publish_core, small_spec
 
 
@@ -281,11 +282,22 @@ def test_a_dead_worker_is_retried_and_an_error_of_the_step_is_not(local_ray, tmp
     assert len(list(store.list("attempts/broken"))) == 1
 
 
+FINETUNE_STEPS, KILL_AT = 1500, 300  # the task dies once its fine-tune has reported step 300 of 1500
+
+
+def reported_steps(output: str) -> list[int]:
+    """The steps a site task's fine-tune of ``FINETUNE_STEPS`` reported in its ``output``, in order (its
+    progress lines: ``[site R80711 finetune] 300/1500 steps (20%), 2s, ETA 8s  train_fm ...``)."""
+    return [int(m) for m in re.findall(rf"\[site {SITE} finetune\] (\d+)/{FINETUNE_STEPS} steps", output)]
+
+
 @pytest.mark.slow
 def test_a_site_task_killed_mid_finetune_still_completes_and_registers_once(local_ray, tmp_path):
+    """The kill is timed by the fine-tune itself: the task's worker is SIGKILLed as soon as its own progress
+    lines (which Ray writes, unbuffered, to the worker's log file) report step ``KILL_AT``, so it dies
+    mid-training however fast this machine trains; the retry trains again and registers one site prior."""
     import signal
     import threading
-    import time
     from datetime import datetime, timezone
 
     from pipeline.jobs.sites import finetune_site, run_sites
@@ -293,23 +305,43 @@ def test_a_site_task_killed_mid_finetune_still_completes_and_registers_once(loca
 
     store_uri = str(tmp_path / "store")
     publish_core(store_uri, steps=5)
-    spec = load_site_spec(small_spec(tmp_path, finetune={"steps": 1500, "log_every": 100}))
+    spec = load_site_spec(small_spec(tmp_path, finetune={"steps": FINETUNE_STEPS, "log_every": 100}))
     lines: list[str] = []
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(records=run_sites(
-        finetune_site, [spec], Store.open(store_uri), say=lines.append, retries=2, mode="finetune")))
+
+    def run() -> None:
+        try:
+            result["records"] = run_sites(finetune_site, [spec], Store.open(store_uri), say=lines.append,
+                                          retries=2, mode="finetune")
+        except Exception as error:  # noqa: BLE001 - reported by the assertions below
+            result["error"] = error
+
+    def reached_kill_step() -> tuple[int, Path] | None:  # the task's worker and its log, once it reported KILL_AT
+        for pid in pids_titled("ray::_in_task"):
+            log = stdout_file(pid)
+            if log is not None and any(step >= KILL_AT for step in reported_steps(log.read_text(errors="replace"))):
+                return pid, log
+        return None
+
+    runner = threading.Thread(target=run)
     runner.start()
-    deadline, killed = time.time() + 120, None
-    while killed is None and time.time() < deadline:
-        if pids_titled("ray::_in_task"):
-            time.sleep(5)  # into the fine-tune: reading the data and loading the core take ~2 s
-            pids = pids_titled("ray::_in_task")
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed, killed_at = pids[0], datetime.now(timezone.utc)
-        time.sleep(0.2)
-    runner.join(timeout=600)
-    assert killed is not None and not runner.is_alive()
-    (site_prior,) = Registry(Store.open(store_uri)).records(kind="site-prior")
-    assert result["records"][0].id == site_prior.id and site_prior.metrics["steps"] == 1500
+    victim = poll(reached_kill_step, lambda found: found is not None or not runner.is_alive(), timeout=900)
+    assert victim is not None, f"the fine-tune never reported step {KILL_AT} from a running task: {result} {lines}"
+    killed, log = victim
+    os.kill(killed, signal.SIGKILL)  # a real process death, as on a lost node or an OOM kill
+    killed_at = datetime.now(timezone.utc)
+    assert not poll(lambda: alive(killed), lambda running: not running, timeout=60), f"worker {killed} outlived SIGKILL"
+    # everything the dead worker printed is in its log: it had not finished its fine-tune
+    output = log.read_text(errors="replace")
+    begin = output.rfind(f", {FINETUNE_STEPS} steps from ")  # where this fine-tune's lines start
+    assert begin >= 0, output[-2000:]
+    run_output = output[begin:]
+    steps = reported_steps(run_output)
+    assert KILL_AT <= steps[-1] < FINETUNE_STEPS and "registered" not in run_output, run_output[-2000:]
+    print(f"worker {killed} killed after reporting step {steps[-1]} of {FINETUNE_STEPS}")
+    runner.join(timeout=900)
+    assert not runner.is_alive() and "error" not in result, (result, lines)
+    (site_prior,) = Registry(Store.open(store_uri)).records(kind="site-prior")  # registered once
+    assert result["records"][0].id == site_prior.id and site_prior.metrics["steps"] == FINETUNE_STEPS
+    assert [h["step"] for h in site_prior.config["history"]] == list(range(100, FINETUNE_STEPS + 1, 100))
     assert datetime.fromisoformat(site_prior.created_at) > killed_at  # the retry trained and registered it

@@ -72,7 +72,8 @@ class FaultProxy:
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
-        self._ready.wait(30)
+        if not self._ready.wait(30):  # the proxy signals when it listens
+            raise RuntimeError("the fault proxy did not start listening within 30 s")
 
     def _draw(self, method: str) -> str:
         u, edge = self.random.random(), 0.0
