@@ -11,10 +11,12 @@
    FLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on one step) and the fraction of the peak of
    the same precision (fp32 against TF32 on a GPU).
 3. **Kill and resume**: a child process trains on the device and checkpoints with the Ray worker's
-   own :func:`~pipeline.jobs.prior_fit_worker.save_state` every few steps; it is SIGKILLed after its
-   second checkpoint, and this process resumes with :func:`~pipeline.jobs.prior_fit_worker.load_state`
-   onto a fresh model on the device, checks that every optimiser tensor sits beside its parameter,
-   and trains to the end.
+   own :func:`~pipeline.jobs.prior_fit_worker.save_state` every few steps, announcing each one and
+   then waiting on its stdin for a go-ahead; it is SIGKILLed while it waits after its second
+   checkpoint (so the kill lands at that known step), and this process resumes from exactly that
+   checkpoint with :func:`~pipeline.jobs.prior_fit_worker.load_state` onto a fresh model on the
+   device, checks that the weights are the checkpoint's and that every optimiser tensor sits beside
+   its parameter, and trains on.
 4. **Site fine-tune and encoder alignment** on the device (:func:`~pipeline.sites.site_prior.train_site_prior`,
    :func:`~pipeline.method.encoder.train_encoder`), with their seconds and results.
 
@@ -36,11 +38,12 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.jobs.prior_fit_worker import load_state, save_state  # noqa: E402
+from pipeline.jobs.prior_fit_worker import MODEL_FILE, load_state, save_state  # noqa: E402
 from pipeline.method.encoder import AlignConfig, train_encoder  # noqa: E402
 from pipeline.method.metrics import heldout_fm  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
@@ -108,7 +111,11 @@ def step_throughput(velocity: VelocityConfig, args, precision: str, device: torc
 
 
 def child(folder: str, args) -> None:
-    """Train until killed, checkpointing every ``SAVE_EVERY`` steps (the kill-and-resume victim)."""
+    """Train until killed, checkpointing every ``SAVE_EVERY`` steps (the kill-and-resume victim).
+
+    After each checkpoint it prints ``saved <step>`` and blocks on a line from stdin before training
+    on, so its parent kills it at an announced step, never after a guess; it returns when stdin ends
+    (its parent went away)."""
     device = torch.device(args.device)
     velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
     fit = FitConfig(steps=10**9, warmup=10, batch_size=args.batch)
@@ -124,25 +131,46 @@ def child(folder: str, args) -> None:
                 os.replace(tmp, os.path.join(folder, f"step-{step:06d}"))  # complete checkpoints only
                 os.mkdir(tmp)  # for TemporaryDirectory's clean-up
             print(f"saved {step}", flush=True)
+            if not sys.stdin.readline():  # paused here until the parent says go on; EOF: no parent, stop
+                return
 
 
 def kill_and_resume(args, device: torch.device) -> dict:
+    """SIGKILL a training child while it waits after its second announced checkpoint, then resume
+    from exactly that checkpoint here (see :func:`child`)."""
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, __file__, "--child", folder, "--device", args.device, "--dim", str(args.dim),
                    "--width", str(args.width), "--depth", str(args.depth), "--batch", str(args.batch)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        saved = 0
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        saved, announced = 0, None
         for line in process.stdout:
-            saved += line.startswith("saved")
+            if not line.startswith("saved "):
+                continue
+            saved, announced = saved + 1, int(line.split()[1])
             if saved == 2:
-                break
+                break  # the child now waits on its stdin at step `announced`: kill it there
+            process.stdin.write("go\n")
+            process.stdin.flush()
         process.send_signal(signal.SIGKILL)
         process.wait()
-        last = sorted(Path(folder).glob("step-*"))[-1]
+        process.stdin.close()
+        process.stdout.close()
+        if saved < 2:
+            raise RuntimeError(f"kill-and-resume child ended (exit {process.returncode}) after {saved} checkpoints")
+        checkpoints = sorted(Path(folder).glob("step-*"))
+        last = Path(folder) / f"step-{announced:06d}"
+        if checkpoints[-1] != last:
+            raise RuntimeError(f"newest checkpoint is {checkpoints[-1].name}, not the announced {last.name}")
         velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
         fit = FitConfig(steps=10**9, warmup=10, batch_size=args.batch)
         model, ema, optimiser = new_training(velocity, fit, device, seed=123)  # other weights until loaded
         state = load_state(str(last), model, ema, optimiser)
+        if state["step"] != announced:
+            raise RuntimeError(f"checkpoint {last} holds step {state['step']}, the child announced {announced}")
+        saved_weights = load_file(str(last / MODEL_FILE))
+        wrong = [k for k, v in model.state_dict().items() if not torch.equal(v.cpu(), saved_weights[k])]
+        if wrong:
+            raise RuntimeError(f"resumed weights differ from checkpoint {last}: {wrong[:3]}")
         misplaced = [name for p, name in zip(model.parameters(), dict(model.named_parameters()), strict=True)
                      for v in optimiser.state[p].values() if torch.is_tensor(v) and v.device != p.device]
         if misplaced or not optimiser.state:
@@ -152,7 +180,8 @@ def kill_and_resume(args, device: torch.device) -> dict:
                              generator).item() for i in range(SAVE_EVERY)]
         if not all(map(lambda x: x == x and abs(x) < 1e6, losses)):
             raise RuntimeError(f"resumed training diverged: {losses}")
-        return {"killed_after_checkpoints": saved, "resumed_from_step": state["step"], "child_exit": process.returncode,
+        return {"killed_after_checkpoints": saved, "killed_at_step": announced, "resumed_from_step": state["step"],
+                "child_exit": process.returncode,
                 "optimiser_tensors_on_device": sum(torch.is_tensor(v) for s in optimiser.state.values()
                                                    for v in s.values()), "losses_after_resume": losses}
 

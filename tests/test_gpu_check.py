@@ -24,7 +24,32 @@ def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
         assert step["samples_per_s"] > 0 and 0 < step["fraction_of_peak"] and step["flops_per_step"] > 0
     resume = check["kill_and_resume"]
     assert resume["child_exit"] == -9  # SIGKILLed, not a clean exit
-    assert resume["resumed_from_step"] == 10 and resume["optimiser_tensors_on_device"] > 0
+    # killed while paused after its second announced checkpoint, and resumed from exactly that one
+    assert resume["killed_at_step"] == resume["resumed_from_step"] == 10 and resume["optimiser_tensors_on_device"] > 0
     assert check["site"]["finetune"]["device"] == "cpu" and check["site"]["align"]["device"] == "cpu"
     # the fine-tune learns the site: its held-out FM loss falls below the core's on the site's points
     assert check["site"]["finetune"]["heldout_fm_site"] < check["site"]["finetune"]["heldout_fm_core"]
+
+
+@pytest.mark.slow
+def test_the_kill_and_resume_child_waits_after_each_announced_checkpoint(tmp_path):
+    """The victim stops at every checkpoint it announces until told to go on (a line on stdin), so the
+    parent's SIGKILL lands at a known step; when its stdin ends it stops there without saving more."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    child = subprocess.Popen([sys.executable, str(SCRIPT), "--child", str(folder), "--device", "cpu", "--width", "16",
+                              "--depth", "1", "--batch", "16"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "saved 5\n"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "saved 10\n"
+        rest, errors = child.communicate(timeout=120)  # closes stdin: a paused child ends now
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, errors[-3000:]
+    assert rest == ""  # no checkpoint after the last announced one
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000005", "step-000010"]
