@@ -122,3 +122,18 @@ def test_fleet_report_refuses_an_out_that_is_not_a_local_folder(out, message, tm
     assert err.startswith(f"flowprior fleet: error: {message}") and err.count("\n") == 1  # one line, no traceback
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written (no ./s3:/b/x)
     assert (tmp_path / "taken.html").read_text() == "mine"
+
+
+def test_prior_fit_and_sweep_print_null_or_missing_numbers_as_n_a(tmp_path):
+    from pipeline.cli.prior import fitted
+    from pipeline.cli.sweep import choice_lines
+    from pipeline.registry import Record
+    from pipeline.storage import Store
+
+    digest = "e" * 64
+    record = Record.new("prior", metrics={"heldout_fm": float("nan")}, artifact=f"artifacts/{digest}.safetensors",
+                        hash=digest)  # the NaN is stored as null; sliced_w2 is missing
+    assert "held-out FM n/a  sliced W2 n/a  artifact " in fitted(record, Store.open(str(tmp_path)))
+    header, row = choice_lines({"s1": {"mode": "align", "lam": None, "lr": 1e-3, "draws": 4, "feasible": True}})
+    assert row.split() == ["s1", "align", "n/a", "0.001", "4", *["n/a"] * 5, "within"]
+    assert len(row) - len("within") == len(header) - len("bound")  # n/a keeps the columns aligned

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, open_store, positive
+from pipeline.formatting import number
+
+if TYPE_CHECKING:
+    from pipeline.registry import Record
+    from pipeline.storage import Store
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -48,9 +54,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
         max_failures=args.max_failures, seed=args.seed)
     store = open_store(args)
     record = fit_core_prior(spec, store, address=args.address, tags=dict(args.tags))
-    print(f"prior {record.id}  run {record.name}  held-out FM {record.metrics.get('heldout_fm', float('nan')):.4f}  "
-          f"sliced W2 {record.metrics.get('sliced_w2', float('nan')):.4f}  artifact {store.uri_of(record.artifact)}")
+    print(fitted(record, store))
     return 0
+
+
+def fitted(record: Record, store: Store) -> str:
+    """The line ``prior fit`` ends with: the record, its run, its held-out numbers (``n/a`` where the record
+    holds none: a NaN is stored as null) and where its artifact is."""
+    return (f"prior {record.id}  run {record.name}  held-out FM {number(record.metrics.get('heldout_fm'), '.4f')}  "
+            f"sliced W2 {number(record.metrics.get('sliced_w2'), '.4f')}  artifact {store.uri_of(record.artifact)}")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

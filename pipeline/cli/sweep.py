@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.common import add_record_arguments, add_store_arguments, open_store
+from pipeline.formatting import number
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -33,15 +34,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           "choices": result.choices}, indent=1))
         return 0
     print(result.summary())
-    print(f"{'site':10s} {'mode':5s} {'lambda':>7s} {'lr':>7s} {'draws':>5s} {'recon':>8s} {'recon@0':>8s} "
-          f"{'knn_nll':>8s} {'nll@0':>8s} {'objective':>9s}  bound")
-    for site, c in result.choices.items():
-        print(f"{site:10s} {c.get('mode', 'align'):5s} {c['lam']:7g} {c['lr']:7g} {c['draws']:5d} {c['recon']:8.4f} "
-              f"{c['baseline_recon']:8.4f} "
-              f"{c['knn_nll']:8.3f} {c['baseline_knn_nll']:8.3f} {c['objective']:9.3f}  "
-              f"{'within' if c['feasible'] else 'exceeded'}")
+    print("\n".join(choice_lines(result.choices)))
     print(f"sweep {record.id}: align with `flowprior site align SITE.yaml --from-sweep {record.id}`")
     return 0
+
+
+CHOICE_COLUMNS = (("lam", "lambda", 7, "g"), ("lr", "lr", 7, "g"), ("draws", "draws", 5, "g"),
+                  ("recon", "recon", 8, ".4f"), ("baseline_recon", "recon@0", 8, ".4f"),
+                  ("knn_nll", "knn_nll", 8, ".3f"), ("baseline_knn_nll", "nll@0", 8, ".3f"),
+                  ("objective", "objective", 9, ".3f"))  # (key in a choice, column title, width, format)
+
+
+def choice_lines(choices: dict[str, dict]) -> list[str]:
+    """The table of the setting chosen per site, a header first; a number the record holds as null (a NaN) or
+    lacks (an older sweep's) reads ``n/a``."""
+    header = [f"{'site':10s} {'mode':5s}"] + [f"{title:>{width}s}" for _, title, width, _ in CHOICE_COLUMNS]
+    lines = [" ".join(header) + "  bound"]
+    for site, c in choices.items():
+        numbers = [number(c.get(key), f"{width}{spec}") for key, _, width, spec in CHOICE_COLUMNS]
+        lines.append(f"{site:10s} {str(c.get('mode', 'align')):5s} {' '.join(numbers)}  "
+                     f"{'within' if c.get('feasible') else 'exceeded'}")
+    return lines
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

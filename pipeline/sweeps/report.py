@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from pipeline.formatting import number  # noqa: E402
 from pipeline.registry import Record  # noqa: E402
 from pipeline.sweeps.objective import Selection, pareto_front  # noqa: E402
 
@@ -63,16 +64,27 @@ def plot_pareto(record: Record, path: Path) -> str:
     return path.name
 
 
+def cell(value: object) -> str:
+    """One table cell: a float to 4 significant digits, a null (a NaN the record stored as null) or a float
+    that is not finite as ``n/a``, anything else as escaped text."""
+    if value is None or isinstance(value, float):
+        return number(value, ".4g")
+    return html.escape(str(value))
+
+
 def table(header: list[str], rows: list[list]) -> str:
-    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))  # noqa: E731
     return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows) + "</table>")
 
 
+CHOICE_NUMBERS = ("lam", "lr", "draws", "steps", "recon", "baseline_recon", "recon_median", "baseline_recon_median",
+                  "knn_nll", "baseline_knn_nll")
+
+
 def choices_table(record: Record) -> str:
-    rows = [[site, c.get("mode", "align"), c["lam"], c["lr"], c["draws"], c["steps"], c["recon"], c["baseline_recon"],
-             c["recon_median"], c["baseline_recon_median"], c["knn_nll"], c["baseline_knn_nll"],
-             c["target_knn_nll"] or "-", c["spread"], c["objective"], "yes" if c["feasible"] else "no", c["trial"]]
+    """The setting chosen per site; a number an older sweep's record lacks reads ``n/a``."""
+    rows = [[site, c.get("mode", "align"), *(c.get(k) for k in CHOICE_NUMBERS), c.get("target_knn_nll") or "-",
+             c.get("spread"), c.get("objective"), "yes" if c.get("feasible") else "no", c.get("trial")]
             for site, c in record.config["choices"].items()]
     return table(["site", "mode", "lambda", "lr", "draws K", "steps", "recon", "recon (lambda 0)", "median recon",
                   "median recon (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)", "kNN NLL (target's own)", "spread",

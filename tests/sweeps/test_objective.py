@@ -3,6 +3,7 @@
 import itertools
 import math
 import random
+import re
 
 import pytest
 
@@ -52,3 +53,13 @@ def test_the_sweep_summary_escapes_every_record_value():
         config={"spec": {"select": {}, "space": {"lambda": {"grid": [evil]}}, "scheduler": {"type": evil}}})
     page = summary(record)
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_the_choices_table_shows_null_and_missing_numbers_as_n_a():
+    from pipeline.registry import Record
+    from pipeline.sweeps.report import choices_table
+
+    choice = {"mode": "align", "lam": 0.004, "lr": 1e-3, "draws": 4, "steps": 12345, "recon": None,
+              "objective": 0.123456, "feasible": True, "trial": "t1"}  # a NaN recon stored as null; the rest missing
+    cells = re.findall(r"<td>(.*?)</td>", choices_table(Record.new("sweep", config={"choices": {"s1": choice}})))
+    assert cells == ["s1", "align", "0.004", "0.001", "4", "12345", *["n/a"] * 6, "-", "n/a", "0.1235", "yes", "t1"]
