@@ -41,7 +41,7 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     assert code == 0 and "already ran" in out and len(registry.records(kind="site-check")) == 1
     assert flowprior(capsys, "site", "check", spec, "--force", "--store", store_uri)[0] == 0
     first, forced = registry.records(kind="site-check")
-    assert first.id == record.id and forced.config["step"] == first.name and forced.name is None
+    assert first.id == record.id and forced.config["step"] == first.name and forced.name.startswith(f"{first.name}.")
 
     code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri,
                              "--tag", "line=3")
