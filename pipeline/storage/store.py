@@ -217,15 +217,6 @@ class LocalBackend:
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
 
-    def read_listed(self, folder: str, name: str) -> bytes:
-        """Read the object ``name`` that listing ``folder`` returned, even one whose name no key may have
-        (see :func:`usable`): for the tools that must see every object, whatever its name (``registry gc``
-        and ``registry check``). ``name`` is one path part, so it cannot leave ``folder``."""
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"invalid object name {name!r} under {folder}")
-        key = f"{check_key(folder)}/{name}"
-        return self._call("read", key, self.backend.read, key)
-
     def read_many(self, keys: list[str]) -> list[bytes]:
         return [self.read(k) for k in keys]
 
@@ -341,15 +332,6 @@ class S3Backend:
 
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key), max_concurrency=1)  # one GET (no HEAD for a concurrent read)
-
-    def read_listed(self, folder: str, name: str) -> bytes:
-        """Read the object ``name`` that listing ``folder`` returned, even one whose name no key may have
-        (see :func:`usable`): for the tools that must see every object, whatever its name (``registry gc``
-        and ``registry check``). ``name`` is one path part, so it cannot leave ``folder``."""
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"invalid object name {name!r} under {folder}")
-        key = f"{check_key(folder)}/{name}"
-        return self._call("read", key, self.backend.read, key)
 
     def read_many(self, keys: list[str]) -> list[bytes]:
         paths = [self._path(k) for k in keys]

@@ -70,7 +70,7 @@ class RayCluster:
             result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
             if result.returncode == 0 and int(result.stdout.strip().splitlines()[-1]) >= count:
                 return
-            time.sleep(2)
+            time.sleep(0.5)  # poll the state API again (each poll starts a driver, itself ~1 s)
         raise RuntimeError(f"the cluster did not reach {count} nodes within {timeout:.0f} s")
 
     def node_ids(self) -> dict[str, str]:

@@ -112,12 +112,12 @@ NO_AGENT = "No available agent to submit job"  # the head's job agent is still s
 def submit(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
     """`ray job submit ...`, retried while the head node answers that its job agent is not up yet (its
     own advice: "please try again later"); nothing was submitted then, so a retry cannot run a job twice."""
-    for _ in range(6):
+    deadline = time.monotonic() + 30  # the agent comes up within seconds; this bounds a head that never has one
+    while True:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-        if result.returncode == 0 or NO_AGENT not in result.stdout + result.stderr:
+        if result.returncode == 0 or NO_AGENT not in result.stdout + result.stderr or time.monotonic() > deadline:
             return result
-        time.sleep(5)
-    return result
+        time.sleep(0.5)  # ask again: the head said its agent is not up yet
 
 
 EXCLUDES = [".git", ".venv", "flowprior-store", "flowprior-toy", "flowprior-demo", "ray_results", "**/__pycache__"]
