@@ -42,12 +42,12 @@ from pipeline.data import read_features  # noqa: E402
 from pipeline.data.split import split_indices  # noqa: E402
 from pipeline.datasets import la_haute_borne as lhb  # noqa: E402
 from pipeline.demo.run import DemoSettings, _rows, fault_scores  # noqa: E402
-from pipeline.jobs.sites import METRIC_POINTS, alignment_data  # noqa: E402
 from pipeline.method.encoder import train_encoder  # noqa: E402
 from pipeline.method.metrics import auroc, knn_nll, spread_ratio  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.method.training import FitConfig  # noqa: E402
 from pipeline.sites import load_site_spec  # noqa: E402
+from pipeline.sites.align import METRIC_POINTS, alignment_data  # noqa: E402
 
 DEMO = DemoSettings()
 CORE = {"latent_dim": DEMO.latent_dim, "projection": "pca", "normaliser": "per-dim", "width": DEMO.width,

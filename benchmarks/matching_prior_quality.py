@@ -35,12 +35,12 @@ from pipeline.data import read_features
 from pipeline.data.split import split_indices
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo.run import DemoSettings
-from pipeline.jobs.sites import METRIC_POINTS, alignment_data
 from pipeline.method.encoder import train_encoder
 from pipeline.method.metrics import knn_nll, spread_ratio
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
+from pipeline.sites.align import METRIC_POINTS, alignment_data
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 
 DEMO = DemoSettings()

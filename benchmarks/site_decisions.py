@@ -47,12 +47,12 @@ from pipeline.data import read_features
 from pipeline.data.split import split_indices
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo.run import DemoSettings, _rows, fault_scores
-from pipeline.jobs.sites import alignment_data
 from pipeline.method.encoder import train_encoder
 from pipeline.method.metrics import auroc
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
+from pipeline.sites.align import alignment_data
 from pipeline.sites.decision import Thresholds, decide, measure, probe
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import FinetuneSettings

@@ -1,4 +1,4 @@
-"""``flowprior site validate|check|finetune|align SITE.yaml...``: the per-site steps, one spec per site."""
+"""``flowprior site validate|check|finetune|align|run SITE.yaml...``: the per-site steps, one spec per site."""
 
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pipeline.jobs.sites import check_site
-    from pipeline.registry import Registry
+    from pipeline.jobs.sites import run_sites
+    from pipeline.sites.check import check_site
 
-    specs, registry = _specs(args), Registry(open_store(args))
-    say = print if not args.json else lambda _: None
-    checks = [check_site(spec, registry, args.prior, say=say, force=args.force, tags=dict(args.tags))
-              for spec in specs]
+    specs = _specs(args)
+    checks = run_sites(check_site, specs, open_store(args), address=args.address, retries=args.retries,
+                       say=print if not args.json else lambda _: None, verbose=args.verbose, prior_id=args.prior,
+                       force=args.force, tags=dict(args.tags))
     if args.json:
         print(json.dumps([{"site": c.site, "decision": c.config["decision"], "check": c.id, "prior": c.parents[0],
                            **c.metrics} for c in checks], indent=1))
@@ -80,12 +80,13 @@ def check_table(checks: list) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from pipeline.jobs.sites import finetune_site, run_sites
+    from pipeline.jobs.sites import run_sites
+    from pipeline.sites.finetune import finetune_site
 
     specs = _specs(args)
     records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu,
-                        retries=args.retries, mode=args.mode, prior_id=args.prior, precision=args.precision,
-                        force=args.force, tags=dict(args.tags))
+                        retries=args.retries, verbose=args.verbose, mode=args.mode, prior_id=args.prior,
+                        precision=args.precision, force=args.force, tags=dict(args.tags))
     for spec, record in zip(specs, records, strict=True):
         if record is None:
             print(f"{spec.site:10s} reuse    (nothing to train)")
@@ -97,12 +98,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from pipeline.jobs.sites import align_site, run_sites
+    from pipeline.jobs.sites import run_sites
+    from pipeline.sites.align import align_site
 
     specs = _specs(args)
     results = run_sites(align_site, specs, open_store(args), address=args.address, gpu=args.gpu,
-                        retries=args.retries, lam=args.lam, prior_id=args.prior, sweep_id=args.from_sweep,
-                        force=args.force, tags=dict(args.tags))
+                        retries=args.retries, verbose=args.verbose, lam=args.lam, prior_id=args.prior,
+                        sweep_id=args.from_sweep, force=args.force, tags=dict(args.tags))
     print(f"{'site':10s} {'lambda':>6s} {'recon':>8s} {'recon@0':>8s} {'knn_nll':>8s} {'nll@0':>8s} {'spread':>6s}  "
           "encoder -> prior")
     for r in results:
@@ -111,6 +113,33 @@ def cmd_align(args: argparse.Namespace) -> int:
               f"{number(m.get('baseline_recon'), '8.4f')} {number(m.get('knn_nll'), '8.3f')} "
               f"{number(m.get('baseline_knn_nll'), '8.3f')} {number(m.get('spread'), '6.2f')}  "
               f"{r.record.id} -> {r.record.aligned_to}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipeline.cli.common import table
+    from pipeline.jobs.sites import run_site_paths
+
+    specs = _specs(args)
+    paths = run_site_paths(specs, open_store(args), until=args.until, address=args.address, gpu=args.gpu,
+                           retries=args.retries, verbose=args.verbose, prior_id=args.prior, force=args.force,
+                           tags=dict(args.tags), say=print if not args.json else lambda _: None)
+    failed = [p for p in paths if p.failed]
+    if args.json:
+        print(json.dumps([{"site": p.site, "decision": p.decision, "check": p.check.id if p.check else None,
+                           "site_prior": p.site_prior.id if p.site_prior else None, "prior": p.prior,
+                           "encoder": p.encoder.id if p.encoder else None, "failed": p.failed} for p in paths],
+                         indent=1))
+    else:
+        print(table(("site", "decision", "prior", "encoder", "status"),
+                    [(p.site, p.decision or "-", p.prior or "-", p.encoder.id if p.encoder else "-",
+                      f"failed at {p.failed}" if p.failed else "ok") for p in paths]))
+    if failed:
+        print(f"flowprior site run: {len(failed)} of {len(paths)} site(s) failed: "
+              f"{', '.join(p.site for p in failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -134,7 +163,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Measure how well the core prior (or --prior) explains each site's held-out target features "
                     "-- held-out FM loss and kNN NLL proxy relative to the core's own held-out data, MMD of prior "
                     "samples vs the site -- decide reuse, finetune or refit with the spec's thresholds, print the "
-                    "numbers and record a site-check in the registry. Runs in this process (no Ray).")
+                    "numbers and record a site-check in the registry. One Ray task per site (1 CPU each).")
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
 
     finetune = sub.add_parser(
@@ -157,7 +186,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     align.add_argument("--from-sweep", metavar="ID", help="train with the setting (lambda, lr, draws, steps) and "
                                                          "against the prior that this sweep chose for each site")
 
-    for action in (validate, check, finetune, align):
+    run = sub.add_parser(
+        "run", help="each site's whole path: check -> fine-tune or refit where it says so -> align",
+        description="For each site, as one chain of Ray tasks that starts as soon as the site's previous step "
+                    "is done (sites never wait for each other): check against the core prior (or --prior), "
+                    "fine-tune or refit a site prior where the check decided so, and align the site's encoder "
+                    "to its prior (the site prior, or the checked prior on reuse). Each step keeps its own "
+                    "record and name, so a rerun after a crash or a changed spec runs only what changed. Prints "
+                    "one progress line and one line per finished site (--verbose: every step's lines; each "
+                    "step's log is also saved under the store's ray-runs/site-run-*/<site>/ and named by its "
+                    "record), then a table; exit status 1 names the sites that failed.")
+    run.add_argument("--until", choices=("check", "finetune", "align"), default="align",
+                     help="stop each site's path after this step (default: %(default)s)")
+    run.add_argument("--json", action="store_true", help="print each site's path as JSON")
+
+    for action in (validate, check, finetune, align, run):
         action.add_argument("specs", nargs="+", metavar="SITE.yaml", help="site spec(s)")
         action.add_argument("--prior", metavar="ID", help="use this prior instead of the current core prior "
                                                           "(align: instead of the site's own)")
@@ -166,11 +209,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             action.add_argument("--force", action="store_true",
                                 help="run the step even if a step with the same inputs (spec sections, prior, data "
                                      "fingerprint) already ran; without it a rerun prints and returns that record")
-        if action not in (validate, check):
+        if action is not validate:
             action.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
             action.add_argument("--retries", type=int, default=SITE_RETRIES, metavar="N",
                                 help="rerun a site task whose worker died (a lost node, an OOM kill) up to N times; "
                                      "an error the step raises is not retried (default: %(default)s)")
+            action.add_argument("--verbose", action="store_true",
+                                help="print every line of each site's steps (together, as each site finishes); "
+                                     "by default one progress line and one line per site")
+        if action not in (validate, check):
             action.add_argument("--gpu", type=gpu_share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
                                 help="train each site on a GPU: a share of one per site task (0.25 packs four "
                                      "sites per GPU); --gpu alone takes a whole GPU (default: CPU)")
@@ -179,3 +226,4 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=cmd_check)
     finetune.set_defaults(handler=cmd_finetune)
     align.set_defaults(handler=cmd_align)
+    run.set_defaults(handler=cmd_run)

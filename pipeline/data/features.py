@@ -331,8 +331,14 @@ def read_features(
     ``columns`` names the numeric feature columns explicitly (in that order) instead. For data
     larger than one process, scan it and stream ``scan.blocks`` (as the core prior fit does).
     """
-    scan = scan_features(uri, feature_column=feature_column, exclude=exclude, columns=columns, filters=filters,
-                         drop_nonfinite=drop_nonfinite, s3=s3)
+    return read_scanned(scan_features(uri, feature_column=feature_column, exclude=exclude, columns=columns,
+                                      filters=filters, drop_nonfinite=drop_nonfinite, s3=s3))
+
+
+def read_scanned(scan: FeatureScan) -> Features:
+    """Read the rows of a table already scanned (:func:`scan_features`), without listing or hashing it again:
+    what a site step does after naming itself by the scan's fingerprint. See :func:`read_features`."""
+    uri, filters, feature_column = scan.uri, scan.filters, scan.read_columns[0]
     filesystem = scan.filesystem()
     blocks, dropped, dim_of = [], 0, None
     for source in scan.files:

@@ -35,7 +35,7 @@ from pipeline.demo import SITES
 from pipeline.demo.report import SCORE_DRAWS, write_report
 from pipeline.errors import SpecError
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
-from pipeline.jobs.sites import Alignment, align_site, check_site, finetune_site, run_sites
+from pipeline.jobs.sites import run_sites
 from pipeline.jobs.sweep import run_sweep
 from pipeline.method.encoder import Autoencoder
 from pipeline.method.metrics import auroc
@@ -43,6 +43,9 @@ from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
 from pipeline.sites import SiteSpec, load_site_spec
+from pipeline.sites.align import Alignment, align_site
+from pipeline.sites.check import check_site
+from pipeline.sites.finetune import finetune_site
 from pipeline.storage import Store
 from pipeline.sweeps import SweepSpec, load_sweep_spec
 
@@ -174,7 +177,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     core = fit_core_prior(settings.core_spec(), store, address=settings.address, say=say, tags=tags)
     timings = {"core_fit": time.perf_counter() - started}
 
-    checks = {spec.site: check_site(spec, registry, core.id, say=say, tags=tags) for spec in specs}
+    checks = {c.site: c for c in run_sites(check_site, specs, store, settings.address, say=say, prior_id=core.id,
+                                           tags=tags)}
     timings["checks"] = time.perf_counter() - started - sum(timings.values())
     to_train = [s for s in specs if checks[s.site].config["decision"] != "reuse"]
     trained = run_sites(finetune_site, to_train, store, settings.address, say=say, prior_id=core.id,

@@ -40,8 +40,9 @@ def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                              "address (--address or $RAY_ADDRESS) and that the head node is up") from None
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance.
+def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
+    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance. Without
+    ``log_to_driver`` the workers' output stays in their log files (the site steps print their own summary).
 
     Returns True for the embedded local Ray (fixed resources), False for a cluster (whose
     autoscaler may add nodes, so its current resources are not a limit).
@@ -53,9 +54,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         return not address
     if address:
         probe(address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=True)
+        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=log_to_driver)
     return not address
 
 

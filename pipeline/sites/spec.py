@@ -46,9 +46,13 @@ class DataSource:
     feature_column: str = "features"
     drop_nonfinite: bool = False
 
-    def read(self):
-        from pipeline.data import read_features
+    def read(self, scan=None):
+        """The rows (``pipeline.data.Features``); from ``scan`` (a :meth:`scan` of this source) without listing
+        and hashing the table again."""
+        from pipeline.data.features import read_features, read_scanned
 
+        if scan is not None:
+            return read_scanned(scan)
         return read_features(self.uri, feature_column=self.feature_column, columns=self.columns,
                              filters=self.filters, drop_nonfinite=self.drop_nonfinite)
 

@@ -16,8 +16,8 @@ SITES = ("R80711", "R80721", "R80736", "R80790")  # the four demo turbines
 
 
 def test_a_check_whose_alias_move_died_is_healed_by_its_rerun(store_uri, tmp_path, monkeypatch):
-    from pipeline.jobs.sites import check_site
     from pipeline.sites import load_site_spec
+    from pipeline.sites.check import check_site
 
     publish_core(store_uri, steps=5)
     spec = load_site_spec(small_spec(tmp_path, finetune={"probe_steps": 5}))
@@ -108,24 +108,25 @@ def test_new_target_data_never_inherit_a_check_of_other_data(local_ray, tmp_path
     assert checks[-1].config["decision"] == "finetune" and len(registry.records(kind="site-prior")) == 1
 
 
-def _finetune_then_die_once(spec, store, **kwargs):
+def _finetune_then_die_once(spec, registry, **kwargs):
     """``finetune_site``, whose worker dies once right after registering (before the task could return)."""
     import os
     import uuid
 
-    from pipeline.jobs.sites import finetune_site
+    from pipeline.sites.finetune import finetune_site
 
-    record = finetune_site(spec, store, **kwargs)
-    store.create(f"died/{spec.site}/{uuid.uuid4().hex}", b"")
-    if len(store.list(f"died/{spec.site}")) == 1:
+    record = finetune_site(spec, registry, **kwargs)
+    registry.store.create(f"died/{spec.site}/{uuid.uuid4().hex}", b"")
+    if len(registry.store.list(f"died/{spec.site}")) == 1:
         os._exit(1)
     return record
 
 
 @pytest.mark.slow
 def test_a_forced_rerun_registers_once_when_its_task_is_retried(local_ray, tmp_path):
-    from pipeline.jobs.sites import finetune_site, run_sites
+    from pipeline.jobs.sites import run_sites
     from pipeline.sites import load_site_spec
+    from pipeline.sites.finetune import finetune_site
 
     store = Store.open(str(tmp_path / "store"))
     publish_core(store.uri, steps=5)

@@ -149,7 +149,7 @@ def test_a_column_in_other_units_is_checked_with_a_warning_in_the_output_and_the
     assert [w.split(":")[0] for w in check.config["contract_warnings"]] == ["column power"] * 2  # mean and sd
 
 
-def _device_of_task(spec, store, device: str, **kwargs) -> str:
+def _device_of_task(spec, registry, device: str, **kwargs) -> str:
     return device
 
 
@@ -164,19 +164,19 @@ def test_a_gpu_share_falls_back_to_cpu_on_a_local_ray_without_gpus(local_ray, tm
     sites = [SimpleNamespace(site="a"), SimpleNamespace(site="b")]
     assert run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=0.25, say=lines.append) == ["cpu", "cpu"]
     assert any("no GPU: running on CPUs" in line for line in lines)
-    counted = [re.match(r"\[sites _device_of_task\] (\d)/2 sites \((\d+)%\)", line) for line in lines]
-    assert [m.groups() for m in counted if m] == [("1", "50"), ("2", "100")]  # the driver counts sites done
+    counted = [re.match(r"\[sites _device_of_task\] (\d)/2 sites, (\d) in flight", line) for line in lines]
+    assert [m.groups() for m in counted if m] == [("1", "1"), ("2", "0")]  # the driver counts sites done
     assert site_task_resources(0.25) == {"CPU": 1.0, "GPU": 0.25} and site_task_resources() == {"CPU": 1.0}
     with pytest.raises(ValueError, match="share of one GPU"):
         run_sites(_device_of_task, sites, Store.open(str(tmp_path)), gpu=2)
 
 
-def _dies_or_writes(spec, store, device: str, **kwargs) -> str:
+def _dies_or_writes(spec, registry, device: str, **kwargs) -> str:
     import os
 
     if spec.site == "dies":
         os._exit(1)  # as an OOM kill or a lost node ends a worker: no exception, no traceback
-    store.create(f"done/{spec.site}", b"ok")
+    registry.store.create(f"done/{spec.site}", b"ok")
     return spec.site
 
 
@@ -243,8 +243,8 @@ def test_validate_reads_only_footers_holds_the_contract_and_writes_nothing(tmp_p
 def test_two_concurrent_checks_of_the_same_site_register_once(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.jobs.sites import check_site
     from pipeline.sites import load_site_spec
+    from pipeline.sites.check import check_site
 
     store_uri = str(tmp_path / "store")
     publish_core(store_uri, steps=5)
@@ -255,10 +255,11 @@ def test_two_concurrent_checks_of_the_same_site_register_once(tmp_path):
     assert a.id == b.id and [r.id for r in registry.records(kind="site-check")] == [a.id]
 
 
-def _fails_once_by_dying_then_by_raising(spec, store, device: str, **kwargs) -> str:
+def _fails_once_by_dying_then_by_raising(spec, registry, device: str, **kwargs) -> str:
     import os
     import uuid
 
+    store = registry.store
     store.create(f"attempts/{spec.site}/{uuid.uuid4().hex}", b"")
     attempts = len(list(store.list(f"attempts/{spec.site}")))
     if spec.site == "flaky" and attempts == 1:
@@ -300,8 +301,9 @@ def test_a_site_task_killed_mid_finetune_still_completes_and_registers_once(loca
     import threading
     from datetime import datetime, timezone
 
-    from pipeline.jobs.sites import finetune_site, run_sites
+    from pipeline.jobs.sites import run_sites
     from pipeline.sites import load_site_spec
+    from pipeline.sites.finetune import finetune_site
 
     store_uri = str(tmp_path / "store")
     publish_core(store_uri, steps=5)
@@ -317,7 +319,7 @@ def test_a_site_task_killed_mid_finetune_still_completes_and_registers_once(loca
             result["error"] = error
 
     def reached_kill_step() -> tuple[int, Path] | None:  # the task's worker and its log, once it reported KILL_AT
-        for pid in pids_titled("ray::_in_task"):
+        for pid in pids_titled("ray::_run_step"):
             log = stdout_file(pid)
             if log is not None and any(step >= KILL_AT for step in reported_steps(log.read_text(errors="replace"))):
                 return pid, log

@@ -126,7 +126,7 @@ def test_site_check_of_a_diverging_probe_is_one_error_naming_finetune_lr_and_rec
 
 def test_site_check_shows_a_recorded_check_with_null_numbers_as_n_a(published, tmp_path, capsys):
     """A check recorded before checks refused non-finite numbers (NaN stored as null) is shown, not a TypeError."""
-    from pipeline.jobs.sites import step_name
+    from pipeline.sites.steps import step_name
 
     uri, core = published
     spec = load_site_spec(small_spec(tmp_path))

@@ -12,11 +12,11 @@ from ray import tune
 
 from pipeline.errors import SpecError
 from pipeline.jobs import runtime
-from pipeline.jobs.sites import alignment_data, alignment_prior, target_fingerprint
 from pipeline.jobs.sweep.experiment import Say, run_experiment
 from pipeline.jobs.sweep.scheduling import grid_points, scheduler_of
 from pipeline.jobs.sweep.trial import SiteData, settings_of, trainable, trial_entry
 from pipeline.registry import Record, Registry
+from pipeline.sites.align import alignment_data, alignment_prior
 from pipeline.storage import Store, validate_name
 from pipeline.sweeps import SweepSpec, choose, pareto_front
 
@@ -65,7 +65,7 @@ def site_data(spec: SweepSpec, registry: Registry) -> dict[str, SiteData]:
     """Each site's prior (as ``site align`` would use), observations and target points in prior space."""
     sites: dict[str, SiteData] = {}
     for site in spec.sites:
-        prior_id = alignment_prior(registry, site.site, target_fingerprint(site))
+        prior_id = alignment_prior(registry, site.site, site.target.scan().fingerprint)
         prior = registry.load_prior(prior_id)
         observations, target, target_nll = alignment_data(site, prior)
         if spec.select.metric == "nll_gap" and target_nll is None:

@@ -1,0 +1,66 @@
+"""A site step's store requests do not grow with the registry: finding that a step already ran, the site's
+latest check and priors, and the core go by names and aliases, never by listing the records."""
+
+import pytest
+
+from pipeline.registry import Record, Registry, aliases
+from pipeline.registry.layout import RECORDS
+from pipeline.sites import load_site_spec
+from pipeline.sites.align import align_site
+from pipeline.sites.check import check_site
+from pipeline.sites.finetune import finetune_site
+from pipeline.storage import Store
+from tests.support.counting import CountingStore
+from tests.support.sites import publish_core, small_spec
+
+STEPS = {"check": check_site, "finetune": finetune_site, "align": align_site}
+KINDS = ("site-check", "site-prior", "encoder")
+
+
+def other_sites(store: Store, core: str, first: int, last: int) -> None:
+    """Records of sites ``first`` to ``last - 1`` (one of each site kind), and their check's alias."""
+    for i in range(first, last):
+        site = f"other{i:05d}"
+        for kind in KINDS:
+            record = Record.new(kind, site=site, parents=[core], aligned_to=core if kind == "encoder" else None,
+                                config={"decision": "reuse", "step": f"{site}.x"}, metrics={"fm_ratio": 1.0})
+            store.create(f"{RECORDS}/{record.id}.json", record.to_json())
+        aliases.move(store, f"site-check.{site}", record.id)
+
+
+def requests_per_step(store: CountingStore, spec) -> dict[str, dict[str, int]]:
+    registry, counted = Registry(store), {}
+    for step, run in STEPS.items():
+        store.take()
+        run(spec, registry, say=lambda _: None)
+        counted[step] = dict(store.take())
+    return counted
+
+
+@pytest.mark.slow
+def test_a_steps_store_requests_are_the_same_at_10_and_1000_records_per_site_kind(tmp_path, capsys):
+    store = Store.open(str(tmp_path / "store"))
+    core = publish_core(store.uri, steps=5)
+    specs = {}
+    for site in ("R80711", "R80721"):
+        (tmp_path / site).mkdir()
+        specs[site] = load_site_spec(small_spec(
+            tmp_path / site, site=site, thresholds={"finetune_gain": 0.0, "refit_fm": 1e9},  # every site fine-tunes
+            finetune={"steps": 10, "refit_steps": 10, "probe_steps": 5, "log_every": 5},
+            alignment={"lambda": 1.0, "steps": 10, "log_every": 5, "eval_points": 200}))
+    counting = CountingStore(store)
+    other_sites(store, core.id, 0, 10)
+    small = {"fresh": requests_per_step(counting, specs["R80711"]),
+             "rerun": requests_per_step(counting, specs["R80711"])}
+    other_sites(store, core.id, 10, 1000)
+    assert len(store.list(RECORDS)) == 1 + 3 * 1000 + 3
+    large = {"fresh": requests_per_step(counting, specs["R80721"]),
+             "rerun": requests_per_step(counting, specs["R80721"])}
+    with capsys.disabled():
+        print(f"\nstore requests per step, at 10 and at 1,000 records per site kind: {small} / {large}")
+    assert large == small
+    assert all(sum(n.values()) <= 10 for n in small["rerun"].values()), small  # a step that ran: a few requests
+    registry = Registry(store)
+    for site in specs:  # and each site's path is complete: a check, a site prior, an encoder aligned to it
+        site_prior = registry.get(registry.alias(f"site-prior.{site}"))
+        assert registry.aligned(site).id == site_prior.id and site_prior.parents == [core.id]
