@@ -18,6 +18,7 @@ step's record names (``config.log``); ``verbose`` prints them too, each site's l
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import time
@@ -58,10 +59,12 @@ class StepOutput:
 def _run_step(step: Callable, spec, store: Store, kwargs: dict, log: str | None) -> StepOutput:
     """``step(spec, Registry(store), **kwargs)`` in this process with its lines kept, printed (the worker's
     log) and saved under ``log`` in the store, whether the step succeeds or raises."""
+    import ray
     import torch
 
     torch.set_num_threads(1)  # one CPU per task: threads beyond it only fight the other sites' tasks
-    lines: list[str] = []
+    name = getattr(step, "__name__", "step")
+    lines = [f"[site {spec.site}] {name} on node {ray.get_runtime_context().get_node_id()}, pid {os.getpid()}"]
 
     def say(line: str) -> None:
         lines.append(line)
