@@ -6,7 +6,7 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 
 def cpu_name() -> str:
@@ -18,15 +18,19 @@ def cpu_name() -> str:
         return platform.processor()
 
 
-def on_local_and_s3(measure: Callable[[str], dict]) -> dict:
-    """``{"local": measure(a fresh local store URI), "s3": measure(a fresh store on SeaweedFS on 127.0.0.1)}``,
-    one after the other in one run (the S3 server shares this machine's cores with the client)."""
+def on_local_and_s3(measure: Callable[[str], dict], backends: Sequence[str] = ("local", "s3")) -> dict:
+    """``{"local": measure(a fresh local store URI), "s3": measure(a fresh store on SeaweedFS on 127.0.0.1)}``
+    (of ``backends``), one after the other in one run (the S3 server shares this machine's cores with the
+    client)."""
     from tests.support.s3server import SeaweedServer  # the scripts put the repository root on sys.path
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"local disk ({tmp}) ...", flush=True)
-        results["local"] = measure(str(Path(tmp) / "store"))
+        if "local" in backends:
+            print(f"local disk ({tmp}) ...", flush=True)
+            results["local"] = measure(str(Path(tmp) / "store"))
+        if "s3" not in backends:
+            return results
         server = SeaweedServer(Path(tmp) / "seaweed").start()
         try:
             os.environ.update(server.env)

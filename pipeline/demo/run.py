@@ -4,17 +4,17 @@
 
 1. fit the core prior on the healthy 2014 rows of all four turbines (Ray Train, 1 worker);
 2. check every site (the shipped specs, ``pipeline/demo/sites/*.yaml``: its healthy 2015 rows) against
-   it and record the decision;
-3. fine-tune or refit where the decision says so, the sites in parallel (Ray tasks);
-4. with ``sweep``: sweep lambda (and friends) per site with Ray Tune (``pipeline.jobs.sweep``);
+   it and record the decision, then fine-tune or refit where the decision says so: each site's path a
+   chain of Ray tasks (``site run --until finetune``), the sites in parallel;
+3. with ``sweep``: sweep lambda (and friends) per site with Ray Tune (``pipeline.jobs.sweep``);
    align every site's encoder to its prior -- with the sweep's choice if there was one -- and a
    lambda = 0 baseline, in parallel; with ``match_lambda``, first also with distribution matching
    (``mode: match``, ``match_steps``) for comparison (registered too; the plain encoders, registered
    after, are current);
-5. score every complete 2015 (and held-out 2014) reading by ``L_align`` of its latent under the
+4. score every complete 2015 (and held-out 2014) reading by ``L_align`` of its latent under the
    site's prior and by the baseline's reconstruction error, and measure how well each flags the
    rows with physically impossible readings (AUROC);
-6. write ``report.html`` (PNG figures) and ``summary.json`` under ``out``.
+5. write ``report.html`` (PNG figures) and ``summary.json`` under ``out``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import torch
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo import SITES
 from pipeline.demo.report import SCORE_DRAWS, write_report
-from pipeline.errors import SpecError
+from pipeline.errors import DataError, SpecError
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
-from pipeline.jobs.sites import run_sites
+from pipeline.jobs.sites import run_site_paths, run_sites
 from pipeline.jobs.sweep import run_sweep
 from pipeline.method.encoder import Autoencoder
 from pipeline.method.metrics import auroc
@@ -44,8 +44,6 @@ from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
 from pipeline.sites import SiteSpec, load_site_spec
 from pipeline.sites.align import Alignment, align_site
-from pipeline.sites.check import check_site
-from pipeline.sites.finetune import finetune_site
 from pipeline.storage import Store
 from pipeline.sweeps import SweepSpec, load_sweep_spec
 
@@ -177,14 +175,14 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     core = fit_core_prior(settings.core_spec(), store, address=settings.address, say=say, tags=tags)
     timings = {"core_fit": time.perf_counter() - started}
 
-    checks = {c.site: c for c in run_sites(check_site, specs, store, settings.address, say=say, prior_id=core.id,
-                                           tags=tags)}
-    timings["checks"] = time.perf_counter() - started - sum(timings.values())
-    to_train = [s for s in specs if checks[s.site].config["decision"] != "reuse"]
-    trained = run_sites(finetune_site, to_train, store, settings.address, say=say, prior_id=core.id,
-                        tags=tags) if to_train else []
-    site_priors = dict(zip([s.site for s in to_train], trained, strict=True))
-    timings["site_priors"] = time.perf_counter() - started - sum(timings.values())
+    paths = run_site_paths(specs, store, until="finetune", address=settings.address, say=say, prior_id=core.id,
+                           tags=tags)  # each site: its check, then its fine-tune or refit where the check says so
+    failed = [p for p in paths if p.failed]
+    if failed:
+        raise DataError("; ".join(f"site {p.site} failed at {p.failed}" for p in failed))
+    checks = {p.site: p.check for p in paths}
+    site_priors = {p.site: p.site_prior for p in paths if p.site_prior}
+    timings["site_paths"] = time.perf_counter() - started - sum(timings.values())
     sweep_spec = settings.sweep_spec(specs)
     sweep = None
     if sweep_spec:

@@ -61,10 +61,15 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    """This process's peak resident memory so far, in MiB: Linux's ``VmHWM`` (its own, where ``ru_maxrss``
+    keeps the parent's peak across a fork and exec), else ``ru_maxrss``."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def available(resource: str) -> float:
