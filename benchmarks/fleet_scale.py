@@ -2,10 +2,11 @@
 
     python benchmarks/fleet_scale.py [--sites 8 64 512] [--backends local s3] [--others 10000] [--json out.json]
 
-Synthetic fleets made from the bundled turbines: site ``i`` is turbine ``i % 4``'s healthy 2015 readings,
-3,000 rows resampled, as they are (``as-is``), restricted to its top quarter of wind speeds (``windy``),
-moved by 1.5 standard deviations in every feature (``moved``), or its 2014 readings (``2014``), so that the
-site decisions differ; small steps (a 20-step probe, 40 fine-tune or refit steps, 2 x 40 alignment steps).
+Synthetic fleets made from the bundled turbines: site ``i`` is turbine ``(i // 4) % 4``'s healthy 2015
+readings, 3,000 rows resampled, as they are (``as-is``: reuse), restricted to its top quarter of wind speeds
+(``windy``: finetune), moved by 1.5 standard deviations in every feature (``moved``: finetune) or by 8
+(``far``: refit), variant ``i % 4``, so that all three decisions occur; small steps (a 20-step probe, 40
+fine-tune or refit steps, 2 x 40 alignment steps).
 Per backend (local disk, and SeaweedFS's S3 on 127.0.0.1) the store first gets a core prior and
 ``--others`` records of other sites (a third each check, site prior, encoder). Then per fleet size N, in a
 fresh driver process with an embedded Ray of this machine's cores, ``run_site_paths`` (what ``site run``
@@ -48,7 +49,7 @@ from pipeline.storage import Store  # noqa: E402
 from machine import machine, on_local_and_s3  # benchmarks/machine.py, beside this script  # noqa: E402
 
 TURBINES = ("R80711", "R80721", "R80736", "R80790")
-VARIANTS = ("as-is", "windy", "moved", "2014")
+VARIANTS = ("as-is", "windy", "moved", "far")
 ROWS = 3000
 SMALL = {"finetune": {"steps": 40, "refit_steps": 40, "probe_steps": 20, "log_every": 20},
          "alignment": {"lambda": 0.002, "steps": 40, "log_every": 20, "eval_points": 200}}
@@ -88,16 +89,16 @@ def fleet_rows() -> dict[tuple[str, str], np.ndarray]:
     pools = {}
     for turbine in TURBINES:
         rows = table[table.site == turbine]
-        x15, x14 = rows[rows.year == 2015][list(lhb.FEATURES)], rows[rows.year == 2014][list(lhb.FEATURES)]
+        x15 = rows[rows.year == 2015][list(lhb.FEATURES)]
         pools[turbine, "as-is"] = x15.to_numpy(np.float64)
         pools[turbine, "windy"] = x15[x15.wind_speed > x15.wind_speed.quantile(0.75)].to_numpy(np.float64)
         pools[turbine, "moved"] = (x15 + 1.5 * x15.std()).to_numpy(np.float64)
-        pools[turbine, "2014"] = x14.to_numpy(np.float64)
+        pools[turbine, "far"] = (x15 + 8 * x15.std()).to_numpy(np.float64)
     return pools
 
 
 def make_fleet(folder: Path, n: int, pools: dict) -> list[str]:
-    """``n`` site specs (and their Parquet files) under ``folder``; site i: turbine i % 4, variant (i // 4) % 4."""
+    """``n`` site specs (and their Parquet files) under ``folder``; site i: turbine (i // 4) % 4, variant i % 4."""
     import pyarrow as pa
 
     base = {t: yaml.safe_load((Path(__file__).resolve().parents[1] / "sites" / f"{t}.yaml").read_text())
@@ -105,7 +106,7 @@ def make_fleet(folder: Path, n: int, pools: dict) -> list[str]:
     rng = np.random.default_rng(n)
     specs = []
     for i in range(n):
-        turbine, variant = TURBINES[i % 4], VARIANTS[(i // 4) % 4]
+        turbine, variant = TURBINES[(i // 4) % 4], VARIANTS[i % 4]
         site = f"{turbine}-{variant}-{i:04d}"
         pool = pools[turbine, variant]
         x = pool[rng.integers(0, len(pool), ROWS)]  # (3000, 10)

@@ -1,4 +1,5 @@
-"""Progress of long work with an ETA: ``[label] 300/2000 steps (15%), 1m20s, ETA 7m33s``.
+"""Progress of long work with an ETA: ``[label] 300/2000 steps (15%), 1m20s, ETA 7m33s``; and of a fleet
+command over many sites, ``[site run] 120/500 sites, 2 failed, 380 in flight, 4m10s, ETA 13m52s``.
 
 Where the caller owns the terminal (nothing else prints meanwhile) the line is rewritten in place;
 elsewhere (logs, CI, beside Ray's forwarded worker output) each update is a plain line. The ETA is
@@ -57,3 +58,37 @@ class Progress:
         self.stream.write("\r\x1b[K" + self.line(done, note, now) + ("\n" if done >= self.total else ""))
         self.stream.flush()
         self.shown = now
+
+
+class FleetProgress:
+    """One progress line for a fleet command: ``[site run] 12/48 sites, 2 failed, 8 in flight, 1m20s, ETA 4m``,
+    rewritten in place on a terminal (with ``live``, where the caller owns it), else printed each time another
+    tenth of the fleet finished; ``finished(line)`` prints one line per finished site (above it)."""
+
+    def __init__(self, label: str, total: int, say: Callable[[str], None] = print, live: bool = False,
+                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.total, self.say, self.clock = label, total, say, clock
+        stream = stream or sys.stdout
+        self.live = live and bool(getattr(stream, "isatty", lambda: False)())
+        self.stream, self.started, self.done, self.failed, self.shown = stream, clock(), 0, 0, 0
+
+    def line(self) -> str:
+        finished, elapsed = self.done + self.failed, self.clock() - self.started
+        eta = f", ETA {duration(elapsed * (self.total - finished) / finished)}" if 0 < finished < self.total else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (f"[{self.label}] {finished}/{self.total} sites{failed}, {self.total - finished} in flight, "
+                f"{duration(elapsed)}{eta}")
+
+    def finished(self, line: str, failed: bool = False) -> None:
+        self.failed += failed
+        self.done += not failed
+        if self.live:
+            self.stream.write(f"\r\x1b[K{line}\n{self.line()}" + ("\n" if self.done + self.failed == self.total
+                                                                 else ""))
+            self.stream.flush()
+            return
+        self.say(line)
+        finished = self.done + self.failed
+        if finished == self.total or finished * 10 // self.total > self.shown * 10 // self.total:
+            self.shown = finished
+            self.say(self.line())

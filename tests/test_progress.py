@@ -38,3 +38,26 @@ def test_plain_lines_off_a_terminal_and_one_rewritten_line_on_it():
     live.update(3)  # the last one always is, and ends the line
     assert terminal.getvalue() == "\r\x1b[K[fit] 1/3 steps (33%), 10s, ETA 20s\r\x1b[K[fit] 3/3 steps (100%), 20s\n"
     assert len(lines) == 1
+
+
+def test_a_fleet_prints_one_line_per_site_and_its_progress_every_tenth_or_one_line_in_place():
+    from pipeline.progress import FleetProgress
+
+    now = [0.0]
+    lines: list[str] = []
+    fleet = FleetProgress("site run", 20, say=lines.append, live=True, stream=io.StringIO(), clock=lambda: now[0])
+    for k in range(20):  # a site a second
+        now[0] = k + 1.0
+        fleet.finished(f"[site s{k}] done", failed=k == 3)
+    progress = [line for line in lines if line.startswith("[site run]")]
+    assert [line for line in lines if not line.startswith("[site run]")] == [f"[site s{k}] done" for k in range(20)]
+    assert len(progress) == 10 and progress[0] == "[site run] 2/20 sites, 18 in flight, 2s, ETA 18s"
+    assert progress[-1] == "[site run] 20/20 sites, 1 failed, 0 in flight, 20s"  # no ETA once done
+
+    terminal = Terminal()
+    clock = iter([0.0, 4.0, 8.0]).__next__
+    fleet = FleetProgress("site run", 2, say=lines.append, live=True, stream=terminal, clock=clock)
+    fleet.finished("[site a] done")
+    fleet.finished("[site b] done")
+    assert terminal.getvalue() == ("\r\x1b[K[site a] done\n[site run] 1/2 sites, 1 in flight, 4s, ETA 4s"
+                                   "\r\x1b[K[site b] done\n[site run] 2/2 sites, 0 in flight, 8s\n")

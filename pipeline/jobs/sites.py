@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, TextIO
+from typing import Callable
 
 from pipeline.errors import FlowpriorError, SpecError, StoreError
-from pipeline.progress import duration
+from pipeline.progress import FleetProgress
 from pipeline.registry import Record, Registry
 from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import AlreadyExists, Store
@@ -36,6 +34,7 @@ from pipeline.tracking import Tracking
 Say = Callable[[str], None]
 SITE_RETRIES = 3  # reruns of a site task whose worker died (a lost node, an OOM kill)
 UNTIL = ("check", "finetune", "align")  # a site's path, in order
+COMPACT_SITES = 64  # a fleet command over this many sites brings the registry's snapshots up to date at its end
 
 
 def site_task_resources(gpu: float = 0.0) -> dict[str, float]:
@@ -88,40 +87,6 @@ def _save_log(store: Store, key: str, lines: list[str]) -> None:
         pass  # an earlier attempt of this task wrote it
     except StoreError as error:  # the log is a convenience: the step's record and result stand without it
         print(f"could not save the step's log to {store.uri_of(key)}: {error}", flush=True)
-
-
-class FleetProgress:
-    """One progress line for a fleet command: ``[site run] 12/48 sites, 2 failed, 8 in flight, 1m20s, ETA 4m``,
-    rewritten in place on a terminal, else printed each time another tenth of the fleet finished; and
-    ``finished(line)`` prints one line per finished site above it."""
-
-    def __init__(self, label: str, total: int, say: Say, stream: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.label, self.total, self.say, self.clock = label, total, say, clock
-        stream = stream or sys.stdout
-        self.live = say is print and bool(getattr(stream, "isatty", lambda: False)())
-        self.stream, self.started, self.done, self.failed, self.shown = stream, clock(), 0, 0, 0
-
-    def line(self) -> str:
-        finished, elapsed = self.done + self.failed, self.clock() - self.started
-        eta = f", ETA {duration(elapsed * (self.total - finished) / finished)}" if 0 < finished < self.total else ""
-        failed = f", {self.failed} failed" if self.failed else ""
-        return (f"[{self.label}] {finished}/{self.total} sites{failed}, {self.total - finished} in flight, "
-                f"{duration(elapsed)}{eta}")
-
-    def finished(self, line: str, failed: bool = False) -> None:
-        self.failed += failed
-        self.done += not failed
-        if self.live:
-            self.stream.write(f"\r\x1b[K{line}\n{self.line()}" + ("\n" if self.done + self.failed == self.total
-                                                                 else ""))
-            self.stream.flush()
-            return
-        self.say(line)
-        finished = self.done + self.failed
-        if finished == self.total or finished * 10 // self.total > self.shown * 10 // self.total:
-            self.shown = finished
-            self.say(self.line())
 
 
 def _connect(address: str | None, gpu: float, say: Say) -> float:
@@ -189,7 +154,7 @@ def run_sites(step: Callable, specs: list, store: Store, address: str | None = N
     task = _remote(_run_step, retries, gpu)
     refs = {task.remote(step, spec, store, kwargs, f"{folder}/{spec.site}/{label}.log"): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
-    progress = FleetProgress(f"sites {label}", len(refs), say)
+    progress = FleetProgress(f"sites {label}", len(refs), say, live=say is print)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         site = refs.pop(done[0])
@@ -204,9 +169,21 @@ def run_sites(step: Callable, specs: list, store: Store, address: str | None = N
         for line in _summary(output.lines, verbose)[:-1]:
             say(line)
         progress.finished(output.lines[-1] if output.lines else f"[site {site}] done")
+    _compact(store, len(specs), say)
     if errors:
         raise errors[0]
     return [results[spec.site] for spec in specs]
+
+
+def _compact(store: Store, sites: int, say: Say) -> None:
+    """After a fleet command over ``COMPACT_SITES`` sites or more: the registry's snapshots brought up to date
+    (``Registry.compact``), so the next ``fleet status`` reads them, not every record the command added."""
+    if sites < COMPACT_SITES:
+        return
+    try:
+        Registry(store).compact()
+    except StoreError as error:  # the records stand; the next reader compacts
+        say(f"[sites] could not bring the registry's snapshots up to date: {error}")
 
 
 @dataclass
@@ -307,7 +284,7 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
         refs[ref] = spec.site
     results: dict[str, SitePath] = {}
     pending = list(refs)
-    progress = FleetProgress("site run", len(refs), say)
+    progress = FleetProgress("site run", len(refs), say, live=say is print)
     say(f"[site run] {len(specs)} sites: {' -> '.join(steps)} against {prior}; each step's log is under "
         f"{store.uri_of(folder)}/<site>/")
     while pending:
@@ -322,4 +299,5 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
         path.lines = []  # printed: the driver keeps only the records
         results[site] = path
         progress.finished(path.line(), failed=path.failed is not None)
+    _compact(store, len(specs), say)
     return [results[spec.site] for spec in specs]

@@ -105,11 +105,11 @@ def names(store: Store) -> list[str]:
     return store.list(ALIASES)
 
 
-def current(store: Store, prefix: str = "") -> dict[str, AliasMove]:
+def current(store: Store, prefix: str = "", compact_after: int | None = None) -> dict[str, AliasMove]:
     """``{alias: its latest entry}`` for every alias whose name starts with ``prefix``, from one listing of
     all aliases and the alias snapshot (see ``snapshots``), reading only the latest entries it lacks
-    (concurrently); when it lacked many, a fresh alias snapshot (of every alias's latest entry) is written
-    for the next reader."""
+    (concurrently); when it lacked ``compact_after`` (default ``snapshots.COMPACT_AFTER``) or more, a fresh
+    alias snapshot (of every alias's latest entry) is written for the next reader."""
     tree = store.list_tree(ALIASES)
     versions: dict[str, int] = {}
     for key in tree:
@@ -123,7 +123,7 @@ def current(store: Store, prefix: str = "") -> dict[str, AliasMove]:
                                {k: tree[k] for k in latest.values()})
     missing = [k for k in latest.values() if k not in cached]
     raw = {**cached, **dict(zip(missing, store.read_many([f"{ALIASES}/{k}" for k in missing]), strict=True))}
-    if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
+    if verifiable and missing and len(missing) >= (compact_after or snapshots.COMPACT_AFTER):
         snapshots.write(store, raw, snapshots.ALIAS_SNAPSHOTS)
     return {a: parse(raw[k], store.uri_of(f"{ALIASES}/{k}"), a, versions[a]) for a, k in latest.items()
             if a.startswith(prefix)}

@@ -177,7 +177,7 @@ class Registry:
 
     def make_current(self, record: Record) -> AliasMove | None:
         """Point ``record``'s current-alias (``core`` for a prior, ``<kind>.<site>`` for a site's record) at it,
-        unless it already does: what rerunning a step that already ran does (see ``jobs.sites.find_step``)."""
+        unless it already does: what rerunning a step that already ran does (see ``sites.steps.find_step``)."""
         alias = current_alias(record.kind, record.site)
         return aliases.move(self.store, alias, record.id, unless_current=True) if alias else None
 
@@ -291,13 +291,15 @@ class Registry:
                 files[record_id] = info
         return files, stray
 
-    def raw_records(self, listing: dict[str, ObjectInfo] | None = None) -> dict[str, bytes]:
+    def raw_records(self, listing: dict[str, ObjectInfo] | None = None,
+                    compact_after: int | None = None) -> dict[str, bytes]:
         """``{record id: the bytes of its file}`` for every record file the listing shows (``listing``: one
         :meth:`record_files` already made; without it, a new one, warning about each name it skips).
 
         The listing is the truth; a snapshot row is used instead of reading a file only where the
         listing vouches for it (same size, and the MD5 the server reports for the file). Where the
-        listing carries no MD5 (local disk) every file is read."""
+        listing carries no MD5 (local disk) every file is read. When the snapshot lacked ``compact_after``
+        records or more (default ``snapshots.COMPACT_AFTER``), a fresh one is written for the next reader."""
         if listing is None:
             listing, stray = self.record_files()
             for name in stray:
@@ -308,9 +310,18 @@ class Registry:
         raw = snapshots.vouched(cached, listing)
         missing = [i for i in listing if i not in raw]
         raw.update(zip(missing, self.store.read_many([f"{RECORDS}/{i}.json" for i in missing]), strict=True))
-        if verifiable and len(missing) >= snapshots.COMPACT_AFTER:
+        if verifiable and missing and len(missing) >= (compact_after or snapshots.COMPACT_AFTER):
             snapshots.write(self.store, raw)
         return {i: raw[i] for i in listing}
+
+    def compact(self) -> None:
+        """Bring the record and alias snapshots up to date (see ``snapshots``), so that the next reader, however
+        cold, reads them and not every record a fleet run just added: what a fleet command does at its end.
+        Nothing on local disk, where readers read the files (no listing there vouches for a snapshot)."""
+        listing, _ = self.record_files()
+        if any(info.md5 for info in listing.values()):
+            self.raw_records(listing, compact_after=1)
+            aliases.current(self.store, compact_after=1)
 
     def every_record_file(self) -> dict[str, bytes]:
         """``{name: bytes}`` of every object in ``registry/records/``, whatever its name or content: what

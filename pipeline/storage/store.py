@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -273,20 +274,41 @@ class LocalBackend:
         return found
 
 
+_CLIENTS: dict[tuple, object] = {}  # this process's S3 clients of unpickled stores, by options and credentials
+_CLIENTS_LOCK = threading.Lock()
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def shared_filesystem(options: S3Options):
+    """This process's client for ``options`` and the AWS settings in its environment now, made once."""
+    key = (options, *(os.environ.get(name) for name in CREDENTIAL_ENV))
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = options.filesystem()
+        return _CLIENTS[key]
+
+
 class S3Backend:
     """``bucket/prefix`` on an S3-compatible server, through s3fs."""
 
     def __init__(self, root: str, options: S3Options) -> None:
         self.root, self.options = root, options
         self._fs = None
+        self._shared = False  # whether to take this process's client for these options (see __setstate__)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fs": None}  # a Ray task or worker opens its own client from the options
 
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled in a Ray worker, once per task: the worker's tasks share one client per options and
+        # credentials, instead of each task building its own (a client costs more than a site step's requests)
+        self.__dict__.update(state, _shared=True)
+
     @property
     def fs(self):
         if self._fs is None:
-            self._fs = self.options.filesystem()
+            self._fs = shared_filesystem(self.options) if self._shared else self.options.filesystem()
         return self._fs
 
     def _path(self, key: str) -> str:

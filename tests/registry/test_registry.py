@@ -259,3 +259,30 @@ def test_a_stray_file_name_in_the_registry_is_skipped_with_a_warning_and_reporte
         assert main([*command, "--store", store.uri]) == 0, command
     assert main(["registry", "check", "--store", store.uri]) == 1
     assert "not a record file name" in capsys.readouterr().out
+
+
+def test_compact_brings_both_snapshots_up_to_date_so_the_next_reader_reads_no_record_file(s3_store, tmp_path):
+    """What a fleet command does at its end (``Registry.compact``): the next ``fleet status`` reads the two
+    snapshots and the listings, not the records and alias entries the command added."""
+    from pipeline.registry import snapshots
+    from pipeline.registry.fleet import fleet_status
+    from pipeline.storage import Store
+    from tests.support.counting import CountingStore
+
+    registry = Registry(s3_store)
+    core = registry.register("prior")
+    for site in ("s1", "s2", "s3"):  # fewer than COMPACT_AFTER: a reader alone would not write a snapshot
+        registry.register("encoder", site=site, aligned_to=core.id)
+    registry.compact()
+    assert len(s3_store.list(snapshots.SNAPSHOTS)) == len(s3_store.list(snapshots.ALIAS_SNAPSHOTS)) == 1
+    counting = CountingStore(s3_store)
+    fleet = fleet_status(Registry(counting))
+    assert [s.encoder is not None for s in fleet.sites] == [True] * 3
+    assert counting.requests == {"list": 4, "read": 2}  # records, snapshots, aliases, alias snapshots; 2 snapshots
+    registry.compact()  # nothing new: nothing written
+    assert len(s3_store.list(snapshots.SNAPSHOTS)) == len(s3_store.list(snapshots.ALIAS_SNAPSHOTS)) == 1
+
+    local = Registry(Store.open(str(tmp_path / "local")))
+    local.register("prior")
+    local.compact()
+    assert local.store.list(snapshots.SNAPSHOTS) == []  # a local listing cannot vouch for a snapshot's rows
