@@ -229,18 +229,17 @@ def _path_step(step: str, spec, store: Store, kwargs: dict, log: str, verbose: b
     path = path or SitePath(spec.site)
     if path.failed:
         return path
-    prior = kwargs["prior_id"]
     try:
         if step == "check":
-            output = _run_step(check_site, spec, store, {**kwargs, "prior_id": prior}, log)
+            output = _run_step(check_site, spec, store, kwargs, log)
             path.check = output.value
         elif step == "finetune":
             if path.decision == "reuse":
                 return path
-            output = _run_step(finetune_site, spec, store, {**kwargs, "prior_id": prior, "mode": path.decision}, log)
+            output = _run_step(finetune_site, spec, store, {**kwargs, "mode": path.decision}, log)
             path.site_prior = output.value
-        else:
-            aligned_to = path.site_prior.id if path.site_prior else prior
+        else:  # aligned to the new site prior, else to the prior the site was checked against
+            aligned_to = path.site_prior.id if path.site_prior else kwargs["prior_id"]
             output = _run_step(align_site, spec, store, {**kwargs, "prior_id": aligned_to}, log)
             path.encoder = output.value.record
     except Exception as error:  # noqa: BLE001 - the site's path ends here; the other sites run on
@@ -262,12 +261,11 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
     ``specs`` order; the driver's memory holds each site's records until it returns."""
     import ray
 
-    if until not in UNTIL:
-        raise SpecError(f"until is one of {', '.join(UNTIL)}; got {until!r}")
-    registry = Registry(store)
     from pipeline.sites.steps import core_id
 
-    prior = core_id(registry, prior_id)  # the whole fleet against one prior, even if `core` moves meanwhile
+    if until not in UNTIL:
+        raise SpecError(f"until is one of {', '.join(UNTIL)}; got {until!r}")
+    prior = core_id(Registry(store), prior_id)  # the whole fleet against one prior, even if `core` moves meanwhile
     gpu = _connect(address, gpu, say)
     kwargs = {"prior_id": prior, "force": secrets.token_hex(4) if force else False, "tags": tags}
     folder = run_folder("site-run")
