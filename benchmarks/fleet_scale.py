@@ -97,7 +97,7 @@ def fleet_rows() -> dict[tuple[str, str], np.ndarray]:
     return pools
 
 
-def make_fleet(folder: Path, n: int, pools: dict) -> list[str]:
+def make_fleet(folder: Path, n: int, pools: dict, rows: int = ROWS) -> list[str]:
     """``n`` site specs (and their Parquet files) under ``folder``; site i: turbine (i // 4) % 4, variant i % 4."""
     import pyarrow as pa
 
@@ -109,7 +109,7 @@ def make_fleet(folder: Path, n: int, pools: dict) -> list[str]:
         turbine, variant = TURBINES[(i // 4) % 4], VARIANTS[i % 4]
         site = f"{turbine}-{variant}-{i:04d}"
         pool = pools[turbine, variant]
-        x = pool[rng.integers(0, len(pool), ROWS)]  # (3000, 10)
+        x = pool[rng.integers(0, len(pool), rows)]  # (rows, 10)
         data = folder / f"{site}.parquet"
         pq.write_table(pa.table({name: x[:, j] for j, name in enumerate(lhb.FEATURES)}), data)
         spec = {**base[turbine], **SMALL, "site": site, "target": {"uri": str(data)},

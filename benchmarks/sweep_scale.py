@@ -2,8 +2,8 @@
 
     python benchmarks/sweep_scale.py [--sites 4 100] [--steps 200] [--epoch-steps 50] [--json out.json]
 
-Sites as ``benchmarks/fleet_scale.py`` makes them (3,000 resampled rows of a bundled turbine, as they are,
-windy, moved), aligned to a small core prior in a local store. Per fleet size, in a fresh driver with an
+Sites as ``benchmarks/fleet_scale.py`` makes them (here 7,000 resampled rows of a bundled turbine, as they
+are, windy, moved), aligned to a small core prior in a local store. Per fleet size, in a fresh driver with an
 embedded Ray of this machine's cores, ``run_sweep`` (what ``flowprior sweep`` runs) sweeps 9 lambdas per
 site with per-site ASHA (grace 1 epoch, reduction factor 3), after a lambda = 0 baseline per site, as
 ``tuning/lambda.yaml`` does, with short trials (``--steps`` in epochs of ``--epoch-steps``). Reported:
@@ -31,6 +31,7 @@ from fleet_scale import fleet_rows, make_fleet  # benchmarks/fleet_scale.py, bes
 
 from machine import machine  # noqa: E402
 
+ROWS = 7000  # a site's rows: enough for the target's own kNN NLL (5,000 points and 1,000 more), which the choice needs
 GRID = [0.01, 0.001, 0.1, 0.0003, 0.3, 0.003, 0.03, 0.0001, 1.0]  # tuning/lambda.yaml's, in its order
 
 DRIVER = """
@@ -106,7 +107,7 @@ def main() -> None:
         for n in args.sites:
             folder = Path(tmp) / f"sites-{n}"
             folder.mkdir()
-            spec = sweep_spec(folder, make_fleet(folder, n, pools), args.steps, args.epoch_steps)
+            spec = sweep_spec(folder, make_fleet(folder, n, pools, ROWS), args.steps, args.epoch_steps)
             per_epoch = epoch_seconds(spec, store, args.epoch_steps)
             started = time.perf_counter()
             run = subprocess.run([sys.executable, "-c", DRIVER.format(cores=args.cores), store, spec],
