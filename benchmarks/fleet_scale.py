@@ -8,9 +8,9 @@ readings, 3,000 rows resampled, as they are (``as-is``: reuse), restricted to it
 (``far``: refit), variant ``i % 4``, so that all three decisions occur; small steps (a 20-step probe, 40
 fine-tune or refit steps, 2 x 40 alignment steps).
 Per backend (local disk, and SeaweedFS's S3 on 127.0.0.1) the store first gets a core prior and
-``--others`` records of other sites (a third each check, site prior, encoder). Then per fleet size N, in a
-fresh driver process with an embedded Ray of this machine's cores, ``run_site_paths`` (what ``site run``
-runs) takes every site through check -> fine-tune/refit -> align, and then again (a rerun that finds
+``--others`` records of other sites (rounded up to a check, a site prior and an encoder per site). Then per
+fleet size N, in a fresh driver process with an embedded Ray of this machine's cores, ``run_site_paths``
+(what ``site run`` runs) takes every site through check -> fine-tune/refit -> align, and then again (a rerun that finds
 every step done). Reported per N and backend:
 
 * wall: ``run_site_paths``'s time (Ray's start-up excluded, reported apart);
@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
@@ -42,8 +41,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 
 from pipeline.datasets import la_haute_borne as lhb  # noqa: E402
-from pipeline.registry import Record, Registry, aliases  # noqa: E402
-from pipeline.registry.layout import RECORDS  # noqa: E402
+from pipeline.registry import Registry  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
 
 from machine import machine, on_local_and_s3  # benchmarks/machine.py, beside this script  # noqa: E402
@@ -120,36 +118,15 @@ def make_fleet(folder: Path, n: int, pools: dict, rows: int = ROWS) -> list[str]
     return specs
 
 
-def other_sites(store: Store, core: str, count: int) -> None:
-    """``count`` records of other sites (a third each check, site prior, encoder), each site's check alias."""
-    def one(i: int) -> None:
-        site = f"elsewhere{i // 3:05d}"
-        kind = ("site-check", "site-prior", "encoder")[i % 3]
-        record = Record.new(kind, site=site, parents=[core], aligned_to=core if kind == "encoder" else None,
-                            config={"decision": "reuse", "step": f"{site}.x"}, metrics={"fm_ratio": 1.0})
-        store.create(f"{RECORDS}/{record.id}.json", record.to_json())
-        if kind == "site-check":
-            aliases.move(store, f"site-check.{site}", record.id)
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, range(count)))
-
-
-def requests_per_step(store_uri: str, spec_path: str) -> dict:
+def requests(store_uri: str, spec_path: str) -> dict:
     """One site's three steps in this process through a counting store: requests per step, fresh and rerun."""
     from pipeline.sites import load_site_spec
-    from pipeline.sites.align import align_site
-    from pipeline.sites.check import check_site
-    from pipeline.sites.finetune import finetune_site
-    from tests.support.counting import CountingStore
+    from tests.support.counting import CountingStore, requests_per_step
 
     store, spec = CountingStore(Store.open(store_uri)), load_site_spec(spec_path)
-    registry, counted = Registry(store), {}
+    counted = {}
     for run in ("fresh", "rerun"):
-        for step, function in (("check", check_site), ("finetune", finetune_site), ("align", align_site)):
-            store.take()
-            function(spec, registry, say=lambda _: None)
-            counted[f"{step}_{run}"] = sum(store.take().values())
+        counted.update({f"{step}_{run}": sum(n.values()) for step, n in requests_per_step(store, spec).items()})
     return counted
 
 
@@ -163,19 +140,20 @@ def drive(store_uri: str, specs: list[str], cores: int) -> dict:
 
 
 def measure(store_uri: str, sizes: list[int], others: int, cores: int) -> dict:
+    from tests.support.fleet import other_sites
     from tests.support.sites import publish_core
 
     store = Store.open(store_uri)
     core = publish_core(store_uri, steps=150)
     started = time.perf_counter()
-    other_sites(store, core.id, others)
+    other_sites(store, core.id, 0, -(-others // 3), threads=16)  # a record of each site kind per site
     print(f"  {others} records of other sites in {time.perf_counter() - started:.0f} s", flush=True)
     pools = fleet_rows()
     results: dict = {"others": others}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "probe").mkdir()
         probe = make_fleet(Path(tmp) / "probe", 1, pools)
-        results["requests_per_step"] = requests_per_step(store_uri, probe[0])
+        results["requests_per_step"] = requests(store_uri, probe[0])
         for n in sizes:
             folder = Path(tmp) / f"fleet-{n}"
             folder.mkdir()

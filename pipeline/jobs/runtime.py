@@ -7,6 +7,7 @@ the same command joins the cluster.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from urllib.parse import urlsplit
@@ -42,7 +43,8 @@ def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 
 def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
     """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance. Without
-    ``log_to_driver`` the workers' output stays in their log files (the site steps print their own summary).
+    ``log_to_driver`` (the site commands, which print their own summary) the workers' output stays in their log
+    files and Ray's own start-up notices are not printed (its errors still are).
 
     Returns True for the embedded local Ray (fixed resources), False for a cluster (whose
     autoscaler may add nodes, so its current resources are not a limit).
@@ -52,11 +54,12 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return not address
+    quiet = {} if log_to_driver else {"logging_level": logging.ERROR}
     if address:
         probe(address)
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver, **quiet)
     else:
-        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=log_to_driver)
+        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=log_to_driver, **quiet)
     return not address
 
 

@@ -16,19 +16,19 @@ CORE_METRICS = ("heldout_fm", "heldout_nll_proxy", "nll_samples")  # what a chec
 
 def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, say: Say = print,
                force: bool | str = False, tags: dict[str, str] | None = None, log: str | None = None,
-               device: str = "cpu") -> Record:
+               device: str = "cpu", scan=None) -> Record:
     """Measure how well the prior (default: the current core) explains the site's held-out target
     features, decide reuse / finetune / refit, and record it as a ``site-check`` (``log``: the store key of
     this step's log, kept in the record). A step with the same inputs that already ran returns its record,
-    unless ``force`` (see :func:`pipeline.sites.steps.step_name`). ``device`` is accepted for the fan-out's
-    sake: a check is small and runs on the CPU."""
+    unless ``force`` (see :func:`pipeline.sites.steps.step_name`). ``scan``: the target as the caller already
+    scanned it. ``device`` is accepted for the fan-out's sake: a check is small and runs on the CPU."""
     prior_id = core_id(registry, prior_id)
     record = registry.get(prior_id)
     missing = [k for k in CORE_METRICS if record.metrics.get(k) is None]
     if missing:
         raise RegistryError(f"prior {prior_id} has no {', '.join(missing)} in its metrics (fitted before site "
                             "checks existed); refit it with `flowprior prior fit`")
-    scan = spec.target.scan()
+    scan = scan or spec.target.scan()
     run = find_step(registry, "site-check", spec.site, step_name("check", spec, prior_id, [scan.fingerprint]),
                     force, say)
     if run.done:

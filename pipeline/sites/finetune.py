@@ -23,13 +23,13 @@ def finetune_site(spec: SiteSpec, registry: Registry, mode: str = "auto", prior_
     with the same inputs that already ran returns its record, unless ``force``. ``log``: the store key of
     this step's log, kept in the record."""
     prior_id = core_id(registry, prior_id)
+    scan = spec.target.scan()
     if mode == "auto":
-        check = check_site(spec, registry, prior_id, say, tags=tags, log=log)
+        check = check_site(spec, registry, prior_id, say, tags=tags, log=log, scan=scan)
         mode = check.config["decision"]
         if mode == "reuse":
             say(f"[site {spec.site}] decision reuse ({check.id}): the core prior serves this site, nothing to train")
             return None
-    scan = spec.target.scan()
     run = find_step(registry, "site-prior", spec.site,
                     step_name("finetune", spec, prior_id, [scan.fingerprint], mode=mode, precision=precision), force,
                     say)

@@ -15,6 +15,8 @@ def local_ray(s3_server):
     """
     import ray
 
+    if ray.is_initialized():  # one an earlier test's command started (a site check starts a local Ray)
+        ray.shutdown()
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()

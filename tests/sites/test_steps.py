@@ -3,38 +3,13 @@ latest check and priors, and the core go by names and aliases, never by listing 
 
 import pytest
 
-from pipeline.registry import Record, Registry, aliases
+from pipeline.registry import Registry
 from pipeline.registry.layout import RECORDS
 from pipeline.sites import load_site_spec
-from pipeline.sites.align import align_site
-from pipeline.sites.check import check_site
-from pipeline.sites.finetune import finetune_site
 from pipeline.storage import Store
-from tests.support.counting import CountingStore
+from tests.support.counting import CountingStore, requests_per_step
+from tests.support.fleet import other_sites
 from tests.support.sites import publish_core, small_spec
-
-STEPS = {"check": check_site, "finetune": finetune_site, "align": align_site}
-KINDS = ("site-check", "site-prior", "encoder")
-
-
-def other_sites(store: Store, core: str, first: int, last: int) -> None:
-    """Records of sites ``first`` to ``last - 1`` (one of each site kind), and their check's alias."""
-    for i in range(first, last):
-        site = f"other{i:05d}"
-        for kind in KINDS:
-            record = Record.new(kind, site=site, parents=[core], aligned_to=core if kind == "encoder" else None,
-                                config={"decision": "reuse", "step": f"{site}.x"}, metrics={"fm_ratio": 1.0})
-            store.create(f"{RECORDS}/{record.id}.json", record.to_json())
-        aliases.move(store, f"site-check.{site}", record.id)
-
-
-def requests_per_step(store: CountingStore, spec) -> dict[str, dict[str, int]]:
-    registry, counted = Registry(store), {}
-    for step, run in STEPS.items():
-        store.take()
-        run(spec, registry, say=lambda _: None)
-        counted[step] = dict(store.take())
-    return counted
 
 
 @pytest.mark.slow

@@ -1,6 +1,10 @@
-"""A small registry history the registry, fleet and CLI tests share."""
+"""A small registry history the registry, fleet and CLI tests share; other sites' records in bulk."""
 
-from pipeline.registry import Registry
+from concurrent.futures import ThreadPoolExecutor
+
+from pipeline.registry import Record, Registry, aliases
+from pipeline.registry.layout import RECORDS
+from pipeline.storage import Store
 
 
 def build_fleet(registry: Registry) -> dict:
@@ -14,3 +18,19 @@ def build_fleet(registry: Registry) -> dict:
     s3 = registry.register("site-prior", site="s3", parents=[core2.id])
     e3 = registry.register("encoder", site="s3", parents=[s3.id], aligned_to=s3.id)
     return dict(core1=core1, s1=s1, e1=e1, e2=e2, core2=core2, e3_old=e3_old, s3=s3, e3=e3)
+
+
+def other_sites(store: Store, core: str, first: int, last: int, threads: int = 1) -> None:
+    """Sites ``other<first>`` to ``other<last - 1>``: a record of each site kind against ``core`` (written as
+    records, not through ``register``: fast) and their check's alias, as a fleet's other sites leave them."""
+    def one(i: int) -> None:
+        site = f"other{i:05d}"
+        for kind in ("site-check", "site-prior", "encoder"):
+            record = Record.new(kind, site=site, parents=[core], aligned_to=core if kind == "encoder" else None,
+                                config={"decision": "reuse", "step": f"{site}.x"}, metrics={"fm_ratio": 1.0})
+            store.create(f"{RECORDS}/{record.id}.json", record.to_json())
+            if kind == "site-check":
+                aliases.move(store, f"site-check.{site}", record.id)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(first, last)))
