@@ -1,6 +1,7 @@
-"""A sweep at fleet size: what a trial costs outside its own training, at 4 sites and at 100.
+"""A sweep at fleet size: what a trial costs outside its own training, at 4 sites and at 100, with trials
+reusing the worker processes of trials that ended (what sweeps do) and, side by side, one new process per trial.
 
-    python benchmarks/sweep_scale.py [--sites 4 100] [--steps 200] [--epoch-steps 50] [--json out.json]
+    python benchmarks/sweep_scale.py [--sites 4 100] [--fresh-at 4] [--steps 200] [--epoch-steps 50] [--json out.json]
 
 Sites as ``benchmarks/fleet_scale.py`` makes them (here 7,000 resampled rows of a bundled turbine, as they
 are, windy, moved), aligned to a small core prior in a local store. Per fleet size, in a fresh driver with an
@@ -10,7 +11,9 @@ site with per-site ASHA (grace 1 epoch, reduction factor 3), after a lambda = 0 
 trials (baselines included), trial-epochs, wall time, the sites' data preparation in the driver, the
 training a trial-epoch costs (timed in this process: the same encoder training, one thread), and so the
 time per trial spent outside training: ``(wall - data preparation) x cores / trials - training per
-trial`` (Tune's controller, the trial actors' start-up, checkpoints, moving the sites' data).
+trial`` (Tune's controller, the trial actors' start-up, checkpoints, moving the sites' data). At the fleet
+sizes in ``--fresh-at`` the same sweep also runs with a new worker process per trial (``reuse_actors=False``),
+each variant in its own copy of the store (nothing recorded by one is reused by the other).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +55,7 @@ ray.init(num_cpus={cores}, log_to_driver=False, include_dashboard=False)
 started = time.perf_counter()
 site_data(spec, Registry(store))
 preparation = time.perf_counter() - started
-result = run_sweep(spec, store, say=lambda line: None)
+result = run_sweep(spec, store, say=lambda line: None, reuse_actors=sys.argv[3] == "reuse")
 print(json.dumps({{"preparation_s": preparation, **result.metrics}}))
 """
 
@@ -90,6 +94,8 @@ def sweep_spec(folder: Path, specs: list[str], steps: int, epoch_steps: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="+", default=[4, 100])
+    parser.add_argument("--fresh-at", type=int, nargs="*", default=[4],
+                        help="fleet sizes at which the sweep also runs with a new worker process per trial")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--epoch-steps", type=int, default=50)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
@@ -100,37 +106,46 @@ def main() -> None:
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp) / "store")
-        publish_core(store, steps=150)
+        core_store = str(Path(tmp) / "core")
+        publish_core(core_store, steps=150)
         pools = fleet_rows()
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         for n in args.sites:
             folder = Path(tmp) / f"sites-{n}"
             folder.mkdir()
             spec = sweep_spec(folder, make_fleet(folder, n, pools, ROWS), args.steps, args.epoch_steps)
-            per_epoch = epoch_seconds(spec, store, args.epoch_steps)
-            started = time.perf_counter()
-            run = subprocess.run([sys.executable, "-c", DRIVER.format(cores=args.cores), store, spec],
-                                 capture_output=True, text=True, env=env)
-            if run.returncode != 0:
-                raise RuntimeError(run.stderr[-3000:])
-            wall = time.perf_counter() - started
-            m = json.loads(run.stdout.strip().splitlines()[-1])
-            trials = m["trials"] + n  # the grid's and the baselines'
-            epochs = m["trial_epochs"] + m["baseline_epochs"]
-            training = epochs * per_epoch
-            outside = ((m["seconds"] - m["preparation_s"]) * args.cores - training) / trials
-            results[str(n)] = {"sites": n, "trials": trials, "trial_epochs": epochs,
-                               "compute_fraction": m["compute_fraction"], "sweep_s": m["seconds"],
-                               "driver_wall_s": wall, "preparation_s": m["preparation_s"],
-                               "epoch_training_s": per_epoch, "training_s": training,
-                               "outside_training_per_trial_s": outside,
-                               "training_per_trial_s": training / trials}
-            print(f"{n:4d} sites: {trials} trials, {epochs} trial-epochs ({m['compute_fraction']:.0%} of the grid's), "
-                  f"sweep {m['seconds']:.0f} s (data preparation {m['preparation_s']:.0f} s), training "
-                  f"{training / trials:.2f} s a trial, outside training {outside:.2f} s a trial", flush=True)
+            per_epoch = epoch_seconds(spec, core_store, args.epoch_steps)
+            results[str(n)] = {}
+            for actors in ("reuse", "fresh") if n in args.fresh_at else ("reuse",):
+                store = str(Path(tmp) / f"store-{n}-{actors}")
+                shutil.copytree(core_store, store)
+                started = time.perf_counter()
+                run = subprocess.run([sys.executable, "-c", DRIVER.format(cores=args.cores), store, spec, actors],
+                                     capture_output=True, text=True, env=env)
+                if run.returncode != 0:
+                    raise RuntimeError(run.stderr[-3000:])
+                wall = time.perf_counter() - started
+                m = json.loads(run.stdout.strip().splitlines()[-1])
+                trials = m["trials"] + n  # the grid's and the baselines'
+                epochs = m["trial_epochs"] + m["baseline_epochs"]
+                training = epochs * per_epoch
+                outside = ((m["seconds"] - m["preparation_s"]) * args.cores - training) / trials
+                results[str(n)][actors] = {
+                    "sites": n, "trials": trials, "trial_epochs": epochs, "compute_fraction": m["compute_fraction"],
+                    "sweep_s": m["seconds"], "driver_wall_s": wall, "preparation_s": m["preparation_s"],
+                    "epoch_training_s": per_epoch, "training_s": training, "outside_training_per_trial_s": outside,
+                    "training_per_trial_s": training / trials}
+                print(f"{n:4d} sites, {actors} actors: {trials} trials, {epochs} trial-epochs "
+                      f"({m['compute_fraction']:.0%} of the grid's), sweep {m['seconds']:.0f} s (data preparation "
+                      f"{m['preparation_s']:.0f} s), training {training / trials:.2f} s a trial, outside training "
+                      f"{outside:.2f} s a trial", flush=True)
+            if "fresh" in results[str(n)]:
+                ratio = results[str(n)]["fresh"]["sweep_s"] / results[str(n)]["reuse"]["sweep_s"]
+                results[str(n)]["fresh_over_reuse_sweep_s"] = ratio
+                print(f"{n:4d} sites: a new process per trial takes {ratio:.1f}x the sweep's time", flush=True)
     results["machine"] = machine()
-    results["settings"] = {"steps": args.steps, "epoch_steps": args.epoch_steps, "grid": GRID, "cores": args.cores}
+    results["settings"] = {"steps": args.steps, "epoch_steps": args.epoch_steps, "grid": GRID, "cores": args.cores,
+                           "fresh_at": args.fresh_at}
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
 

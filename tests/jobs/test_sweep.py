@@ -99,6 +99,10 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
                  if k.startswith(f"{folder}/events.out.tfevents")}
         recon = merged(files)["ray/tune/recon"]
         assert len(recon) == trial["epochs"], trial["trial"]
+    # trials started in the worker processes of trials that ended (reused actors), not one new process each
+    pids = {json.loads(line)["pid"] for k in tree if k.endswith("/result.json")
+            for line in store.read(f"ray-runs/{record.name}/{k}").decode().splitlines()}
+    assert len(pids) < len(record.config["trials"]), pids
     # and each trial as an MLflow run (Tune's MLflow callback; tracking is on here): its settings, an epoch per step
     runs = {r.data.tags["trial_name"]: r for r in mlflow_tracking.runs(sweep=spec.name, experiment=record.name)}
     assert len(runs) == len(record.config["trials"])

@@ -102,9 +102,10 @@ def _choices(spec: SweepSpec, sites: dict[str, SiteData], trials: list[dict], ba
 
 def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Say = print,
               name: str | None = None, trust_store_state: bool = False,
-              tags: dict[str, str] | None = None) -> SweepResult:
+              tags: dict[str, str] | None = None, reuse_actors: bool = True) -> SweepResult:
     """Run (or resume, or find the recorded) sweep, registered with ``tags``; ``say`` gets the progress lines.
-    See :mod:`pipeline.jobs.sweep`."""
+    ``reuse_actors=False`` starts every trial in a new worker process (what ``benchmarks/sweep_scale.py``
+    compares with). See :mod:`pipeline.jobs.sweep`."""
     started = time.perf_counter()
     registry = Registry(store)
     sites = site_data(spec, registry)
@@ -127,7 +128,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     baselines = {}
     for ended in run_experiment(baseline_name, trainable(sites, spec, gpu),
                                 {"point": tune.grid_search(grid_points(spec, site_ids, {"lam": 0.0}))}, 1,
-                                len(site_ids), spec, store, None, say, trust_store_state, tags):
+                                len(site_ids), spec, store, None, say, trust_store_state, tags, reuse_actors):
         site = settings_of(ended.config)["site"]
         baselines[site] = trial_entry(ended, spec, sites[site])
         sites[site].baseline_recon = [spec.select.reconstruction(h) for h in baselines[site]["history"]]
@@ -135,7 +136,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     points = grid_points(spec, site_ids)
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
     ended = run_experiment(name, trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec,
-                           store, scheduler_of(spec), say, trust_store_state, tags)
+                           store, scheduler_of(spec), say, trust_store_state, tags, reuse_actors)
     trials = [trial_entry(e, spec, sites[settings_of(e.config)["site"]]) for e in ended]
     choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)
