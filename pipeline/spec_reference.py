@@ -18,6 +18,7 @@ from pipeline.sweeps.spec import Resources, Scheduler, SweepSpec
 RENAMES = {AlignConfig: {"lam": "lambda"}}  # YAML key where it differs from the field name
 TOP_LEVEL = {  # the keys of a spec's top level that are not sections, with their YAML types
     SiteSpec: [("site", "str", "required: the site id (letters, digits, `-_.`)"),
+               ("description", "str", "none: one line saying what the site is, shown in reports"),
                ("columns", "list of str", "all numeric columns but id/site/time: both tables' feature columns"),
                ("seed", "int", "0")],
     SweepSpec: [("name", "str", "the file name"),

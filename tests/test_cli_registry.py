@@ -27,13 +27,21 @@ def query(store_uri: str, *args: str) -> list[dict]:
     return records
 
 
+def show(store_uri: str, record_id: str) -> dict:
+    result = flowprior("registry", "show", record_id, "--json", "--store", store_uri)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert REQUIRED <= set(record)
+    return record
+
+
 @pytest.mark.slow
 def test_registry_queries_answer_from_the_cli(store_uri):
     fleet = build_fleet(Registry(Store.open(store_uri)))
     ids = lambda records: [r["id"] for r in records]  # noqa: E731
     assert ids(query(store_uri, "ls")) == [r.id for r in fleet.values()]
     assert ids(query(store_uri, "ls", "--kind", "encoder", "--site", "s3")) == [fleet["e3_old"].id, fleet["e3"].id]
-    assert ids(query(store_uri, "show", fleet["s1"].id)) == [fleet["s1"].id]
+    assert show(store_uri, fleet["s1"].id)["id"] == fleet["s1"].id
     assert ids(query(store_uri, "lineage", fleet["e1"].id)) == [fleet[k].id for k in ("e1", "s1", "core1")]
     assert ids(query(store_uri, "aligned", "s1")) == [fleet["s1"].id]
     assert {r["site"] for r in query(store_uri, "stale")} == {"s1", "s2"}
@@ -42,8 +50,12 @@ def test_registry_queries_answer_from_the_cli(store_uri):
     table = flowprior("registry", "stale", "--store", store_uri)
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["id", "kind", "site"]
     assert fleet["e2"].id in table.stdout and f"aligned_to={fleet['core1'].id}" in table.stdout
-    none = flowprior("registry", "aligned", "s9", "--store", store_uri)
-    assert none.returncode == 0 and "site s9 has no current encoder" in none.stdout
+    registry = Registry(Store.open(store_uri))
+    registry.register("site-check", site="s4", parents=[fleet["core2"].id], config={"decision": "reuse"})
+    none = flowprior("registry", "aligned", "s4", "--store", store_uri)  # a known site, no encoder yet
+    assert none.returncode == 0 and "site s4 has no current encoder" in none.stdout
+    typo = flowprior("registry", "aligned", "s9", "--store", store_uri)  # no such site
+    assert typo.returncode == 2 and "no site s9 in the registry" in typo.stderr
 
 
 def test_the_store_comes_from_the_environment_when_the_flag_is_absent(tmp_path):
@@ -72,7 +84,7 @@ def test_bad_queries_fail_clearly(tmp_path, args, message):
 
 def test_a_missing_local_store_and_a_dead_s3_server_are_clear_errors(tmp_path):
     result = flowprior("registry", "ls", "--store", str(tmp_path / "typo"))
-    assert result.returncode == 2 and f"no store at {tmp_path / 'typo'}" in result.stderr
+    assert result.returncode == 2 and f"no flowprior store at {tmp_path / 'typo'}" in result.stderr
     assert not (tmp_path / "typo").exists()
     dead = flowprior("registry", "ls", "--store", "s3://bucket/p", "--s3-endpoint", "http://127.0.0.1:9",
                      env={"AWS_ACCESS_KEY_ID": "AKIAFLOWPRIOR", "AWS_SECRET_ACCESS_KEY": "never-print-me-please",

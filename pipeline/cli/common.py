@@ -7,18 +7,37 @@ import argparse
 from pipeline.errors import RegistryError, SpecError
 from pipeline.storage import S3Options, Store
 
+STORE_OPTIONS = ("store", "s3_endpoint", "s3_profile", "s3_timeout")  # also accepted before the command
 
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+
+def add_store_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--store`` and its S3 overrides; ``prefix`` names their destinations (``global_`` for the copies the
+    top-level parser takes before the command, which :func:`apply_global_store` hands to the command)."""
     group = parser.add_argument_group("store")
-    group.add_argument("--store", metavar="URI", default=None,
+    group.add_argument("--store", dest=f"{prefix}store", metavar="URI", default=None,
                        help="local path, file:///path or s3://bucket/prefix (default: $FLOWPRIOR_STORE, "
                             "else ./flowprior-store). S3 credentials come from the AWS environment "
                             "variables or profiles, never from the URI.")
-    group.add_argument("--s3-endpoint", metavar="URL", default=None,
+    group.add_argument("--s3-endpoint", dest=f"{prefix}s3_endpoint", metavar="URL", default=None,
                        help="S3 endpoint (default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
-    group.add_argument("--s3-profile", metavar="NAME", default=None, help="AWS profile for S3 credentials")
-    group.add_argument("--s3-timeout", metavar="SECONDS", type=float, default=None,
+    group.add_argument("--s3-profile", dest=f"{prefix}s3_profile", metavar="NAME", default=None,
+                       help="AWS profile for S3 credentials")
+    group.add_argument("--s3-timeout", dest=f"{prefix}s3_timeout", metavar="SECONDS", type=float, default=None,
                        help="S3 connect timeout; reads get 10x (default: 2 s, or $FLOWPRIOR_S3_CONNECT_TIMEOUT)")
+
+
+def apply_global_store(args: argparse.Namespace) -> str | None:
+    """Give the command the store options written before it (``flowprior --store X registry ls``) where it was
+    not given its own after it (those win). Returns the option a command without it was given, else None."""
+    for name in STORE_OPTIONS:
+        value = getattr(args, f"global_{name}")
+        if value is None:
+            continue
+        if not hasattr(args, name):
+            return f"--{name.replace('_', '-')}"
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return None
 
 
 def open_store(args: argparse.Namespace) -> Store:
@@ -29,11 +48,13 @@ def open_store(args: argparse.Namespace) -> Store:
 
 
 def open_existing_store(args: argparse.Namespace) -> Store:
-    """The store of ``--store``, refusing a local one that was never published to (a mistyped path)."""
+    """The store of ``--store`` for a command that only reads it, refusing a local one that does not exist (a
+    mistyped path): every such command answers a missing store the same way, exit 2. Commands that write (``prior
+    fit``, ``demo``, the site steps) call :func:`open_store`, which creates the store with its first write."""
     store = open_store(args)
     if store.is_local and not store.backend.root.is_dir():
-        raise SpecError(f"no store at {store.uri} (nothing has been published there; check --store or "
-                         "$FLOWPRIOR_STORE)")
+        raise SpecError(f"no flowprior store at {store.uri} (nothing has been published there; check --store or "
+                        "$FLOWPRIOR_STORE, or create one with `flowprior prior fit` or `flowprior demo`)")
     return store
 
 

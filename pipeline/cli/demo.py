@@ -13,7 +13,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = DemoSettings(out=args.out, store=args.store, sites=args.sites, core_steps=args.core_steps,
                             quick=args.quick, address=args.address, sweep=args.sweep,
-                            match_lambda=None if args.no_match else MATCH_LAMBDA, tags=dict(args.tags))
+                            match_lambda=MATCH_LAMBDA if args.match else None, tags=dict(args.tags),
+                            verbose=args.verbose)
     run_demo(settings)
     return 0
 
@@ -41,9 +42,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--sweep", type=Path, metavar="SWEEP.yaml",
                       help="sweep lambda per site first (e.g. tuning/lambda.yaml: +6 min on 2 CPUs) and align with "
                            "the choices; the report gains a Pareto plot per site and the table of chosen settings")
-    demo.add_argument("--no-match", action="store_true",
-                      help="skip the distribution-matching encoders (alignment mode 'match') that the report compares "
-                           "with plain L_align")
+    demo.add_argument("--match", action="store_true",
+                      help="also align every site with distribution matching (alignment mode 'match'), which the "
+                           "report then compares with plain L_align (+2 min on 2 CPUs)")
+    demo.add_argument("--verbose", action="store_true",
+                      help="print every line of every site step, and Ray's own output (by default that goes to Ray's "
+                           "log folder, linked as <out>/ray-logs)")
     demo.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     add_record_arguments(demo)
     demo.set_defaults(handler=cmd_demo)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
-from pipeline.cli.common import add_mlflow_argument, add_store_arguments, days, open_existing_store, open_store, table
+from pipeline.cli.common import add_mlflow_argument, add_store_arguments, days, open_existing_store, table
 from pipeline.errors import RegistryError, TrackingError
-from pipeline.registry import KINDS, Record, Registry
+from pipeline.registry import KINDS, MissingRecord, Record, Registry, aliases
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.query import FIELDS, TIMES, Where, select
 
 COLUMNS = ("id", "kind", "site", "created", "links", "artifact hash", "fingerprint", "tags")
 ALIAS_COLUMNS = ("alias", "version", "target", "previous", "moved", "reason")
+RECORD_FIELDS = tuple(f.name for f in fields(Record))
+SITE_ALIASES = ("encoder.", "site-prior.", "site-check.")  # every site step moves its site's alias of its kind
 
 
 def _row(record: Record) -> tuple[str, ...]:
@@ -23,11 +26,82 @@ def _row(record: Record) -> tuple[str, ...]:
             " ".join(f"{k}={v}" for k, v in sorted(record.tags.items())) or "-")
 
 
-def render(records: list[Record], as_json: bool, empty: str) -> str:
-    """A JSON list of records for scripts, or an aligned table for people."""
+def slim(value: object) -> object:
+    """``value`` without the training histories it holds (a list under a key naming a history, at any depth:
+    an encoder's ``history`` and ``baseline_history``, a sweep's trials' ``history``): thousands of lines that
+    ``ls --json`` leaves out unless ``--full``."""
+    if isinstance(value, dict):
+        return {k: slim(v) for k, v in value.items() if not (isinstance(v, list) and "history" in k.lower())}
+    if isinstance(value, list):
+        return [slim(v) for v in value]
+    return value
+
+
+def record_fields(text: str) -> list[tuple[str, ...]]:
+    """``--fields id,kind,metrics.fm_loss``: dotted paths into a record, each starting with a record field."""
+    paths = [tuple(part.strip().split(".")) for part in text.split(",") if part.strip()]
+    for path in paths:
+        if path[0] not in RECORD_FIELDS or not all(path):
+            raise argparse.ArgumentTypeError(f"unknown field {'.'.join(path)!r}: a record field "
+                                             f"({', '.join(RECORD_FIELDS)}), or a dotted path below one "
+                                             "(metrics.heldout_fm)")
+    if not paths:
+        raise argparse.ArgumentTypeError("expected field names separated by commas, e.g. id,kind,metrics.heldout_fm")
+    return paths
+
+
+def pick(data: dict, paths: list[tuple[str, ...]]) -> dict:
+    """The parts of ``data`` at ``paths``, nested as in ``data`` (null where a record has no such value)."""
+    picked: dict = {}
+    for path in paths:
+        value: object = data
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        node = picked
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return picked
+
+
+def _cell(data: dict, path: tuple[str, ...]) -> str:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return "-" if data is None else data if isinstance(data, str) else json.dumps(data, sort_keys=True)
+
+
+def render(records: list[Record], as_json: bool, empty: str, paths: list[tuple[str, ...]] | None = None,
+           full: bool = False) -> str:
+    """A JSON list of records for scripts (histories left out unless ``full``; only ``paths`` if given), or an
+    aligned table for people (of ``paths`` if given)."""
+    data = [asdict(r) if full else slim(asdict(r)) for r in records]
     if as_json:
-        return json.dumps([asdict(r) for r in records], indent=2, sort_keys=True)
-    return table(COLUMNS, [_row(r) for r in records]) if records else empty
+        return json.dumps([pick(d, paths) for d in data] if paths else data, indent=2, sort_keys=True)
+    if not records:
+        return empty
+    if paths:
+        return table(tuple(".".join(p) for p in paths), [tuple(_cell(d, p) for p in paths) for d in data])
+    return table(COLUMNS, [_row(r) for r in records])
+
+
+def unknown(what: str, name: str, known: set[str], registry: Registry) -> RegistryError:
+    """The error for a ``what`` (site, alias, record) the registry has none of, naming the near ones it has."""
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    if close:
+        hint = f"; did you mean {' or '.join(close)}?"
+    elif known:
+        hint = f" (it has {len(known)}: {', '.join(sorted(known)[:6])}{', ...' if len(known) > 6 else ''})"
+    else:
+        hint = " (it has none)"
+    return RegistryError(f"no {what} {name} in the registry at {registry.store.uri}{hint}")
+
+
+def known_sites(registry: Registry) -> set[str]:
+    """The sites the registry has records of, from one listing of its aliases (each site step moves its site's
+    alias), not by reading every record."""
+    return {name.split(".", 1)[1] for name in aliases.names(registry.store) if name.startswith(SITE_ALIASES)}
 
 
 def render_moves(moves: list[AliasMove], as_json: bool, empty: str) -> str:
@@ -46,7 +120,11 @@ def where(text: str) -> Where:
 
 
 def cmd_ls(args: argparse.Namespace, registry: Registry) -> tuple[list[Record], str]:
-    return select(registry.records(kind=args.kind, site=args.site), args.where), "no records"
+    records = registry.records()
+    if args.site is not None and all(r.site != args.site for r in records):
+        raise unknown("site", args.site, {r.site for r in records if r.site}, registry)
+    records = [r for r in records if args.kind in (None, r.kind) and args.site in (None, r.site)]
+    return select(records, args.where), "no records"
 
 
 def cmd_show(args: argparse.Namespace, registry: Registry) -> tuple[list[Record], str]:
@@ -59,6 +137,8 @@ def cmd_lineage(args: argparse.Namespace, registry: Registry) -> tuple[list[Reco
 
 def cmd_aligned(args: argparse.Namespace, registry: Registry) -> tuple[list[Record], str]:
     prior = registry.aligned(args.site)
+    if prior is None and args.site not in (sites := known_sites(registry)):
+        raise unknown("site", args.site, sites, registry)
     return ([prior] if prior else []), f"site {args.site} has no current encoder in the registry"
 
 
@@ -70,7 +150,7 @@ def cmd_stale(args: argparse.Namespace, registry: Registry) -> tuple[list[Record
 def cmd_check(args: argparse.Namespace) -> int:
     from pipeline.registry.check import check, repair
 
-    store = open_store(args)
+    store = open_existing_store(args)
     registry = Registry(store)
     report = check(registry, hashes=not args.skip_hashes)
     if args.repair and any(p.area == "snapshots" for p in report.problems):
@@ -94,7 +174,9 @@ def cmd_alias(args: argparse.Namespace) -> int:
     if args.alias_action == "ls":
         moves, empty = sorted(registry.current().values(), key=lambda m: m.alias), "no aliases"
     elif args.alias_action == "history":
-        moves, empty = registry.alias_history(args.name), f"alias {args.name!r} has never been set"
+        moves, empty = registry.alias_history(args.name), ""
+        if not moves:
+            raise unknown("alias", args.name, set(aliases.names(registry.store)), registry)
     else:
         moves, empty = [registry.move_alias(args.name, args.id, reason=args.reason, expect=args.expect)], ""
     print(render_moves(moves, args.json, empty))
@@ -147,11 +229,18 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 def handle(args: argparse.Namespace) -> int:
     registry = Registry(open_existing_store(args))
-    records, empty = args.query(args, registry)
-    if args.command_name == "show" and not args.json:
+    try:
+        records, empty = args.query(args, registry)
+    except MissingRecord as error:  # a mistyped id: name the near ones (one listing of the record files)
+        asked = getattr(args, "id", None) or getattr(args, "prior", None)
+        close = difflib.get_close_matches(asked, sorted(registry.record_files()[0]), n=3, cutoff=0.9) if asked else []
+        if not close:
+            raise
+        raise MissingRecord(f"{error}; did you mean {' or '.join(close)}?") from None
+    if args.command_name == "show":  # one record, in full, as its file holds it (with or without --json)
         print(json.dumps(asdict(records[0]), indent=2, sort_keys=True))
     else:
-        print(render(records, args.json, empty))
+        print(render(records, args.json, empty, args.fields, args.full))
     return 0
 
 
@@ -164,7 +253,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
     def query(name: str, handler, help_text: str) -> argparse.ArgumentParser:
         sub = queries.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--json", action="store_true", help="print a JSON list of records")
+        if name == "show":
+            sub.add_argument("--json", action="store_true", help="print the record as a JSON object (as without "
+                                                                 "--json: kept for scripts that pass it)")
+        else:
+            sub.add_argument("--json", action="store_true",
+                             help="print a JSON list of records, without their training histories (config."
+                                  "history, a sweep's trials' histories, ...; --full keeps them)")
+            sub.add_argument("--fields", type=record_fields, metavar="A,B.C",
+                             help="only these fields, dotted paths allowed (e.g. id,kind,metrics.heldout_fm): JSON "
+                                  "objects nested as in the record with --json, else a table of them")
+            sub.add_argument("--full", action="store_true", help="with --json: every field, histories included")
         add_store_arguments(sub)
         sub.set_defaults(handler=handle, query=handler)
         return sub

@@ -25,11 +25,12 @@ def _specs(args: argparse.Namespace) -> list:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.cli.common import open_existing_store
     from pipeline.registry import Registry
     from pipeline.sites import load_site_spec
     from pipeline.sites.validate import SiteValidation, validate_site
 
-    registry, reports = Registry(open_store(args)), []
+    registry, reports = Registry(open_existing_store(args)), []
     for path in args.specs:
         try:
             spec = load_site_spec(path)
@@ -46,7 +47,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps([vars(r) | {"ok": r.ok} for r in reports], indent=1))
     for report in reports if not args.json else ():
         print(f"{report.site} ({report.path}): {'ok' if report.ok else 'PROBLEMS'}")
-        for label, lines in (("problem", report.problems), ("warning", report.warnings), ("would run", report.plan)):
+        for label, lines in (("problem", report.problems), ("warning", report.warnings)):
+            for line in lines:
+                print(f"  {label}: {line}")
+        for done in report.done:
+            print(f"  already ran ({done['record']}): {done['what']}")
+        for label, lines in (("skipped", report.skipped), ("would run", report.plan)):
             for line in lines:
                 print(f"  {label}: {line}")
     return 0 if all(r.ok for r in reports) else 1
@@ -153,9 +159,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "validate", help="check site specs, their data's schema and the feature contract; write nothing",
         description="For each site spec: parse it, read only the Parquet footers of its target and observations "
                     "(and, where it filters rows, the filter columns, to count the rows that pass), hold the "
-                    "target's columns to the prior's feature contract (names and order), and print what check, "
-                    "finetune and align would do. Writes nothing; exit status 1 if any spec has a problem. Every "
-                    "spec key and its default: docs/spec-reference.md.")
+                    "target's columns to the prior's feature contract (names and order) and encoder.latent_dim, "
+                    "if set, to the dimension of the prior the encoder would align to, and print what check, "
+                    "finetune and align would do, or the record of each step that already ran. Writes nothing; exit "
+                    "status 1 if any spec has a problem (2 if the store does not exist). Every spec key and its "
+                    "default: docs/spec-reference.md.")
     validate.add_argument("--json", action="store_true", help="print the reports as JSON")
 
     check = sub.add_parser(

@@ -2,7 +2,9 @@
 
 The feature columns are either one fixed-size-list column (``features`` by default) or every
 numeric column not excluded (the ``id``/``site``/``time`` columns). ``filters`` keeps rows
-whose column equals a value (or is one of a list of values), e.g. ``{"site": "R80711"}``.
+whose column equals a value (or is one of a list of values), e.g. ``{"site": "R80711"}``, or lies in
+a range given by comparisons, e.g. ``{"wind_speed": {">": 1.0}}`` or ``{"time": {">=": "2015-01-01",
+"<": "2015-03-01"}}`` (``RANGE_OPERATORS``).
 Every bad input raises ``DataError`` naming the source, file, column and value.
 
 Reading is in two steps, so that a cluster can share the work:
@@ -22,9 +24,11 @@ writers expect.
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from datetime import date, datetime, time
+from typing import Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import fsspec
@@ -43,6 +47,25 @@ from pipeline.storage.uris import split_uri
 DEFAULT_EXCLUDE = ("id", "site", "time")
 BATCH_ROWS = 65_536  # rows per streamed block
 Filters = Mapping[str, object]
+RANGE_OPERATORS = (">", ">=", "<", "<=")  # a range filter's keys
+
+
+def filter_expression(filters: Mapping[str, object], field: Callable):
+    """The filters (:func:`_coerce_filters`' form: column -> list of values, or operator -> bound) as one
+    expression of ``field(column)`` terms: ``pyarrow.compute.field`` for the Parquet reader, Ray Data's
+    ``col`` for its datasets. ``None`` without filters."""
+    expression = None
+    for column, wanted in filters.items():
+        if isinstance(wanted, Mapping):  # a range: every comparison holds
+            terms = [{">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}[op](field(column), v)
+                     for op, v in wanted.items()]
+        else:  # equality for one value: the reader can then skip row groups by their min/max statistics
+            member = field(column)
+            is_in = getattr(member, "isin", None) or member.is_in  # pyarrow's name, Ray Data's name
+            terms = [member == wanted[0] if len(wanted) == 1 else is_in(wanted)]
+        for term in terms:
+            expression = term if expression is None else expression & term
+    return expression
 
 
 @dataclass(frozen=True)
@@ -109,12 +132,23 @@ def _numeric_names(schema: pa.Schema, exclude: Sequence[str]) -> list[str]:
     return [f.name for f in schema if f.name not in exclude and _is_number(f.type)]
 
 
-def _coerce_filters(filters: Filters, schema: pa.Schema, where: str) -> dict[str, list]:
-    """Each filter's values as a list of Python values of its column's type (``"2015"`` -> 2015)."""
-    coerced = {}
+def _coerce_filters(filters: Filters, schema: pa.Schema, where: str) -> dict[str, list | dict]:
+    """Each filter's values as a list of Python values of its column's type (``"2015"`` -> 2015); a range's
+    bounds likewise, as ``{operator: bound}``."""
+    coerced: dict[str, list | dict] = {}
     for column, wanted in filters.items():
         if column not in schema.names:
             raise DataError(f"{where}: filter column {column!r} not found (columns: {', '.join(schema.names)})")
+        if isinstance(wanted, Mapping):
+            unknown = [op for op in wanted if op not in RANGE_OPERATORS]
+            if unknown or not wanted:
+                raise DataError(f"{where}: filter on {column!r}: a range is a mapping of comparisons "
+                                f"({', '.join(RANGE_OPERATORS)}) to bounds, got {dict(wanted)!r}")
+            bounds = _coerce_filters({column: [datetime.combine(v, time()) if type(v) is date else v
+                                               for v in wanted.values()]},  # YAML reads 2015-03-01 as a date
+                                     schema, where)[column]
+            coerced[column] = dict(zip(wanted, bounds, strict=True))
+            continue
         values = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
         kind = schema.field(column).type
         if pa.types.is_dictionary(kind):  # e.g. a categorical site column: compare its values
@@ -140,7 +174,7 @@ class FeatureScan:
     files: tuple[SourceFile, ...]
     read_columns: tuple[str, ...]  # the Parquet columns holding the features
     list_column: bool  # one list column (vectors) rather than numeric columns
-    filters: dict  # column -> list of values of its type
+    filters: dict  # column -> list of values of its type, or a range: operator -> bound
     drop_nonfinite: bool
     fingerprint: str
     exclude: tuple[str, ...] | None = None  # every numeric column but these (None: columns named explicitly)
@@ -159,12 +193,7 @@ class FeatureScan:
 
     def arrow_filter(self) -> pc.Expression | None:
         """The filters as a pyarrow expression, for the Parquet reader to push down."""
-        expression = None
-        for column, values in self.filters.items():
-            # equality for one value: the reader can then skip row groups by their min/max statistics
-            term = pc.field(column) == values[0] if len(values) == 1 else pc.field(column).isin(values)
-            expression = term if expression is None else expression & term
-        return expression
+        return filter_expression(self.filters, pc.field)
 
     def count_rows(self) -> int:
         """Rows that pass the filters (NaN rows included), from the footers and, with filters, the filter

@@ -64,16 +64,19 @@ class FeatureSchema:
 
     def require_columns(self, columns: Sequence[str], where: str) -> None:
         """Refuse ``columns`` unless they are this schema's, by name and in order; the ``DataError`` names
-        the first position where they differ."""
+        the first position where they differ (counted from 1) and how many columns were given and expected."""
         columns = list(columns)
         if columns == list(self.columns):
             return
+        count = "" if len(columns) == self.dim else f"; {len(columns)} feature columns given, the prior was " \
+                                                     f"fitted on {self.dim}"
         for i, (mine, theirs) in enumerate(zip(self.columns, columns, strict=False)):  # the common prefix
             if mine != theirs:
-                moved = f" (the prior has {theirs!r} at position {self.columns.index(theirs)})" \
+                moved = f" (the prior has {theirs!r} as column {self.columns.index(theirs) + 1})" \
                     if theirs in self.columns else ""
-                raise DataError(f"{where}: feature column {i} is {theirs!r} but the prior was fitted with {mine!r} "
-                                f"there{moved}; the prior's columns, in order: {', '.join(self.columns)}")
+                raise DataError(f"{where}: feature column {i + 1} of {len(columns)} is {theirs!r} but the prior was "
+                                f"fitted with {mine!r} there{moved}{count}; the prior's columns, in order: "
+                                f"{', '.join(self.columns)}")
         missing, extra = self.columns[len(columns):], columns[len(self.columns):]
         raise DataError(f"{where}: {len(columns)} feature columns but the prior was fitted on {self.dim}; "
                         + (f"missing {', '.join(missing)}" if missing else f"extra {', '.join(extra)}")

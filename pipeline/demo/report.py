@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,28 @@ from pipeline.registry import Record, Registry  # noqa: E402
 from pipeline.sweeps import report as sweeps_report  # noqa: E402
 
 SCORE_DRAWS = 8  # noise draws per row when scoring readings by L_align
+CAPTIONS = {  # what to look for in each figure
+    "decisions": "Bars coloured by decision (blue: reuse). A site fine-tunes when a 100-step probe gains more than "
+                 "the dashed line; it refits when its held-out FM loss is more than refit_fm times the core's own.",
+    "prior_fits": "Left: the core prior's FM loss falling as Ray Train fits it. Right: each site prior's held-out FM "
+                  "on its site against the core prior's on the same rows (dashed): below the dashed line, the site "
+                  "prior explains its site better than the core does.",
+    "alignment_curves": "During encoder training L_align (blue) falls as the latents move toward the prior's mass, "
+                        "and so does their kNN NLL proxy (red).",
+    "latents": "Each site's latents over samples of its prior (grey), on the samples' top two principal axes: the "
+               "lambda = 0 latents (orange) lie anywhere, the aligned ones (blue) over the prior's mass; "
+               "distribution matching (green, with --match) spreads them over all of it.",
+    "tradeoff": "What alignment costs: each arrow goes from a site's lambda = 0 encoder (x) to its aligned one (o); "
+                "right is worse reconstruction, down is latents closer to the prior.",
+    "pareto": "Every trial that ran to the end: reconstruction against the alignment score, the chosen setting "
+              "circled; the trials on the lower-left edge are the trade-offs worth having.",
+}
+
+
+def figure(name: str, caption: str) -> str:
+    """A figure with its one-line caption."""
+    return f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption>' \
+           "</figure>"
 
 
 def _save(fig, path: Path) -> str:
@@ -142,12 +163,12 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
         sweep_section = (f"<h2>Sweep: lambda per site</h2>{sweeps_report.summary(sweep)}"
                          f"<h3>Chosen settings</h3>{sweeps_report.choices_table(sweep)}"
                          f"<h3>Reconstruction vs alignment, every trial that ran to the end (chosen: circled)</h3>"
-                         f"<img src=\"{sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png')}\">")
-    decisions = sweeps_report.table(["site", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd", "site FM",
-                                     "core FM", "check record"],
-                       [[s, c.config["decision"], c.metrics["probe_gain"], c.metrics["fm_ratio"], c.metrics["nll_gap"],
-                         c.metrics["mmd"],
-                         c.metrics["fm_site"], c.metrics["fm_core"], c.id] for s, c in checks.items()])
+                         + figure(sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png'), CAPTIONS["pareto"]))
+    decisions = sweeps_report.table(["site", "what it is", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd",
+                                     "site FM", "core FM", "check record"],
+                       [[s, summary["sites"][s].get("description") or "-", c.config["decision"],
+                         *[c.metrics[k] for k in ("probe_gain", "fm_ratio", "nll_gap", "mmd", "fm_site", "fm_core")],
+                         c.id] for s, c in checks.items()])
     encoders = sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon",
                        "median recon (lambda 0)", "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)",
                        "kNN NLL (target's own)", "spread", "spread (lambda 0)", "aligned to"],
@@ -155,7 +176,8 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
                           "recon", "baseline_recon", "recon_median", "baseline_recon_median", "l_align",
                           "baseline_l_align", "knn_nll", "baseline_knn_nll", "target_knn_nll", "spread",
                           "baseline_spread")], a.record.aligned_to] for a in alignments])
-    matching = sweeps_report.table(
+    matching = "<p>Not run: <code>flowprior demo --match</code> also aligns every site with distribution matching " \
+               "and compares it here.</p>" if all(m is None for m in matched) else sweeps_report.table(
         ["site", "lambda", "recon", "median recon", "median recon / lambda 0", "kNN NLL", "kNN NLL (target's own)",
          "spread", "spread (L_align)", "encoder"],
         [[m.record.site, m.record.config["lambda"], m.record.metrics["recon"], m.record.metrics["recon_median"],
@@ -175,25 +197,28 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
         + "</ul>" for a in alignments)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior demo: La Haute Borne</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}} figure{{margin:8px 0 18px}}
+figcaption{{font-size:13px;color:#444}}</style></head><body>
 <h1>flowprior demo: La Haute Borne wind farm</h1>
 <p>Core prior <code>{html.escape(core.id)}</code> fitted with Ray Train on the healthy 2014 readings of all four
 turbines; each turbine checked on its healthy 2015 readings, its encoder trained on all complete 2015 readings.
 Store: <code>{html.escape(registry.store.uri)}</code>.
 Data: ENGIE La Haute Borne open data (Etalab Open Licence 2.0).</p>
-<h2>Site decisions</h2>{decisions}<img src="{figures['decisions']}">
-<h2>Prior fits</h2><img src="{figures['prior_fits']}">
+<h2>Site decisions</h2>{decisions}{figure(figures['decisions'], CAPTIONS['decisions'])}
+<h2>Prior fits</h2>{figure(figures['prior_fits'], CAPTIONS['prior_fits'])}
 {sweep_section}
 <h2>Encoder alignment</h2>{encoders}
-<h3>L_align vs kNN NLL proxy during training</h3><img src="{figures['alignment_curves']}">
+<h3>L_align vs kNN NLL proxy during training</h3>{figure(figures['alignment_curves'], CAPTIONS['alignment_curves'])}
 <h3>Distribution matching (<code>alignment: {{mode: match}}</code>)</h3>{matching}
-<h3>Latents vs prior samples</h3><img src="{figures['latents']}">
-<h3>Reconstruction vs alignment</h3><img src="{figures['tradeoff']}">
+<h3>Latents vs prior samples</h3>{figure(figures['latents'], CAPTIONS['latents'])}
+<h3>Reconstruction vs alignment</h3>{figure(figures['tradeoff'], CAPTIONS['tradeoff'])}
 <h2>Flagging sensor faults</h2><p>Rows with physically impossible readings (temperature below -40 C, pitch outside
 [-5, 95] deg) scored by L_align of their latent under the site's prior ({SCORE_DRAWS} noise draws) and by the
 reconstruction error of the lambda = 0 autoencoder. 2014 rows were never seen by the encoders.</p>{faults}
 <h2>Lineage</h2>{lineage}
-<h2>Summary (JSON)</h2><pre>{html.escape(json.dumps(summary["sites"], indent=1, default=str)[:20000])}</pre>
+<h2>Every number</h2><p>The run's summary, with each site's check, prior and encoder numbers and the records
+they came from: <a href="summary.json">summary.json</a>; any record in full: <code>flowprior registry show ID
+--store {html.escape(registry.store.uri)}</code>.</p>
 </body></html>"""
     path = out / "report.html"
     path.write_text(page)

@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 import torch
 
+from pipeline.data.features import scan_features
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.demo import SITES
 from pipeline.demo.report import SCORE_DRAWS, write_report
 from pipeline.errors import DataError, SpecError
+from pipeline.jobs import runtime
 from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
 from pipeline.jobs.sites import run_site_paths, run_sites
 from pipeline.jobs.sweep import run_sweep
@@ -47,11 +49,12 @@ from pipeline.sites.align import Alignment, align_site
 from pipeline.storage import Store
 from pipeline.sweeps import SweepSpec, load_sweep_spec
 
-# distribution matching in the demo: at lambda 0.1 for 4,000 steps the latents' spread is 0.79-0.91 and
+# distribution matching (``--match``): at lambda 0.1 for 4,000 steps the latents' spread is 0.79-0.91 and
 # their kNN NLL proxy that of the prior's own samples, at 3.5-7x the median reconstruction error of a
-# lambda = 0 run of as many steps (docs/measured.md, the wind farm; benchmarks/alignment_modes.py)
+# lambda = 0 run of as many steps (docs/measured.md, the wind farm; benchmarks/alignment_modes.py). The demo
+# runs it for the plain alignment's 1,500 steps (spread 0.74-0.99 on its four sites, 2026-12-06).
 MATCH_LAMBDA = 0.1
-MATCH_STEPS = 4000
+MATCH_STEPS = 1500
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,10 @@ class DemoSettings:
     quick: bool = False  # CI-sized: a few hundred steps everywhere
     address: str | None = None
     sweep: Path | None = None  # a sweep spec over the demo's sites: sweep, then align with its choices
-    match_lambda: float | None = MATCH_LAMBDA  # also align with distribution matching at this lambda; None: skip
+    match_lambda: float | None = None  # also align with distribution matching at this lambda (MATCH_LAMBDA)
     match_steps: int = MATCH_STEPS  # its steps (quick: the plain alignment's)
     tags: dict[str, str] = field(default_factory=dict)  # on every record the demo registers
+    verbose: bool = False  # every line of every site step, and Ray's own output
 
     def core_spec(self) -> PriorFitSpec:
         """The core prior: the healthy 2014 rows of all four turbines, PCA to ``latent_dim``, a fresh run name."""
@@ -115,13 +119,15 @@ class DemoSettings:
                 for s in specs]
 
 
-def _rows(site: str, year: int) -> tuple[np.ndarray, np.ndarray]:
-    """A turbine's complete readings of ``year`` (features, fault labels), in file order."""
-    table = pq.read_table(lhb.PARQUET, columns=["site", "year", "fault", *lhb.FEATURES])
-    keep = (table["site"].to_numpy(zero_copy_only=False) == site) & (table["year"].to_numpy() == year)
-    x = np.stack([table[c].to_numpy(zero_copy_only=False)[keep] for c in lhb.FEATURES], axis=1)  # (n, 10)
+def _rows(spec: SiteSpec, year: int) -> tuple[np.ndarray, np.ndarray]:
+    """The site's observations as its spec selects them, but of ``year`` (features, fault labels), in file order."""
+    scan = scan_features(spec.observations.uri, columns=spec.observations.columns,
+                         filters={**spec.observations.filters, "year": year})
+    table = ds.dataset([f.path for f in scan.files], filesystem=scan.filesystem()).to_table(
+        columns=[*scan.read_columns, "fault"], filter=scan.arrow_filter())
+    x = np.stack([table[c].to_numpy(zero_copy_only=False) for c in scan.read_columns], axis=1)  # (n, d_obs)
     complete = np.isfinite(x).all(axis=1)
-    return x[complete].astype(np.float32), table["fault"].to_numpy(zero_copy_only=False)[keep][complete]
+    return x[complete].astype(np.float32), table["fault"].to_numpy(zero_copy_only=False)[complete]
 
 
 @torch.no_grad()
@@ -169,14 +175,19 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     specs = settings.site_specs()
     store = Store.open(settings.store or str(out / "store"))
     registry = Registry(store)
-    say(f"[demo] {len(specs)} sites ({', '.join(s.site for s in specs)}), store {store.uri}")
+    say(f"[demo] {len(specs)} sites, store {store.uri}:")
+    for spec in specs:
+        say(f"[demo]   {spec.site}: {spec.description or spec.target.filters}")
+    runtime.connect(settings.address, verbose=settings.verbose)
+    ray_logs = _link_ray_logs(out)
 
     tags = settings.tags
     core = fit_core_prior(settings.core_spec(), store, address=settings.address, say=say, tags=tags)
     timings = {"core_fit": time.perf_counter() - started}
 
+    # each site: its check, then its fine-tune or refit where the check says so
     paths = run_site_paths(specs, store, until="finetune", address=settings.address, say=say, prior_id=core.id,
-                           tags=tags)  # each site: its check, then its fine-tune or refit where the check says so
+                           tags=tags, verbose=settings.verbose)
     failed = [p for p in paths if p.failed]
     if failed:
         raise DataError("; ".join(f"site {p.site} failed at {p.failed}" for p in failed))
@@ -192,9 +203,10 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     timings["sweep"] = time.perf_counter() - started - sum(timings.values())
     matched: list[Alignment | None] = [None] * len(specs)
     if settings.match_lambda is not None:
-        matched = run_sites(align_site, settings.match_specs(specs), store, settings.address, say=say, tags=tags)
+        matched = run_sites(align_site, settings.match_specs(specs), store, settings.address, say=say, tags=tags,
+                            verbose=settings.verbose)
     alignments: list[Alignment] = run_sites(align_site, specs, store, settings.address, say=say,
-                                            sweep_id=sweep.id if sweep else None, tags=tags)
+                                            sweep_id=sweep.id if sweep else None, tags=tags, verbose=settings.verbose)
     timings["alignment"] = time.perf_counter() - started - sum(timings.values())
 
     per_site, priors = {}, {}
@@ -202,7 +214,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
         prior = priors[spec.site] = registry.load_prior(alignment.record.aligned_to)
         per_site[spec.site] = {}
         for year in (2015, 2014):
-            x, labels = _rows(spec.site, year)
+            x, labels = _rows(spec, year)
             aligned = fault_scores(alignment.aligned.model, prior, x, spec.seed)
             with torch.no_grad():
                 recon_lambda0 = alignment.baseline.model.reconstruction_error(torch.from_numpy(x)).numpy()
@@ -217,7 +229,8 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     summary = {
         "store": store.uri, "core": {"id": core.id, "metrics": core.metrics},
         "sites": {spec.site: {
-            "decision": checks[spec.site].config["decision"], "check": checks[spec.site].id,
+            "description": spec.description, "decision": checks[spec.site].config["decision"],
+            "check": checks[spec.site].id,
             "check_metrics": checks[spec.site].metrics, "thresholds": checks[spec.site].config["thresholds"],
             "site_prior": site_priors[spec.site].id if spec.site in site_priors else None,
             "site_prior_metrics": site_priors[spec.site].metrics if spec.site in site_priors else None,
@@ -233,8 +246,25 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     summary["seconds"] = {**timings, "total": time.perf_counter() - started}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     say(format_summary(summary))
+    if ray_logs:
+        say(f"[demo] Ray's own logs (its workers' output included): {ray_logs}")
     say(f"[demo] report: {report}")
     return summary
+
+
+def _link_ray_logs(out: Path) -> Path | None:
+    """``<out>/ray-logs``, pointing at the local Ray's log folder, where its workers' output went; None on a
+    cluster (the logs are on its nodes) or where links cannot be made."""
+    folder = runtime.logs_folder()
+    if folder is None or not Path(folder).is_dir():
+        return None
+    link = out / "ray-logs"
+    try:
+        link.unlink(missing_ok=True)
+        link.symlink_to(folder, target_is_directory=True)
+    except OSError:
+        return None
+    return link
 
 
 def format_summary(summary: dict) -> str:

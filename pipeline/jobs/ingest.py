@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.data.features import FeatureScan
+from pipeline.data.features import FeatureScan, filter_expression
 from pipeline.data.split import Split, digest
 from pipeline.errors import DataError
 from pipeline.method.moments import Moments
@@ -145,8 +145,8 @@ def training_dataset(scan: FeatureScan, split: Split, space: "PriorSpace", seed:
     dataset = ray.data.read_parquet([f.path for f in scan.files], filesystem=fs, partitioning=None,
                                     file_extensions=None, shuffle=FileShuffleConfig(seed=seed,
                                                                                     reseed_after_execution=True))
-    for column, values in scan.filters.items():
-        dataset = dataset.filter(expr=col(column).is_in(values))
+    if scan.filters:
+        dataset = dataset.filter(expr=filter_expression(scan.filters, col))
     return dataset.select_columns(list(scan.read_columns)).map_batches(
         _to_prior, batch_format="pyarrow", batch_size=None,
         fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})

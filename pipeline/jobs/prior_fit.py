@@ -18,7 +18,8 @@ Checkpoints go under the store (``<store>/ray-runs/<name>``); a run restarted af
 failure, or rerun with the same name, resumes from the last one. The driver then builds the prior
 from the EMA weights and registers it with its data fingerprint, settings, metrics and Ray run:
 once per run name. Rank 0 writes each report as TensorBoard events under the run's folder and,
-with MLflow tracking on (:mod:`pipeline.tracking`), to the fit's MLflow run.
+with MLflow tracking on (:mod:`pipeline.tracking`), to the fit's MLflow run; its progress line goes to
+``<run folder>/lines``, which the driver prints as it appears (:mod:`pipeline.jobs.relayed_lines`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pipeline.data.split import Split, require_rows
 from pipeline.errors import DataError, SpecError
 from pipeline.jobs import runtime, tensorboard
 from pipeline.jobs.ingest import FeatureStats, gather_stats, training_dataset
+from pipeline.jobs.relayed_lines import LineDrop, relayed
 from pipeline.method.prior import FlowPrior, fit_info
 from pipeline.method.prior_space import PriorSpace
 from pipeline.method.training import FitConfig
@@ -50,6 +52,8 @@ from pipeline.registry import Record, Registry
 from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import Store, validate_name
 from pipeline.tracking import TAG, Tracking
+
+LINES = "lines"  # the folder of a run's progress lines (relayed_lines), beside its checkpoints
 
 Progress = Callable[[str], None]
 
@@ -236,6 +240,7 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
         f"run {spec.name}")
     storage_path, storage_filesystem = runtime.storage_for(store)
     velocity = VelocityConfig(dim=space.latent_dim, width=spec.width, depth=spec.depth)
+    lines = f"{RAY_RUNS}/{spec.name}/{LINES}"
     dataset = training_dataset(features, data.split, space, spec.seed)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -244,7 +249,8 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
             "batch_per_worker": spec.batch_per_worker, "seed": spec.seed,
             "shuffle_buffer": spec.shuffle_buffer, "cache_mb": spec.cache_mb, "report_every": spec.report_every,
             "eval_samples": spec.eval_samples, "threads": spec.cpus_per_worker,
-            "sinks": [tensorboard.EventLog(store, f"{RAY_RUNS}/{spec.name}/{tensorboard.FOLDER}"), *sinks]},
+            "sinks": [tensorboard.EventLog(store, f"{RAY_RUNS}/{spec.name}/{tensorboard.FOLDER}"), *sinks],
+            "lines": LineDrop(store, lines)},
         datasets={"train": dataset}, dataset_config=DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker=worker_resources(spec, use_gpu)),
@@ -253,7 +259,8 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
             failure_config=FailureConfig(max_failures=spec.max_failures, controller_failure_limit=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2), logging_config=LoggingConfig(log_level="WARNING")),
     )
-    result = trainer.fit()
+    with relayed(store, lines, say):  # the workers' progress lines, without Ray's log forwarding
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {spec.name} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:

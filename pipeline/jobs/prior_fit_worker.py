@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.data.split import digest
+from pipeline.jobs.relayed_lines import LineDrop
 from pipeline.method.metrics import heldout_metrics
 from pipeline.method.training import EMA, FitConfig, new_training, train_loop
 from pipeline.method.velocity import VelocityConfig
@@ -62,11 +63,16 @@ def load_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.o
         return json.load(f)
 
 
-def say(line: str) -> None:
-    """Progress to the worker's real stdout (Ray streams it to the driver once; ``print`` is
-    patched by Ray Train into its logger and would show twice)."""
+SHOWN = ("train_fm", "heldout_fm", "knn_nll", "sliced_w2", "samples_per_s", "epoch", "resumes")  # a report's line
+
+
+def say(line: str, relay: LineDrop | None = None) -> None:
+    """Progress to the worker's real stdout (its log; ``print`` is patched by Ray Train into its logger and
+    would show twice) and, through ``relay``, to the driver (:mod:`pipeline.jobs.relayed_lines`)."""
     sys.__stdout__.write(line + "\n")
     sys.__stdout__.flush()
+    if relay is not None:
+        relay.say(line)
 
 
 def epoch_batches(shard, state: dict, batch: int, buffer: int, cache_bytes: int, seed: int, rank: int,
@@ -144,7 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
         state["resumes"] = state.get("resumes", 0) + 1
         if rank == 0:
             say(f"[prior fit] resumed from step {state['step']} (epoch {state['epoch']}); continuing with epoch "
-                f"{state['epoch'] + 1}")
+                f"{state['epoch'] + 1}", config["lines"])
     model = ray.train.torch.prepare_model(model)  # DDP around the model, already on its device
     node = ray.get_runtime_context().get_node_id()
     epochs: list[dict] = []
@@ -167,12 +173,13 @@ def train_loop_per_worker(config: dict) -> None:
         state.update(step=metrics["step"], history=[*state["history"], metrics], seconds=metrics["seconds"],
                      shards=shards if all("rows" in s for s in shards) or not state["shards"] else state["shards"])
         say(f"[prior fit] {status(metrics['step'], fit.steps, metrics['seconds'], 'steps')}  " + "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step"))
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k in SHOWN),
+            config["lines"])
         for sink in config["sinks"]:  # TensorBoard events under the run's folder in the store; an MLflow run
             try:
                 sink.write(metrics["step"], metrics)
             except Exception as error:  # noqa: BLE001 - the run matters more than its plots
-                say(f"[prior fit] could not write to {sink}: {type(error).__name__}: {error}")
+                say(f"[prior fit] could not write to {sink}: {type(error).__name__}: {error}", config["lines"])
         with tempfile.TemporaryDirectory() as folder:
             save_state(folder, getattr(model, "module", model), ema, optimiser, state)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))

@@ -41,10 +41,14 @@ def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                              "address (--address or $RAY_ADDRESS) and that the head node is up") from None
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
-    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance. Without
-    ``log_to_driver`` (the site commands, which print their own summary) the workers' output stays in their log
-    files and Ray's own start-up notices are not printed (its errors still are).
+def connect(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> bool:
+    """``ray.init`` once: to ``address`` / ``$RAY_ADDRESS`` if given, else a local instance.
+
+    Ray's own output stays in its log folder (:func:`logs_folder`): its workers' and actors' lines are not
+    forwarded to this process, and its notices and warnings are not printed (its errors are), so a command's
+    output is its own lines. Each flowprior job brings its tasks' lines back itself (a site step's with its
+    result and in its log under the store's run folder; a prior fit's reports through the store, see
+    :mod:`pipeline.jobs.prior_fit`). With ``verbose`` Ray forwards everything, as it does by default.
 
     Returns True for the embedded local Ray (fixed resources), False for a cluster (whose
     autoscaler may add nodes, so its current resources are not a limit).
@@ -54,13 +58,25 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return not address
-    quiet = {} if log_to_driver else {"logging_level": logging.ERROR}
+    quiet = {} if verbose else {"logging_level": logging.ERROR}
     if address:
         probe(address)
-        ray.init(address=address, log_to_driver=log_to_driver, **quiet)
+        ray.init(address=address, log_to_driver=verbose, **quiet)
     else:
-        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=log_to_driver, **quiet)
+        ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=verbose, **quiet)
     return not address
+
+
+def logs_folder() -> str | None:
+    """This node's Ray log folder (its workers' and actors' output, Ray's own logs), if Ray runs here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    from ray._private.worker import global_worker  # no public accessor in Ray 2.60
+
+    node = getattr(global_worker, "node", None)
+    return node.get_logs_dir_path() if node is not None else None
 
 
 def peak_rss_mib() -> float:

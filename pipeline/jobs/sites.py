@@ -90,12 +90,12 @@ def _save_log(store: Store, key: str, lines: list[str]) -> None:
 
 
 def _connect(address: str | None, gpu: float, say: Say) -> float:
-    """Join or start Ray (its workers' output stays in their logs); the GPU share the tasks can have."""
+    """Join or start Ray; the GPU share the tasks can have."""
     from pipeline.jobs import runtime
 
     if not 0 <= gpu <= 1:
         raise SpecError(f"gpu is a share of one GPU per site task, in [0, 1]; got {gpu!r}")
-    if runtime.connect(address, log_to_driver=False) and gpu and runtime.available("GPU") < gpu:
+    if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:
         say(f"[sites] asked for {gpu:g} GPU per site but this local Ray has no GPU: running on CPUs")
         return 0.0
     return gpu

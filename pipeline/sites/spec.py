@@ -1,10 +1,11 @@
 """A site's spec (``sites/<site>.yaml``): its data, encoder, alignment and decision settings.
 
     site: R80711
+    description: healthy 2015 operation           # one line: what this site is (reports show it)
     columns: [pitch, power, wind_speed, ...]      # feature columns, for both tables below
     target:                                       # what the site's latents should follow
       uri: ../pipeline/datasets/la_haute_borne.parquet   # relative to this file, or s3://...
-      filters: {site: R80711, year: 2015, fault: false}
+      filters: {site: R80711, year: 2015, fault: false}   # or a range: wind_speed: {">": 1.0}
       drop_nonfinite: true
     observations:                                 # what the site's encoder encodes
       uri: ../pipeline/datasets/la_haute_borne.parquet
@@ -32,8 +33,8 @@ from pipeline.sites.decision import Thresholds
 from pipeline.specs import read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 
-KEYS = frozenset({"site", "columns", "target", "observations", "encoder", "alignment", "finetune", "thresholds",
-                  "seed"})  # a site spec's top-level keys
+KEYS = frozenset({"site", "description", "columns", "target", "observations", "encoder", "alignment", "finetune",
+                  "thresholds", "seed"})  # a site spec's top-level keys
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class SiteSpec:
     thresholds: Thresholds = Thresholds()
     seed: int = 0
     path: str | None = None  # the YAML it came from
+    description: str | None = None  # one line: what the site is
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,4 +145,5 @@ def load_site_spec(path: str | os.PathLike) -> SiteSpec:
         alignment=section(AlignConfig, data.get("alignment", {}), f"{path}: alignment", renames={"lambda": "lam"}),
         finetune=section(FinetuneSettings, data.get("finetune", {}), f"{path}: finetune"),
         thresholds=section(Thresholds, data.get("thresholds", {}), f"{path}: thresholds"),
-        seed=typed(data.get("seed", 0), "int", f"{path}: seed"), path=str(path))
+        seed=typed(data.get("seed", 0), "int", f"{path}: seed"), path=str(path),
+        description=typed(data.get("description"), "str | None", f"{path}: description"))

@@ -73,9 +73,7 @@ def find_step(registry: Registry, kind: str, site: str, step: str, force: bool |
         record = registry.find_run(kind, name)
     else:
         name = step
-        record = registry.get(current) if current else None
-        if record is None or record.config.get("step") != step:
-            record = registry.find_run(kind, step)
+        record = recorded_run(registry, kind, step, current)
     if record is None:
         return StepRun(step, name)
     if record.artifact is not None and not registry.store.exists(registry.artifact_key(record)):
@@ -86,6 +84,16 @@ def find_step(registry: Registry, kind: str, site: str, step: str, force: bool |
     moved = f"; {current_alias(kind, site)} now points at it (was {current})" if current != record.id else ""
     say(f"[site {site}] {step} already ran: {record.id}{moved} (rerun it with --force)")
     return StepRun(step, name, record)
+
+
+def recorded_run(registry: Registry, kind: str, step: str, current: str | None) -> Record | None:
+    """The record of the step ``step`` (a :func:`step_name`) if it ran: the site's current record of ``kind``
+    (``current``, the id its alias points at) if it is a run of this step (the step's own, or a ``--force``
+    rerun of it), else the step's own run, found by its name. Reads only (``site validate`` asks this too)."""
+    record = registry.get(current) if current else None
+    if record is None or record.config.get("step") != step:
+        record = registry.find_run(kind, step)
+    return record
 
 
 def core_id(registry: Registry, prior_id: str | None) -> str:

@@ -4,31 +4,42 @@
 
 It reads the Parquet footers of the spec's two tables (and, where the spec filters rows, only the
 filter columns, to count the rows that pass), the prior's registry record (its feature contract, see
-:mod:`pipeline.data.schema`) and the site's records, and says what each site step would do. It writes
-nothing. Per-column statistics (units) need the data and are left to ``site check``.
+:mod:`pipeline.data.schema`), the header of the checkpoint of the prior the site's encoder would align
+to (its latent dimension, held to the spec's ``encoder.latent_dim``) and the site's records, and says
+what each site step would do, or which record shows it already ran. It writes nothing. Per-column
+statistics (units) need the data and are left to ``site check``.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from dataclasses import dataclass, field
 
 from pipeline.data.features import FeatureScan, column_names
 from pipeline.data.schema import FeatureSchema
 from pipeline.errors import DataError, RegistryError, StoreError
-from pipeline.registry import CORE_ALIAS, Registry
+from pipeline.method.precision import PRECISIONS
+from pipeline.registry import CORE_ALIAS, Record, Registry
+from pipeline.registry.registry import current_alias
 from pipeline.sites.decision import MIN_CHECK_POINTS
 from pipeline.sites.spec import DataSource, SiteSpec
+from pipeline.sites.steps import recorded_run, step_name
 
 
 @dataclass
 class SiteValidation:
-    """What ``validate_site`` found: ``problems`` (the step would fail), ``warnings``, and the ``plan``."""
+    """What ``validate_site`` found: ``problems`` (the step would fail), ``warnings``, the ``plan`` (what the
+    steps that would run would do), ``done`` (the steps whose record shows they already ran) and ``skipped``
+    (the steps that will not run, and why)."""
 
     site: str
     path: str | None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    plan: list[str] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)  # the steps that would run
+    done: list[dict] = field(default_factory=list)  # {"step", "record", "what"}: steps that already ran
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -80,11 +91,96 @@ def _contract(spec: SiteSpec, scan: FeatureScan, registry: Registry, prior_id: s
         report.problems.append(str(error))
 
 
+def prior_latent_dim(registry: Registry, record: Record) -> int | None:
+    """The latent dimension of a prior record's checkpoint, read from its safetensors header (JSON; no tensor
+    is loaded), or None if the header does not say."""
+    data = registry.store.read(registry.artifact_key(record))
+    try:
+        (size,) = struct.unpack("<Q", data[:8])
+        config = json.loads(json.loads(data[8:8 + size])["__metadata__"]["config"])
+        return int(config["velocity"]["dim"])
+    except (struct.error, ValueError, KeyError, TypeError):
+        return None
+
+
+def _latent_dim(spec: SiteSpec, registry: Registry, prior_id: str, report: SiteValidation) -> None:
+    """Hold ``encoder.latent_dim``, where the spec sets it, to the dimension of the prior the encoder aligns to."""
+    record = registry.get(prior_id)
+    if spec.encoder.latent_dim is None or record.artifact is None:
+        return
+    try:
+        dim = prior_latent_dim(registry, record)
+    except FileNotFoundError:
+        report.problems.append(f"prior {prior_id}: its artifact {registry.artifact_uri(record)} is missing")
+        return
+    if dim is not None and dim != spec.encoder.latent_dim:
+        report.problems.append(f"{spec.path}: encoder.latent_dim is {spec.encoder.latent_dim} but the prior the "
+                               f"site's encoder aligns to ({prior_id}) has dimension {dim}; leave latent_dim out "
+                               "to take the prior's")
+
+
+def _alignment_prior(registry: Registry, site: str, fingerprint: str, prior_id: str | None, core: str) -> str:
+    """The prior ``site align`` would align to now; where that needs a check or fine-tune first (which keep the
+    core's space), the core prior."""
+    from pipeline.sites.align import alignment_prior
+
+    try:
+        return alignment_prior(registry, site, fingerprint, prior_id)
+    except RegistryError:
+        return prior_id or core
+
+
+def _ran(registry: Registry, kind: str, site: str, name: str) -> Record | None:
+    """The record of the step run ``name`` if it already ran (as ``find_step`` finds it, moving nothing)."""
+    record = recorded_run(registry, kind, name, registry.alias(current_alias(kind, site)))
+    if record is not None and record.artifact is not None and not registry.store.exists(registry.artifact_key(record)):
+        return None  # its artifact is gone: the step would run again
+    return record
+
+
+def _plan(spec: SiteSpec, registry: Registry, prior_id: str, prior_arg: str | None,
+          target: tuple[FeatureScan, int], observations: tuple[FeatureScan, int], report: SiteValidation) -> None:
+    """What each step would do, or the record that shows it already ran (found by the step's run name)."""
+    (target, target_rows), (observations, observation_rows) = target, observations
+    settings, t, a = spec.finetune, spec.thresholds, spec.alignment
+    heldout = int(target_rows * settings.heldout_fraction)
+    dropped = " (before dropping rows with NaN/inf)" if spec.target.drop_nonfinite else ""
+
+    def step(name: str, kind: str, run: str | None, what: str) -> Record | None:
+        record = _ran(registry, kind, spec.site, run) if run else None
+        if record is None:
+            report.plan.append(what)
+        else:
+            report.done.append({"step": name, "record": record.id, "what": what})
+        return record
+
+    check = step("check", "site-check", step_name("check", spec, prior_id, [target.fingerprint]),
+                 f"check: {target_rows:,} target rows{dropped}, ~{heldout:,} held out; a {settings.probe_steps}-step "
+                 f"probe fine-tune of {prior_id}; finetune if it gains > {t.finetune_gain:.0%}, refit if fm_ratio > "
+                 f"{t.refit_fm:g}")
+    decision = check.config.get("decision") if check else None
+    finetune = (f"finetune: {settings.steps} steps from {prior_id}'s weights at lr {settings.lr:g}" if decision ==
+                "finetune" else f"refit: {settings.refit_steps} steps" if decision == "refit" else
+                f"finetune (if the check says so): {settings.steps} steps from {prior_id}'s weights at lr "
+                f"{settings.lr:g}, or a refit of {settings.refit_steps} steps")
+    if decision == "reuse":
+        report.skipped.append(f"finetune: the check {check.id} decided reuse (the core prior serves the site)")
+    else:
+        step("finetune", "site-prior", step_name("finetune", spec, prior_id, [target.fingerprint], mode=decision,
+                                                 precision=PRECISIONS[0]) if decision else None, finetune)
+    aligned_to = _alignment_prior(registry, spec.site, target.fingerprint, prior_arg, prior_id)
+    step("align", "encoder", step_name("align", spec, aligned_to, [observations.fingerprint, target.fingerprint],
+                                       align=a.to_dict(), sweep=None),
+         f"align: {observation_rows:,} observations, {a.mode} at lambda {a.lam:g}, {a.steps} steps (and a lambda = 0 "
+         f"baseline), encoder widths {list(spec.encoder.widths)}, to {aligned_to}")
+
+
 def validate_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None) -> SiteValidation:
     """See the module docstring."""
     report = SiteValidation(spec.site, spec.path)
     target = _table(spec, "target", spec.target, report)
     observations = _table(spec, "observations", spec.observations, report)
+    prior_arg = prior_id
     try:
         prior_id = prior_id or registry.alias(CORE_ALIAS)
         if prior_id is None:
@@ -92,6 +188,8 @@ def validate_site(spec: SiteSpec, registry: Registry, prior_id: str | None = Non
                                    "`flowprior prior fit` or name one with --prior")
         elif target is not None:
             _contract(spec, target[0], registry, prior_id, report)
+            _latent_dim(spec, registry, _alignment_prior(registry, spec.site, target[0].fingerprint, prior_arg,
+                                                         prior_id), report)
     except (RegistryError, StoreError) as error:
         report.problems.append(str(error))
     if target is None or observations is None or prior_id is None or report.problems:
@@ -102,13 +200,8 @@ def validate_site(spec: SiteSpec, registry: Registry, prior_id: str | None = Non
         report.problems.append(f"target {spec.target.uri}: {rows} rows, so ~{heldout} held out; a check needs at "
                                f"least {MIN_CHECK_POINTS} (finetune.heldout_fraction {settings.heldout_fraction:g})")
         return report
-    t, a = spec.thresholds, spec.alignment
-    dropped = " (before dropping rows with NaN/inf)" if spec.target.drop_nonfinite else ""
-    report.plan += [
-        f"check: {rows:,} target rows{dropped}, ~{heldout:,} held out; a {settings.probe_steps}-step probe fine-tune "
-        f"of {prior_id}; finetune if it gains > {t.finetune_gain:.0%}, refit if fm_ratio > {t.refit_fm:g}",
-        f"finetune (if the check says so): {settings.steps} steps from {prior_id}'s weights at lr {settings.lr:g}, "
-        f"or a refit of {settings.refit_steps} steps",
-        f"align: {observations[1]:,} observations, {a.mode} at lambda {a.lam:g}, {a.steps} steps (and a lambda = 0 "
-        f"baseline), encoder widths {list(spec.encoder.widths)}"]
+    try:
+        _plan(spec, registry, prior_id, prior_arg, target, observations, report)
+    except (RegistryError, StoreError) as error:
+        report.problems.append(str(error))
     return report

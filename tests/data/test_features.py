@@ -1,3 +1,4 @@
+import datetime
 import shutil
 
 import fsspec.implementations.local
@@ -5,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline.data import read_features
 from pipeline.errors import DataError
@@ -91,6 +93,30 @@ def test_filter_on_a_missing_column_or_with_a_wrong_type(tmp_path):
         read_features(str(path), filters={"plant": "p"})
     with pytest.raises(DataError, match="does not fit column 'a'"):
         read_features(str(path), filters={"a": "text"}, exclude=("site",))
+
+
+def test_range_filters_keep_the_rows_every_comparison_holds_for(tmp_path):
+    """A site as one regime or season of a table: ranges on a number column and on a timestamp column, where the
+    bounds come from YAML (a date, not text), beside an equality filter; each against a numpy mask."""
+    rng = np.random.default_rng(0)
+    speed = rng.normal(size=500).astype(np.float32)
+    time = np.datetime64("2015-01-01T00:00", "ms") + np.arange(500) * np.timedelta64(6, "h")  # 125 days
+    site = np.where(np.arange(500) % 2, "a", "b")
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"site": site, "time": pa.array(time, pa.timestamp("ms", tz="UTC")), "speed": speed}), path)
+    windy = read_features(str(path), filters={"site": "a", "speed": {">": 1.0}})
+    np.testing.assert_array_equal(windy.values[:, 0], speed[(site == "a") & (speed > 1.0)])
+    between = read_features(str(path), filters={"speed": {">=": -0.5, "<=": 0.5}})
+    np.testing.assert_array_equal(between.values[:, 0], speed[(speed >= -0.5) & (speed <= 0.5)])
+    winter = yaml.safe_load("time: {'>=': 2015-01-01, '<': 2015-03-01}")  # YAML: datetime.date bounds
+    assert isinstance(winter["time"][">="], datetime.date)
+    february = read_features(str(path), filters=winter)
+    np.testing.assert_array_equal(february.values[:, 0], speed[time < np.datetime64("2015-03-01")])
+    assert windy.fingerprint != read_features(str(path), filters={"site": "a", "speed": {">": 0.9}}).fingerprint
+    with pytest.raises(DataError, match=r"filter on 'speed': a range is a mapping of comparisons \(>, >=, <, <=\)"):
+        read_features(str(path), filters={"speed": {"above": 1.0}})
+    with pytest.raises(DataError, match="does not fit column 'speed'"):
+        read_features(str(path), filters={"speed": {">": "fast"}})
 
 
 def test_nonfinite_rows_are_dropped_and_counted_only_when_asked(tmp_path):

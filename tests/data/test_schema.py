@@ -35,11 +35,15 @@ def test_measure_and_moments_agree_with_numpy_and_survive_a_round_trip(x, core):
 
 def test_the_same_columns_pass_and_any_other_order_or_column_names_the_first_difference(core):
     core.require_columns(list(COLUMNS), "site.yaml")
-    with pytest.raises(DataError, match=r"site.yaml: feature column 0 is 'power' but the prior was fitted with "
-                                        r"'pitch' there \(the prior has 'power' at position 1\)"):
+    with pytest.raises(DataError, match=r"site.yaml: feature column 1 of 4 is 'power' but the prior was fitted with "
+                                        r"'pitch' there \(the prior has 'power' as column 2\); the prior's"):
         core.require_columns(["power", "pitch", "wind_speed", "temperature"], "site.yaml")
-    with pytest.raises(DataError, match="feature column 3 is 'rotor_speed' but .* 'temperature'"):
+    with pytest.raises(DataError, match="feature column 4 of 4 is 'rotor_speed' but .* 'temperature'"):
         core.require_columns(["pitch", "power", "wind_speed", "rotor_speed"], "site.yaml")
+    with pytest.raises(DataError, match=r"feature column 2 of 3 is 'wind_speed' but the prior was fitted with 'power' "
+                                        r"there \(the prior has 'wind_speed' as column 3\); 3 feature columns given, "
+                                        "the prior was fitted on 4; "):  # one dropped in the middle: both counts
+        core.require_columns(["pitch", "wind_speed", "temperature"], "site.yaml")
     with pytest.raises(DataError, match="3 feature columns but the prior was fitted on 4; missing temperature"):
         core.require_columns(COLUMNS[:3], "site.yaml")
     with pytest.raises(DataError, match="5 feature columns .* extra humidity"):

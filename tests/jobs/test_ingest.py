@@ -1,5 +1,6 @@
 """The validating statistics pass of the core prior fit, without Ray: the same answer however the
-rows are split into files and blocks, equal to the in-memory fit, and errors that name the row."""
+rows are split into files and blocks, equal to the in-memory fit, and errors that name the row; and the
+scan's filters as Ray Data applies them when it streams the training rows."""
 
 import numpy as np
 import pyarrow as pa
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.data import read_features
-from pipeline.data.features import scan_features
+from pipeline.data.features import filter_expression, scan_features
 from pipeline.data.split import Split, digest, is_heldout, row_hash
 from pipeline.errors import DataError
 from pipeline.jobs.ingest import file_stats
@@ -61,3 +62,20 @@ def test_a_bad_row_is_named_by_file_and_row_across_blocks(tmp_path):
     dropping = scan_features(str(tmp_path / "ds"), drop_nonfinite=True)
     stats = file_stats(dropping, [0, 1], SPLIT, sample=10)
     assert stats.rows_dropped == 1 and stats.train_rows + stats.heldout_rows == 2999
+
+
+def test_ray_data_keeps_the_rows_the_parquet_reader_keeps(local_ray, tmp_path):
+    """The training stream filters with Ray Data's expressions, the in-memory read with pyarrow's: an equality
+    filter on a list of values and a range give the same rows both ways."""
+    import ray.data
+    from ray.data.expressions import col
+
+    x = _rows(2000)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"plant": np.arange(2000) % 3, **{f"c{j}": x[:, j] for j in range(5)}}), path)
+    filters = {"plant": [0, 2], "c0": {">=": 9.0, "<": 12.0}}
+    scan = scan_features(str(path), columns=["c0", "c1"], filters=filters)
+    streamed = ray.data.read_parquet(str(path)).filter(expr=filter_expression(scan.filters, col)).to_pandas()
+    np.testing.assert_array_equal(streamed[["c0", "c1"]].to_numpy(), read_features(str(path), columns=["c0", "c1"],
+                                                                                   filters=filters).values)
+    assert 0 < len(streamed) < 2000

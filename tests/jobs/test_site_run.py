@@ -61,7 +61,7 @@ def test_site_run_takes_every_site_down_its_own_path_and_a_rerun_trains_nothing(
     assert re.search(r"^\[site run\] 4/4 sites, 1 failed, 0 in flight", out, re.M), out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[-4:]}  # the closing table
     assert rows[BROKEN][1:3] == ["-", "-"] and "failed at check: DataError" in " ".join(rows[BROKEN]), out
-    assert "feature column 0 is 'power'" in out  # the failed site's line says why
+    assert "feature column 1 of 10 is 'power'" in out  # the failed site's line says why
 
     for site, (decision, _) in DECIDE.items():
         check = registry.get(registry.alias(f"site-check.{site}"))

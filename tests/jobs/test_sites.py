@@ -109,7 +109,7 @@ def test_a_spec_whose_columns_break_the_contract_is_refused_by_name_and_order(lo
     swapped = ["power", "pitch", *lhb.FEATURES[2:]]  # as many columns, another order
     for step in ("check", "finetune", "align"):
         code, _, err = flowprior(capsys, "site", step, str(small_spec(tmp_path, columns=swapped)), "--store", store_uri)
-        assert code == 2 and "feature column 0 is 'power' but the prior was fitted with 'pitch' there" in err, err
+        assert code == 2 and "feature column 1 of 10 is 'power' but the prior was fitted with 'pitch' there" in err, err
     fewer = str(small_spec(tmp_path, columns=lhb.FEATURES[:3]))
     code, _, err = flowprior(capsys, "site", "check", fewer, "--store", store_uri)
     assert code == 2 and "3 feature columns but the prior was fitted on 10; missing temperature" in err
@@ -223,7 +223,7 @@ def test_validate_reads_only_footers_holds_the_contract_and_writes_nothing(tmp_p
     assert f"would run: check: {target_rows:,} target rows" in out and "align: " in out and "lambda 1," in out
 
     problems = {"swapped": ({"columns": ["power", "pitch", *lhb.FEATURES[2:]]},
-                            "feature column 0 is 'power' but the prior was fitted with 'pitch'"),
+                            "feature column 1 of 10 is 'power' but the prior was fitted with 'pitch'"),
                 "typo": ({"target": {"uri": str(lhb.PARQUET), "filters": {"site": "R8071"}}},
                          "no rows pass the filters"),
                 "unknown": ({"columns": [*lhb.FEATURES, "humidity"]}, "feature column 'humidity' is not in"),
@@ -233,9 +233,8 @@ def test_validate_reads_only_footers_holds_the_contract_and_writes_nothing(tmp_p
         spec = str(small_spec(tmp_path / name, **change))
         code, out, _ = flowprior(capsys, "site", "validate", str(good), spec, "--store", store_uri)
         assert code == 1 and message in out and "PROBLEMS" in out and f"{SITE} ({good}): ok" in out, (name, out)
-    code, out, _ = flowprior(capsys, "site", "validate", str(good), "--store", str(tmp_path / "none"), "--json")
-    (report,) = json.loads(out)
-    assert code == 1 and not report["ok"] and "no core prior" in report["problems"][0]
+    code, out, err = flowprior(capsys, "site", "validate", str(good), "--store", str(tmp_path / "none"), "--json")
+    assert code == 2 and out == "" and f"no flowprior store at {tmp_path / 'none'}" in err
     assert listing() == before and not (tmp_path / "none").exists()  # nothing written anywhere
 
 

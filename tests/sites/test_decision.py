@@ -120,7 +120,7 @@ def test_site_check_of_a_diverging_probe_is_one_error_naming_finetune_lr_and_rec
     code, out, err = flowprior(capsys, "site", "check", str(spec), "--store", uri)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "probe fine-tune diverged" in err and "lower finetune.lr or finetune.probe_steps in the site spec" in err
-    assert f"site R80711 ({spec}): " in err  # the error names the site and its spec
+    assert f"site {SITE} ({spec}): " in err  # the error names the site and its spec
     assert Registry(Store.open(uri)).records(kind="site-check") == []  # no decision, nothing recorded
 
 

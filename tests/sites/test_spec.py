@@ -29,12 +29,22 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_shipped_specs_load_and_their_data_reads():
     specs = [load_site_spec(p) for p in sorted(SITES.glob("*.yaml"))]
     assert [s.site for s in specs] == list(lhb.TURBINES)
+    regimes = {}
     for spec in specs:
-        assert Path(spec.target.uri) == lhb.PARQUET and spec.target.columns == lhb.FEATURES
-        assert spec.target.filters == {"site": spec.site, "year": 2015, "fault": False}
-    target, observations = specs[0].target.read(), specs[0].observations.read()
+        assert Path(spec.target.uri) == lhb.PARQUET and spec.target.columns == lhb.FEATURES and spec.description
+        regime = {k: v for k, v in spec.target.filters.items() if k not in ("site", "year", "fault")}
+        assert spec.target.filters == {"site": spec.site, "year": 2015, "fault": False, **regime}
+        assert spec.observations.filters == {"site": spec.site, "year": 2015, **regime}
+        regimes[spec.site] = regime
+    # two turbines as they run, one in high wind only, one in low wind only (the demo's reuse x2, finetune, refit)
+    assert regimes == {"R80711": {"wind_speed": {">": 1.0}}, "R80721": {}, "R80736": {},
+                       "R80790": {"wind_speed": {"<": -0.5}}}
+    healthy = specs[2]
+    target, observations = healthy.target.read(), healthy.observations.read()
     assert target.values.shape[1] == len(lhb.FEATURES)
-    assert len(observations.values) - len(target.values) == 6  # R80711's six 2015 fault rows are observations only
+    assert len(observations.values) - len(target.values) == 4  # R80736's four 2015 fault rows are observations only
+    windy = specs[0].target.read()
+    assert len(windy.values) < len(target.values) / 4 and windy.values[:, lhb.FEATURES.index("wind_speed")].min() > 1.0
 
 
 def test_a_spec_resolves_relative_paths_and_keeps_defaults(tmp_path):
