@@ -43,7 +43,7 @@ def test_a_wheel_installed_in_a_fresh_environment_runs_the_quick_demo_outside_th
     where = subprocess.run([bin_dir / "python", "-c", "import pipeline; print(pipeline.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, check=True).stdout
     assert str(tmp_path / "venv") in where and str(ROOT) not in where  # the installed copy, not this checkout
-    run = subprocess.run([bin_dir / "flowprior", "demo", "--quick", "--no-match", "--out", "demo"], cwd=tmp_path,
+    run = subprocess.run([bin_dir / "flowprior", "demo", "--quick", "--out", "demo"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())

@@ -23,14 +23,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     from pipeline.demo import SITES
 
     demo = commands.add_parser(
-        "demo", help="run the whole pipeline on the bundled La Haute Borne wind-farm data (~4 min on 2 CPUs)",
+        "demo", help="run the whole pipeline on the bundled La Haute Borne wind-farm data (3 min on 2 CPUs)",
         description="Fit the core prior on the 2014 data of all four La Haute Borne turbines with Ray Train, check "
-                    "every site (the four turbines' specs shipped with flowprior, as in sites/) on its 2015 data, "
-                    "fine-tune or refit where the decision says so (in "
-                    "parallel), align every site's encoder with a lambda = 0 baseline (and, for comparison, with "
-                    "distribution matching), score every reading for "
-                    "sensor faults, then write report.html (with PNG plots) and summary.json under --out and print "
-                    "a summary table. Without --address a local Ray starts.")
+                    "every site (the four turbines' specs shipped with flowprior, as in sites/: two as they ran, "
+                    "which reuse the core, one in high wind only, which fine-tunes it, one in low wind only, which "
+                    "refits) on its 2015 data, fine-tune or refit where the decision says so (in parallel), align "
+                    "every site's encoder with a lambda = 0 baseline (with --match also with distribution "
+                    "matching), score every reading for sensor faults, then write report.html (with PNG plots) and "
+                    "summary.json under --out and print a summary table: 3 min on 2 CPUs (182 s measured, "
+                    "2026-12-06). Prints one line per site and step; Ray's own output goes to its log folder, "
+                    "linked as <out>/ray-logs. Without --address a local Ray starts.")
     demo.add_argument("--out", type=Path, default=Path("flowprior-demo"), help="report folder (default: %(default)s)")
     demo.add_argument("--store", metavar="URI", help="store URI (default: <out>/store, so the demo never touches "
                                                       "your ./flowprior-store)")
@@ -38,7 +40,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                       help="folder of site specs (default: the four turbines' specs shipped with flowprior, as in "
                            "the repository's sites/)")
     demo.add_argument("--core-steps", type=positive, default=2000, help="core prior steps (default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="CI-sized run: a few hundred steps everywhere (~1 min)")
+    demo.add_argument("--quick", action="store_true",
+                      help="CI-sized run: a few hundred steps everywhere (under 2 min on 2 CPUs)")
     demo.add_argument("--sweep", type=Path, metavar="SWEEP.yaml",
                       help="sweep lambda per site first (e.g. tuning/lambda.yaml: +6 min on 2 CPUs) and align with "
                            "the choices; the report gains a Pareto plot per site and the table of chosen settings")

@@ -43,6 +43,7 @@ from pipeline.method.encoder import Autoencoder
 from pipeline.method.metrics import auroc
 from pipeline.method.prior import FlowPrior
 from pipeline.method.training import FitConfig
+from pipeline.progress import duration
 from pipeline.registry import Registry
 from pipeline.sites import SiteSpec, load_site_spec
 from pipeline.sites.align import Alignment, align_site
@@ -248,7 +249,7 @@ def run_demo(settings: DemoSettings, say: Callable[[str], None] = print) -> dict
     say(format_summary(summary))
     if ray_logs:
         say(f"[demo] Ray's own logs (its workers' output included): {ray_logs}")
-    say(f"[demo] report: {report}")
+    say(f"[demo] finished in {duration(summary['seconds']['total'])}; report: {report}")
     return summary
 
 

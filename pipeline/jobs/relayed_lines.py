@@ -17,7 +17,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from pipeline.storage import AlreadyExists, Store, StoreError
+from pipeline.errors import StoreError
+from pipeline.storage import AlreadyExists, Store
 
 POLL_S = 1.0
 

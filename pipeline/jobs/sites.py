@@ -245,7 +245,8 @@ def _path_step(step: str, spec, store: Store, kwargs: dict, log: str, verbose: b
     except Exception as error:  # noqa: BLE001 - the site's path ends here; the other sites run on
         path.failed = f"{step}: {type(error).__name__}: {error}"
         return path
-    path.lines += output.lines if verbose else [line for line in output.lines if "warning:" in line]
+    shown = output.lines if verbose else [line for line in output.lines if "warning:" in line]
+    path.lines += [line for line in shown if line not in path.lines]  # a warning an earlier step gave, once
     return path
 
 

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,6 +16,7 @@ from pipeline.errors import RegistryError
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from tests.support.processes import alive, pids_titled, poll, stdout_file
+from tests.support.ray_output import ray_noise
 from tests.support.sites import SITE, flowprior, publish_core, small_spec
 
 
@@ -83,6 +86,23 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     code, out, _ = flowprior(capsys, "registry", "mirror", "--store", store_uri)
     assert code == 0 and "1 record(s) copied" in out
     assert {r.data.tags["flowprior.id"] for r in mlflow_tracking.runs()} == {r.id for r in registry.records()}
+
+
+@pytest.mark.slow
+def test_site_align_from_a_shell_prints_its_own_lines_and_none_of_rays(tmp_path):
+    """As a site lead runs it (its own Ray, output to a pipe): one line per site and the progress, each site's
+    lines prefixed with its site and step, and none of Ray's notices, warnings, forwarded lines or colours."""
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri)
+    spec = small_spec(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-m", "pipeline", "site", "align", str(spec), "--store", store_uri],
+                         capture_output=True, text=True, env=env, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-3000:]
+    assert ray_noise(output) == [], output
+    assert re.search(rf"^\[site {SITE} align\] registered encoder-\w+: recon ", output, re.MULTILINE), output
+    assert all(line.startswith(("[site ", "[sites ")) for line in output.splitlines() if line.strip()), output
 
 
 @pytest.mark.slow
