@@ -18,8 +18,9 @@ from pipeline.sweeps import report as sweeps_report  # noqa: E402
 
 SCORE_DRAWS = 8  # noise draws per row when scoring readings by L_align
 CAPTIONS = {  # what to look for in each figure
-    "decisions": "Bars coloured by decision (blue: reuse). A site fine-tunes when a 100-step probe gains more than "
-                 "the dashed line; it refits when its held-out FM loss is more than refit_fm times the core's own.",
+    "decisions": "Bars coloured by decision. A site fine-tunes when a 100-step probe fine-tune gains more than its "
+                 "dashed line (finetune_gain), and refits when the core's held-out FM loss on it is more than its "
+                 "dashed line (refit_fm) times the core's own; a line off the chart is far above every site.",
     "prior_fits": "Left: the core prior's FM loss falling as Ray Train fits it. Right: each site prior's held-out FM "
                   "on its site against the core prior's on the same rows (dashed): below the dashed line, the site "
                   "prior explains its site better than the core does.",
@@ -48,22 +49,28 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+DECISION_COLOURS = {"reuse": "C0", "finetune": "C1", "refit": "C3"}
+
+
 def plot_decisions(checks: dict[str, Record], path: Path) -> str:
+    """The numbers each site's decision read, each bar marked with its own site's threshold (a spec can set them)."""
     sites = list(checks)
-    t = next(iter(checks.values())).config["thresholds"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key, lines, title in (
-        (axes[0], "probe_gain", [(t["finetune_gain"], "finetune")], "held-out FM gain of a probe fine-tune"),
-        (axes[1], "fm_ratio", [], f"held-out FM loss / core's own (refit above {t['refit_fm']:g})"),
-        (axes[2], "mmd", [], "MMD^2, prior samples vs site"),
+    for ax, key, threshold, title in (
+        (axes[0], "probe_gain", "finetune_gain", "held-out FM gain of a probe fine-tune (finetune above --)"),
+        (axes[1], "fm_ratio", "refit_fm", "held-out FM loss / core's own (refit above --)"),
+        (axes[2], "mmd", None, "MMD^2, prior samples vs site"),
     ):
-        ax.bar(sites, [checks[s].metrics[key] for s in sites], color=["C0" if checks[s].config["decision"] == "reuse"
-                                                                      else "C1" for s in sites])
-        for value, label in lines:
-            ax.axhline(value, color="k", ls="--", lw=1)
-            ax.text(len(sites) - 0.5, value, f" {label}", va="bottom", ha="right", fontsize=8)
+        values = [checks[s].metrics[key] for s in sites]
+        ax.bar(sites, values, color=[DECISION_COLOURS[checks[s].config["decision"]] for s in sites])
+        for i, s in enumerate(sites):
+            bar = checks[s].config["thresholds"].get(threshold) if threshold else None
+            if bar is not None and bar <= 1.5 * max(values):  # off the chart: far above every site
+                ax.hlines(bar, i - 0.4, i + 0.4, color="k", ls="--", lw=1)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in DECISION_COLOURS.values()]
+    axes[2].legend(handles, list(DECISION_COLOURS), fontsize=8)
     return _save(fig, path)
 
 
