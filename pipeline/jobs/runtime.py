@@ -64,7 +64,33 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: bo
         ray.init(address=address, log_to_driver=verbose, **quiet)
     else:
         ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=verbose, **quiet)
+    if not verbose:
+        _raylet_warnings_to_log()
     return not address
+
+
+def _raylet_warnings_to_log() -> None:
+    """Send the raylet's warnings (``WARNING: 8 PYTHON worker processes have been started ...``), which Ray prints
+    in the driver even without ``log_to_driver``, to ``flowprior-driver.log`` in its log folder instead. Its other
+    messages (a worker killed for memory, a node lost) are still printed. Ray 2.60 has no setting for this: its
+    driver prints them through ``ray._private.worker.print_to_stdstream``, which is wrapped here."""
+    from ray._private import worker
+
+    printed = worker.print_to_stdstream
+    if getattr(printed, "flowprior", False):
+        return
+
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        lines = data.get("lines") or []
+        folder = logs_folder()
+        if data.get("pid") == "raylet" and folder and all(str(line).startswith("WARNING") for line in lines):
+            with open(os.path.join(folder, "flowprior-driver.log"), "a") as log:
+                log.writelines(f"(raylet) {line}\n" for line in lines)
+            return
+        printed(data, ignore_prefix)
+
+    print_to_stdstream.flowprior = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def logs_folder() -> str | None:

@@ -28,3 +28,26 @@ def test_a_dead_ray_address_fails_fast(form):
 def test_malformed_addresses_are_refused(address):
     with pytest.raises(ValueError, match="expected host:port"):
         probe(address)
+
+
+def test_the_raylets_warnings_go_to_rays_log_folder_and_its_other_messages_are_printed(local_ray, monkeypatch,
+                                                                                       capfd):
+    """Ray's driver prints what the raylet pushes to it even without log_to_driver; flowprior keeps its warnings
+    (e.g. about how many worker processes started) in Ray's log folder, and still prints the rest."""
+    import os
+
+    from ray._private import worker
+
+    from pipeline.jobs import runtime
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored afterwards
+    runtime._raylet_warnings_to_log()
+    runtime._raylet_warnings_to_log()  # once is enough: not wrapped twice
+    capfd.readouterr()
+    worker.print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been started"], "pid": "raylet",
+                               "is_err": False}, False)
+    assert "PYTHON worker processes" not in "".join(capfd.readouterr())
+    with open(os.path.join(runtime.logs_folder(), "flowprior-driver.log")) as log:
+        assert "(raylet) WARNING: 8 PYTHON worker processes have been started" in log.read()
+    worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": True}, False)
+    assert "A worker died or was killed" in "".join(capfd.readouterr())
