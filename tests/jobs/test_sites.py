@@ -90,8 +90,8 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
 
 @pytest.mark.slow
 def test_site_align_from_a_shell_prints_its_own_lines_and_none_of_rays(tmp_path):
-    """As a site lead runs it (its own Ray, output to a pipe): one line per site and the progress, each site's
-    lines prefixed with its site and step, and none of Ray's notices, warnings, forwarded lines or colours."""
+    """As a site lead runs it (its own Ray, output to a pipe): each site's lines prefixed with its site and step,
+    the progress, then the table, and none of Ray's notices, warnings, forwarded lines or colours."""
     store_uri = str(tmp_path / "store")
     publish_core(store_uri)
     spec = small_spec(tmp_path)
@@ -102,7 +102,10 @@ def test_site_align_from_a_shell_prints_its_own_lines_and_none_of_rays(tmp_path)
     assert run.returncode == 0, output[-3000:]
     assert ray_noise(output) == [], output
     assert re.search(rf"^\[site {SITE} align\] registered encoder-\w+: recon ", output, re.MULTILINE), output
-    assert all(line.startswith(("[site ", "[sites ")) for line in output.splitlines() if line.strip()), output
+    lines = [line for line in output.splitlines() if line.strip()]
+    table = next(i for i, line in enumerate(lines) if line.startswith("site "))  # then the table, a row a site
+    assert all(line.startswith(("[site ", "[sites ")) for line in lines[:table]) and len(lines) == table + 2, output
+    assert lines[-1].startswith(SITE)
 
 
 @pytest.mark.slow
