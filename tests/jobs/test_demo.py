@@ -6,7 +6,6 @@ import html
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
 from pipeline.sites import load_site_spec
 from pipeline.storage import Store
+from tests.support.chromium import CHROMIUM, rendered
 from tests.support.ray_output import ray_noise
 from tests.support.sites import flowprior
 
@@ -29,31 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"R80711": "finetune",  # high wind only: the core spends its mass on every regime
             "R80721": "reuse", "R80736": "reuse",  # healthy 2015 operation, as the pool saw it
             "R80790": "refit"}  # low wind only, and its spec refits above fm_ratio 1.3
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
 def check_report_in_chromium(page_path: Path, screenshot: Path) -> list[str]:
     """Render the report in headless Chromium: the problems it reports (console errors, failed requests, images
     that did not load), after a full-page screenshot."""
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning")
-                else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.goto(page_path.as_uri())
+    with rendered(page_path, width=1300) as (page, problems):
         broken = page.locator("img").evaluate_all("imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0))"
                                                   ".map(i => i.src)")
-        problems += [f"image not loaded: {src}" for src in broken]
         page.screenshot(path=str(screenshot), full_page=True)
-        browser.close()
-    return problems
+    return problems + [f"image not loaded: {src}" for src in broken]
 
 
 @pytest.mark.slow

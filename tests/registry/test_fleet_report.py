@@ -1,7 +1,6 @@
 """``fleet report``: the page is whole without a server, and a real headless Chromium renders it cleanly."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -9,13 +8,9 @@ import pytest
 from pipeline.cli import main
 from pipeline.registry import Registry
 from pipeline.registry.fleet_report import GRAPH_NODES, write_fleet_report
+from tests.support.chromium import CHROMIUM, rendered
 from tests.support.fleet import build_fleet
 from tests.support.null_metrics import null_metric_fleet
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# the flags this machine needs (no network beyond the loopback; running as root)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def test_the_report_links_only_to_files_it_wrote(store, tmp_path):
@@ -58,8 +53,6 @@ def test_fleet_report_shows_null_metrics_as_n_a(tmp_path, capsys):
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 @pytest.mark.slow
 def test_the_report_renders_in_headless_chromium_without_console_errors(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from pipeline.storage import Store
 
     registry = Registry(Store.open(str(tmp_path / "st")))
@@ -68,15 +61,7 @@ def test_the_report_renders_in_headless_chromium_without_console_errors(tmp_path
                       metrics={"probe_gain": 0.01, "fm_ratio": 1.02, "nll_gap": 0.1, "mmd": 0.01})
     registry.register("sweep", config={"choices": {"s1": {"mode": "align", "lam": 0.004, "lr": 1e-3, "draws": 4}}})
     page_path = write_fleet_report(registry, tmp_path / "report")
-    problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning")
-                else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.goto(page_path.as_uri())
+    with rendered(page_path) as (page, problems):
         sites = page.locator("tr.site").evaluate_all("rows => rows.map(r => r.dataset.site)")
         stale = page.locator("tr.site.stale").evaluate_all("rows => rows.map(r => r.dataset.site)")
         counts = page.locator("#counts").inner_text()
@@ -84,7 +69,6 @@ def test_the_report_renders_in_headless_chromium_without_console_errors(tmp_path
         page.screenshot(path=str(tmp_path / "fleet_report.png"), full_page=True)
         page.locator("tr.site a").first.click()  # a record link opens its JSON
         opened = json.loads(page.locator("body").inner_text())
-        browser.close()
     assert problems == []
     assert sites == ["s1", "s2", "s3"] and stale == ["s1", "s2"] and counts == "3 sites, 2 stale"
     assert boxes == 4  # core v1, core v2 (current), the site priors of s1 and s3
