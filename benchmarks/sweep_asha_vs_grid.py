@@ -119,6 +119,7 @@ def analyse(spec, grid, asha, seconds: dict, orders: int = 200) -> dict:
         "completed": {"grid": grid.metrics["completed"], "asha": asha.metrics["completed"]},
         "replay_matches_tune": {site: [replayed[site], sites[site]["asha_trial_epochs"]] for site in sites},
         "random_orders": {"orders": orders, "reduction_factor": rf, "by_grace_epochs": robustness},
+        "grid_objectives": {site: {str(lam): o for lam, o in by_lam.items()} for site, by_lam in objectives.items()},
     }
 
 

@@ -50,6 +50,7 @@ def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(loc
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
     assert ray_noise(output) == [], ray_noise(output)[:10]
+    assert "[prior fit] 300/300 steps (100%)" in output  # the Train worker's progress, relayed through the store
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for site, decision in EXPECTED.items():  # every site says what it is, and its decision comes before the table
         assert f"[demo]   {site}: {summary['sites'][site]['description']}" in output
