@@ -50,26 +50,29 @@ def record_fields(text: str) -> list[tuple[str, ...]]:
     return paths
 
 
+def _at(data: object, path: tuple[str, ...]) -> object:
+    """The value at a dotted ``path`` in ``data``, or None where a record has none."""
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def pick(data: dict, paths: list[tuple[str, ...]]) -> dict:
     """The parts of ``data`` at ``paths``, nested as in ``data`` (null where a record has no such value)."""
     picked: dict = {}
     for path in paths:
-        value: object = data
-        for part in path:
-            value = value.get(part) if isinstance(value, dict) else None
         node = picked
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[path[-1]] = value
+        node[path[-1]] = _at(data, path)
     return picked
 
 
 def _cell(data: dict, path: tuple[str, ...]) -> str:
-    for part in path:
-        data = data.get(part) if isinstance(data, dict) else None
-    return "-" if data is None else data if isinstance(data, str) else json.dumps(data, sort_keys=True)
+    value = _at(data, path)
+    return "-" if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def render(records: list[Record], as_json: bool, empty: str, paths: list[tuple[str, ...]] | None = None,
