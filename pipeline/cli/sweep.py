@@ -62,11 +62,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "sweep", help="sweep lambda (and lr, draws K) per site with Ray Tune and record the choice",
         description="Run the Ray Tune experiment a sweep spec (tuning/NAME.yaml) describes, across all its sites at "
                     "once: a lambda = 0 baseline per site, then one trial per site and setting, each training the "
-                    "site's encoder against its prior and reporting every epoch; ASHA (per site) stops weak trials "
-                    "early. Records a sweep with every trial and the chosen setting per site (lowest alignment "
-                    "score within the reconstruction bound). Experiments live under the store; rerunning the same "
-                    "command resumes an interrupted sweep (with --trust-store-state; exit status 130 on Ctrl+C) or "
-                    "prints the recorded one.")
+                    "site's encoder against its prior and reporting every epoch; early stopping (per site: the "
+                    "spec's scheduler, forecast or ASHA) stops trials that cannot win. Records a sweep with every "
+                    "trial and the chosen setting per site (lowest alignment score within the reconstruction "
+                    "bound). Experiments live under the store; rerunning the same command resumes an interrupted "
+                    "sweep (with --trust-store-state; exit status 130 on Ctrl+C) or prints the recorded one.")
     parser.add_argument("spec", metavar="SWEEP.yaml", help="sweep spec (see tuning/lambda.yaml)")
     parser.add_argument("--name", help="Tune experiment name (default: the spec's name + a digest of the settings, "
                                        "the sites' priors and data, so that a rerun resumes)")

@@ -250,6 +250,24 @@ def _path_step(step: str, spec, store: Store, kwargs: dict, log: str, verbose: b
     return path
 
 
+def _finished(spec, registry: Registry, prior: str, until: str) -> tuple | None:
+    """:func:`~pipeline.sites.steps.finished_path`, or ``None`` where it cannot tell (the site's task will say why)."""
+    from pipeline.sites.steps import finished_path
+
+    try:
+        return finished_path(spec, registry, prior, until)
+    except (FlowpriorError, OSError):
+        return None
+
+
+def _report(path: SitePath, progress: FleetProgress, say: Say) -> None:
+    """A finished site's lines (kept only until printed: the driver keeps the records) and its one line."""
+    for line in path.lines:
+        say(line)
+    path.lines = []
+    progress.finished(path.line(), failed=path.failed is not None)
+
+
 def run_site_paths(specs: list, store: Store, until: str = "align", address: str | None = None, say: Say = print,
                    gpu: float = 0.0, retries: int = SITE_RETRIES, verbose: bool = False,
                    prior_id: str | None = None, force: bool = False,
@@ -258,34 +276,43 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
     fine-tune or refit where the check decided so, then (``until`` ``align``) the encoder aligned to the site's
     prior. Each step is its own task (1 CPU; fine-tunes and alignments also ``gpu``) that starts as soon as
     its site's previous step is done, whatever the other sites are doing, and keeps its own record and name,
-    so a rerun runs only what changed. A failing step ends its site's path only. Returns the paths in
-    ``specs`` order; the driver's memory holds each site's records until it returns."""
+    so a rerun runs only what changed. A site whose every step already ran (:func:`finished_path`, read in the
+    driver) starts no task: a rerun of a finished fleet starts no worker. A failing step ends its site's path
+    only. Returns the paths in ``specs`` order; the driver's memory holds each site's records until it returns."""
     import ray
 
     from pipeline.sites.steps import core_id
 
     if until not in UNTIL:
         raise SpecError(f"until is one of {', '.join(UNTIL)}; got {until!r}")
-    prior = core_id(Registry(store), prior_id)  # the whole fleet against one prior, even if `core` moves meanwhile
-    gpu = _connect(address, gpu, say)
+    registry = Registry(store)
+    prior = core_id(registry, prior_id)  # the whole fleet against one prior, even if `core` moves meanwhile
     kwargs = {"prior_id": prior, "force": secrets.token_hex(4) if force else False, "tags": tags}
     folder = run_folder("site-run")
     steps = UNTIL[: UNTIL.index(until) + 1]
-    light, heavy = _remote(_path_step, retries, 0.0), _remote(_path_step, retries, gpu)
-    refs = {}
-    for spec in specs:
-        ref = None
-        for step in steps:
-            task = light if step == "check" else heavy
-            device = "cuda" if gpu and step != "check" else "cpu"
-            ref = task.remote(step, spec, store, {**kwargs, "device": device}, f"{folder}/{spec.site}/{step}.log",
-                              verbose, ref)
-        refs[ref] = spec.site
-    results: dict[str, SitePath] = {}
-    pending = list(refs)
-    progress = FleetProgress("site run", len(refs), say, live=say is print)
     say(f"[site run] {len(specs)} sites: {' -> '.join(steps)} against {prior}; each step's log is under "
         f"{store.uri_of(folder)}/<site>/")
+    progress = FleetProgress("site run", len(specs), say, live=say is print)
+    results: dict[str, SitePath] = {}
+    refs, tasks = {}, None
+    for spec in specs:
+        finished = None if force else _finished(spec, registry, prior, until)
+        if finished is not None:
+            results[spec.site] = path = SitePath(spec.site, *finished)
+            path.lines = [f"[site {spec.site}] {record.name} already ran: {record.id} (rerun it with --force)"
+                          for record in finished if record] if verbose else []
+            _report(path, progress, say)
+            continue
+        if tasks is None:  # the first site with a step to run: join or start Ray
+            gpu = _connect(address, gpu, say)
+            tasks = _remote(_path_step, retries, 0.0), _remote(_path_step, retries, gpu)
+        ref = None
+        for step in steps:
+            device = "cuda" if gpu and step != "check" else "cpu"
+            ref = tasks[step != "check"].remote(step, spec, store, {**kwargs, "device": device},
+                                                f"{folder}/{spec.site}/{step}.log", verbose, ref)
+        refs[ref] = spec.site
+    pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         site = refs.pop(done[0])
@@ -293,10 +320,7 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
             path = ray.get(done[0])
         except Exception as error:  # noqa: BLE001 - a worker that died more than `retries` times
             path = SitePath(site, failed=f"a task: {type(_cause(error)).__name__}: {_cause(error)}")
-        for line in path.lines:
-            say(line)
-        path.lines = []  # printed: the driver keeps only the records
         results[site] = path
-        progress.finished(path.line(), failed=path.failed is not None)
+        _report(path, progress, say)
     _compact(store, len(specs), say)
     return [results[spec.site] for spec in specs]

@@ -19,6 +19,7 @@ from pipeline.data import Features
 from pipeline.data.schema import FeatureSchema
 from pipeline.data.split import split_indices
 from pipeline.errors import DataError, RegistryError
+from pipeline.method.precision import PRECISIONS
 from pipeline.registry import CORE_ALIAS, Record, Registry
 from pipeline.registry.registry import current_alias, settings_digest
 from pipeline.sites.spec import SiteSpec
@@ -94,6 +95,43 @@ def recorded_run(registry: Registry, kind: str, step: str, current: str | None) 
     if record is None or record.config.get("step") != step:
         record = registry.find_run(kind, step)
     return record
+
+
+def finished_path(spec: SiteSpec, registry: Registry, prior_id: str,
+                  until: str = "align") -> tuple[Record, Record | None, Record | None] | None:
+    """The records (check, site prior, encoder) of the site's path up to ``until`` (``check``, ``finetune`` or
+    ``align``, as ``site run`` takes it against ``prior_id``) when every step of it already ran, is the site's
+    current record of its kind and has its artifact: what a rerun of every step would find, found without
+    running one (a few store requests a step; nothing moves). ``None`` when a step would run, or move an alias.
+    The site prior is ``None`` where the check said reuse; the ones past ``until`` are ``None``."""
+    target = spec.target.scan()
+
+    def current(kind: str, name: str) -> Record | None:
+        alias = registry.alias(current_alias(kind, spec.site))
+        record = recorded_run(registry, kind, name, alias)
+        if record is None or record.id != alias:
+            return None
+        gone = record.artifact is not None and not registry.store.exists(registry.artifact_key(record))
+        return None if gone else record
+
+    check = current("site-check", step_name("check", spec, prior_id, [target.fingerprint]))
+    if check is None:
+        return None
+    if until == "check":
+        return check, None, None
+    decision, site_prior = check.config["decision"], None
+    if decision != "reuse":
+        site_prior = current("site-prior", step_name("finetune", spec, prior_id, [target.fingerprint], mode=decision,
+                                                     precision=PRECISIONS[0]))
+        if site_prior is None:
+            return None
+    if until == "finetune":
+        return check, site_prior, None
+    observations = spec.observations.scan()
+    encoder = current("encoder", step_name("align", spec, site_prior.id if site_prior else prior_id,
+                                           [observations.fingerprint, target.fingerprint],
+                                           align=spec.alignment.to_dict(), sweep=None))
+    return None if encoder is None else (check, site_prior, encoder)
 
 
 def core_id(registry: Registry, prior_id: str | None) -> str:

@@ -12,7 +12,8 @@ baseline's at the same epoch, ``s`` its alignment score and ``tau`` the toleranc
 so the choice -- the lowest objective among the trials that ran to the end -- is the best-aligned
 setting whose reconstruction error stays within ``(1 + tau) r_0``, or the one that exceeds it
 least for what it gains (``penalty`` nats per e-fold beyond the bound). The same number is what
-early stopping (ASHA) ranks a site's trials by at every rung; the penalty grows with the log of
+ASHA ranks a site's trials by at every rung (forecast stopping compares the finished trials' final
+objectives with a forecast score, ``pipeline.sweeps.forecast``); the penalty grows with the log of
 the ratio, not the ratio, because early in training an aligned run's error can be many times the
 baseline's and still end within the bound.
 """

@@ -9,8 +9,8 @@
       mode: {grid: [align, match]}                 # L_align or distribution matching; default: the site spec's
     samples: 1                                     # Tune num_samples: grid repeats / random draws per site
     steps: 1500                                    # per trial; default: the site specs' alignment.steps
-    epoch_steps: 100                               # steps per reported epoch (ASHA's time unit)
-    scheduler: {type: asha, grace_epochs: 1, reduction_factor: 3}   # or {type: fifo}
+    epoch_steps: 100                               # steps per reported epoch (early stopping's time unit)
+    scheduler: {type: forecast, grace_epochs: 1}   # or {type: asha, grace_epochs: 1, reduction_factor: 3}, {type: fifo}
     resources: {cpu: 1, gpu: 0}                    # per trial (gpu: 0.25 packs four trials per GPU)
     max_concurrent: 0                              # 0: as many trials as the cluster holds
     select: {metric: nll_gap, recon: median, recon_tolerance: 2.0, penalty: 10}   # the defaults (sweeps.objective)
@@ -18,8 +18,8 @@
 Every trial trains one site's encoder; each site also gets one lambda = 0 baseline run (its
 reconstruction error is what ``recon_tolerance`` is relative to). Trials start in the order the
 grid lists its values (first dimension slowest), the sites interleaved; each site's first trial
-runs to the end and sets ASHA's bar, so list grid values coarse-to-fine, best guess first. The latent dimension is not a
-sweep dimension here: it is fixed by the prior each site aligns to. Loading validates everything
+runs to the end and sets early stopping's bar, so list grid values coarse-to-fine, best guess first. The latent
+dimension is not a sweep dimension here: it is fixed by the prior each site aligns to. Loading validates everything
 once; errors are ``SpecError`` naming the file and the key.
 """
 
@@ -43,6 +43,7 @@ SWEPT = tuple(DIMENSIONS.values())  # the AlignConfig fields a trial's settings 
 NOT_SWEPT = {"latent_dim": "the latent dimension is fixed by the prior each site aligns to",
              "projection": "the projection belongs to the prior each site aligns to, not to its encoder"}
 SAMPLERS = ("grid", "choice", "loguniform")
+SCHEDULERS = ("forecast", "asha", "fifo")
 KEYS = frozenset({"name", "sites", "space", "samples", "steps", "epoch_steps", "scheduler", "resources",
                   "max_concurrent", "select"})  # a sweep spec's top-level keys
 
@@ -89,16 +90,18 @@ class Dimension:
 
 @dataclass(frozen=True)
 class Scheduler:
-    """``asha``: a trial stops at a rung (grace_epochs x reduction_factor^k epochs) unless its objective
-    is in the best 1/reduction_factor of its own site's trials there; ``fifo``: every trial runs to the end."""
+    """``forecast``: from epoch grace_epochs on, a trial stops once its final score, forecast from its own site's
+    finished trials, is worse than the best of them (``pipeline.sweeps.forecast``; reduction_factor unused);
+    ``asha``: a trial stops at a rung (grace_epochs x reduction_factor^k epochs) unless its objective is in the
+    best 1/reduction_factor of its own site's trials there; ``fifo``: every trial runs to the end."""
 
-    type: str = "asha"
+    type: str = "forecast"
     grace_epochs: int = 1
     reduction_factor: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.type not in ("asha", "fifo"):
-            raise SpecError(f"type must be asha or fifo, got {self.type!r}")
+        if self.type not in SCHEDULERS:
+            raise SpecError(f"type must be one of {', '.join(SCHEDULERS)}, got {self.type!r}")
         if self.grace_epochs < 1 or not self.reduction_factor > 1:
             raise SpecError(f"grace_epochs must be >= 1 and reduction_factor > 1, got {self}")
 
@@ -222,7 +225,7 @@ def load_sweep_spec(path: str | os.PathLike) -> SweepSpec:
     spec = SweepSpec(name=name, sites=tuple(sites), space=dimensions, steps=steps, **settings, scheduler=scheduler,
                      resources=section(Resources, data.get("resources", {}), f"{path}: resources"),
                      select=section(Selection, data.get("select", {}), f"{path}: select"), path=str(path))
-    if scheduler.type == "asha" and scheduler.grace_epochs > spec.epochs:
+    if scheduler.type != "fifo" and scheduler.grace_epochs > spec.epochs:
         raise SpecError(f"{path}: scheduler.grace_epochs: {scheduler.grace_epochs} exceeds the {spec.epochs} epochs "
                         f"of a trial ({steps} steps / epoch_steps {spec.epoch_steps})")
     return spec

@@ -80,9 +80,12 @@ def test_site_run_takes_every_site_down_its_own_path_and_a_rerun_trains_nothing(
     records = registry.records()
     assert sorted(r.kind for r in records) == ["encoder"] * 3 + ["prior"] + ["site-check"] * 3 + ["site-prior"] * 2
 
-    # the rerun: every step of the good sites already ran; --verbose prints each step's lines
+    # the rerun: every step of the good sites already ran, found by the driver: no step runs (none writes its
+    # log); --verbose prints which record each step found
+    logged = set(registry.store.list_tree("ray-runs"))
     code, out, _ = flowprior(capsys, "site", "run", *specs[:3], "--store", store_uri, "--verbose", "--json")
     assert code == 0 and registry.records() == records  # nothing trained, nothing registered
+    assert set(registry.store.list_tree("ray-runs")) == logged
     paths = {p["site"]: p for p in json.loads(out[out.index("[\n"):])}
     assert {s: p["decision"] for s, p in paths.items()} == {s: d for s, (d, _) in DECIDE.items()}
     assert all(p["encoder"] == registry.alias(f"encoder.{s}") and p["failed"] is None for s, p in paths.items())

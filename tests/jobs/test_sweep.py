@@ -15,6 +15,7 @@ from pipeline.jobs.sweep import SweepInterrupted, grid_points, run_sweep, settin
 from pipeline.registry import Registry
 from pipeline.storage import Store
 from pipeline.sweeps import Selection, load_sweep_spec
+from pipeline.sweeps.forecast import ForecastStop
 from tests.support.sites import flowprior, publish_core, small_spec
 from tests.support.tfevents import merged
 
@@ -136,6 +137,29 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
 
 
 @pytest.mark.slow
+def test_forecast_stopping_stops_in_tune_what_its_rule_stops_and_nothing_else(local_ray, tmp_path):
+    """One trial at a time, so each site's trials run in the listed order: replaying the rule on the trials'
+    recorded numbers (each site's finished trials feeding it in that order) gives every trial's epochs."""
+    store_uri = str(tmp_path / "store")
+    publish_core(store_uri)
+    order = [1.0, 0.1, 0.01, 0.001]  # the most aligned first: it sets the bar the others are forecast against
+    spec = load_sweep_spec(sweep_spec(tmp_path, space={"lambda": {"grid": order}}, max_concurrent=1,
+                                      scheduler={"type": "forecast", "grace_epochs": 1}))
+    record = run_sweep(spec, Store.open(store_uri), say=lambda line: None).record
+    check_record(record, spec)
+    assert record.metrics["trial_epochs"] < record.metrics["full_epochs"]  # it stopped trials early
+    for site in SITES:
+        trials = {t["config"]["lam"]: t for t in record.config["trials"] if t["site"] == site}
+        rule = ForecastStop(spec.select, record.config["choices"][site]["target_knn_nll"], spec.epochs, 1)
+        for lam in order:
+            history = trials[lam]["history"]
+            stops = [rule.stops(h["knn_nll"], h["epoch"]) for h in history]
+            assert stops == [False] * (len(history) - 1) + [len(history) < spec.epochs], (site, lam, stops)
+            if len(history) == spec.epochs:
+                rule.finish([h["knn_nll"] for h in history], history[-1]["objective"])
+
+
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_where_it_stopped(local_ray, tmp_path):
     from ray import tune
 
@@ -211,3 +235,29 @@ def test_a_damaged_record_of_a_finished_experiment_is_an_error_naming_it(tmp_pat
     with pytest.raises(RegistryError, match=r"ray-runs/ci-baseline-0/flowprior-trials.json: not the trials of a "
                                             r"finished experiment .*delete the folder .*ray-runs/ci-baseline-0"):
         finished.load(store, "ci-baseline-0")
+
+
+def test_forecast_scheduling_starts_a_trial_of_a_site_with_none_running_then_one_that_can_be_forecast(tmp_path):
+    from ray.tune.experiment import Trial
+
+    from pipeline.jobs.sweep.scheduling import PerSiteForecast
+
+    spec = load_sweep_spec(sweep_spec(tmp_path, scheduler={"type": "forecast"}))
+    scheduler = PerSiteForecast(spec, {site: None for site in SITES})
+    trials = [Trial("trial", config={"point": point}, stub=True) for point in grid_points(spec, list(SITES))]
+
+    class Controller:  # what a scheduler asks Tune's controller for here: the trials, in the grid's order
+        def get_trials(self):
+            return trials
+
+    a, b = SITES
+    assert [settings_of(t.config)["site"] for t in trials[:4]] == [a, b, a, b]
+    trials[0].status = Trial.RUNNING  # a's first trial: b's goes next
+    assert scheduler.choose_trial_to_run(Controller()) is trials[1]
+    trials[1].status = Trial.RUNNING  # a trial of each site runs, none finished: the next in order
+    assert scheduler.choose_trial_to_run(Controller()) is trials[2]
+    scheduler.rules[b].finish([1.0] * spec.epochs, objective=1.0)  # b's first trial ran to the end
+    trials[1].status = Trial.TERMINATED  # b has no trial running: its next goes, before a's second
+    assert scheduler.choose_trial_to_run(Controller()) is trials[3]
+    trials[3].status = Trial.RUNNING  # both sites run a trial: b's next (it can be forecast) before a's second
+    assert scheduler.choose_trial_to_run(Controller()) is trials[5]

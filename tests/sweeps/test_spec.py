@@ -31,7 +31,7 @@ def test_the_shipped_lambda_sweep_loads_with_the_demo_sites():
     spec = load_sweep_spec(ROOT / "tuning" / "lambda.yaml")
     assert isinstance(spec, SweepSpec) and spec.name == "lambda"
     assert [s.site for s in spec.sites] == ["R80711", "R80721", "R80736", "R80790"]
-    assert spec.space[0].name == "lambda" and spec.space[0].sampler == "grid" and spec.scheduler.type == "asha"
+    assert spec.space[0].name == "lambda" and spec.space[0].sampler == "grid" and spec.scheduler.type == "forecast"
     assert spec.epochs == spec.steps // spec.epoch_steps
 
 
@@ -75,7 +75,7 @@ def test_a_gpu_share_per_trial(tmp_path):
     ({"name": "../escape"}, "name: invalid sweep name"),
     ({"steps": 0}, "steps: must be >= 1"),
     ({"samples": "two"}, "samples: expected int"),
-    ({"scheduler": {"type": "pbt"}}, "scheduler: type must be asha or fifo"),
+    ({"scheduler": {"type": "pbt"}}, "scheduler: type must be one of forecast, asha, fifo, got 'pbt'"),
     ({"scheduler": {"reduction_factor": 1}}, "reduction_factor > 1"),
     ({"scheduler": {"grace_epochs": 5}}, "grace_epochs: 5 exceeds the 3 epochs"),
     ({"resources": {"cpu": 0}}, "resources: cpu must be > 0"),

@@ -10,10 +10,10 @@
 3. Trials: Tune experiment ``<name>`` over sites x search space. Each trial is a *function
    trainable* (:mod:`.trial`) that trains one site's encoder, reports every ``epoch_steps`` steps
    (reconstruction, ``L_align``, kNN NLL proxy, spread, objective) with its training state as a
-   tensor-only checkpoint. ASHA compares a trial only with its own site's trials (:mod:`.scheduling`:
-   objectives of different sites are on different scales). A Ray Train ``TorchTrainer`` per trial is
-   avoided on purpose: in Ray 2.60 an ASHA-stopped trial that wraps one keeps its placement group
-   (ray-project/ray#54305).
+   tensor-only checkpoint. Early stopping (forecast or ASHA, :mod:`.scheduling`) compares a trial only
+   with its own site's trials: objectives of different sites are on different scales. A Ray Train
+   ``TorchTrainer`` per trial is avoided on purpose: in Ray 2.60 an early-stopped trial that wraps one
+   keeps its placement group (ray-project/ray#54305).
 4. A ``sweep`` record with every trial's settings and metrics, the choice per site (lowest
    objective among trials that ran to the end, see ``pipeline.sweeps.objective``) and the Pareto
    front; ``flowprior site align --from-sweep ID`` trains with the choice.

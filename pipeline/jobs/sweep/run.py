@@ -136,7 +136,7 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     points = grid_points(spec, site_ids)
     space = {"point": tune.grid_search(points), **{d.field: d.to_tune() for d in spec.space if d.sampler != "grid"}}
     ended = run_experiment(name, trainable(sites, spec, gpu), space, spec.samples, len(points) * spec.samples, spec,
-                           store, scheduler_of(spec), say, trust_store_state, tags, reuse_actors)
+                           store, scheduler_of(spec, sites), say, trust_store_state, tags, reuse_actors)
     trials = [trial_entry(e, spec, sites[settings_of(e.config)["site"]]) for e in ended]
     choices, fronts = _choices(spec, sites, trials, baselines)
     trial_epochs = sum(t["epochs"] for t in trials)
