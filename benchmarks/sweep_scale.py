@@ -1,12 +1,14 @@
 """A sweep at fleet size: what a trial costs outside its own training, at 4 sites and at 100, with trials
 reusing the worker processes of trials that ended (what sweeps do) and, side by side, one new process per trial.
 
-    python benchmarks/sweep_scale.py [--sites 4 100] [--fresh-at 4] [--steps 200] [--epoch-steps 50] [--json out.json]
+    python benchmarks/sweep_scale.py [--sites 4 100] [--fresh-at 4] [--steps 200] [--epoch-steps 50]
+                                     [--scheduler forecast|asha] [--json out.json]
 
 Sites as ``benchmarks/fleet_scale.py`` makes them (here 7,000 resampled rows of a bundled turbine, as they
 are, windy, moved), aligned to a small core prior in a local store. Per fleet size, in a fresh driver with an
 embedded Ray of this machine's cores, ``run_sweep`` (what ``flowprior sweep`` runs) sweeps 9 lambdas per
-site with per-site ASHA (grace 1 epoch, reduction factor 3), after a lambda = 0 baseline per site, as
+site with per-site early stopping (``--scheduler``: forecast, the default, or ASHA; grace 1 epoch, ASHA's
+reduction factor 3), after a lambda = 0 baseline per site, as
 ``tuning/lambda.yaml`` does, with short trials (``--steps`` in epochs of ``--epoch-steps``). Reported:
 trials (baselines included), trial-epochs, wall time, the sites' data preparation in the driver, the
 training a trial-epoch costs (timed in this process: the same encoder training, one thread), and so the
@@ -82,10 +84,10 @@ def epoch_seconds(spec_path: str, store_uri: str, epoch_steps: int, epochs: int 
     return (time.perf_counter() - started) / epochs
 
 
-def sweep_spec(folder: Path, specs: list[str], steps: int, epoch_steps: int) -> str:
+def sweep_spec(folder: Path, specs: list[str], steps: int, epoch_steps: int, scheduler: str) -> str:
     spec = {"name": f"scale{len(specs)}", "sites": specs, "space": {"lambda": {"grid": GRID}}, "samples": 1,
             "steps": steps, "epoch_steps": epoch_steps,
-            "scheduler": {"type": "asha", "grace_epochs": 1, "reduction_factor": 3}, "resources": {"cpu": 1}}
+            "scheduler": {"type": scheduler, "grace_epochs": 1, "reduction_factor": 3}, "resources": {"cpu": 1}}
     path = folder / f"sweep-{len(specs)}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--epoch-steps", type=int, default=50)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--scheduler", choices=("forecast", "asha"), default="forecast")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "sweep_scale.json"))
     args = parser.parse_args()
 
@@ -113,7 +116,7 @@ def main() -> None:
         for n in args.sites:
             folder = Path(tmp) / f"sites-{n}"
             folder.mkdir()
-            spec = sweep_spec(folder, make_fleet(folder, n, pools, ROWS), args.steps, args.epoch_steps)
+            spec = sweep_spec(folder, make_fleet(folder, n, pools, ROWS), args.steps, args.epoch_steps, args.scheduler)
             per_epoch = epoch_seconds(spec, core_store, args.epoch_steps)
             results[str(n)] = {}
             for actors in ("reuse", "fresh") if n in args.fresh_at else ("reuse",):
@@ -145,7 +148,7 @@ def main() -> None:
                 print(f"{n:4d} sites: a new process per trial takes {ratio:.1f}x the sweep's time", flush=True)
     results["machine"] = machine()
     results["settings"] = {"steps": args.steps, "epoch_steps": args.epoch_steps, "grid": GRID, "cores": args.cores,
-                           "fresh_at": args.fresh_at}
+                           "fresh_at": args.fresh_at, "scheduler": args.scheduler}
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
 
