@@ -1,6 +1,7 @@
 """``flowprior site run`` at fleet size: does the cost of a site stay flat from 8 to 512 sites?
 
-    python benchmarks/fleet_scale.py [--sites 8 64 512] [--backends local s3] [--others 10000] [--json out.json]
+    python benchmarks/fleet_scale.py [--sites 8 64 512] [--backends local s3] [--others 10000] [--compare-lookup]
+                                     [--json out.json]
 
 Synthetic fleets made from the bundled turbines: site ``i`` is turbine ``(i // 4) % 4``'s healthy 2015
 readings, 3,000 rows resampled, as they are (``as-is``: reuse), restricted to its top quarter of wind speeds
@@ -17,7 +18,9 @@ every step done). Reported per N and backend:
 * training: the sum of the steps' ``step_seconds`` (their own work: reading, measuring, training);
 * overhead per site: ``wall x cores / N - training / N`` (scheduling, task start-up, store requests);
 * the rerun's wall per site, and the driver's peak RSS for both;
-* store requests per step, fresh and rerun (one site's steps run in-process through a counting store).
+* store requests per step, fresh and rerun (one site's steps run in-process through a counting store);
+* with ``--compare-lookup``: the same fresh fleet under other site names, right after, without the driver's
+  look-up of finished sites (``finished_path``; every site's chain of tasks runs), side by side.
 
 Goals (issue #30): overhead per site at 512 at most 1.2x that at 8 and under 0.5 s; a rerun under
 0.2 s per site; driver peak RSS under 1 GB at 512 sites.
@@ -55,13 +58,15 @@ SMALL = {"finetune": {"steps": 40, "refit_steps": 40, "probe_steps": 20, "log_ev
 DRIVER = """
 import json, sys, time
 import ray
-from pipeline.jobs import runtime
+from pipeline.jobs import runtime, sites
 from pipeline.jobs.sites import run_site_paths
 from pipeline.registry import Registry
 from pipeline.sites import load_site_spec
 from pipeline.storage import Store
 
-store, specs = Store.open(sys.argv[1]), [load_site_spec(p) for p in sys.argv[2:]]
+if sys.argv[2] == "no-lookup":  # what site run did before: every site's chain runs, finished or not
+    sites._finished = lambda *args: None
+store, specs = Store.open(sys.argv[1]), [load_site_spec(p) for p in sys.argv[3:]]
 started = time.perf_counter()
 ray.init(num_cpus={cores}, log_to_driver=False, include_dashboard=False)
 startup = time.perf_counter() - started
@@ -95,8 +100,9 @@ def fleet_rows() -> dict[tuple[str, str], np.ndarray]:
     return pools
 
 
-def make_fleet(folder: Path, n: int, pools: dict, rows: int = ROWS) -> list[str]:
-    """``n`` site specs (and their Parquet files) under ``folder``; site i: turbine (i // 4) % 4, variant i % 4."""
+def make_fleet(folder: Path, n: int, pools: dict, rows: int = ROWS, prefix: str = "") -> list[str]:
+    """``n`` site specs (and their Parquet files) under ``folder``; site i: turbine (i // 4) % 4, variant i % 4,
+    named ``<prefix><turbine>-<variant>-<i>``."""
     import pyarrow as pa
 
     base = {t: yaml.safe_load((Path(__file__).resolve().parents[1] / "sites" / f"{t}.yaml").read_text())
@@ -105,7 +111,7 @@ def make_fleet(folder: Path, n: int, pools: dict, rows: int = ROWS) -> list[str]
     specs = []
     for i in range(n):
         turbine, variant = TURBINES[(i // 4) % 4], VARIANTS[i % 4]
-        site = f"{turbine}-{variant}-{i:04d}"
+        site = f"{prefix}{turbine}-{variant}-{i:04d}"
         pool = pools[turbine, variant]
         x = pool[rng.integers(0, len(pool), rows)]  # (rows, 10)
         data = folder / f"{site}.parquet"
@@ -130,16 +136,23 @@ def requests(store_uri: str, spec_path: str) -> dict:
     return counted
 
 
-def drive(store_uri: str, specs: list[str], cores: int) -> dict:
+def drive(store_uri: str, specs: list[str], cores: int, lookup: bool = True) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", DRIVER.format(cores=cores), store_uri, *specs],
+    result = subprocess.run([sys.executable, "-c", DRIVER.format(cores=cores), store_uri,
+                             "lookup" if lookup else "no-lookup", *specs],
                             capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(store_uri: str, sizes: list[int], others: int, cores: int) -> dict:
+def overhead(run: dict, n: int, registry: Registry, cores: int) -> tuple[float, float]:
+    """A fresh run of ``n`` sites: its steps' own work (their records' ``step_seconds``), its overhead per site."""
+    training = sum(registry.get(i).metrics.get("step_seconds") or 0.0 for i in run.pop("records"))
+    return training, run["wall_s"] * cores / n - training / n
+
+
+def measure(store_uri: str, sizes: list[int], others: int, cores: int, compare_lookup: bool) -> dict:
     from tests.support.fleet import other_sites
     from tests.support.sites import publish_core
 
@@ -160,14 +173,21 @@ def measure(store_uri: str, sizes: list[int], others: int, cores: int) -> dict:
             specs = make_fleet(folder, n, pools)
             first = drive(store_uri, specs, cores)
             registry = Registry(store)
-            records = [registry.get(i) for i in first.pop("records")]
-            training = sum(r.metrics.get("step_seconds") or 0.0 for r in records)
+            training, per_site = overhead(first, n, registry, cores)
             rerun = drive(store_uri, specs, cores)
             rerun.pop("records")
             row = {"sites": n, **first, "training_s": training, "training_per_site_s": training / n,
-                   "overhead_per_site_s": first["wall_s"] * cores / n - training / n,
+                   "overhead_per_site_s": per_site,
                    "rerun_wall_s": rerun["wall_s"], "rerun_per_site_s": rerun["wall_s"] / n,
                    "rerun_driver_peak_rss_mib": rerun["driver_peak_rss_mib"], "rerun_failed": rerun["failed"]}
+            if compare_lookup:  # the same fleet under other names, right after, without the driver's look-up
+                (folder / "b").mkdir()
+                without = drive(store_uri, make_fleet(folder / "b", n, pools, prefix="b"), cores, lookup=False)
+                without_training, without_per_site = overhead(without, n, registry, cores)
+                row["no_lookup"] = {"wall_s": without["wall_s"], "training_s": without_training,
+                                    "overhead_per_site_s": without_per_site}
+                print(f"  {n:4d} sites without the driver's look-up: wall {without['wall_s']:6.1f} s, overhead/site "
+                      f"{without_per_site:.3f} s (with it: {per_site:.3f} s)", flush=True)
             results[str(n)] = row
             print(f"  {n:4d} sites: wall {row['wall_s']:6.1f} s, training {training:6.1f} s, overhead/site "
                   f"{row['overhead_per_site_s']:.3f} s, rerun/site {row['rerun_per_site_s']:.3f} s, driver peak "
@@ -182,11 +202,14 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", choices=("local", "s3"), default=["local", "s3"])
     parser.add_argument("--others", type=int, default=10_000, help="records of other sites already in the store")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="CPUs the embedded Ray gets")
+    parser.add_argument("--compare-lookup", action="store_true",
+                        help="also run each fresh fleet (under other site names) without the driver's look-up of "
+                             "finished sites, side by side")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "fleet_scale.json"))
     args = parser.parse_args()
 
     def run(uri: str) -> dict:
-        return measure(uri, args.sites, args.others, args.cores)
+        return measure(uri, args.sites, args.others, args.cores, args.compare_lookup)
 
     results = on_local_and_s3(run, args.backends)
     print(f"\n{'backend':8} {'sites':>5} {'wall s':>7} {'train s':>8} {'overhead/site s':>16} {'rerun/site s':>13} "
