@@ -46,6 +46,17 @@ def step_name(step: str, spec: SiteSpec, prior_id: str, fingerprints: list[str],
     return f"{spec.site}.{step}.{digest}"
 
 
+def default_step_name(step: str, spec: SiteSpec, prior_id: str, target: str, observations: str | None = None,
+                      mode: str | None = None) -> str:
+    """The run name of ``step`` as ``site run`` runs it (a fine-tune in ``mode`` at the first precision, the
+    spec's alignment, no sweep) against ``prior_id``, from the data's fingerprints."""
+    if step == "check":
+        return step_name("check", spec, prior_id, [target])
+    if step == "finetune":
+        return step_name("finetune", spec, prior_id, [target], mode=mode, precision=PRECISIONS[0])
+    return step_name("align", spec, prior_id, [observations, target], align=spec.alignment.to_dict(), sweep=None)
+
+
 @dataclass(frozen=True)
 class StepRun:
     """One run of a site step: the step's deterministic name (:func:`step_name`), the run name it registers
@@ -77,7 +88,7 @@ def find_step(registry: Registry, kind: str, site: str, step: str, force: bool |
         record = recorded_run(registry, kind, step, current)
     if record is None:
         return StepRun(step, name)
-    if record.artifact is not None and not registry.store.exists(registry.artifact_key(record)):
+    if artifact_gone(registry, record):
         say(f"[site {site}] {step} ran as {record.id} but its artifact is missing from the store; running it again")
         return StepRun(step, f"{step}.{secrets.token_hex(4)}")
     if current != record.id:
@@ -97,6 +108,19 @@ def recorded_run(registry: Registry, kind: str, step: str, current: str | None) 
     return record
 
 
+def artifact_gone(registry: Registry, record: Record) -> bool:
+    """Whether ``record`` names an artifact the store no longer holds (its step would run again)."""
+    return record.artifact is not None and not registry.store.exists(registry.artifact_key(record))
+
+
+def ran(registry: Registry, kind: str, site: str, step: str) -> tuple[Record | None, str | None]:
+    """The record of the step run ``step`` if it ran and its artifact is there, as :func:`find_step` finds it but
+    moving nothing; and the id the site's alias of ``kind`` points at."""
+    current = registry.alias(current_alias(kind, site))
+    record = recorded_run(registry, kind, step, current)
+    return (None if record is None or artifact_gone(registry, record) else record), current
+
+
 def finished_path(spec: SiteSpec, registry: Registry, prior_id: str,
                   until: str = "align") -> tuple[Record, Record | None, Record | None] | None:
     """The records (check, site prior, encoder) of the site's path up to ``until`` (``check``, ``finetune`` or
@@ -107,30 +131,25 @@ def finished_path(spec: SiteSpec, registry: Registry, prior_id: str,
     target = spec.target.scan()
 
     def current(kind: str, name: str) -> Record | None:
-        alias = registry.alias(current_alias(kind, spec.site))
-        record = recorded_run(registry, kind, name, alias)
-        if record is None or record.id != alias:
-            return None
-        gone = record.artifact is not None and not registry.store.exists(registry.artifact_key(record))
-        return None if gone else record
+        record, alias = ran(registry, kind, spec.site, name)
+        return record if record is not None and record.id == alias else None
 
-    check = current("site-check", step_name("check", spec, prior_id, [target.fingerprint]))
+    check = current("site-check", default_step_name("check", spec, prior_id, target.fingerprint))
     if check is None:
         return None
     if until == "check":
         return check, None, None
     decision, site_prior = check.config["decision"], None
     if decision != "reuse":
-        site_prior = current("site-prior", step_name("finetune", spec, prior_id, [target.fingerprint], mode=decision,
-                                                     precision=PRECISIONS[0]))
+        site_prior = current("site-prior", default_step_name("finetune", spec, prior_id, target.fingerprint,
+                                                             mode=decision))
         if site_prior is None:
             return None
     if until == "finetune":
         return check, site_prior, None
     observations = spec.observations.scan()
-    encoder = current("encoder", step_name("align", spec, site_prior.id if site_prior else prior_id,
-                                           [observations.fingerprint, target.fingerprint],
-                                           align=spec.alignment.to_dict(), sweep=None))
+    encoder = current("encoder", default_step_name("align", spec, site_prior.id if site_prior else prior_id,
+                                                   target.fingerprint, observations.fingerprint))
     return None if encoder is None else (check, site_prior, encoder)
 
 

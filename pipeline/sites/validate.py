@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pipeline.data.features import FeatureScan, column_names
 from pipeline.data.schema import FeatureSchema
 from pipeline.errors import DataError, RegistryError, StoreError
-from pipeline.method.precision import PRECISIONS
 from pipeline.registry import CORE_ALIAS, Record, Registry
-from pipeline.registry.registry import current_alias
 from pipeline.sites.decision import MIN_CHECK_POINTS
 from pipeline.sites.spec import DataSource, SiteSpec
-from pipeline.sites.steps import recorded_run, step_name
+from pipeline.sites.steps import default_step_name, ran
 
 
 @dataclass
@@ -130,14 +128,6 @@ def _alignment_prior(registry: Registry, site: str, fingerprint: str, prior_id: 
         return prior_id or core
 
 
-def _ran(registry: Registry, kind: str, site: str, name: str) -> Record | None:
-    """The record of the step run ``name`` if it already ran (as ``find_step`` finds it, moving nothing)."""
-    record = recorded_run(registry, kind, name, registry.alias(current_alias(kind, site)))
-    if record is not None and record.artifact is not None and not registry.store.exists(registry.artifact_key(record)):
-        return None  # its artifact is gone: the step would run again
-    return record
-
-
 def _plan(spec: SiteSpec, registry: Registry, prior_id: str, prior_arg: str | None,
           target: tuple[FeatureScan, int], observations: tuple[FeatureScan, int], report: SiteValidation) -> None:
     """What each step would do, or the record that shows it already ran (found by the step's run name)."""
@@ -147,14 +137,14 @@ def _plan(spec: SiteSpec, registry: Registry, prior_id: str, prior_arg: str | No
     dropped = " (before dropping rows with NaN/inf)" if spec.target.drop_nonfinite else ""
 
     def step(name: str, kind: str, run: str | None, what: str) -> Record | None:
-        record = _ran(registry, kind, spec.site, run) if run else None
+        record = ran(registry, kind, spec.site, run)[0] if run else None
         if record is None:
             report.plan.append(what)
         else:
             report.done.append({"step": name, "record": record.id, "what": what})
         return record
 
-    check = step("check", "site-check", step_name("check", spec, prior_id, [target.fingerprint]),
+    check = step("check", "site-check", default_step_name("check", spec, prior_id, target.fingerprint),
                  f"check: {target_rows:,} target rows{dropped}, ~{heldout:,} held out; a {settings.probe_steps}-step "
                  f"probe fine-tune of {prior_id}; finetune if it gains > {t.finetune_gain:.0%}, refit if fm_ratio > "
                  f"{t.refit_fm:g}")
@@ -166,11 +156,10 @@ def _plan(spec: SiteSpec, registry: Registry, prior_id: str, prior_arg: str | No
     if decision == "reuse":
         report.skipped.append(f"finetune: the check {check.id} decided reuse (the core prior serves the site)")
     else:
-        step("finetune", "site-prior", step_name("finetune", spec, prior_id, [target.fingerprint], mode=decision,
-                                                 precision=PRECISIONS[0]) if decision else None, finetune)
+        step("finetune", "site-prior", default_step_name("finetune", spec, prior_id, target.fingerprint, mode=decision)
+             if decision else None, finetune)
     aligned_to = _alignment_prior(registry, spec.site, target.fingerprint, prior_arg, prior_id)
-    step("align", "encoder", step_name("align", spec, aligned_to, [observations.fingerprint, target.fingerprint],
-                                       align=a.to_dict(), sweep=None),
+    step("align", "encoder", default_step_name("align", spec, aligned_to, target.fingerprint, observations.fingerprint),
          f"align: {observation_rows:,} observations, {a.mode} at lambda {a.lam:g}, {a.steps} steps (and a lambda = 0 "
          f"baseline), encoder widths {list(spec.encoder.widths)}, to {aligned_to}")
 
