@@ -7,6 +7,9 @@
     ├── CheckpointError             a checkpoint that is missing, malformed, of another kind or changed
     ├── TrackingError               MLflow asked for but not usable as given
     ├── UntrustedState              an unfinished sweep whose resume (unpickling) was not allowed
+    ├── TrainingError               a training run that ended without its result (no checkpoint, failed trials)
+    ├── SetupError                  the installation cannot run what was asked (flowprior not installed)
+    ├── Contended                   a write that lost to other writers too often; exit 1 (retrying may help)
     └── Unreachable                 a service that did not answer; exit 1 (retrying may help)
         ├── StoreError              the store (server gone, no permission)
         ├── RayUnreachable          the Ray cluster
@@ -49,6 +52,21 @@ class TrackingError(FlowpriorError, ValueError):
 
 class UntrustedState(FlowpriorError, ValueError):
     """An unfinished Tune experiment exists under the store, and resuming it (unpickling) was not allowed."""
+
+
+class TrainingError(FlowpriorError, RuntimeError):
+    """A training run (a Ray Train fit, a sweep's trials) ended without the result it was run for; the message
+    names the run and its first failure."""
+
+
+class SetupError(FlowpriorError, RuntimeError):
+    """The installation cannot run what was asked (e.g. flowprior itself is not installed as a package)."""
+
+
+class Contended(FlowpriorError, RuntimeError):
+    """A create-if-absent write lost to other writers every time it tried; a retry later may succeed."""
+
+    exit_code = 1
 
 
 class Unreachable(FlowpriorError):

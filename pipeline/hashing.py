@@ -1,8 +1,9 @@
-"""Content hashes, shared by checkpoints, the registry and data fingerprints (no torch, no Ray)."""
+"""Content hashes, shared by checkpoints, the registry, sweeps and data fingerprints (no torch, no Ray)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 
@@ -13,3 +14,9 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def json_digest(value: object) -> str:
+    """SHA-256 (hex) of ``value`` as JSON with sorted keys (what is not JSON as its ``str``): the one digest
+    of settings, sweep grids and fingerprint payloads."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

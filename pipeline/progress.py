@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Callable, TextIO
 
+Say = Callable[[str], None]  # where a progress line goes: ``print``, a log, a relay to the driver
+
 
 def duration(seconds: float) -> str:
     """``45s``, ``7m33s``, ``2h05m``."""
@@ -36,7 +38,7 @@ class Progress:
     ``stream`` a terminal, one line rewritten in place instead (at most ``min_interval`` apart, and
     always the last)."""
 
-    def __init__(self, label: str, total: int, unit: str = "", say: Callable[[str], None] = print,
+    def __init__(self, label: str, total: int, unit: str = "", say: Say = print,
                  live: bool = False, stream: TextIO | None = None, min_interval: float = 0.2,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.total, self.unit, self.say, self.clock = label, total, unit, say, clock
@@ -65,7 +67,7 @@ class FleetProgress:
     rewritten in place on a terminal (with ``live``, where the caller owns it), else printed each time another
     tenth of the fleet finished; ``finished(line)`` prints one line per finished site (above it)."""
 
-    def __init__(self, label: str, total: int, say: Callable[[str], None] = print, live: bool = False,
+    def __init__(self, label: str, total: int, say: Say = print, live: bool = False,
                  stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.total, self.say, self.clock = label, total, say, clock
         stream = stream or sys.stdout
