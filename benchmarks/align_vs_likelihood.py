@@ -24,11 +24,12 @@ import time
 
 import torch
 
+from pipeline.method.configs import MatchConfig, VelocityConfig
 from pipeline.method.likelihood import log_likelihood
 from pipeline.method.losses import alignment_loss
-from pipeline.method.matching import AuxiliaryFlow, MatchConfig, matching_loss
+from pipeline.method.matching import AuxiliaryFlow, matching_loss
 from pipeline.method.ode import Solver
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.velocity import VelocityMLP
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 

@@ -41,11 +41,12 @@ import torch  # noqa: E402
 from pipeline.data import read_features  # noqa: E402
 from pipeline.data.split import split_indices  # noqa: E402
 from pipeline.datasets import la_haute_borne as lhb  # noqa: E402
-from pipeline.demo.run import DemoSettings, _rows, fault_scores  # noqa: E402
+from pipeline.demo.faults import fault_scores, site_rows  # noqa: E402
+from pipeline.demo.settings import DemoSettings  # noqa: E402
+from pipeline.method.configs import FitConfig  # noqa: E402
 from pipeline.method.encoder import train_encoder  # noqa: E402
 from pipeline.method.metrics import auroc, knn_nll, spread_ratio  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
-from pipeline.method.training import FitConfig  # noqa: E402
 from pipeline.sites import load_site_spec  # noqa: E402
 from pipeline.sites.align import METRIC_POINTS, alignment_data  # noqa: E402
 
@@ -90,7 +91,7 @@ def main() -> None:
         healthy = torch.from_numpy(healthy[order[METRIC_POINTS:METRIC_POINTS + 2000]])
         samples = {"prior_samples_knn_nll": knn_nll(own, z_target).mean().item(),
                    "prior_samples_spread": spread_ratio(own, z_target)}
-        x_2014, labels_2014 = _rows(turbine, 2014)
+        x_2014, labels_2014 = site_rows(turbine, 2014)
         # each run's reconstruction is compared with a lambda = 0 run of as many steps
         plain, match = spec.alignment.steps, args.match_steps
         runs = ([("align", 0.0, plain)] + ([("align", 0.0, match)] if match != plain else [])

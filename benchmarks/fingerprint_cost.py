@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.data.features import scan_features  # noqa: E402
 from pipeline.data.fingerprint import WORKERS, content_sha256, source_files  # noqa: E402
+from pipeline.data.scan import scan_features  # noqa: E402
 
 from machine import machine  # benchmarks/machine.py, beside this script  # noqa: E402
 

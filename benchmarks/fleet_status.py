@@ -5,7 +5,7 @@
 It builds a registry of ``--sites`` sites with 10 records each, as a fleet's history leaves them:
 per site two checks (against two core priors), two site priors, six encoders, and every one's
 alias move (3 aliases and 10 alias entries per site), plus two core priors and ten sweeps of a
-tenth of the sites each; after each wave of sites, ``Registry.compact()``, as a fleet command (``site
+tenth of the sites each; after each wave of sites, ``record_files.compact(store)``, as a fleet command (``site
 run`` over 64 sites or more) does at its end. Then, per backend, it times ``fleet_status`` (what the
 command runs): the first call of a fresh process (cold), the best of three calls after it, with the time
 split into the records read and the aliases read, and the first call as it would be without any snapshot
@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support (the SeaweedFS launcher)
 
-from pipeline.registry import Registry  # noqa: E402
-from pipeline.registry.aliases import ALIASES  # noqa: E402
+from pipeline.registry import Registry, record_files  # noqa: E402
 from pipeline.registry.fleet import fleet_status  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
+from pipeline.storage.layout import ALIASES  # noqa: E402
 
 from machine import machine, on_local_and_s3  # benchmarks/machine.py, beside this script  # noqa: E402
 
@@ -51,7 +51,7 @@ def populate(store_uri: str, sites: int, threads: int) -> float:
     names = [f"site{i:05d}" for i in range(sites)]
     with ThreadPoolExecutor(threads) as pool:  # first every site against core 1, then core 2 arrives
         list(pool.map(lambda s: populate_site(registry, s, [core1.id]), names))
-        registry.compact()  # as the fleet command that registered them does at its end
+        record_files.compact(registry.store)  # as the fleet command that registered them does at its end
         core2 = registry.register("prior", parents=[core1.id], fingerprint="c" * 64)
         list(pool.map(lambda s: populate_site(registry, s, [core2.id]), names))
     tenth = max(1, sites // 10)
@@ -60,7 +60,7 @@ def populate(store_uri: str, sites: int, threads: int) -> float:
         registry.register("sweep", parents=[core2.id], config={"choices": {
             s: {"mode": "align", "lam": 0.002, "lr": 1e-3, "draws": 4, "objective": 4.3, "feasible": True}
             for s in swept}})
-    registry.compact()
+    record_files.compact(registry.store)
     return time.perf_counter() - start
 
 

@@ -11,10 +11,10 @@
    FLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on one step) and the fraction of the peak of
    the same precision (fp32 against TF32 on a GPU).
 3. **Kill and resume**: a child process trains on the device and checkpoints with the Ray worker's
-   own :func:`~pipeline.jobs.prior_fit_worker.save_state` every few steps, announcing each one and
+   own :func:`~pipeline.method.training_state.save_training_state` every few steps, announcing each one and
    then waiting on its stdin for a go-ahead; it is SIGKILLed while it waits after its second
    checkpoint (so the kill lands at that known step), and this process resumes from exactly that
-   checkpoint with :func:`~pipeline.jobs.prior_fit_worker.load_state` onto a fresh model on the
+   checkpoint with :func:`~pipeline.method.training_state.load_training_state` onto a fresh model on the
    device, checks that the weights are the checkpoint's and that every optimiser tensor sits beside
    its parameter, and trains on.
 4. **Site fine-tune and encoder alignment** on the device (:func:`~pipeline.sites.site_prior.train_site_prior`,
@@ -38,18 +38,18 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.jobs.prior_fit_worker import MODEL_FILE, load_state, save_state  # noqa: E402
-from pipeline.method.encoder import AlignConfig, train_encoder  # noqa: E402
+from pipeline.method.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.method.configs import AlignConfig, FitConfig, VelocityConfig  # noqa: E402
+from pipeline.method.encoder import train_encoder  # noqa: E402
 from pipeline.method.metrics import heldout_fm  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.method.prior_space import PriorSpace  # noqa: E402
-from pipeline.method.training import FitConfig, new_training, train_step  # noqa: E402
-from pipeline.method.velocity import VelocityConfig  # noqa: E402
+from pipeline.method.training import new_training, train_step  # noqa: E402
+from pipeline.method.training_state import FILE, KIND, load_training_state, save_training_state  # noqa: E402
 from pipeline.sites.site_prior import train_site_prior  # noqa: E402
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script  # noqa: E402
@@ -127,7 +127,7 @@ def child(folder: str, args) -> None:
         step += 1
         if step % SAVE_EVERY == 0:
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                save_state(tmp, model, ema, optimiser, {"step": step})
+                save_training_state(tmp, model, ema, optimiser, {"step": step})
                 os.replace(tmp, os.path.join(folder, f"step-{step:06d}"))  # complete checkpoints only
                 os.mkdir(tmp)  # for TemporaryDirectory's clean-up
             print(f"saved {step}", flush=True)
@@ -164,10 +164,11 @@ def kill_and_resume(args, device: torch.device) -> dict:
         velocity = VelocityConfig(dim=args.dim, width=args.width, depth=args.depth)
         fit = FitConfig(steps=10**9, warmup=10, batch_size=args.batch)
         model, ema, optimiser = new_training(velocity, fit, device, seed=123)  # other weights until loaded
-        state = load_state(str(last), model, ema, optimiser)
+        state = load_training_state(last, model, ema, optimiser)
         if state["step"] != announced:
             raise RuntimeError(f"checkpoint {last} holds step {state['step']}, the child announced {announced}")
-        saved_weights = load_file(str(last / MODEL_FILE))
+        _, written = load_checkpoint(last / FILE, KIND)
+        saved_weights = {k.removeprefix("model."): v for k, v in written.items() if k.startswith("model.")}
         wrong = [k for k, v in model.state_dict().items() if not torch.equal(v.cpu(), saved_weights[k])]
         if wrong:
             raise RuntimeError(f"resumed weights differ from checkpoint {last}: {wrong[:3]}")

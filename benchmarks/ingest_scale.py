@@ -70,8 +70,9 @@ def in_memory_worker(config: dict) -> None:
     import torch
 
     from pipeline.jobs.prior_fit_worker import timed_first
-    from pipeline.method.training import EMA, FitConfig, make_optimiser, random_batches, train_loop
-    from pipeline.method.velocity import VelocityConfig, VelocityMLP
+    from pipeline.method.configs import FitConfig, VelocityConfig
+    from pipeline.method.training import EMA, make_optimiser, random_batches, train_loop
+    from pipeline.method.velocity import VelocityMLP
 
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(config["threads"])
@@ -105,10 +106,12 @@ def run_one(path: str, uri: str, steps: int) -> dict:
     from ray.train.torch import TorchTrainer
 
     from pipeline.jobs import runtime
-    from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
-    from pipeline.method.training import FitConfig
-    from pipeline.method.transforms import fit_transform
+    from pipeline.jobs.prior_fit import fit_core_prior
+    from pipeline.jobs.prior_fit_spec import PriorFitSpec
+    from pipeline.method.configs import FitConfig
+    from pipeline.method.prior_space import PriorSpace
     from pipeline.registry import Registry
+    from pipeline.sites.models import load_prior
     from pipeline.storage import Store
 
     runtime.connect(num_cpus=2)
@@ -118,7 +121,7 @@ def run_one(path: str, uri: str, steps: int) -> dict:
     started = time.time()
     if path == "streaming":
         record = fit_core_prior(PriorFitSpec(features=uri, fit=fit, **COMMON), Store.open(store), say=lambda _: None)
-        ingest, history = record.config["ingest"], Registry(Store.open(store)).load_prior(record.id).info["history"]
+        ingest, history = record.config["ingest"], load_prior(Registry(Store.open(store)), record.id).info["history"]
         return {"driver_peak_rss_mib": runtime.peak_rss_mib() - idle, "idle_driver_mib": idle,
                 "worker_peak_rss_mib": [s.get("peak_rss_mib") for s in ingest["shards"]] or None,
                 "seconds_to_first_step": ingest["seconds_to_first_step"],
@@ -129,11 +132,10 @@ def run_one(path: str, uri: str, steps: int) -> dict:
 
     features = read_features(uri)
     x = torch.from_numpy(features.values)
-    p, mean, scale = fit_transform(x, COMMON["latent_dim"], COMMON["projection"])
-    z = ((x @ p.T - mean) / scale).numpy()  # (n, d1)
+    z = PriorSpace.fit(x, COMMON["latent_dim"], COMMON["projection"]).apply(x).numpy()  # (n, d1)
     del x, features
     out = tempfile.mktemp(suffix=".json")
-    from pipeline.method.velocity import VelocityConfig
+    from pipeline.method.configs import VelocityConfig
 
     trainer = TorchTrainer(
         in_memory_worker, train_loop_config={

@@ -34,11 +34,11 @@ import torch
 from pipeline.data import read_features
 from pipeline.data.split import split_indices
 from pipeline.datasets import la_haute_borne as lhb
-from pipeline.demo.run import DemoSettings
+from pipeline.demo.settings import DemoSettings
+from pipeline.method.configs import FitConfig
 from pipeline.method.encoder import train_encoder
 from pipeline.method.metrics import knn_nll, spread_ratio
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
 from pipeline.sites.align import METRIC_POINTS, alignment_data
 from pipeline.sites.site_prior import site_fit_config, train_site_prior

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 from pipeline.jobs.tensorboard import EventLog  # noqa: E402
 from pipeline.registry import Registry  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
-from pipeline.tracking import URI_ENV, Tracking  # noqa: E402
+from pipeline.tracking import URI_ENV, Tracking, tracked_registry  # noqa: E402
 from tests.support.mlflow_server import MlflowServer  # noqa: E402
 
 from machine import machine  # benchmarks/machine.py, beside this script  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
 
 def run(server: MlflowServer, tmp: Path, args: argparse.Namespace) -> dict:
     os.environ["MLFLOW_EXPERIMENT_NAME"] = "bench-register"
-    registry = Registry(Store.open(str(tmp / "store")))
+    registry = tracked_registry(Store.open(str(tmp / "store")))
     core = registry.register("prior").id
     os.environ[URI_ENV] = server.uri
     register_block(registry, core, 5)  # warm: imports, the experiment created

@@ -34,11 +34,14 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
+from pipeline.jobs.prior_fit import fit_core_prior
+from pipeline.jobs.prior_fit_spec import PriorFitSpec
 from pipeline.jobs.runtime import INGEST_CPUS
-from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.configs import FitConfig, VelocityConfig
+from pipeline.method.training import EMA, make_optimiser, train_step
+from pipeline.method.velocity import VelocityMLP
 from pipeline.registry import Registry
+from pipeline.sites.models import load_prior
 from pipeline.storage import Store
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script
@@ -87,7 +90,7 @@ def ray_job(data: Path, store: Path, workers: int, cpus: int, args, fit: FitConf
     start = time.perf_counter()
     record = fit_core_prior(spec, Store.open(str(store)), say=lambda line: None)
     wall = time.perf_counter() - start
-    history = Registry(Store.open(str(store))).load_prior(record.id).info["history"]
+    history = load_prior(Registry(Store.open(str(store))), record.id).info["history"]
     rates = [h["samples_per_s"] for h in history[1:]]  # the first report includes warm-up
     return {"samples_per_s": statistics.median(rates), "wall_seconds": wall,
             "train_seconds": history[-1]["seconds"], "reports": len(history)}

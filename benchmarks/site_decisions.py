@@ -46,16 +46,17 @@ import torch
 from pipeline.data import read_features
 from pipeline.data.split import split_indices
 from pipeline.datasets import la_haute_borne as lhb
-from pipeline.demo.run import DemoSettings, _rows, fault_scores
+from pipeline.demo.faults import fault_scores, site_rows
+from pipeline.demo.settings import DemoSettings
+from pipeline.method.configs import FitConfig
 from pipeline.method.encoder import train_encoder
 from pipeline.method.metrics import auroc
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
 from pipeline.sites import load_site_spec
 from pipeline.sites.align import alignment_data
-from pipeline.sites.decision import Thresholds, decide, measure, probe
+from pipeline.sites.decision import decide, measure, probe_finetune
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
-from pipeline.sites.spec import FinetuneSettings
+from pipeline.sites.spec import FinetuneSettings, Thresholds
 
 DEMO = DemoSettings()
 CORE = {"latent_dim": DEMO.latent_dim, "projection": "pca", "normaliser": "per-dim", "width": DEMO.width,
@@ -99,7 +100,7 @@ def check_site(core: FlowPrior, core_fm: float, core_nll: float, name: str, x: n
     tr, he = split_indices(x, 0.1, seed=0)
     z_train, z_held = core.to_prior(x[tr]), core.to_prior(x[he])
     numbers = {**measure(core, z_held, core_fm, core_nll, SAMPLES),
-               **probe(core, z_train, z_held, args.probe_steps, lr=3e-4, batch_size=256)}
+               **probe_finetune(core, z_train, z_held, args.probe_steps, lr=3e-4, batch_size=256)}
     runs = {}
     for mode, steps in (("finetune", args.finetune_steps), ("refit", args.refit_steps)):
         if steps:
@@ -198,7 +199,7 @@ def main() -> None:
                                 spec.encoder.widths, seed=spec.seed)
             found = {}
             for year in (2015, 2014):
-                x, labels = _rows(turbine, year)
+                x, labels = site_rows(turbine, year)
                 scores = fault_scores(run.model, core, x)
                 if labels.any():
                     found[year] = {name: auroc(torch.from_numpy(scores[name]), torch.from_numpy(labels))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline.method.configs import FitConfig, VelocityConfig
 from pipeline.method.metrics import heldout_fm
-from pipeline.method.training import FitConfig, fit_velocity, new_training, train_step
-from pipeline.method.velocity import VelocityConfig
+from pipeline.method.training import fit_velocity, new_training, train_step
 
 BATCH = 256
 

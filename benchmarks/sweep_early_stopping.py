@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import TUNE_ENV
-from pipeline.demo.run import DemoSettings
+from pipeline.demo.settings import DemoSettings
 from pipeline.jobs import runtime
 from pipeline.jobs.prior_fit import fit_core_prior
 from pipeline.jobs.sweep import run_sweep

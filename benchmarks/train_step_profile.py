@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.method.configs import FitConfig, VelocityConfig
 from pipeline.method.losses import flow_matching_loss
-from pipeline.method.training import EMA, FitConfig, make_optimiser, train_step
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.training import EMA, make_optimiser, train_step
+from pipeline.method.velocity import VelocityMLP
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 

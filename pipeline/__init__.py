@@ -12,7 +12,7 @@ only read the registry start without loading torch.
 from importlib import import_module
 
 _EXPORTS = {"CheckpointError": "pipeline.errors", "FlowpriorError": "pipeline.errors",
-            "FlowPrior": "pipeline.method.prior", "FitConfig": "pipeline.method.training",
+            "FlowPrior": "pipeline.method.prior", "FitConfig": "pipeline.method.configs",
             "PriorSpace": "pipeline.method.prior_space"}
 
 __all__ = sorted(_EXPORTS)

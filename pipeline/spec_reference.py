@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from pipeline.method.encoder import AlignConfig
-from pipeline.sites.decision import Thresholds
-from pipeline.sites.spec import DataSource, EncoderSettings, FinetuneSettings, SiteSpec
+from pipeline.method.configs import AlignConfig
+from pipeline.sites.spec import DataSource, EncoderSettings, FinetuneSettings, SiteSpec, Thresholds
 from pipeline.sweeps.objective import Selection
 from pipeline.sweeps.spec import Resources, Scheduler, SweepSpec
 

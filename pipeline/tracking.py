@@ -37,11 +37,13 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from pipeline.errors import TrackingError, TrackingUnreachable
+from pipeline.registry import Registry
 from pipeline.registry.records import RESERVED_TAG_PREFIX
 from pipeline.storage.uris import redact
 
 if TYPE_CHECKING:
     from pipeline.registry.records import Record
+    from pipeline.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,24 @@ class Tracking:
             token = page.token
             if not token:
                 return ids
+
+
+def mirror_record(record: Record, registry: Registry) -> None:
+    """Copy a newly registered ``record`` to MLflow when tracking is on now; a failure only warns (the registry
+    has the record; ``flowprior registry mirror`` copies it later)."""
+    try:
+        tracking = Tracking.from_env()
+        if tracking is not None:
+            tracking.mirror([record], registry.artifact_uri)
+    except Exception as error:  # noqa: BLE001 - the registry has the record; MLflow gets only a copy
+        log.warning("could not copy record %s to MLflow (%s: %s); `flowprior registry mirror` copies it later",
+                    record.id, type(error).__name__, str(error)[:300])
+
+
+def tracked_registry(store: Store) -> Registry:
+    """The registry under ``store`` with :func:`mirror_record` as its hook: what every job that registers
+    records opens."""
+    return Registry(store, on_register=mirror_record)
 
 
 def use(uri: str | None) -> Tracking | None:

@@ -61,8 +61,8 @@ def _placed_on(demands: list[dict]) -> dict[str, int]:
 
 
 def test_the_head_takes_no_work_and_cpu_work_starts_cpu_workers_not_gpu_ones():
-    from pipeline.jobs.prior_fit import PriorFitSpec, worker_resources
-    from pipeline.jobs.sites import site_task_resources
+    from pipeline.jobs.prior_fit_spec import PriorFitSpec, worker_resources
+    from pipeline.jobs.site_tasks import site_task_resources
     from pipeline.sweeps import load_sweep_spec
 
     config = prepare_config(load())

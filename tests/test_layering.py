@@ -29,3 +29,14 @@ def test_the_ingest_tasks_never_load_torch():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')); assert not bad, bad[:5]")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_specs_settings_and_the_cli_parser_load_neither_torch_nor_ray():
+    """A spec, a fit's settings and the CLI's flags (defaults and choices taken from the dataclasses and
+    constants the jobs use) load without torch or Ray: only running a job needs them."""
+    code = ("import sys, pipeline.sites.spec, pipeline.sweeps.spec, pipeline.jobs.prior_fit_spec, "
+            "pipeline.method.configs, pipeline.sites, pipeline.sweeps; from pipeline.cli import build_parser; "
+            "build_parser(); bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch')); "
+            "assert not bad, bad[:5]")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -13,8 +13,7 @@ from pipeline.errors import RegistryError, SpecError
 from pipeline.registry import Record
 from pipeline.registry.aliases import parse as parse_alias
 from pipeline.sites.spec import load_site_spec
-from pipeline.storage import Store, validate_name
-from pipeline.storage.store import check_key
+from pipeline.storage import Store, check_key, validate_name
 from pipeline.sweeps import load_sweep_spec
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

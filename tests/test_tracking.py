@@ -10,9 +10,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import TrackingError
-from pipeline.registry import Registry
 from pipeline.storage import Store
-from pipeline.tracking import Tracking, params, scalars
+from pipeline.tracking import Tracking, params, scalars, tracked_registry
 
 
 def dead_uri() -> str:
@@ -68,7 +67,7 @@ def test_the_cli_refuses_bad_tracking_before_doing_anything(tmp_path, capsys, mo
 @pytest.mark.slow
 def test_a_registered_record_is_copied_with_its_links_tags_metrics_and_settings(mlflow_tracking, tmp_path):
     store = Store.open(str(tmp_path / "store"))
-    registry = Registry(store)
+    registry = tracked_registry(store)
     artifact = tmp_path / "weights.bin"
     artifact.write_bytes(b"weights")
     prior = registry.register("prior", artifact=artifact, fingerprint="f" * 64, name="core-v1",
@@ -97,7 +96,7 @@ def test_a_registered_record_is_copied_with_its_links_tags_metrics_and_settings(
 def test_a_server_down_at_registration_only_warns_and_registry_mirror_copies_later(
         mlflow_tracking, tmp_path, monkeypatch, caplog, capsys, quick_failures):
     store_uri = str(tmp_path / "store")
-    registry = Registry(Store.open(store_uri))
+    registry = tracked_registry(Store.open(store_uri))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead_uri())
     with caplog.at_level(logging.WARNING):
         first = registry.register("prior", tags={"team": "ops"})

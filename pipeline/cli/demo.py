@@ -9,7 +9,8 @@ from pipeline.cli.common import add_record_arguments, positive
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo.run import MATCH_LAMBDA, DemoSettings, run_demo
+    from pipeline.demo.run import run_demo
+    from pipeline.demo.settings import MATCH_LAMBDA, DemoSettings
 
     settings = DemoSettings(out=args.out, store=args.store, sites=args.sites, core_steps=args.core_steps,
                             quick=args.quick, address=args.address, sweep=args.sweep,
@@ -20,8 +21,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    from pipeline.demo import SITES
+    from pipeline.demo.settings import DemoSettings
 
+    defaults = DemoSettings()
     demo = commands.add_parser(
         "demo", help="run the whole pipeline on the bundled La Haute Borne wind-farm data (3 min on 2 CPUs)",
         description="Fit the core prior on the 2014 data of all four La Haute Borne turbines with Ray Train, check "
@@ -33,13 +35,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "summary.json under --out and print a summary table: 3 min on 2 CPUs (182 s measured, "
                     "2026-12-06). Prints one line per site and step; Ray's own output goes to its log folder, "
                     "linked as <out>/ray-logs. Without --address a local Ray starts.")
-    demo.add_argument("--out", type=Path, default=Path("flowprior-demo"), help="report folder (default: %(default)s)")
+    demo.add_argument("--out", type=Path, default=defaults.out, help="report folder (default: %(default)s)")
     demo.add_argument("--store", metavar="URI", help="store URI (default: <out>/store, so the demo never touches "
                                                       "your ./flowprior-store)")
-    demo.add_argument("--sites", type=Path, default=SITES,
+    demo.add_argument("--sites", type=Path, default=defaults.sites,
                       help="folder of site specs (default: the four turbines' specs shipped with flowprior, as in "
                            "the repository's sites/)")
-    demo.add_argument("--core-steps", type=positive, default=2000, help="core prior steps (default: %(default)s)")
+    demo.add_argument("--core-steps", type=positive, default=defaults.core_steps,
+                      help="core prior steps (default: %(default)s)")
     demo.add_argument("--quick", action="store_true",
                       help="CI-sized run: a few hundred steps everywhere (under 2 min on 2 CPUs)")
     demo.add_argument("--sweep", type=Path, metavar="SWEEP.yaml",

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import TYPE_CHECKING
 
 from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, open_store, positive
 from pipeline.formatting import number
+from pipeline.jobs.prior_fit_spec import PriorFitSpec
+from pipeline.method.configs import NORMALISERS, PROJECTIONS, FitConfig
 
 if TYPE_CHECKING:
     from pipeline.registry import Record
     from pipeline.storage import Store
+
+SPEC = {f.name: f.default for f in dataclasses.fields(PriorFitSpec)}  # each flag's default is the spec's
+FIT = FitConfig()  # and the optimiser flags' are its fit's
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -32,12 +38,10 @@ def _resource(text: str) -> tuple[str, float]:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
-    from pipeline.method.training import FitConfig
+    from pipeline.jobs.prior_fit import fit_core_prior
 
-    fit = FitConfig(**{k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                         "warmup": args.warmup, "precision": args.precision,
-                                         "t_group": args.t_group}.items() if v is not None})
+    fit = FitConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                    precision=args.precision, t_group=args.t_group)
     filters: dict[str, list[str]] = {}
     for column, value in args.filter or []:
         filters.setdefault(column, []).append(value)
@@ -82,9 +86,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             "prior (EMA weights) is registered once, as the fleet's current core prior.\n\n"
             "Without --address or $RAY_ADDRESS a local Ray starts; under `ray job submit`\n"
             "the job joins the cluster."))
+    _data_arguments(fit)
+    _model_arguments(fit)
+    _worker_arguments(fit)
+    _run_arguments(fit)
+    add_record_arguments(fit)
+    add_store_arguments(fit)
+    fit.set_defaults(handler=cmd_fit)
+
+
+def _data_arguments(fit: argparse.ArgumentParser) -> None:
+    """Which rows and columns, and how they map to prior space."""
     fit.add_argument("--features", required=True, metavar="URI",
                      help="Parquet file, folder or glob (local, file:// or s3://)")
-    fit.add_argument("--feature-column", default="features",
+    fit.add_argument("--feature-column", default=SPEC["feature_column"],
                      help="fixed-size-list column of features; if absent, every numeric column except id/site/time")
     fit.add_argument("--columns", metavar="A,B,...",
                      help="numeric feature columns to use (instead of --feature-column)")
@@ -93,42 +108,56 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--drop-nonfinite", action="store_true", help="drop rows with NaN/inf (and count them) "
                      "instead of refusing the data")
     fit.add_argument("--latent-dim", type=positive, help="prior dimension (default: the feature dimension)")
-    fit.add_argument("--projection", choices=("none", "random", "pca", "pool"),
+    fit.add_argument("--projection", choices=PROJECTIONS,
                      help="features -> prior space (default: none if dims match, else random)")
-    fit.add_argument("--normaliser", choices=("global", "per-dim"), default="global",
+    fit.add_argument("--normaliser", choices=NORMALISERS, default=SPEC["normaliser"],
                      help="scale of prior space: one scale for all dims, or one per dim (default: %(default)s)")
-    fit.add_argument("--width", type=positive, default=256,
+
+
+def _model_arguments(fit: argparse.ArgumentParser) -> None:
+    """The velocity network and its optimiser (the rest of ``FitConfig`` keeps its defaults)."""
+    fit.add_argument("--width", type=positive, default=SPEC["width"],
                      help="velocity MLP width (default: %(default)s; paper 1024)")
-    fit.add_argument("--depth", type=positive, default=4, help="AdaLN blocks (default: %(default)s; paper 6)")
-    fit.add_argument("--steps", type=positive, help="optimisation steps (default: 3000)")
-    fit.add_argument("--batch-size", type=positive, help="global batch, split across workers (default: 256)")
-    fit.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
-    fit.add_argument("--warmup", type=int, help="warm-up steps (default: 200)")
-    fit.add_argument("--workers", type=positive, default=1, help="data-parallel workers (default: %(default)s)")
-    fit.add_argument("--cpus-per-worker", type=positive, default=1, help="CPUs (and torch threads) per worker")
+    fit.add_argument("--depth", type=positive, default=SPEC["depth"],
+                     help="AdaLN blocks (default: %(default)s; paper 6)")
+    fit.add_argument("--steps", type=positive, default=FIT.steps, help="optimisation steps (default: %(default)s)")
+    fit.add_argument("--batch-size", type=positive, default=FIT.batch_size,
+                     help="global batch, split across workers (default: %(default)s)")
+    fit.add_argument("--lr", type=float, default=FIT.lr, help="peak learning rate (default: %(default)g)")
+    fit.add_argument("--warmup", type=int, default=FIT.warmup, help="warm-up steps (default: %(default)s)")
+
+
+def _worker_arguments(fit: argparse.ArgumentParser) -> None:
+    """The data-parallel workers: how many, what each takes, and how each computes a step."""
+    fit.add_argument("--workers", type=positive, default=SPEC["workers"],
+                     help="data-parallel workers (default: %(default)s)")
+    fit.add_argument("--cpus-per-worker", type=positive, default=SPEC["cpus_per_worker"],
+                     help="CPUs (and torch threads) per worker")
     fit.add_argument("--gpu", action="store_true", help="one GPU per worker when the cluster has them (else CPU)")
     add_precision_argument(fit)
-    fit.add_argument("--t-group", type=positive, metavar="K",
+    fit.add_argument("--t-group", type=positive, default=FIT.t_group, metavar="K",
                      help="K samples share one stratified time t: the time conditioning costs 1/K "
-                          "(see benchmarks/stratified_t.py; default 1, one t per sample)")
+                          "(see benchmarks/stratified_t.py; default %(default)s, one t per sample)")
     fit.add_argument("--worker-resource", action="append", type=_resource, metavar="NAME=AMOUNT",
                      help="a custom Ray resource each worker needs, e.g. a node pool's label (repeatable)")
-    fit.add_argument("--heldout-fraction", type=float, default=0.1,
+
+
+def _run_arguments(fit: argparse.ArgumentParser) -> None:
+    """The held-out rows, each worker's stream, the reports, and the Ray run's name, restarts and cluster."""
+    fit.add_argument("--heldout-fraction", type=float, default=SPEC["heldout_fraction"],
                      help="expected share of rows held out for evaluation, chosen by a hash of each row's values "
                           "(default: %(default)s)")
-    fit.add_argument("--heldout-sample", type=positive, default=10_000,
+    fit.add_argument("--heldout-sample", type=positive, default=SPEC["heldout_sample"],
                      help="held-out rows kept for evaluation (the driver's only rows; default: %(default)s)")
-    fit.add_argument("--shuffle-buffer", type=positive, default=20_000,
+    fit.add_argument("--shuffle-buffer", type=positive, default=SPEC["shuffle_buffer"],
                      help="rows in each worker's local shuffle buffer (default: %(default)s)")
-    fit.add_argument("--cache-mb", type=int, default=512,
+    fit.add_argument("--cache-mb", type=int, default=SPEC["cache_mb"],
                      help="a worker keeps a shard up to this size after its first epoch instead of streaming "
                           "every epoch; 0 streams always (default: %(default)s)")
-    fit.add_argument("--report-every", type=positive, default=250,
+    fit.add_argument("--report-every", type=positive, default=SPEC["report_every"],
                      help="steps between progress reports, held-out evaluations and checkpoints")
     fit.add_argument("--name", help="Ray run name; rerun with the same name to resume (default: a fresh one)")
-    fit.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--max-failures", type=int, default=SPEC["max_failures"],
+                     help="worker-group restarts from the last checkpoint")
+    fit.add_argument("--seed", type=int, default=SPEC["seed"])
     fit.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    add_record_arguments(fit)
-    add_store_arguments(fit)
-    fit.set_defaults(handler=cmd_fit)

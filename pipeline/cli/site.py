@@ -8,8 +8,8 @@ import json
 from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, gpu_share, open_store
 from pipeline.errors import SpecError
 from pipeline.formatting import number
-
-SITE_RETRIES = 3  # the default of --retries (pipeline.jobs.sites.SITE_RETRIES; a test keeps them equal)
+from pipeline.jobs.sites import SITE_RETRIES, UNTIL
+from pipeline.sites.spec import SITE_PRIOR_MODES
 
 
 def _specs(args: argparse.Namespace) -> list:
@@ -154,7 +154,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Per-site commands. Each takes one or more site specs "
                                              "(sites/<site>.yaml); several sites run in parallel on Ray.")
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="ACTION")
+    validate = _add_validate(sub)
+    _common_arguments(validate, runs=False, trains=False)
+    for add, trains in ((_add_check, False), (_add_finetune, True), (_add_align, True), (_add_run, True)):
+        _common_arguments(add(sub), runs=True, trains=trains)
 
+
+def _add_validate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate", help="check site specs, their data's schema and the feature contract; write nothing",
         description="For each site spec: parse it, read only the Parquet footers of its target and observations "
@@ -165,7 +171,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "status 1 if any spec has a problem (2 if the store does not exist). Every spec key and its "
                     "default: docs/spec-reference.md.")
     validate.add_argument("--json", action="store_true", help="print the reports as JSON")
+    validate.set_defaults(handler=cmd_validate)
+    return validate
 
+
+def _add_check(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check", help="decide reuse / finetune / refit for sites against the core prior",
         description="Measure how well the core prior (or --prior) explains each site's held-out target features "
@@ -173,16 +183,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "samples vs the site -- decide reuse, finetune or refit with the spec's thresholds, print the "
                     "numbers and record a site-check in the registry. One Ray task per site (1 CPU each).")
     check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.set_defaults(handler=cmd_check)
+    return check
 
+
+def _add_finetune(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     finetune = sub.add_parser(
         "finetune", help="fine-tune (or refit) site priors from the core prior, in parallel on Ray",
         description="Train a site prior per site as a Ray task: from the core prior's weights (finetune) or from "
                     "scratch in its space (refit), and register it as a site-prior whose parent is the core "
                     "prior. --mode auto (default) follows the site's latest check (checking first if needed) "
                     "and skips sites whose decision is reuse.")
-    finetune.add_argument("--mode", choices=("auto", "finetune", "refit"), default="auto")
+    finetune.add_argument("--mode", choices=("auto", *SITE_PRIOR_MODES), default="auto")
     add_precision_argument(finetune)
+    finetune.set_defaults(handler=cmd_finetune)
+    return finetune
 
+
+def _add_align(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     align = sub.add_parser(
         "align", help="train each site's encoder aligned to its prior, with a lambda = 0 baseline",
         description="Train each site's autoencoder on its observations with reconstruction + lambda * L_align "
@@ -193,7 +211,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     align.add_argument("--lambda", dest="lam", type=float, help="alignment weight (default: the spec's)")
     align.add_argument("--from-sweep", metavar="ID", help="train with the setting (lambda, lr, draws, steps) and "
                                                          "against the prior that this sweep chose for each site")
+    align.set_defaults(handler=cmd_align)
+    return align
 
+
+def _add_run(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="each site's whole path: check -> fine-tune or refit where it says so -> align",
         description="For each site, as one chain of Ray tasks that starts as soon as the site's previous step "
@@ -204,34 +226,33 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "one progress line and one line per finished site (--verbose: every step's lines; each "
                     "step's log is also saved under the store's ray-runs/site-run-*/<site>/ and named by its "
                     "record), then a table; exit status 1 names the sites that failed.")
-    run.add_argument("--until", choices=("check", "finetune", "align"), default="align",
+    run.add_argument("--until", choices=UNTIL, default=UNTIL[-1],
                      help="stop each site's path after this step (default: %(default)s)")
     run.add_argument("--json", action="store_true", help="print each site's path as JSON")
-
-    for action in (validate, check, finetune, align, run):
-        action.add_argument("specs", nargs="+", metavar="SITE.yaml", help="site spec(s)")
-        action.add_argument("--prior", metavar="ID", help="use this prior instead of the current core prior "
-                                                          "(align: instead of the site's own)")
-        if action is not validate:
-            add_record_arguments(action)
-            action.add_argument("--force", action="store_true",
-                                help="run the step even if a step with the same inputs (spec sections, prior, data "
-                                     "fingerprint) already ran; without it a rerun prints and returns that record")
-        if action is not validate:
-            action.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-            action.add_argument("--retries", type=int, default=SITE_RETRIES, metavar="N",
-                                help="rerun a site task whose worker died (a lost node, an OOM kill) up to N times; "
-                                     "an error the step raises is not retried (default: %(default)s)")
-            action.add_argument("--verbose", action="store_true",
-                                help="print every line of each site's steps (together, as each site finishes); "
-                                     "by default one progress line and one line per site")
-        if action not in (validate, check):
-            action.add_argument("--gpu", type=gpu_share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
-                                help="train each site on a GPU: a share of one per site task (0.25 packs four "
-                                     "sites per GPU); --gpu alone takes a whole GPU (default: CPU)")
-        add_store_arguments(action)
-    validate.set_defaults(handler=cmd_validate)
-    check.set_defaults(handler=cmd_check)
-    finetune.set_defaults(handler=cmd_finetune)
-    align.set_defaults(handler=cmd_align)
     run.set_defaults(handler=cmd_run)
+    return run
+
+
+def _common_arguments(action: argparse.ArgumentParser, runs: bool, trains: bool) -> None:
+    """The specs and the prior of every action; for those that run on Ray (``runs``), what they record and
+    how they run; for those that train (``trains``), the GPU share."""
+    action.add_argument("specs", nargs="+", metavar="SITE.yaml", help="site spec(s)")
+    action.add_argument("--prior", metavar="ID", help="use this prior instead of the current core prior "
+                                                      "(align: instead of the site's own)")
+    if runs:
+        add_record_arguments(action)
+        action.add_argument("--force", action="store_true",
+                            help="run the step even if a step with the same inputs (spec sections, prior, data "
+                                 "fingerprint) already ran; without it a rerun prints and returns that record")
+        action.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+        action.add_argument("--retries", type=int, default=SITE_RETRIES, metavar="N",
+                            help="rerun a site task whose worker died (a lost node, an OOM kill) up to N times; "
+                                 "an error the step raises is not retried (default: %(default)s)")
+        action.add_argument("--verbose", action="store_true",
+                            help="print every line of each site's steps (together, as each site finishes); "
+                                 "by default one progress line and one line per site")
+    if trains:
+        action.add_argument("--gpu", type=gpu_share, nargs="?", const=1.0, default=0.0, metavar="SHARE",
+                            help="train each site on a GPU: a share of one per site task (0.25 packs four "
+                                 "sites per GPU); --gpu alone takes a whole GPU (default: CPU)")
+    add_store_arguments(action)

@@ -35,11 +35,12 @@ it, a site step runs once more), never as the same data by chance.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable
+
+from pipeline.hashing import json_digest
 
 VERSION = 3
 CHUNK = 1 << 20  # bytes read (and hashed) at a time
@@ -88,4 +89,4 @@ def fingerprint(files: list[SourceFile], columns: list[str], options: dict) -> s
     """Hex SHA-256 of the scheme's version, the files' identities, the Parquet columns read and the options."""
     payload = {"version": VERSION, "files": [[f.name, f.size, f.content] for f in files], "columns": columns,
                "options": options}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(payload)

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.registry import Record, Registry  # noqa: E402
+from pipeline.sites.models import load_prior  # noqa: E402
 from pipeline.sweeps import report as sweeps_report  # noqa: E402
 
 SCORE_DRAWS = 8  # noise draws per row when scoring readings by L_align
@@ -154,37 +155,56 @@ def plot_tradeoff(alignments: list, path: Path) -> str:
     return _save(fig, path)
 
 
-def write_report(out: Path, registry: Registry, core: Record, checks: dict, site_priors: dict, alignments: list,
-                 matched: list, priors: dict, per_site: dict, summary: dict, sweep: Record | None = None) -> Path:
-    core_prior = registry.load_prior(core.id)
-    observations = {site: data[2015]["x"] for site, data in per_site.items()}
-    figures = {
+def _figures(out: Path, core_prior: FlowPrior, checks: dict, site_priors: dict, alignments: list, matched: list,
+             priors: dict, observations: dict[str, np.ndarray]) -> dict[str, str]:
+    """The page's figures, drawn into ``out``: each one's file name by its caption's key."""
+    return {
         "decisions": plot_decisions(checks, out / "decisions.png"),
         "prior_fits": plot_prior_fits(core_prior, site_priors, out / "prior_fits.png"),
         "alignment_curves": plot_alignment_curves(alignments, out / "alignment_curves.png"),
         "latents": plot_latents(alignments, matched, priors, observations, out / "latents.png"),
         "tradeoff": plot_tradeoff(alignments, out / "tradeoff.png"),
     }
-    sweep_section = ""
-    if sweep is not None:
-        sweep_section = (f"<h2>Sweep: lambda per site</h2>{sweeps_report.summary(sweep)}"
-                         f"<h3>Chosen settings</h3>{sweeps_report.choices_table(sweep)}"
-                         f"<h3>Reconstruction vs alignment, every trial that ran to the end (chosen: circled)</h3>"
-                         + figure(sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png'), CAPTIONS["pareto"]))
-    decisions = sweeps_report.table(["site", "what it is", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd",
-                                     "site FM", "core FM", "check record"],
-                       [[s, summary["sites"][s].get("description") or "-", c.config["decision"],
-                         *[c.metrics[k] for k in ("probe_gain", "fm_ratio", "nll_gap", "mmd", "fm_site", "fm_core")],
-                         c.id] for s, c in checks.items()])
-    encoders = sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon",
-                       "median recon (lambda 0)", "L_align", "L_align (lambda 0)", "kNN NLL", "kNN NLL (lambda 0)",
-                       "kNN NLL (target's own)", "spread", "spread (lambda 0)", "aligned to"],
-                      [[a.record.site, a.record.config["lambda"], *[a.record.metrics[k] for k in (
-                          "recon", "baseline_recon", "recon_median", "baseline_recon_median", "l_align",
-                          "baseline_l_align", "knn_nll", "baseline_knn_nll", "target_knn_nll", "spread",
-                          "baseline_spread")], a.record.aligned_to] for a in alignments])
-    matching = "<p>Not run: <code>flowprior demo --match</code> also aligns every site with distribution matching " \
-               "and compares it here.</p>" if all(m is None for m in matched) else sweeps_report.table(
+
+
+def _sweep_section(out: Path, sweep: Record | None) -> str:
+    """The sweep's summary, chosen settings and Pareto figure; empty without a sweep."""
+    if sweep is None:
+        return ""
+    return (f"<h2>Sweep: lambda per site</h2>{sweeps_report.summary(sweep)}"
+            f"<h3>Chosen settings</h3>{sweeps_report.choices_table(sweep)}"
+            f"<h3>Reconstruction vs alignment, every trial that ran to the end (chosen: circled)</h3>"
+            + figure(sweeps_report.plot_pareto(sweep, out / 'sweep_pareto.png'), CAPTIONS["pareto"]))
+
+
+def _decisions_table(checks: dict, summary: dict) -> str:
+    """Each site's decision and the numbers it read."""
+    return sweeps_report.table(["site", "what it is", "decision", "probe gain", "fm_ratio", "nll_gap", "mmd",
+                                "site FM", "core FM", "check record"],
+                               [[s, summary["sites"][s].get("description") or "-", c.config["decision"],
+                                 *[c.metrics[k] for k in ("probe_gain", "fm_ratio", "nll_gap", "mmd", "fm_site",
+                                                          "fm_core")],
+                                 c.id] for s, c in checks.items()])
+
+
+def _encoders_table(alignments: list) -> str:
+    """Each site's aligned encoder against its lambda = 0 one."""
+    return sweeps_report.table(["site", "lambda", "recon", "recon (lambda 0)", "median recon",
+                                "median recon (lambda 0)", "L_align", "L_align (lambda 0)", "kNN NLL",
+                                "kNN NLL (lambda 0)", "kNN NLL (target's own)", "spread", "spread (lambda 0)",
+                                "aligned to"],
+                               [[a.record.site, a.record.config["lambda"], *[a.record.metrics[k] for k in (
+                                   "recon", "baseline_recon", "recon_median", "baseline_recon_median", "l_align",
+                                   "baseline_l_align", "knn_nll", "baseline_knn_nll", "target_knn_nll", "spread",
+                                   "baseline_spread")], a.record.aligned_to] for a in alignments])
+
+
+def _matching_table(alignments: list, matched: list) -> str:
+    """The distribution-matching encoders beside the L_align ones, or a note that they did not run."""
+    if all(m is None for m in matched):
+        return "<p>Not run: <code>flowprior demo --match</code> also aligns every site with distribution matching " \
+               "and compares it here.</p>"
+    return sweeps_report.table(
         ["site", "lambda", "recon", "median recon", "median recon / lambda 0", "kNN NLL", "kNN NLL (target's own)",
          "spread", "spread (L_align)", "encoder"],
         [[m.record.site, m.record.config["lambda"], m.record.metrics["recon"], m.record.metrics["recon_median"],
@@ -192,24 +212,39 @@ def write_report(out: Path, registry: Registry, core: Record, checks: dict, site
           m.record.metrics["target_knn_nll"] or "-", m.record.metrics["spread"], a.record.metrics["spread"],
           m.record.id]
          for a, m in zip(alignments, matched, strict=True) if m is not None])
+
+
+def _faults_table(summary: dict) -> str:
+    """The AUROC of each fault score, per year and site."""
     fault_rows = [[year, site, v["faults"], v["rows"], v["l_align"], v.get("l_align_match", "-"), v["recon_lambda0"],
                    v["recon_aligned"]] for year, sites in summary["faults_auroc"].items() for site, v in sites.items()]
-    faults = sweeps_report.table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC L_align (match)",
-                                  "AUROC recon (lambda 0)", "AUROC recon (aligned)"], fault_rows)
-    lineage = "".join(
+    return sweeps_report.table(["year", "site", "fault rows", "rows", "AUROC L_align", "AUROC L_align (match)",
+                                "AUROC recon (lambda 0)", "AUROC recon (aligned)"], fault_rows)
+
+
+def _lineage(registry: Registry, alignments: list) -> str:
+    """Each aligned encoder's records back to its data, with their fingerprints."""
+    return "".join(
         f"<h3>{html.escape(a.record.site)}</h3><ul>" + "".join(
             f"<li><code>{html.escape(r.id)}</code> ({html.escape(r.kind)}"
             f"{', ' + html.escape(r.config.get('mode', '')) if r.kind == 'site-prior' else ''}), trained on "
             f"<code>{html.escape((r.fingerprint or '-')[:16])}</code></li>" for r in registry.lineage(a.record.id))
         + "</ul>" for a in alignments)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior demo: La Haute Borne</title>
+
+
+def _page(core: Record, store_uri: str, figures: dict[str, str], sections: dict[str, str]) -> str:
+    """The whole HTML page around its figures and ``sections`` (decisions, sweep, encoders, matching, faults,
+    lineage)."""
+    decisions, sweep_section, encoders = sections["decisions"], sections["sweep"], sections["encoders"]
+    matching, faults, lineage = sections["matching"], sections["faults"], sections["lineage"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>flowprior demo: La Haute Borne</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}} figure{{margin:8px 0 18px}}
 figcaption{{font-size:13px;color:#444}}</style></head><body>
 <h1>flowprior demo: La Haute Borne wind farm</h1>
 <p>Core prior <code>{html.escape(core.id)}</code> fitted with Ray Train on the healthy 2014 readings of all four
 turbines; each turbine checked on its healthy 2015 readings, its encoder trained on all complete 2015 readings.
-Store: <code>{html.escape(registry.store.uri)}</code>.
+Store: <code>{html.escape(store_uri)}</code>.
 Data: ENGIE La Haute Borne open data (Etalab Open Licence 2.0).</p>
 <h2>Site decisions</h2>{decisions}{figure(figures['decisions'], CAPTIONS['decisions'])}
 <h2>Prior fits</h2>{figure(figures['prior_fits'], CAPTIONS['prior_fits'])}
@@ -225,8 +260,19 @@ reconstruction error of the lambda = 0 autoencoder. 2014 rows were never seen by
 <h2>Lineage</h2>{lineage}
 <h2>Every number</h2><p>The run's summary, with each site's check, prior and encoder numbers and the records
 they came from: <a href="summary.json">summary.json</a>; any record in full: <code>flowprior registry show ID
---store {html.escape(registry.store.uri)}</code>.</p>
+--store {html.escape(store_uri)}</code>.</p>
 </body></html>"""
+
+
+def write_report(out: Path, registry: Registry, core: Record, checks: dict, site_priors: dict, alignments: list,
+                 matched: list, priors: dict, per_site: dict, summary: dict, sweep: Record | None = None) -> Path:
+    """Write ``out/report.html`` and its figures beside it; the page's path."""
+    core_prior = load_prior(registry, core.id)
+    observations = {site: data[2015]["x"] for site, data in per_site.items()}
+    figures = _figures(out, core_prior, checks, site_priors, alignments, matched, priors, observations)
+    sections = {"sweep": _sweep_section(out, sweep), "decisions": _decisions_table(checks, summary),
+                "encoders": _encoders_table(alignments), "matching": _matching_table(alignments, matched),
+                "faults": _faults_table(summary), "lineage": _lineage(registry, alignments)}
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(_page(core, registry.store.uri, figures, sections))
     return path.resolve()

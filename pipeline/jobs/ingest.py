@@ -24,18 +24,17 @@ without sharing state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from pipeline.data.features import FeatureScan, filter_expression
+from pipeline.data.filters import filter_expression
+from pipeline.data.scan import FeatureScan
 from pipeline.data.split import Split, digest
 from pipeline.errors import DataError
 from pipeline.method.moments import Moments
 from pipeline.method.prior_space import PriorSpace, to_prior_space
-from pipeline.progress import Progress
+from pipeline.progress import Progress, Say
 
-Say = Callable[[str], None]
 TASKS_PER_CPU = 2  # statistics tasks per cluster CPU: enough to balance files of uneven size
 
 

@@ -4,7 +4,8 @@ Each worker streams only its own shard of the training rows (``get_dataset_shard
 equal streaming split, already in prior space) and trains with :func:`~pipeline.method.training.train_loop`,
 the loop every prior fit runs; DDP averages the gradients, so ``workers x batch`` rows make one
 step. Rank 0 evaluates the EMA model on the held-out sample and writes the checkpoint at every
-report; a restarted group resumes from the last one (weights, EMA, optimiser state, step, epoch).
+report (:mod:`pipeline.method.training_state`); a restarted group resumes from the last one (weights,
+EMA, optimiser state, step, epoch). The driver gives every worker one typed :class:`WorkerConfig`.
 
 **How batches are drawn.** Epoch by epoch: in each epoch a worker reads its share of the rows
 once (file order reshuffled per epoch, rows mixed in a local shuffle buffer seeded by seed, epoch
@@ -18,49 +19,45 @@ start-up of the Ray Data pipeline); a larger one streams every epoch.
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import sys
 import tempfile
 import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from pipeline.data.split import digest
+from pipeline.errors import DataError
 from pipeline.jobs.relayed_lines import LineDrop
+from pipeline.method.configs import FitConfig, VelocityConfig
 from pipeline.method.metrics import heldout_metrics
-from pipeline.method.training import EMA, FitConfig, new_training, train_loop
-from pipeline.method.velocity import VelocityConfig
+from pipeline.method.training import EMA, new_training, train_loop
+from pipeline.method.training_state import load_training_state, save_training_state
 from pipeline.progress import status
 
-STATE_FILE, EMA_FILE, MODEL_FILE, OPTIMISER_FILE = "state.json", "ema.safetensors", "model.safetensors", "optimiser.pt"
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 
-def save_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer, state: dict) -> None:
-    for module, name in ((model, MODEL_FILE), (ema.model, EMA_FILE)):
-        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(tensors, os.path.join(folder, name))
-    torch.save(optimiser.state_dict(), os.path.join(folder, OPTIMISER_FILE))  # tensors + numbers only
-    with open(os.path.join(folder, STATE_FILE), "w") as f:
-        json.dump(state, f)
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of one fit is given by the driver (:mod:`pipeline.jobs.prior_fit`)."""
 
-
-def load_state(folder: str, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer) -> dict:
-    """Restore from a checkpoint folder without executing code (safetensors, ``weights_only`` loads).
-
-    Every tensor is read straight onto the model's device (build the model there first, see
-    :func:`~pipeline.method.training.new_training`), so the optimiser's moments land beside their
-    parameters on a GPU as on a CPU."""
-    device = next(model.parameters()).device
-    model.load_state_dict(load_file(os.path.join(folder, MODEL_FILE), device=str(device)))
-    ema.model.load_state_dict(load_file(os.path.join(folder, EMA_FILE), device=str(device)))
-    optimiser.load_state_dict(torch.load(os.path.join(folder, OPTIMISER_FILE), map_location=device, weights_only=True))
-    with open(os.path.join(folder, STATE_FILE)) as f:
-        return json.load(f)
+    velocity: VelocityConfig
+    fit: FitConfig
+    batch_per_worker: int  # rows per step on each worker: the global batch over the workers
+    seed: int
+    shuffle_buffer: int  # rows in the worker's local shuffle buffer
+    cache_mb: int  # a shard up to this size is kept after its first epoch (else streamed every epoch)
+    report_every: int  # steps between reports, held-out evaluations and checkpoints
+    eval_samples: int  # prior samples compared with the held-out points at each report
+    threads: int  # torch threads: the worker's CPUs
+    heldout: ObjectRef  # the held-out sample in prior space, (k, d1) float32; rank 0 evaluates on it
+    sinks: tuple = ()  # where rank 0 writes each report, ``sink.write(step, metrics)`` (TensorBoard, MLflow)
+    lines: LineDrop | None = None  # rank 0's progress lines, relayed to the driver
 
 
 SHOWN = ("train_fm", "heldout_fm", "knn_nll", "sliced_w2", "samples_per_s", "epoch", "resumes")  # a report's line
@@ -101,7 +98,7 @@ def epoch_batches(shard, state: dict, batch: int, buffer: int, cache_bytes: int,
             if len(b["z"]) == batch:  # the last, partial batch of an epoch is read (and counted), not trained on
                 yield torch.from_numpy(b["z"]).to(device, non_blocking=True)
         if rows == 0:
-            raise RuntimeError(f"worker {rank} received no training rows")
+            raise DataError(f"worker {rank} received no training rows")
         epochs.append({"epoch": state["epoch"], "rows": rows, "digest": f"{total:016x}"})
         if blocks is not None and rows >= batch:
             cached = torch.from_numpy(np.concatenate(blocks)).to(device)  # (rows, d1)
@@ -127,37 +124,63 @@ def _gather(value: object) -> list:
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """One worker's fit (see the module docstring). ``config`` is ``{"worker": WorkerConfig}``: Ray Train hands
+    its ``train_loop_config`` to this function as given, but also exports it as the run's settings, which must
+    be a dict; so the typed config travels as that dict's one entry."""
     import ray
     import ray.train
     import ray.train.torch
+
+    worker: WorkerConfig = config["worker"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(worker.threads)
+    device = ray.train.torch.get_device()
+    heldout = torch.tensor(ray.get(worker.heldout), device=device) if rank == 0 else None  # a bounded sample
+    # identical initial weights on every rank; on the device before the optimiser and any resume
+    model, ema, optimiser = new_training(worker.velocity, worker.fit, device, worker.seed)
+    state = _resumed(worker, model, ema, optimiser, rank)
+    model = ray.train.torch.prepare_model(model)  # DDP around the model, already on its device
+    epochs: list[dict] = []
+    first_step: list[float] = []
+    batches = timed_first(epoch_batches(ray.train.get_dataset_shard("train"), state, worker.batch_per_worker,
+                                        worker.shuffle_buffer, worker.cache_mb << 20, worker.seed, rank, device,
+                                        epochs), first_step)
+    report = _reporter(worker, state, model, ema, optimiser, heldout, epochs, first_step)
+    # the noise draws are a function of (seed, rank, step), so a resumed run draws fresh ones
+    generator = torch.Generator(device=device).manual_seed(worker.seed * 100_003 + rank * 1_009 + state["step"])
+    train_loop(model, optimiser, ema, batches, worker.fit, report, every=worker.report_every,
+               start_step=state["step"], generator=generator)
+
+
+def _resumed(worker: WorkerConfig, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer,
+             rank: int) -> dict:
+    """The run's state: a fresh one, or the last checkpoint's, restored with the weights, EMA and optimiser."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return {"step": 0, "epoch": 0, "history": [], "seconds": 0.0, "shards": []}
+    with checkpoint.as_directory() as folder:
+        state = {"epoch": 0, "shards": [], **load_training_state(folder, model, ema, optimiser)}
+    state["resumes"] = state.get("resumes", 0) + 1
+    if rank == 0:
+        say(f"[prior fit] resumed from step {state['step']} (epoch {state['epoch']}); continuing with epoch "
+            f"{state['epoch'] + 1}", worker.lines)
+    return state
+
+
+def _reporter(worker: WorkerConfig, state: dict, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer,
+              heldout: torch.Tensor | None, epochs: list, first_step: list) -> Callable[[dict], None]:
+    """The loop's ``on_report`` on this worker: every rank reports its metrics and what it read; rank 0 adds
+    the held-out metrics, logs them (:func:`_log`) and writes the checkpoint."""
+    import ray
+    import ray.train
     from ray.train import Checkpoint
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config["threads"])
-    device = ray.train.torch.get_device()
-    fit = FitConfig(**config["fit"])
-    seed = config["seed"]
-
-    heldout = torch.tensor(ray.get(config["heldout"]), device=device) if rank == 0 else None  # a bounded sample
-    # identical initial weights on every rank; on the device before the optimiser and any resume
-    model, ema, optimiser = new_training(VelocityConfig(**config["velocity"]), fit, device, seed)
-    state = {"step": 0, "epoch": 0, "history": [], "seconds": 0.0, "shards": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = {"epoch": 0, "shards": [], **load_state(folder, model, ema, optimiser)}
-        state["resumes"] = state.get("resumes", 0) + 1
-        if rank == 0:
-            say(f"[prior fit] resumed from step {state['step']} (epoch {state['epoch']}); continuing with epoch "
-                f"{state['epoch'] + 1}", config["lines"])
-    model = ray.train.torch.prepare_model(model)  # DDP around the model, already on its device
     node = ray.get_runtime_context().get_node_id()
-    epochs: list[dict] = []
-    batches = epoch_batches(ray.train.get_dataset_shard("train"), state, config["batch_per_worker"],
-                            config["shuffle_buffer"], config["cache_mb"] << 20, seed, rank, device, epochs)
-    seconds_before, first_step = state["seconds"], []
-    batches = timed_first(batches, first_step)
+    seconds_before = state["seconds"]
 
     def report(metrics: dict) -> None:
         state["first_step_unix"] = first_step[0]  # when this run's first batch arrived (wall clock)
@@ -169,22 +192,24 @@ def train_loop_per_worker(config: dict) -> None:
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        metrics.update(heldout_metrics(ema.model, heldout, seed, config["eval_samples"]))
+        metrics.update(heldout_metrics(ema.model, heldout, worker.seed, worker.eval_samples))
         state.update(step=metrics["step"], history=[*state["history"], metrics], seconds=metrics["seconds"],
                      shards=shards if all("rows" in s for s in shards) or not state["shards"] else state["shards"])
-        say(f"[prior fit] {status(metrics['step'], fit.steps, metrics['seconds'], 'steps')}  " + "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k in SHOWN),
-            config["lines"])
-        for sink in config["sinks"]:  # TensorBoard events under the run's folder in the store; an MLflow run
-            try:
-                sink.write(metrics["step"], metrics)
-            except Exception as error:  # noqa: BLE001 - the run matters more than its plots
-                say(f"[prior fit] could not write to {sink}: {type(error).__name__}: {error}", config["lines"])
+        _log(worker, metrics)
         with tempfile.TemporaryDirectory() as folder:
-            save_state(folder, getattr(model, "module", model), ema, optimiser, state)
+            save_training_state(folder, getattr(model, "module", model), ema, optimiser, state)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
-    # the noise draws are a function of (seed, rank, step), so a resumed run draws fresh ones
-    generator = torch.Generator(device=device).manual_seed(seed * 100_003 + rank * 1_009 + state["step"])
-    train_loop(model, optimiser, ema, batches, fit, report, every=config["report_every"], start_step=state["step"],
-               generator=generator)
+    return report
+
+
+def _log(worker: WorkerConfig, metrics: dict) -> None:
+    """Rank 0's progress line for a report, and the report to each sink (TensorBoard events under the run's
+    folder in the store; an MLflow run)."""
+    say(f"[prior fit] {status(metrics['step'], worker.fit.steps, metrics['seconds'], 'steps')}  " + "  ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k in SHOWN), worker.lines)
+    for sink in worker.sinks:
+        try:
+            sink.write(metrics["step"], metrics)
+        except Exception as error:  # noqa: BLE001 - the run matters more than its plots
+            say(f"[prior fit] could not write to {sink}: {type(error).__name__}: {error}", worker.lines)

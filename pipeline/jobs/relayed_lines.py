@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 from pipeline.errors import StoreError
+from pipeline.progress import Say
 from pipeline.storage import AlreadyExists, Store
 
 POLL_S = 1.0
@@ -48,7 +49,7 @@ def _new_lines(store: Store, folder: str, seen: set[str]) -> list[str]:
 
 
 @contextmanager
-def relayed(store: Store, folder: str, say: Callable[[str], None], poll_s: float = POLL_S) -> Iterator[None]:
+def relayed(store: Store, folder: str, say: Say, poll_s: float = POLL_S) -> Iterator[None]:
     """Say every line that appears under ``folder`` while the block runs (lines already there at the start,
     from an earlier attempt of the run, are not said again), and the last ones once it ends."""
     seen = set(store.list(folder))

@@ -13,8 +13,8 @@ import socket
 from urllib.parse import urlsplit
 
 from pipeline.errors import RayUnreachable, SpecError
-from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import Store
+from pipeline.storage.layout import RAY_RUNS
 
 # Logical CPUs the embedded Ray adds for Ray Data's read tasks: a Train worker group that takes every
 # core would otherwise leave them no slot, and the fit would wait for data forever.
@@ -22,7 +22,7 @@ INGEST_CPUS = 1
 CONNECT_TIMEOUT_S = 10.0  # for the TCP probe of a cluster address
 
 
-def probe(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Refuse a ``host:port`` / ``ray://host:port`` address that accepts no TCP connection within
     ``timeout`` s, before ``ray.init`` blocks on it (``auto`` and ``local`` are Ray's to resolve)."""
     if address in ("auto", "local"):
@@ -60,7 +60,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, verbose: bo
         return not address
     quiet = {} if verbose else {"logging_level": logging.ERROR}
     if address:
-        probe(address)
+        check_reachable(address)
         ray.init(address=address, log_to_driver=verbose, **quiet)
     else:
         ray.init(num_cpus=(num_cpus or os.cpu_count()) + INGEST_CPUS, log_to_driver=verbose, **quiet)

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pipeline
-from pipeline.errors import SpecError
+from pipeline.errors import SetupError, SpecError
 from pipeline.storage.uris import redact
 
 CLUSTER_PROVIDED = ("ray", "torch")  # the cluster's own: never installed by a job
@@ -43,7 +43,7 @@ def requirements(extras: tuple[str, ...] = ()) -> list[str]:
     try:
         declared = requires("flowprior") or []
     except PackageNotFoundError:
-        raise RuntimeError("flowprior is not installed (pip install -e .); its requirements come from the "
+        raise SetupError("flowprior is not installed (pip install -e .); its requirements come from the "
                            "installed package's metadata") from None
     out = []
     for text in declared:

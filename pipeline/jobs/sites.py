@@ -18,116 +18,18 @@ step's record names (``config.log``); ``verbose`` prints them too, each site's l
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
-from pipeline.errors import FlowpriorError, SpecError, StoreError
-from pipeline.progress import FleetProgress
+from pipeline.errors import FlowpriorError, SpecError
+from pipeline.jobs.site_tasks import cause, compact_registry, connect, remote, run_folder, run_step, summary
+from pipeline.progress import FleetProgress, Say
 from pipeline.registry import Record, Registry
-from pipeline.registry.retention import RAY_RUNS
-from pipeline.storage import AlreadyExists, Store
-from pipeline.tracking import Tracking
+from pipeline.storage import Store
 
-Say = Callable[[str], None]
 SITE_RETRIES = 3  # reruns of a site task whose worker died (a lost node, an OOM kill)
 UNTIL = ("check", "finetune", "align")  # a site's path, in order
-COMPACT_SITES = 64  # a fleet command over this many sites brings the registry's snapshots up to date at its end
-
-
-def site_task_resources(gpu: float = 0.0) -> dict[str, float]:
-    """What one site task asks Ray for: 1 CPU (its one torch thread), and ``gpu`` of a GPU if asked."""
-    return {"CPU": 1.0, **({"GPU": gpu} if gpu else {})}
-
-
-def run_folder(label: str) -> str:
-    """A fresh run folder for one fleet command's logs: ``ray-runs/<label>-<UTC time>-<random>``."""
-    return f"{RAY_RUNS}/{label}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """What a step task returns: the step's result, and the lines it said (its last is its conclusion)."""
-
-    value: object
-    lines: list[str]
-
-
-def _run_step(step: Callable, spec, store: Store, kwargs: dict, log: str | None) -> StepOutput:
-    """``step(spec, Registry(store), **kwargs)`` in this process with its lines kept, printed (the worker's
-    log) and saved under ``log`` in the store, whether the step succeeds or raises."""
-    import ray
-    import torch
-
-    torch.set_num_threads(1)  # one CPU per task: threads beyond it only fight the other sites' tasks
-    name = getattr(step, "__name__", "step")
-    lines = [f"[site {spec.site}] {name} on node {ray.get_runtime_context().get_node_id()}, pid {os.getpid()}"]
-
-    def say(line: str) -> None:
-        lines.append(line)
-        print(line, flush=True)
-
-    try:
-        value = step(spec, Registry(store), say=say, **kwargs, **({"log": log} if log else {}))
-    except BaseException as error:
-        lines.append(f"[site {spec.site}] failed: {type(error).__name__}: {error}")
-        raise
-    finally:
-        if log:
-            _save_log(store, log, lines)
-    return StepOutput(value, lines)
-
-
-def _save_log(store: Store, key: str, lines: list[str]) -> None:
-    try:
-        store.create(key, "".join(f"{line}\n" for line in lines).encode())
-    except AlreadyExists:
-        pass  # an earlier attempt of this task wrote it
-    except StoreError as error:  # the log is a convenience: the step's record and result stand without it
-        print(f"could not save the step's log to {store.uri_of(key)}: {error}", flush=True)
-
-
-def _connect(address: str | None, gpu: float, say: Say) -> float:
-    """Join or start Ray; the GPU share the tasks can have."""
-    from pipeline.jobs import runtime
-
-    if not 0 <= gpu <= 1:
-        raise SpecError(f"gpu is a share of one GPU per site task, in [0, 1]; got {gpu!r}")
-    if runtime.connect(address) and gpu and runtime.available("GPU") < gpu:
-        say(f"[sites] asked for {gpu:g} GPU per site but this local Ray has no GPU: running on CPUs")
-        return 0.0
-    return gpu
-
-
-def _remote(function: Callable, retries: int, gpu: float):
-    """``function`` as a Ray task with a site task's resources, ``retries`` for dead workers (never for an
-    error the step raises), and MLflow's settings when tracking is on (each task copies its records)."""
-    import ray
-
-    if retries < 0:
-        raise SpecError(f"retries must be >= 0, got {retries!r}")
-    tracking = Tracking.from_env()
-    shape = site_task_resources(gpu)
-    return ray.remote(num_cpus=shape["CPU"], num_gpus=shape.get("GPU", 0), max_retries=retries,
-                      retry_exceptions=False,
-                      **({"runtime_env": {"env_vars": tracking.env()}} if tracking else {}))(function)
-
-
-def _cause(error: Exception) -> Exception:
-    """The error a site's step raised (not Ray's wrapper with the worker's traceback in its message: a project
-    error is one line for the user); a dead worker's or a lost node's error as Ray reports it."""
-    import ray
-
-    if isinstance(error, ray.exceptions.RayTaskError):
-        return error.cause if isinstance(error.cause, FlowpriorError) else error.as_instanceof_cause()
-    return error
-
-
-def _summary(lines: list[str], verbose: bool) -> list[str]:
-    """The lines of a finished step to print: all with ``verbose``, else its warnings and its conclusion."""
-    return lines if verbose else [line for line in lines[:-1] if "warning:" in line] + lines[-1:]
 
 
 def run_sites(step: Callable, specs: list, store: Store, address: str | None = None, say: Say = print,
@@ -145,13 +47,13 @@ def run_sites(step: Callable, specs: list, store: Store, address: str | None = N
     (their results are already registered)."""
     import ray
 
-    gpu = _connect(address, gpu, say)
+    gpu = connect(address, gpu, say)
     kwargs["device"] = "cuda" if gpu else "cpu"
     if kwargs.get("force") is True:  # one token for every attempt: a retried forced task finds its own run
         kwargs["force"] = secrets.token_hex(4)
     label = getattr(step, "__name__", "step").removesuffix("_site")
     folder = run_folder(f"site-{label}")
-    task = _remote(_run_step, retries, gpu)
+    task = remote(run_step, retries, gpu)
     refs = {task.remote(step, spec, store, kwargs, f"{folder}/{spec.site}/{label}.log"): spec.site for spec in specs}
     results, errors, pending = {}, [], list(refs)
     progress = FleetProgress(f"sites {label}", len(refs), say, live=say is print)
@@ -162,28 +64,17 @@ def run_sites(step: Callable, specs: list, store: Store, address: str | None = N
             output = ray.get(done[0])
         except Exception as error:  # noqa: BLE001 - the step raised, its worker crashed or was OOM-killed, its
             # node was lost: that site failed, and every other site runs on
-            errors.append(_cause(error))
+            errors.append(cause(error))
             progress.finished(f"[site {site}] failed: {type(errors[-1]).__name__}: {errors[-1]}", failed=True)
             continue
         results[site] = output.value
-        for line in _summary(output.lines, verbose)[:-1]:
+        for line in summary(output.lines, verbose)[:-1]:
             say(line)
         progress.finished(output.lines[-1] if output.lines else f"[site {site}] done")
-    _compact(store, len(specs), say)
+    compact_registry(store, len(specs), say)
     if errors:
         raise errors[0]
     return [results[spec.site] for spec in specs]
-
-
-def _compact(store: Store, sites: int, say: Say) -> None:
-    """After a fleet command over ``COMPACT_SITES`` sites or more: the registry's snapshots brought up to date
-    (``Registry.compact``), so the next ``fleet status`` reads them, not every record the command added."""
-    if sites < COMPACT_SITES:
-        return
-    try:
-        Registry(store).compact()
-    except StoreError as error:  # the records stand; the next reader compacts
-        say(f"[sites] could not bring the registry's snapshots up to date: {error}")
 
 
 @dataclass
@@ -231,16 +122,16 @@ def _path_step(step: str, spec, store: Store, kwargs: dict, log: str, verbose: b
         return path
     try:
         if step == "check":
-            output = _run_step(check_site, spec, store, kwargs, log)
+            output = run_step(check_site, spec, store, kwargs, log)
             path.check = output.value
         elif step == "finetune":
             if path.decision == "reuse":
                 return path
-            output = _run_step(finetune_site, spec, store, {**kwargs, "mode": path.decision}, log)
+            output = run_step(finetune_site, spec, store, {**kwargs, "mode": path.decision}, log)
             path.site_prior = output.value
         else:  # aligned to the new site prior, else to the prior the site was checked against
             aligned_to = path.site_prior.id if path.site_prior else kwargs["prior_id"]
-            output = _run_step(align_site, spec, store, {**kwargs, "prior_id": aligned_to}, log)
+            output = run_step(align_site, spec, store, {**kwargs, "prior_id": aligned_to}, log)
             path.encoder = output.value.record
     except Exception as error:  # noqa: BLE001 - the site's path ends here; the other sites run on
         path.failed = f"{step}: {type(error).__name__}: {error}"
@@ -304,8 +195,8 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
             _report(path, progress, say)
             continue
         if tasks is None:  # the first site with a step to run: join or start Ray
-            gpu = _connect(address, gpu, say)
-            tasks = _remote(_path_step, retries, 0.0), _remote(_path_step, retries, gpu)
+            gpu = connect(address, gpu, say)
+            tasks = remote(_path_step, retries, 0.0), remote(_path_step, retries, gpu)
         ref = None
         for step in steps:
             device = "cuda" if gpu and step != "check" else "cpu"
@@ -319,8 +210,8 @@ def run_site_paths(specs: list, store: Store, until: str = "align", address: str
         try:
             path = ray.get(done[0])
         except Exception as error:  # noqa: BLE001 - a worker that died more than `retries` times
-            path = SitePath(site, failed=f"a task: {type(_cause(error)).__name__}: {_cause(error)}")
+            path = SitePath(site, failed=f"a task: {type(cause(error)).__name__}: {cause(error)}")
         results[site] = path
         _report(path, progress, say)
-    _compact(store, len(specs), say)
+    compact_registry(store, len(specs), say)
     return [results[spec.site] for spec in specs]

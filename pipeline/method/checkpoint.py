@@ -5,6 +5,10 @@ Loading never executes code (safetensors holds raw tensors and strings). Each fi
 after it was written is refused. To guard against a deliberate forgery (which could also
 rewrite the digest), pass the file hash recorded elsewhere (the registry) as
 ``expected_sha256``.
+
+A *training* checkpoint (:func:`save_training`, :func:`load_training`) is one such file for a run to
+continue bit for bit: every training loop (a prior fit on Ray, an encoder's training) writes its modules,
+optimisers and state this one way.
 """
 
 from __future__ import annotations
@@ -51,12 +55,19 @@ def content_digest(kind: str, config: dict, tensors: dict[str, torch.Tensor]) ->
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # 0-dim too; hashed in place
     return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, config: dict, tensors: dict[str, torch.Tensor]) -> str:
     """Write atomically (temporary file, then rename); return the file's SHA-256."""
+    write_checkpoint(path, kind, config, tensors)
+    return file_sha256(path)
+
+
+def write_checkpoint(path: str | os.PathLike, kind: str, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """:func:`save_checkpoint` without reading the file back for its hash (a training checkpoint, written at
+    every report of a run, needs none: its content digest guards it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -70,7 +81,6 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: dict, tensors: d
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return file_sha256(path)
 
 
 def load_checkpoint(
@@ -98,3 +108,55 @@ def load_checkpoint(
     if content_digest(kind, config, tensors) != metadata.get("digest"):
         raise CheckpointError(f"{path}: content does not match its digest (the file was changed); refusing to load")
     return config, tensors
+
+
+def save_training(
+    path: str | os.PathLike,
+    kind: str,
+    state: dict,
+    modules: dict[str, torch.nn.Module],
+    optimisers: dict[str, torch.optim.Optimizer],
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write a training checkpoint atomically.
+
+    Each module's ``state_dict`` goes in as ``{name}.{key}``, each optimiser's per-parameter state as
+    ``{name}.{index}.{field}`` (:func:`optimiser_tensors`) with its ``param_groups`` in the header as
+    ``{name}_groups``, beside ``state`` (JSON) and any other ``tensors`` (their names must not start with a
+    module's or an optimiser's ``name.``)."""
+    header, out = dict(state), {}
+    for name, module in modules.items():
+        out |= {f"{name}.{key}": value for key, value in module.state_dict().items()}
+    for name, optimiser in optimisers.items():
+        flat, header[f"{name}_groups"] = optimiser_tensors(optimiser, name)
+        out |= flat
+    write_checkpoint(path, kind, header, out | (tensors or {}))
+
+
+def load_training(
+    path: str | os.PathLike,
+    kind: str,
+    modules: dict[str, torch.nn.Module],
+    optimisers: dict[str, torch.optim.Optimizer],
+    expect: dict | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore what :func:`save_training` wrote into ``modules`` and ``optimisers`` (built as when it was
+    written: same shapes, and each on its device); return the header (``state`` and the optimisers'
+    ``{name}_groups``) and the other tensors (on the CPU).
+
+    Module weights and optimiser moments land beside their parameters (``load_state_dict`` copies them
+    there), on a GPU as on a CPU. ``expect``: header entries that make it the same run (settings, seed,
+    a network's shape); a file whose entries differ is refused before anything is loaded."""
+    state, tensors = load_checkpoint(path, kind)
+    theirs = {key: state.get(key) for key in expect or {}}
+    if expect is not None and theirs != expect:
+        raise CheckpointError(f"{path}: training state is for another run ({theirs}), not {expect}")
+    names = tuple(f"{name}." for name in (*modules, *optimisers))
+    try:
+        for name, module in modules.items():
+            module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+        for name, optimiser in optimisers.items():
+            load_optimiser(optimiser, tensors, name, state[f"{name}_groups"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path}: training state does not fit this run ({error})") from None
+    return state, {k: v for k, v in tensors.items() if not k.startswith(names)}

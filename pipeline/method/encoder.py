@@ -19,84 +19,23 @@ import itertools
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from pipeline.errors import SpecError
-from pipeline.method.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_optimiser,
-    optimiser_tensors,
-    save_checkpoint,
-)
+from pipeline.errors import CheckpointError
+from pipeline.method.checkpoint import load_checkpoint, load_training, save_checkpoint, save_training
+from pipeline.method.configs import AlignConfig, EncoderConfig
 from pipeline.method.inputs import as_points
-from pipeline.method.matching import MODES, AuxiliaryFlow, MatchConfig, matching_loss
+from pipeline.method.matching import AuxiliaryFlow, matching_loss
 from pipeline.method.metrics import knn_nll, spread_ratio
 from pipeline.method.prior import FlowPrior
 
 CHECKPOINT_KIND = "flowprior.encoder/v1"
 TRAINING_KIND = "flowprior.encoder-training/v1"  # an unfinished run, to continue (sweep trials)
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Shape of an autoencoder: observation dim, latent dim (the prior's), hidden widths."""
-
-    obs_dim: int
-    latent_dim: int
-    widths: tuple[int, ...] = (128, 128)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(self.widths))
-        if self.obs_dim < 1 or self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
-            raise SpecError(f"EncoderConfig needs positive dims and widths, got {self}")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "widths": list(self.widths)}
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    """Stage-2 settings: the alignment weight ``lam`` (lambda), ``draws`` (K), the optimiser, and the
-    ``mode``: ``align`` (``L_align``) or ``match`` (distribution matching, with ``aux_steps`` and
-    ``aux_lr`` for its auxiliary flow). The defaults are the measured ones on the wind farm
-    (docs/measured.md): ``L_align`` at lambda 0.002 sits between 0.001 (kNN NLL proxy ~2 nats above the target's
-    own, reconstruction 1.2-1.4x lambda = 0's) and 0.003 (~1.5 nats below); 0.01 already collapses
-    the latents onto the prior's modes, and 1.0 costs ~45x in reconstruction."""
-
-    lam: float = 0.002
-    draws: int = 4
-    steps: int = 1500
-    batch_size: int = 256
-    lr: float = 1e-3
-    log_every: int = 100
-    eval_points: int = 2000  # held-fixed rows on which the logged metrics are measured
-    mode: str = "align"
-    aux_steps: int = MatchConfig.aux_steps
-    aux_lr: float = MatchConfig.aux_lr
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SpecError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        self.match_config()  # validates aux_steps and aux_lr
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise SpecError(f"lambda must be a finite number >= 0, got {self.lam!r}")
-        for name in ("draws", "steps", "batch_size", "log_every", "eval_points"):
-            if getattr(self, name) < 1:
-                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise SpecError(f"lr must be > 0, got {self.lr!r}")
-
-    def match_config(self) -> MatchConfig:
-        return MatchConfig(aux_steps=self.aux_steps, aux_lr=self.aux_lr)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -255,36 +194,31 @@ class EncoderTraining:
         self.model.eval().requires_grad_(False)
         return EncoderRun(self.model, self.config, list(self.history), metrics)
 
-    def save(self, path: str | os.PathLike) -> str:
-        """Write the training state (see the class docstring); returns the file's SHA-256."""
-        adam, adam_groups = optimiser_tensors(self.optimiser, "adam")
-        tensors = {**{f"model.{k}": v for k, v in self.model.tensors().items()}, **adam,
-                   "generator": self.generator.get_state()}
-        aux_groups = None
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the training state (see the class docstring)."""
+        tensors, aux_groups = {"generator": self.generator.get_state()}, None
         if self.aux is not None:  # distribution matching: the auxiliary flow and its Adam moments too
             aux, aux_groups = self.aux.tensors()
             tensors |= {f"aux.{k}": v for k, v in aux.items()}
-        state = {"align": self.config.to_dict(), "encoder": self.model.config.to_dict(), "seed": self.seed,
-                 "step": self.step, "seconds": self.seconds, "history": self.history,
-                 "adam_groups": adam_groups, "schedule": self.schedule.state_dict(), "aux_groups": aux_groups}
-        return save_checkpoint(path, TRAINING_KIND, state, tensors)
+        state = {**self._run(), "step": self.step, "seconds": self.seconds, "history": self.history,
+                 "schedule": self.schedule.state_dict(), "aux_groups": aux_groups}
+        save_training(path, TRAINING_KIND, state, {"model": self.model}, {"adam": self.optimiser}, tensors)
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a state written by :meth:`save` for the same run (same settings and seed)."""
-        state, tensors = load_checkpoint(path, TRAINING_KIND)
-        mine = {"align": self.config.to_dict(), "encoder": self.model.config.to_dict(), "seed": self.seed}
-        theirs = {k: state.get(k) for k in mine}
-        if theirs != mine:
-            raise CheckpointError(f"{path}: training state is for another run ({theirs}), not {mine}")
         self.model.requires_grad_(True)
-        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optimiser(self.optimiser, tensors, "adam", state["adam_groups"])
+        state, tensors = load_training(path, TRAINING_KIND, {"model": self.model}, {"adam": self.optimiser},
+                                       expect=self._run())
         self.schedule.load_state_dict(state["schedule"])
         if self.aux is not None:
             self.aux.load_tensors({k[len("aux."):]: v for k, v in tensors.items() if k.startswith("aux.")},
                                   state["aux_groups"])
         self.generator.set_state(tensors["generator"])  # a CPU byte tensor, for a generator on any device
         self.step, self.seconds, self.history = state["step"], state["seconds"], state["history"]
+
+    def _run(self) -> dict:
+        """What makes a saved state this run's: the settings, the network's shape and the seed."""
+        return {"align": self.config.to_dict(), "encoder": self.model.config.to_dict(), "seed": self.seed}
 
 
 def train_encoder(

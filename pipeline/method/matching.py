@@ -36,35 +36,13 @@ auxiliary flow's error is not.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import SpecError
 from pipeline.method.checkpoint import load_optimiser, optimiser_tensors
+from pipeline.method.configs import MatchConfig
 from pipeline.method.losses import Velocity, flow_matching_loss
 from pipeline.method.paths import interpolate
-
-MODES = ("align", "match")
-"""Alignment modes: ``align`` (``L_align``, the paper) and ``match`` (this module)."""
-
-
-@dataclass(frozen=True)
-class MatchConfig:
-    """Settings of distribution matching: the ``t`` range and the auxiliary flow's optimiser."""
-
-    t_min: float = 0.02
-    t_max: float = 0.98
-    aux_steps: int = 2  # flow-matching steps of the auxiliary flow per latent update
-    aux_lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.t_min < self.t_max <= 1:
-            raise SpecError(f"need 0 <= t_min < t_max <= 1, got t_min={self.t_min!r}, t_max={self.t_max!r}")
-        if isinstance(self.aux_steps, bool) or not isinstance(self.aux_steps, int) or self.aux_steps < 1:
-            raise SpecError(f"aux_steps must be a positive integer, got {self.aux_steps!r}")
-        if not self.aux_lr > 0:
-            raise SpecError(f"aux_lr must be > 0, got {self.aux_lr!r}")
 
 
 class AuxiliaryFlow:

@@ -21,14 +21,16 @@ import torch
 
 from pipeline.errors import CheckpointError, DataError
 from pipeline.method.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.method.configs import FitConfig, VelocityConfig
 from pipeline.method.inputs import as_points
 from pipeline.method.likelihood import log_likelihood
 from pipeline.method.losses import alignment_loss, flow_matching_loss
 from pipeline.method.ode import Solver
 from pipeline.method.prior_space import PriorSpace
 from pipeline.method.sampling import sample
-from pipeline.method.training import FitConfig, fit_velocity
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.training import fit_velocity
+from pipeline.method.training_state import trained_velocity
+from pipeline.method.velocity import VelocityMLP
 
 CHECKPOINT_KIND = "flowprior.prior/v1"
 
@@ -81,6 +83,24 @@ class FlowPrior:
             model = VelocityMLP(VelocityConfig(dim=space.latent_dim, width=width, depth=depth))
         ema_model, history = fit_velocity(model, z, fit, seed=seed, progress=progress)
         return cls(ema_model, space, fit_info(space, fit, history, seed))
+
+    @classmethod
+    def from_training(
+        cls,
+        folder: str | os.PathLike,
+        space: PriorSpace,
+        fit: FitConfig,
+        seed: int,
+        info: dict | None = None,
+        velocity: VelocityConfig | None = None,
+    ) -> tuple["FlowPrior", dict]:
+        """The prior a training checkpoint folder holds (its EMA weights, in ``space``), and the run's state.
+
+        The folder is one :func:`~pipeline.method.training_state.save_training_state` wrote (or a legacy one,
+        whose network shape ``velocity`` must be given, see :mod:`pipeline.method.training_state`). The
+        prior's ``info`` is :func:`fit_info` of ``fit``, ``seed`` and the run's history, plus ``info``."""
+        model, run = trained_velocity(folder, velocity)
+        return cls(model, space, {**fit_info(space, fit, run["history"], seed), **(info or {})}), run
 
     # ----------------------------------------------------------------- properties
     @property

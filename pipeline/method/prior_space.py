@@ -46,7 +46,7 @@ class PriorSpace:
     projection: torch.Tensor  # P (d1, d2)
     mean: torch.Tensor  # (d1,)
     scale: torch.Tensor  # (d1,)
-    kind: str = "none"  # the projection's name (see transforms.PROJECTIONS)
+    kind: str = "none"  # the projection's name (see configs.PROJECTIONS)
     normaliser: str = "global"
 
     def __post_init__(self) -> None:

@@ -15,65 +15,14 @@ every metric stay float32.
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 import torch
 
-from pipeline.errors import SpecError
+from pipeline.method.configs import FitConfig, VelocityConfig
 from pipeline.method.losses import flow_matching_loss
-from pipeline.method.precision import PRECISIONS
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Optimisation settings for fitting a prior."""
-
-    steps: int = 3000
-    batch_size: int = 256
-    lr: float = 1e-3
-    warmup: int = 200
-    weight_decay: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    log_every: int = 250
-    precision: str = "fp32"  # or "bf16": autocast for the flow-matching forward/backward (see module docstring)
-    t_group: int = 1  # samples sharing one (stratified) t; > 1 saves time-conditioning FLOPs (see losses)
-
-    @classmethod
-    def paper(cls) -> "FitConfig":
-        """The paper's stage-1 settings (1M steps: for a GPU cluster, not a laptop)."""
-        return cls(steps=1_000_000, lr=1e-4, warmup=2500, ema_decay=0.9999, log_every=1000)
-
-    def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "lr", "log_every")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise SpecError(f"FitConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise SpecError("FitConfig: warmup and weight_decay must be >= 0, grad_clip > 0")
-        if not (0 <= self.ema_decay < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise SpecError("FitConfig: ema_decay, beta1 and beta2 must be in [0, 1)")
-        if not (isinstance(self.t_group, int) and self.t_group >= 1 and self.batch_size % self.t_group == 0):
-            raise SpecError(f"FitConfig.t_group must be a positive divisor of batch_size {self.batch_size}, "
-                             f"got {self.t_group!r}")
-        if self.precision not in PRECISIONS:
-            raise SpecError(f"FitConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate at ``step`` (0-based): linear warm-up, then cosine decay to 0."""
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+from pipeline.method.velocity import VelocityMLP
 
 
 class EMA:

@@ -15,10 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import DataError, SpecError
+from pipeline.method.configs import NORMALISERS, PROJECTIONS
 from pipeline.method.moments import Moments
-
-PROJECTIONS = ("none", "random", "pca", "pool")
-NORMALISERS = ("global", "per-dim")
 
 
 def _moments(x: "torch.Tensor | Moments") -> Moments:

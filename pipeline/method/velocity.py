@@ -19,38 +19,13 @@ Training uses it through ``FitConfig.t_group`` (stratified shared times, see ``l
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from pipeline.errors import SpecError
+from pipeline.method.configs import VelocityConfig
 
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as 1000 t, so the frequencies resolve small steps
-
-
-@dataclass(frozen=True)
-class VelocityConfig:
-    """Shape of a velocity network: data dim, hidden width, number of blocks.
-
-    Defaults are the paper's prior (1024 x 6); its 2-D toy prior is 512 x 4.
-    """
-
-    dim: int
-    width: int = 1024
-    depth: int = 6
-    frequency_dim: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "width", "depth", "frequency_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecError(f"VelocityConfig.{name} must be a positive integer, got {value!r}")
-        if self.frequency_dim % 2:
-            raise SpecError(f"VelocityConfig.frequency_dim must be even, got {self.frequency_dim}")
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:

@@ -5,8 +5,9 @@ create-if-absent, and aliases are append-only logs of moves (``registry/aliases/
 """
 
 from pipeline.registry.aliases import AliasMove
+from pipeline.registry.artifacts import IntegrityError
 from pipeline.registry.records import KINDS, Record
-from pipeline.registry.registry import CORE_ALIAS, IntegrityError, MissingRecord, Registry, current_alias
+from pipeline.registry.registry import CORE_ALIAS, MissingRecord, Registry, current_alias
 
 __all__ = ["AliasMove", "CORE_ALIAS", "IntegrityError", "KINDS", "MissingRecord", "Record", "Registry",
            "current_alias"]

@@ -16,12 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
-from pipeline.errors import RegistryError
+from pipeline.errors import Contended, RegistryError
 from pipeline.registry import snapshots
-from pipeline.storage import AlreadyExists, Store, validate_name
-from pipeline.storage.store import usable
+from pipeline.storage import AlreadyExists, Store, usable, validate_name
+from pipeline.storage.layout import ALIAS_SNAPSHOTS, ALIASES
 
-ALIASES = "registry/aliases"
 VERSION_DIGITS = 10
 CLOCK_SKEW = timedelta(hours=1)  # how far writers' clocks may disagree
 
@@ -119,12 +118,12 @@ def current(store: Store, prefix: str = "", compact_after: int | None = None) ->
             versions[alias] = max(versions.get(alias, 0), int(stem))
     latest = {a: _key(a, v)[len(ALIASES) + 1:] for a, v in versions.items()}  # alias: "<alias>/<version>.json"
     verifiable = any(info.md5 for info in tree.values())
-    cached = snapshots.vouched(snapshots.read_latest(store, snapshots.ALIAS_SNAPSHOTS) if verifiable else {},
+    cached = snapshots.vouched(snapshots.read_latest(store, ALIAS_SNAPSHOTS) if verifiable else {},
                                {k: tree[k] for k in latest.values()})
     missing = [k for k in latest.values() if k not in cached]
     raw = {**cached, **dict(zip(missing, store.read_many([f"{ALIASES}/{k}" for k in missing]), strict=True))}
     if verifiable and missing and len(missing) >= (compact_after or snapshots.COMPACT_AFTER):
-        snapshots.write(store, raw, snapshots.ALIAS_SNAPSHOTS)
+        snapshots.write(store, raw, ALIAS_SNAPSHOTS)
     return {a: parse(raw[k], store.uri_of(f"{ALIASES}/{k}"), a, versions[a]) for a, k in latest.items()
             if a.startswith(prefix)}
 
@@ -162,4 +161,4 @@ def move(store: Store, alias: str, target: str, max_attempts: int = 1000, unless
             current = _read(store, alias, version)  # someone else moved it first: chain after them
             if attempt >= 4:
                 time.sleep(random.uniform(0, 0.005))  # jitter under heavy contention, so racers spread out
-    raise RuntimeError(f"alias {alias!r}: gave up after {max_attempts} contended attempts")
+    raise Contended(f"alias {alias!r}: gave up after {max_attempts} contended attempts; try again")

@@ -27,12 +27,12 @@ import pyarrow as pa
 
 from pipeline.errors import RegistryError
 from pipeline.hashing import file_sha256
-from pipeline.registry import aliases, snapshots
+from pipeline.registry import aliases, record_files, snapshots
 from pipeline.registry.records import Record
-from pipeline.registry.registry import ARTIFACTS, RECORDS, Registry
+from pipeline.registry.registry import Registry
 from pipeline.registry.snapshots import read_snapshot
-from pipeline.storage import Store
-from pipeline.storage.store import usable
+from pipeline.storage import Store, usable
+from pipeline.storage.layout import ALIAS_SNAPSHOTS, ALIASES, ARTIFACTS, RECORDS, SNAPSHOTS
 
 HASH_NAME = re.compile(r"([0-9a-f]{64})(?:-[0-9a-f]+)?(?:\.[A-Za-z0-9]+)?")
 
@@ -66,7 +66,7 @@ def check(registry: Registry, hashes: bool = True) -> Report:
     report = Report(store.uri)
     say = lambda area, key, message: report.problems.append(Problem(area, key, message))  # noqa: E731
 
-    listing, stray = registry.record_files()
+    listing, stray = record_files.listing(registry.store)
     raw = dict(zip(listing, store.read_many([f"{RECORDS}/{i}.json" for i in listing]), strict=True))
     for name in stray:
         say("records", f"{RECORDS}/{name}", "not a record file name (<record id>.json): every reader skips it (a "
@@ -88,7 +88,7 @@ def check(registry: Registry, hashes: bool = True) -> Report:
     _check_artifacts(registry, records, hashes, say, report)
     entries = _check_aliases(store, records, say, report)
     _check_snapshots(store, raw, say, report)
-    _check_snapshots(store, entries, say, report, snapshots.ALIAS_SNAPSHOTS, "alias entry files")
+    _check_snapshots(store, entries, say, report, ALIAS_SNAPSHOTS, "alias entry files")
     return report
 
 
@@ -132,7 +132,7 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
     names = aliases.names(store)
     moves, entries = 0, {}
     for alias in names:
-        folder = f"{aliases.ALIASES}/{alias}"
+        folder = f"{ALIASES}/{alias}"
         if not usable(alias):
             say("aliases", folder, "not an alias name: every reader skips it")
             continue
@@ -148,7 +148,7 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
             key = f"{folder}/{version:0{aliases.VERSION_DIGITS}d}.json"
             moves += 1
             try:
-                entries[key[len(aliases.ALIASES) + 1:]] = data = store.read(key)
+                entries[key[len(ALIASES) + 1:]] = data = store.read(key)
                 move = aliases.parse(data, store.uri_of(key), alias, version)
             except (RegistryError, FileNotFoundError) as error:
                 say("aliases", key, str(error))
@@ -163,7 +163,7 @@ def _check_aliases(store: Store, records: dict[str, Record], say, report: Report
     return entries
 
 
-def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report, folder: str = snapshots.SNAPSHOTS,
+def _check_snapshots(store: Store, raw: dict[str, bytes], say, report: Report, folder: str = SNAPSHOTS,
                      files: str = "record files") -> None:
     names = [n for n in store.list(folder) if n.endswith(".parquet")]
     for name in [n for n in names if not usable(n)]:
@@ -196,7 +196,7 @@ def repair(registry: Registry, report: Report) -> None:
     if store.is_local:
         return
     good = {}
-    for record_id, data in registry.raw_records().items():  # the listing's record files (verified rows)
+    for record_id, data in record_files.read(registry.store).items():  # the listing's record files (verified rows)
         try:
             Record.from_json(data, record_id, record_id)
         except (RegistryError, ValueError):
@@ -204,4 +204,4 @@ def repair(registry: Registry, report: Report) -> None:
         good[record_id] = data
     if good:
         snapshots.write(store, good)
-        report.repaired.append(f"{snapshots.SNAPSHOTS}/{snapshots.name_of(good)}")
+        report.repaired.append(f"{SNAPSHOTS}/{snapshots.name_of(good)}")

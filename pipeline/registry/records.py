@@ -15,8 +15,10 @@ import secrets
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
+import pyarrow as pa
+
 from pipeline.errors import RegistryError
-from pipeline.storage.names import validate_name
+from pipeline.storage.names import NAME_PATTERN, validate_name
 
 KINDS = ("prior", "site-prior", "site-check", "encoder", "sweep")
 SECRET_KEY = re.compile(r"secret|password|passwd|token|access.?key|credential", re.IGNORECASE)
@@ -218,3 +220,26 @@ def _refuse_secrets(value: object, path: str = "") -> None:
             stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
         elif isinstance(item, str) and any(secret in item for secret in live):
             raise RegistryError(f"refusing to record {where}: it contains a credential from the environment")
+
+
+def record_id_of(name: str) -> str | None:
+    """The record id a file name in ``registry/records/`` says (``<id>.json``), or None if no record's file can
+    have that name (``prior-x (1).json``: a copy a person or a sync tool made)."""
+    stem = name.removesuffix(".json")
+    return stem if stem != name and NAME_PATTERN.fullmatch(stem) and ".." not in stem else None
+
+
+def records_table(records: list[Record]) -> pa.Table:
+    """``records`` as one pyarrow table (config and metrics as JSON text), e.g. of ``Registry.records()``."""
+    rows = [{**{k: getattr(r, k) for k in ("id", "kind", "site", "parents", "aligned_to", "artifact", "hash",
+                                            "fingerprint", "name")},
+             "created_at": r.created_at, "config": json.dumps(r.config, sort_keys=True, default=str),
+             "metrics": json.dumps(r.metrics, sort_keys=True)} for r in records]
+    schema = pa.schema([("id", pa.string()), ("kind", pa.string()), ("site", pa.string()),
+                        ("parents", pa.list_(pa.string())), ("aligned_to", pa.string()),
+                        ("artifact", pa.string()), ("hash", pa.string()), ("fingerprint", pa.string()),
+                        ("name", pa.string()), ("created_at", pa.string()), ("config", pa.string()),
+                        ("metrics", pa.string())])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table.set_column(table.schema.get_field_index("created_at"), "created_at",
+                            table["created_at"].cast(pa.timestamp("us", tz="UTC")))

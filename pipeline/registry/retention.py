@@ -15,7 +15,7 @@ records before that publisher's record appeared deletes the object. So a gc hold
 lists and deletes (``registry/gc/<expiry>-<random>.lease``, created before it lists anything and
 deleted when it is done; it stops deleting before the lease expires). A publisher, after its record is
 written, waits until no live lease is left and then makes sure the artifact is there, uploading it
-again if not (:func:`wait_for_collectors`, called by ``Registry.register``). Every gc that could have
+again if not (:func:`.leases.wait_for_collectors`, called by ``Registry.register``). Every gc that could have
 missed the record listed before it was written, so it held its lease then (and the publisher either
 sees that lease and waits for it to end, or finds it already ended and the deletes done); a gc that
 starts later sees the record.
@@ -23,30 +23,18 @@ starts later sees the record.
 
 from __future__ import annotations
 
-import logging
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from pipeline.errors import RegistryError
-from pipeline.registry.layout import ARTIFACTS, RECORDS, record_id_of
-from pipeline.registry.records import Record
-from pipeline.registry.snapshots import ALIAS_SNAPSHOTS, SNAPSHOTS
-from pipeline.storage import Store
-from pipeline.storage.store import usable
+from pipeline.registry import leases, record_files
+from pipeline.registry.records import Record, record_id_of
+from pipeline.registry.registry import Registry
+from pipeline.storage import Store, usable
+from pipeline.storage.layout import ALIAS_SNAPSHOTS, ARTIFACTS, RAY_RUNS, RECORDS, SNAPSHOTS
 
-if TYPE_CHECKING:
-    from pipeline.registry.registry import Registry
-
-RAY_RUNS = "ray-runs"
-LEASES = "registry/gc"
-LEASE_SECONDS = 900.0  # a gc stops deleting after this; publishers wait at most this long
-CLOCK_MARGIN = 60.0  # a lease counts as live this long after its expiry (clocks of gc and publisher differ)
 DAY = 86400.0
-
-log = logging.getLogger(__name__)
 
 
 def usable_key(key: str) -> bool:
@@ -73,32 +61,6 @@ class Collection:
     @property
     def bytes(self) -> int:
         return sum(d.bytes for d in self.doomed)
-
-
-def live_leases(store: Store, now: float | None = None) -> list[str]:
-    """The leases of gcs running now (a lease's expiry, in unix seconds, leads its name)."""
-    now = time.time() if now is None else now
-    return [n for n in store.list(LEASES)
-            if n.endswith(".lease") and n.split("-", 1)[0].isdigit() and int(n.split("-", 1)[0]) + CLOCK_MARGIN > now]
-
-
-def wait_for_collectors(store: Store, poll: float = 0.25, limit: float = LEASE_SECONDS + CLOCK_MARGIN) -> bool:
-    """Return once every gc that held a live lease at the call has ended, or after ``limit`` seconds by the
-    caller's own clock (True if they all ended). A gc stops deleting ``CLOCK_MARGIN`` before its lease ends
-    and takes at most ``LEASE_SECONDS``, so no real gc outlasts the limit; a lease whose name claims a later
-    expiry (a gc host whose clock runs ahead, a stray file) cannot hold a publisher longer. A gc that starts
-    later lists the records after its lease, so it sees the caller's record and need not be waited for:
-    back-to-back gcs cannot starve a publisher."""
-    deadline = time.monotonic() + limit
-    running = set(live_leases(store))
-    while running:
-        if time.monotonic() >= deadline:
-            log.warning("store %s: gave up waiting for gc lease(s) %s after %.0f s (no gc runs that long: a clock "
-                        "ahead, or a stray file under %s/)", store.uri, ", ".join(sorted(running)), limit, LEASES)
-            return False
-        time.sleep(poll)
-        running &= set(live_leases(store))
-    return True
 
 
 HASH_TEXT = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
@@ -168,11 +130,11 @@ def plan(store: Store, records: list[Record], kept: Kept, keep_days: float,
     return doomed
 
 
-def read_record_files(registry: "Registry") -> tuple[list[Record], Kept, dict[str, Kept]]:
+def read_record_files(registry: Registry) -> tuple[list[Record], Kept, dict[str, Kept]]:
     """Every file in ``registry/records/``: the records that parse, what all files mention, and for each file
     that is not a readable record (by content or name) what it mentions."""
     records, kept, unreadable = [], Kept(), {}
-    for name, data in registry.every_record_file().items():
+    for name, data in record_files.every_file(registry.store).items():
         mentions = Kept.of(data)
         kept.update(mentions)
         record_id = record_id_of(name)
@@ -185,17 +147,15 @@ def read_record_files(registry: "Registry") -> tuple[list[Record], Kept, dict[st
     return records, kept, unreadable
 
 
-def collect(registry: "Registry", keep_days: float, dry_run: bool = False,
-            lease_seconds: float = LEASE_SECONDS) -> Collection:
+def collect(registry: Registry, keep_days: float, dry_run: bool = False,
+            lease_seconds: float = leases.LEASE_SECONDS) -> Collection:
     """Plan (and unless ``dry_run`` delete) under a lease; the records are listed *after* the lease is
     taken, so that every publisher this gc could miss waits for it (see the module docstring)."""
     store, lease = registry.store, None
+    deadline = time.time() + lease_seconds - leases.CLOCK_MARGIN
     if not dry_run:
-        expires = int(time.time() + lease_seconds)
-        lease = f"{LEASES}/{expires}-{secrets.token_hex(4)}.lease"
-        store.create(lease, b"")
+        lease, deadline = leases.take(store, lease_seconds)
     try:
-        deadline = time.time() + lease_seconds - CLOCK_MARGIN
         records, kept, unreadable = read_record_files(registry)
         collection = Collection(plan(store, records, kept, keep_days))
         present = [n for n in store.list_tree(ARTIFACTS)]
@@ -214,10 +174,7 @@ def collect(registry: "Registry", keep_days: float, dry_run: bool = False,
             else:
                 store.delete(doomed.key)
             collection.deleted.append(doomed.key)
-        for name in store.list(LEASES):  # leases of gcs that crashed, long expired
-            if name.endswith(".lease") and name.split("-", 1)[0].isdigit() \
-                    and int(name.split("-", 1)[0]) + 2 * CLOCK_MARGIN < time.time():
-                store.delete(f"{LEASES}/{name}")
+        leases.clear_expired(store)
         return collection
     finally:
         if lease is not None:

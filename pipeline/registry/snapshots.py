@@ -22,11 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
-from pipeline.storage import AlreadyExists, Store
-from pipeline.storage.store import ObjectInfo, usable
+from pipeline.storage import AlreadyExists, ObjectInfo, Store, usable
+from pipeline.storage.layout import SNAPSHOTS
 
-SNAPSHOTS = "registry/snapshots"
-ALIAS_SNAPSHOTS = "registry/alias-snapshots"
 COMPACT_AFTER = 256  # records missing from the latest snapshot before a reader writes a new one
 
 log = logging.getLogger(__name__)

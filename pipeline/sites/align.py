@@ -3,22 +3,21 @@ lambda = 0 baseline in the same run), and register the encoder ``aligned_to`` th
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from pipeline.errors import RegistryError, SpecError
-from pipeline.method.encoder import EncoderRun, save_encoder, train_encoder
+from pipeline.method.encoder import EncoderRun, train_encoder
 from pipeline.method.metrics import knn_nll
 from pipeline.method.prior import FlowPrior
-from pipeline.progress import Progress
+from pipeline.progress import Progress, Say
 from pipeline.registry import Record, Registry
 from pipeline.registry.registry import current_alias
+from pipeline.sites.models import load_prior, publish_encoder
 from pipeline.sites.spec import SiteSpec
-from pipeline.sites.steps import Say, core_id, find_step, site_points, step_name
+from pipeline.sites.steps import core_id, find_step, site_points, step_name
 
 METRIC_POINTS = 5000  # target points the encoder metrics (kNN NLL proxy, spread) compare latents with
 
@@ -89,6 +88,24 @@ class Alignment:
     baseline: EncoderRun | None
 
 
+def _sweep_settings(registry: Registry, spec: SiteSpec, sweep_id: str, config, fingerprint: str,
+                    say: Say):
+    """The alignment settings and the prior the sweep ``sweep_id`` chose for the site (a note if the site's
+    prior has moved on since)."""
+    choice = sweep_choice(registry, sweep_id, spec.site)
+    config = replace(config, **{k: choice[k] for k in ("lam", "lr", "draws", "steps")},
+                     mode=choice.get("mode", "align"))  # sweeps recorded before modes used L_align
+    prior_id = choice["prior"]
+    try:
+        current = alignment_prior(registry, spec.site, fingerprint)
+    except RegistryError:
+        current = None
+    if current not in (None, prior_id):
+        say(f"[site {spec.site} align] note: sweep {sweep_id} ran against {prior_id}, but the site's prior is "
+            f"now {current}; the encoder will be aligned to the sweep's (run a new sweep to follow the new one)")
+    return config, prior_id
+
+
 def align_site(spec: SiteSpec, registry: Registry, lam: float | None = None, prior_id: str | None = None,
                sweep_id: str | None = None, say: Say = print, device: str = "cpu", force: bool | str = False,
                tags: dict[str, str] | None = None, log: str | None = None) -> Alignment:
@@ -106,17 +123,7 @@ def align_site(spec: SiteSpec, registry: Registry, lam: float | None = None, pri
     if sweep_id is not None:
         if lam is not None or prior_id is not None:
             raise SpecError("--from-sweep sets lambda and the prior; do not also pass --lambda or --prior")
-        choice = sweep_choice(registry, sweep_id, spec.site)
-        config = replace(config, **{k: choice[k] for k in ("lam", "lr", "draws", "steps")},
-                         mode=choice.get("mode", "align"))  # sweeps recorded before modes used L_align
-        prior_id = choice["prior"]
-        try:
-            current = alignment_prior(registry, spec.site, fingerprint)
-        except RegistryError:
-            current = None
-        if current not in (None, prior_id):
-            say(f"[site {spec.site} align] note: sweep {sweep_id} ran against {prior_id}, but the site's prior is "
-                f"now {current}; the encoder will be aligned to the sweep's (run a new sweep to follow the new one)")
+        config, prior_id = _sweep_settings(registry, spec, sweep_id, config, fingerprint, say)
     prior_id = alignment_prior(registry, spec.site, fingerprint, prior_id)
     run = find_step(registry, "encoder", spec.site,
                     step_name("align", spec, prior_id, [observations_scan.fingerprint, fingerprint],
@@ -124,7 +131,7 @@ def align_site(spec: SiteSpec, registry: Registry, lam: float | None = None, pri
     if run.done:
         return Alignment(run.done, None, None)
     started = time.perf_counter()
-    prior = registry.load_prior(prior_id)
+    prior = load_prior(registry, prior_id)
     observations, z_target, reference = alignment_data(spec, prior, say, (target_scan, observations_scan))
     runs = {}
     for name, run_config in (("aligned", config), ("baseline", replace(config, lam=0.0))):
@@ -141,21 +148,19 @@ def align_site(spec: SiteSpec, registry: Registry, lam: float | None = None, pri
         runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.widths,
                                    seed=spec.seed, progress=progress, device=device)
     aligned, baseline = runs["aligned"], runs["baseline"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_encoder(aligned.model, Path(tmp) / "encoder.safetensors",
-                            {"site": spec.site, "lambda": config.lam, "prior": prior_id})
-        record = registry.register(
-            "encoder", site=spec.site, parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
-            artifact=path, fingerprint=observations.fingerprint, name=run.name, tags=tags,
-            config={"step": run.step, "lambda": config.lam, "align": config.to_dict(),
-                    "encoder": aligned.model.config.to_dict(),
-                    "sweep": sweep_id,
-                    "spec": spec.path, "observations": spec.observations.uri,
-                    "history": aligned.history, "baseline_history": baseline.history,
-                    **({"log": log} if log else {})},
-            metrics={**aligned.metrics, **{f"baseline_{k}": v for k, v in baseline.metrics.items()},
-                     "target_knn_nll": reference, "observations": len(observations.values),
-                     "rows_dropped": observations.rows_dropped, "step_seconds": time.perf_counter() - started})
+    record = publish_encoder(
+        registry, aligned.model, {"site": spec.site, "lambda": config.lam, "prior": prior_id}, site=spec.site,
+        parents=[prior_id, *([sweep_id] if sweep_id else [])], aligned_to=prior_id,
+        fingerprint=observations.fingerprint, name=run.name, tags=tags,
+        config={"step": run.step, "lambda": config.lam, "align": config.to_dict(),
+                "encoder": aligned.model.config.to_dict(),
+                "sweep": sweep_id,
+                "spec": spec.path, "observations": spec.observations.uri,
+                "history": aligned.history, "baseline_history": baseline.history,
+                **({"log": log} if log else {})},
+        metrics={**aligned.metrics, **{f"baseline_{k}": v for k, v in baseline.metrics.items()},
+                 "target_knn_nll": reference, "observations": len(observations.values),
+                 "rows_dropped": observations.rows_dropped, "step_seconds": time.perf_counter() - started})
     say(f"[site {spec.site} align] registered {record.id}: recon {aligned.metrics['recon']:.4f} "
         f"(lambda 0: {baseline.metrics['recon']:.4f}), knn_nll {aligned.metrics['knn_nll']:.3f} "
         f"(lambda 0: {baseline.metrics['knn_nll']:.3f}), aligned to {prior_id}")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 
 from pipeline.errors import DataError, RegistryError
+from pipeline.progress import Say
 from pipeline.registry import Record, Registry
-from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe
+from pipeline.sites.decision import MIN_CHECK_POINTS, decide, measure, probe_finetune
+from pipeline.sites.models import load_prior
 from pipeline.sites.spec import SiteSpec
-from pipeline.sites.steps import Say, core_id, find_step, naming_the_site, site_points, step_name
+from pipeline.sites.steps import core_id, find_step, naming_the_site, site_points, step_name
 
 CORE_METRICS = ("heldout_fm", "heldout_nll_proxy", "nll_samples")  # what a check compares the site with
 
@@ -34,7 +36,7 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     if run.done:
         return run.done
     started = time.perf_counter()
-    prior = registry.load_prior(prior_id)
+    prior = load_prior(registry, prior_id)
     points = site_points(spec, prior, say, scan)
     features, heldout = points.features, points.heldout
     if len(heldout) < MIN_CHECK_POINTS:
@@ -46,8 +48,8 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
                       int(record.metrics["nll_samples"]), seed=spec.seed)
     settings = spec.finetune
     with naming_the_site(spec):  # a number that is not finite (a diverging probe) decides nothing
-        numbers |= probe(prior, prior.to_prior(features.values[points.train]), z, settings.probe_steps, settings.lr,
-                         settings.batch_size, seed=spec.seed)
+        numbers |= probe_finetune(prior, prior.to_prior(features.values[points.train]), z, settings.probe_steps,
+                                  settings.lr, settings.batch_size, seed=spec.seed)
         decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
                               name=run.name, tags=tags,

@@ -30,18 +30,15 @@ never ``reuse`` where it is 5% or more worse. A site spec can override them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 
-from pipeline.errors import DataError, SpecError
+from pipeline.errors import DataError
 from pipeline.method.metrics import heldout_fm, knn_nll, mmd
 from pipeline.method.ode import Solver
 from pipeline.method.prior import FlowPrior
 from pipeline.sites.site_prior import TARGET_REMEDY, site_fit_config, train_site_prior
-
-DECISIONS = ("reuse", "finetune", "refit")
-
+from pipeline.sites.spec import Thresholds
 
 MIN_CHECK_POINTS = 20  # held-out target points below which a site check refuses to decide
 PROBE_REMEDY = "lower finetune.lr or finetune.probe_steps in the site spec"  # what a diverging probe says to change
@@ -60,29 +57,6 @@ CAUSES = {  # each number of a check, in the order they are computed: what it co
 DECIDING = ("fm_ratio", "probe_gain")  # the numbers the rule reads: a check without them decides nothing
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """When a site stops reusing the core prior: `refit` when `fm_ratio > refit_fm`, else `finetune` when
-    a probe fine-tune gains more than `finetune_gain` of the held-out FM loss, else `reuse`
-    (``pipeline.sites.decision``; the defaults are measured by ``benchmarks/site_decisions.py``)."""
-
-    finetune_gain: float = 0.03
-    refit_fm: float = 35.0
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SpecError(f"threshold {name} must be a finite number, got {value!r}")
-        if not 0 <= self.finetune_gain < 1:
-            raise SpecError(f"threshold finetune_gain is a fraction of the held-out FM loss, in [0, 1); "
-                             f"got {self.finetune_gain}")
-        if self.refit_fm <= 1:
-            raise SpecError(f"threshold refit_fm must be > 1 (a ratio), got {self.refit_fm}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def measure(prior: FlowPrior, z: torch.Tensor, core_fm: float, core_nll: float, samples: int,
             seed: int = 0) -> dict:
     """The decision's numbers for site points ``z`` (n, d1) in ``prior``'s space, against the core's
@@ -96,7 +70,7 @@ def measure(prior: FlowPrior, z: torch.Tensor, core_fm: float, core_nll: float, 
             "samples": samples}
 
 
-def probe(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, lr: float, batch_size: int,
+def probe_finetune(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, lr: float, batch_size: int,
           seed: int = 0) -> dict:
     """Fine-tune ``core`` for ``steps`` on the site's training points ``z_train`` (n, d1); its held-out FM
     on ``z`` (m, d1) against the core's, with the same noise: ``probe_gain`` (module docstring)."""
@@ -108,7 +82,7 @@ def probe(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, l
 
 
 def require_finite(numbers: dict) -> None:
-    """A ``DataError`` for the first of a check's ``numbers`` (:func:`measure`'s and :func:`probe`'s) that
+    """A ``DataError`` for the first of a check's ``numbers`` (:func:`measure`'s and :func:`probe_finetune`'s) that
     is missing (the ones the rule reads), None, NaN or infinite, saying what it comes from and which
     setting to change. Its message starts in lower case: a caller prefixes the site."""
     missing = [name for name in DECIDING if name not in numbers]
@@ -126,7 +100,7 @@ def require_finite(numbers: dict) -> None:
 
 
 def decide(metrics: dict, thresholds: Thresholds = Thresholds()) -> str:
-    """``reuse``, ``finetune`` or ``refit`` from :func:`measure`'s and :func:`probe`'s numbers; a
+    """``reuse``, ``finetune`` or ``refit`` from :func:`measure`'s and :func:`probe_finetune`'s numbers; a
     ``DataError`` (:func:`require_finite`) instead of a decision where any of them is not a finite number."""
     require_finite(metrics)
     if metrics["fm_ratio"] > thresholds.refit_fm:

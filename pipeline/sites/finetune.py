@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 
 from pipeline.method.metrics import heldout_fm
-from pipeline.progress import Progress
+from pipeline.progress import Progress, Say
 from pipeline.registry import Record, Registry
 from pipeline.sites.check import check_site
+from pipeline.sites.models import load_prior, publish_prior
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import SiteSpec
-from pipeline.sites.steps import Say, core_id, find_step, naming_the_site, site_points, step_name
+from pipeline.sites.steps import core_id, find_step, naming_the_site, site_points, step_name
 
 
 def finetune_site(spec: SiteSpec, registry: Registry, mode: str = "auto", prior_id: str | None = None,
@@ -36,7 +37,7 @@ def finetune_site(spec: SiteSpec, registry: Registry, mode: str = "auto", prior_
     if run.done:
         return run.done
     started = time.perf_counter()
-    core = registry.load_prior(prior_id).to(device)
+    core = load_prior(registry, prior_id).to(device)
     points = site_points(spec, core, say, scan)
     features = points.features
     z_train, z_heldout = core.to_prior(features.values[points.train]), core.to_prior(features.values[points.heldout])
@@ -51,8 +52,8 @@ def finetune_site(spec: SiteSpec, registry: Registry, mode: str = "auto", prior_
         site_prior = train_site_prior(core, z_train, z_heldout, mode, fit, seed=spec.seed, progress=progress)
     reuse_fm = heldout_fm(core.velocity, z_heldout, spec.seed)
     final = site_prior.info["history"][-1]
-    record = registry.publish_prior(
-        site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
+    record = publish_prior(
+        registry, site_prior, kind="site-prior", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
         name=run.name, tags=tags,
         config={"step": run.step, "mode": mode, "fit": fit.to_dict(), "spec": spec.path, "target": spec.target.uri,
                 "contract_warnings": points.warnings, "history": site_prior.info["history"],

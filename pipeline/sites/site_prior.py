@@ -19,12 +19,13 @@ from typing import Callable
 import torch
 
 from pipeline.errors import DataError, SpecError
+from pipeline.method.configs import FitConfig
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig, fit_velocity
+from pipeline.method.training import fit_velocity
 from pipeline.method.velocity import VelocityMLP
+from pipeline.sites.spec import SITE_PRIOR_MODES
 
-MODES = ("finetune", "refit")
 TARGET_REMEDY = ("check the site's target data in the site spec (target.uri, target.filters, columns) for other "
                  "units or extreme values")
 REMEDIES = {  # what a diverged site prior's error says to change, per mode
@@ -39,8 +40,8 @@ def site_fit_config(core: FlowPrior, mode: str, steps: int, lr: float, batch_siz
     """The optimiser settings of a site prior: the core's, with the site's steps (and lr for a finetune)
     and its own ``precision`` and one t per sample (not the core's: a core fitted in bf16 on GPUs may be
     fine-tuned on a CPU)."""
-    if mode not in MODES:
-        raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in SITE_PRIOR_MODES:
+        raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(SITE_PRIOR_MODES)}")
     base = replace(FitConfig(**core.info["fit"]) if "fit" in core.info else FitConfig(), precision=precision, t_group=1)
     if mode == "finetune":
         return replace(base, steps=steps, lr=lr, warmup=min(50, steps // 10), batch_size=batch_size,
@@ -75,7 +76,7 @@ def train_site_prior(
             torch.manual_seed(seed)
             model = VelocityMLP(core.velocity.config)
     else:
-        raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise SpecError(f"unknown mode {mode!r}; choose one of {', '.join(SITE_PRIOR_MODES)}")
     model = model.to(z_train.device)
 
     def watched(entry: dict) -> None:  # stop at the first log that diverged, not after the remaining steps

@@ -23,18 +23,20 @@ the edge: an unknown key, a wrong type or a bad value is a ``SpecError`` naming 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import SpecError
-from pipeline.method.encoder import AlignConfig
-from pipeline.sites.decision import Thresholds
+from pipeline.method.configs import AlignConfig
 from pipeline.specs import read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 
 KEYS = frozenset({"site", "description", "columns", "target", "observations", "encoder", "alignment", "finetune",
                   "thresholds", "seed"})  # a site spec's top-level keys
+DECISIONS = ("reuse", "finetune", "refit")  # what a site check decides (pipeline.sites.decision)
+SITE_PRIOR_MODES = ("finetune", "refit")  # how a site prior is trained (pipeline.sites.site_prior)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class DataSource:
     def scan(self):
         """The table's listing and one footer (no rows decoded): its columns, types and fingerprint (local files
         are hashed whole, see ``pipeline.data.fingerprint``)."""
-        from pipeline.data.features import scan_features
+        from pipeline.data.scan import scan_features
 
         return scan_features(self.uri, feature_column=self.feature_column, columns=self.columns,
                              filters=self.filters, drop_nonfinite=self.drop_nonfinite)
@@ -97,6 +99,29 @@ class FinetuneSettings:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 < self.heldout_fraction < 0.5:
             raise SpecError(f"lr must be > 0 and heldout_fraction in (0, 0.5), got {self}")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a site stops reusing the core prior: `refit` when `fm_ratio > refit_fm`, else `finetune` when
+    a probe fine-tune gains more than `finetune_gain` of the held-out FM loss, else `reuse`
+    (``pipeline.sites.decision``; the defaults are measured by ``benchmarks/site_decisions.py``)."""
+
+    finetune_gain: float = 0.03
+    refit_fm: float = 35.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SpecError(f"threshold {name} must be a finite number, got {value!r}")
+        if not 0 <= self.finetune_gain < 1:
+            raise SpecError(f"threshold finetune_gain is a fraction of the held-out FM loss, in [0, 1); "
+                             f"got {self.finetune_gain}")
+        if self.refit_fm <= 1:
+            raise SpecError(f"threshold refit_fm must be > 1 (a ratio), got {self.refit_fm}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

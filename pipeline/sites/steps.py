@@ -13,23 +13,22 @@ from __future__ import annotations
 import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from pipeline.data import Features
 from pipeline.data.schema import FeatureSchema
 from pipeline.data.split import split_indices
 from pipeline.errors import DataError, RegistryError
 from pipeline.method.precision import PRECISIONS
+from pipeline.progress import Say
 from pipeline.registry import CORE_ALIAS, Record, Registry
 from pipeline.registry.registry import current_alias, settings_digest
 from pipeline.sites.spec import SiteSpec
 from pipeline.storage import validate_name
 
 if TYPE_CHECKING:
-    from pipeline.data.features import FeatureScan
+    from pipeline.data.scan import FeatureScan
     from pipeline.method.prior import FlowPrior
-
-Say = Callable[[str], None]
 
 STEP_INPUTS = {  # the spec sections each step's result depends on (with the prior and the data's fingerprints)
     "check": ("target", "finetune", "thresholds", "seed"),

@@ -16,7 +16,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-from pipeline.data.features import FeatureScan, column_names
+from pipeline.data.scan import FeatureScan, column_names
 from pipeline.data.schema import FeatureSchema
 from pipeline.errors import DataError, RegistryError, StoreError
 from pipeline.registry import CORE_ALIAS, Record, Registry

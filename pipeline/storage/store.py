@@ -15,46 +15,23 @@ safely: at most one of them wins each key.
 from __future__ import annotations
 
 import os
-import re
-import threading
-import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from pipeline.errors import SpecError, StoreError
 from pipeline.storage.errors import AlreadyExists, BucketMissing
-from pipeline.storage.s3 import S3Options, is_precondition_failed
+from pipeline.storage.keys import ByteProgress, ObjectInfo, check_key
+from pipeline.storage.local import LocalBackend
+from pipeline.storage.s3 import S3Backend, S3Options, is_precondition_failed
 from pipeline.storage.uris import split_uri
 
 DEFAULT_STORE = "./flowprior-store"
 STORE_ENV = "FLOWPRIOR_STORE"
-TMP_PREFIX = ".tmp-"
-KEY_PART = re.compile(r"[A-Za-z0-9._=-]+")
-MD5 = re.compile(r"[0-9a-f]{32}")
-
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
-
-
-def check_key(key: str) -> str:
-    """A key is ``part/part/...`` with safe parts: no empty, ``.``/``..`` or hidden parts."""
-    parts = key.split("/")
-    if not key or any(not KEY_PART.fullmatch(p) or p.startswith(".") for p in parts):
-        raise ValueError(f"invalid store key {key!r}")
-    return key
-
-
-def usable(name: str) -> bool:
-    """Whether a name that a listing returned can be one part of a key (see :func:`check_key`): a copy a
-    person or a sync tool made (``prior-x (1).json``) cannot, and readers skip it instead of failing."""
-    return bool(KEY_PART.fullmatch(name)) and not name.startswith(".")
 
 
 class Store:
     """A store location plus the backend that reads and publishes its objects."""
 
-    def __init__(self, uri: str, backend: "LocalBackend | S3Backend") -> None:
+    def __init__(self, uri: str, backend: LocalBackend | S3Backend) -> None:
         self.uri = uri
         self.backend = backend
 
@@ -114,7 +91,7 @@ class Store:
                 pass
             raise
 
-    def put_file(self, key: str, path: str | os.PathLike, progress: Progress | None = None) -> None:
+    def put_file(self, key: str, path: str | os.PathLike, progress: ByteProgress | None = None) -> None:
         """Publish a local file at ``key`` (create-if-absent), reporting bytes sent to ``progress``."""
         self._call("upload", key, self.backend.put_file, check_key(key), Path(path), progress)
 
@@ -168,254 +145,3 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    md5: str | None  # hex; None where the listing does not say (local disk, multipart uploads, SSE-KMS)
-    modified: float | None = None  # unix time of the last write, where the listing says (``list_tree``)
-
-
-class LocalBackend:
-    """A folder on local disk (or a shared POSIX filesystem with working hard links)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _publish(self, key: str, write: Callable[[Path], None]) -> None:
-        final = self.root / key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        try:
-            write(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, final)  # atomic, and fails if ``final`` exists: create-if-absent
-            except FileExistsError:
-                raise AlreadyExists(f"{final}: already exists") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def create(self, key: str, data: bytes) -> None:
-        self._publish(key, lambda tmp: tmp.write_bytes(data))
-
-    def put_file(self, key: str, path: Path, progress: Progress | None) -> None:
-        total = path.stat().st_size
-
-        def copy(tmp: Path) -> None:
-            done = 0
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                for block in iter(lambda: src.read(8 << 20), b""):
-                    dst.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-
-        self._publish(key, copy)
-
-    def read(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
-
-    def read_many(self, keys: list[str]) -> list[bytes]:
-        return [self.read(k) for k in keys]
-
-    def get_file(self, key: str, path: Path) -> None:
-        path.write_bytes(self.read(key))
-
-    def exists(self, key: str) -> bool:
-        return (self.root / key).is_file()
-
-    def delete(self, key: str) -> None:
-        (self.root / key).unlink(missing_ok=True)
-
-    def delete_many(self, keys: list[str], prune_below: str | None) -> None:
-        for key in keys:
-            self.delete(key)
-        top = self.root / prune_below if prune_below else None
-        for folder in sorted({(self.root / k).parent for k in keys}, key=lambda p: len(p.parts), reverse=True):
-            while top is not None and folder != top and folder.is_relative_to(top):
-                try:
-                    folder.rmdir()  # only if empty
-                except OSError:
-                    break
-                folder = folder.parent
-
-    def list(self, prefix: str) -> Iterable[str]:
-        return list(self.list_details(prefix))
-
-    def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
-        folder = self.root / prefix
-        if not folder.is_dir():
-            return {}
-        found = {}
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if not e.name.startswith("."):
-                    try:
-                        found[e.name] = ObjectInfo(e.stat().st_size if e.is_file() else 0, None)
-                    except FileNotFoundError:
-                        pass  # deleted since the folder was read (e.g. by a gc): not there
-        return found
-
-    def list_tree(self, prefix: str) -> dict[str, ObjectInfo]:
-        folder, found = self.root / prefix, {}
-        for parent, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
-                if not name.startswith("."):
-                    path = Path(parent) / name
-                    try:
-                        stat = path.stat()
-                    except FileNotFoundError:
-                        continue  # deleted since its folder was read
-                    found[path.relative_to(folder).as_posix()] = ObjectInfo(stat.st_size, None, stat.st_mtime)
-        return found
-
-
-_CLIENTS: dict[tuple, object] = {}  # this process's S3 clients of unpickled stores, by options and credentials
-_CLIENTS_LOCK = threading.Lock()
-CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-
-
-def shared_filesystem(options: S3Options):
-    """This process's client for ``options`` and the AWS settings in its environment now, made once."""
-    key = (options, *(os.environ.get(name) for name in CREDENTIAL_ENV))
-    with _CLIENTS_LOCK:
-        if key not in _CLIENTS:
-            _CLIENTS[key] = options.filesystem()
-        return _CLIENTS[key]
-
-
-class S3Backend:
-    """``bucket/prefix`` on an S3-compatible server, through s3fs."""
-
-    def __init__(self, root: str, options: S3Options) -> None:
-        self.root, self.options = root, options
-        self._fs = None
-        self._shared = False  # whether to take this process's client for these options (see __setstate__)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fs": None}  # a Ray task or worker opens its own client from the options
-
-    def __setstate__(self, state: dict) -> None:
-        # Unpickled in a Ray worker, once per task: the worker's tasks share one client per options and
-        # credentials, instead of each task building its own (a client costs more than a site step's requests)
-        self.__dict__.update(state, _shared=True)
-
-    @property
-    def fs(self):
-        if self._fs is None:
-            self._fs = shared_filesystem(self.options) if self._shared else self.options.filesystem()
-        return self._fs
-
-    def _path(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    @property
-    def bucket(self) -> str:
-        return self.root.split("/", 1)[0]
-
-    def _missing_bucket(self) -> BucketMissing | None:
-        """A ``BucketMissing`` if the bucket does not exist (S3 answers 404 alike for a missing bucket
-        and an empty prefix; only ``HeadBucket`` tells them apart)."""
-        try:
-            self.fs.call_s3("head_bucket", Bucket=self.bucket)
-        except FileNotFoundError:
-            return BucketMissing(f"bucket {self.bucket!r} does not exist at this endpoint (create it, or check "
-                                 "the store URI and the S3 endpoint)")
-        return None
-
-    @contextmanager
-    def _writing(self, key: str):
-        """A write's 'not found' means the bucket is missing (said so), or a server error."""
-        try:
-            yield
-        except FileNotFoundError:
-            raise self._missing_bucket() or StoreError(f"{key}: the server answered 'not found' to a write") from None
-
-    def create(self, key: str, data: bytes) -> None:
-        with self._writing(key):
-            self.fs.pipe_file(self._path(key), data, mode="create")
-
-    def put_file(self, key: str, path: Path, progress: Progress | None) -> None:
-        from fsspec.callbacks import Callback
-
-        class Report(Callback):
-            def call(self, *args, **kwargs):
-                if progress and self.size:
-                    progress(self.value, self.size)
-
-        with self._writing(key):
-            self.fs.put_file(str(path), self._path(key), callback=Report(), mode="create",
-                             chunksize=8 << 20, max_concurrency=4)
-
-    def read(self, key: str) -> bytes:
-        return self.fs.cat_file(self._path(key), max_concurrency=1)  # one GET (no HEAD for a concurrent read)
-
-    def read_many(self, keys: list[str]) -> list[bytes]:
-        paths = [self._path(k) for k in keys]
-        if not paths:
-            return []
-        found = self.fs.cat(paths, on_error="return", batch_size=64, max_concurrency=1)
-        out = []
-        for path in paths:
-            value = found.get(path)
-            if isinstance(value, BaseException):
-                raise value
-            out.append(value)
-        return out
-
-    def get_file(self, key: str, path: Path) -> None:
-        self.fs.get_file(self._path(key), str(path))
-
-    def exists(self, key: str) -> bool:
-        return self.fs.exists(self._path(key))
-
-    def delete(self, key: str) -> None:
-        try:
-            self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
-            pass
-
-    def delete_many(self, keys: list[str], prune_below: str | None) -> None:
-        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a request
-            self.fs.rm([self._path(k) for k in keys[start:start + 1000]])
-
-    def list(self, prefix: str) -> Iterable[str]:
-        return list(self.list_details(prefix))
-
-    def list_details(self, prefix: str) -> dict[str, ObjectInfo]:
-        try:
-            entries = self.fs.ls(self._path(prefix), detail=True, refresh=True)
-        except FileNotFoundError:
-            missing = self._missing_bucket()
-            if missing:
-                raise missing from None
-            return {}
-        found, folder = {}, self._path(prefix).rstrip("/")
-        for entry in entries:
-            if entry["name"].rstrip("/") == folder:
-                continue  # the folder's own marker (SeaweedFS lists one once the folder's last object is deleted)
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if not name.startswith("."):
-                etag = str(entry.get("ETag") or "").strip('"').lower()
-                found[name] = ObjectInfo(int(entry.get("size") or 0), etag if MD5.fullmatch(etag) else None)
-        return found
-
-    def list_tree(self, prefix: str) -> dict[str, ObjectInfo]:
-        base = self._path(prefix).rstrip("/") + "/"
-        try:
-            entries = self.fs.find(base, detail=True, withdirs=False)
-        except FileNotFoundError:
-            return {}
-        found = {}
-        for path, entry in entries.items():
-            key = path[len(base):] if path.startswith(base) else None
-            if key and not any(part.startswith(".") for part in key.split("/")):
-                modified, etag = entry.get("LastModified"), str(entry.get("ETag") or "").strip('"').lower()
-                found[key] = ObjectInfo(int(entry.get("size") or 0), etag if MD5.fullmatch(etag) else None,
-                                        modified.timestamp() if modified is not None else None)
-        return found

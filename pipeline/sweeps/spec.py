@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import SpecError
-from pipeline.method.matching import MODES
+from pipeline.method.configs import ALIGNMENT_MODES
 from pipeline.sites.spec import SiteSpec, load_site_spec
 from pipeline.specs import read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
@@ -70,8 +70,8 @@ class Dimension:
                 raise SpecError(f"loguniform needs [low, high] with 0 < low < high, got {list(self.values)}")
         elif not self.values:
             raise SpecError(f"{self.sampler} needs at least one value")
-        if self.name == "mode" and not set(self.values) <= set(MODES):
-            raise SpecError(f"mode values must be among {', '.join(MODES)}, got {list(self.values)}")
+        if self.name == "mode" and not set(self.values) <= set(ALIGNMENT_MODES):
+            raise SpecError(f"mode values must be among {', '.join(ALIGNMENT_MODES)}, got {list(self.values)}")
 
     @property
     def field(self) -> str:

@@ -15,62 +15,19 @@ prior's own samples: latents can match only the prior they are given.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from typing import Callable
 
 import torch
 from scipy.stats import spearmanr
 
-from pipeline.errors import SpecError
 from pipeline.method import metrics
-from pipeline.method.matching import AuxiliaryFlow, MatchConfig, matching_loss
+from pipeline.method.configs import FitConfig, MatchConfig
+from pipeline.method.matching import AuxiliaryFlow, matching_loss
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
+from pipeline.progress import Say
+from pipeline.toy.config import ToyConfig
 from pipeline.toy.targets import Target, get_target
-
-
-@dataclass(frozen=True)
-class ToyConfig:
-    """Settings of one toy run. Defaults take ~10 minutes on 2 CPU cores; ``quick()`` is for CI.
-
-    Width 256: a 128-wide prior blurs the rings (its own samples spread 1.34x the target's), and latents
-    can match only the prior they are given. The paper's own scale is ``width=512, depth=4,
-    fit_steps=100_000, align_steps=5000`` (slow on a CPU).
-    """
-
-    distribution: str = "mog"
-    n_train: int = 50_000
-    width: int = 256
-    depth: int = 4
-    fit_steps: int = 3000
-    fit_lr: float = 1e-3
-    latents: int = 1000
-    align_steps: int = 600
-    align_lr: float = 1e-2
-    draws: int = 4
-    aux_steps: int = MatchConfig.aux_steps  # matching: auxiliary-flow steps per latent update
-    aux_lr: float = MatchConfig.aux_lr
-    grid: int = 64
-    landscape_draws: int = 64
-    n_eval: int = 5000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        get_target(self.distribution)
-        for name in ("n_train", "width", "depth", "fit_steps", "latents", "align_steps", "draws",
-                     "grid", "landscape_draws", "n_eval", "aux_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_eval <= self.latents:
-            raise SpecError(f"n_eval ({self.n_eval}) must exceed latents ({self.latents}): the target's "
-                             "kNN NLL is measured with held-out samples")
-        MatchConfig(aux_steps=self.aux_steps, aux_lr=self.aux_lr)  # validates them
-
-    def quick(self) -> "ToyConfig":
-        """A CI-sized variant (~20 s): smaller network, fewer steps, fewer points."""
-        return replace(self, n_train=20_000, width=64, depth=3, fit_steps=1500, fit_lr=2e-3,
-                       latents=500, align_steps=500, grid=40, landscape_draws=32, n_eval=2000)
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -80,7 +37,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 class ToyRun:
     """State shared by the steps of one run: the target, its prior and the true NLL in prior space."""
 
-    def __init__(self, config: ToyConfig, progress: Callable[[str], None]) -> None:
+    def __init__(self, config: ToyConfig, progress: Say) -> None:
         self.config, self.progress = config, progress
         self.target: Target = get_target(config.distribution)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -192,7 +149,7 @@ class ToyRun:
         return None if modes is None else self.prior.to_prior(modes.float())
 
 
-def run_toy(config: ToyConfig, progress: Callable[[str], None] = print) -> tuple[dict, dict]:
+def run_toy(config: ToyConfig, progress: Say = print) -> tuple[dict, dict]:
     """Run the experiment; return ``(metrics, arrays)`` (arrays feed the plots)."""
     run = ToyRun(config, progress)
     start = time.perf_counter()

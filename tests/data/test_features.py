@@ -173,7 +173,7 @@ class CountingFS(fsspec.implementations.local.LocalFileSystem):
 
 
 def test_only_the_feature_and_filter_columns_are_read(tmp_path):
-    from pipeline.data.features import scan_features
+    from pipeline.data.scan import scan_features
 
     n = 40_000
     rng = np.random.default_rng(0)

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.features import scan_features
 from pipeline.data.fingerprint import SourceFile, fingerprint
+from pipeline.data.scan import scan_features
 from pipeline.storage import S3Options, Store
 from tests.support.s3server import BUCKET
 

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from pipeline.datasets import la_haute_borne as lhb
-from pipeline.demo.run import _rows
-from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior
-from pipeline.method.training import FitConfig
+from pipeline.demo.faults import site_rows
+from pipeline.jobs.prior_fit import fit_core_prior
+from pipeline.jobs.prior_fit_spec import PriorFitSpec
+from pipeline.method.configs import FitConfig
 from pipeline.registry import Registry
 from pipeline.sites import load_site_spec
 from pipeline.storage import Store
@@ -90,7 +91,7 @@ def test_the_quick_demo_answers_the_registry_questions_and_writes_its_report(loc
 
     # every site's rows are scored as its spec selects them (the high-wind site's high-wind rows only)
     for year in ("2015", "2014"):
-        rows = {site: _rows(load_site_spec(ROOT / "sites" / f"{site}.yaml"), int(year)) for site in lhb.TURBINES}
+        rows = {site: site_rows(load_site_spec(ROOT / "sites" / f"{site}.yaml"), int(year)) for site in lhb.TURBINES}
         pooled = summary["faults_auroc"][year]["all"]
         assert pooled["rows"] == sum(len(x) for x, _ in rows.values())
         assert pooled["faults"] == sum(int(labels.sum()) for _, labels in rows.values()) > 0

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.data import read_features
-from pipeline.data.features import filter_expression, scan_features
+from pipeline.data.filters import filter_expression
+from pipeline.data.scan import scan_features
 from pipeline.data.split import Split, digest, is_heldout, row_hash
 from pipeline.errors import DataError
 from pipeline.jobs.ingest import file_stats

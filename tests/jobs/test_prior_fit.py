@@ -15,9 +15,11 @@ import torch
 from pipeline.data import read_features
 from pipeline.data.split import is_heldout, row_hash
 from pipeline.errors import StoreError
-from pipeline.jobs.prior_fit import PriorFitSpec, fit_core_prior, scan
-from pipeline.method.training import FitConfig
+from pipeline.jobs.prior_fit import fit_core_prior, scan
+from pipeline.jobs.prior_fit_spec import PriorFitSpec
+from pipeline.method.configs import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
+from pipeline.sites.models import load_prior
 from pipeline.storage import S3Options, Store
 from tests.support.processes import pids_titled
 from tests.support.shards import assert_disjoint_shards
@@ -111,7 +113,7 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     # rank 0 wrote every report's metrics as TensorBoard events under the run's folder in the store
     board = "ray-runs/core-v1/tensorboard"
     events = merged({name: store.read(f"{board}/{name}") for name in store.list(board)})
-    history = registry.load_prior(record.id).info["history"]
+    history = load_prior(registry, record.id).info["history"]
     assert sorted(events["heldout_fm"]) == [h["step"] for h in history]
     assert events["heldout_fm"][history[-1]["step"]] == pytest.approx(history[-1]["heldout_fm"], rel=1e-6)
     # and to the fit's MLflow run (tracking is on here), which ends tagged with the record it registered; the
@@ -138,17 +140,18 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     assert contract["columns"] == ["features[0]", "features[1]"] and contract["dtypes"] == ["float", "float"]
     np.testing.assert_allclose(contract["mean"], x[~heldout].mean(0), atol=1e-4)
     np.testing.assert_allclose(contract["sd"], x[~heldout].std(0), rtol=1e-4)
-    assert registry.load_prior(record.id).info["features"] == contract
+    assert load_prior(registry, record.id).info["features"] == contract
     # the fit learned the two blobs: held-out FM loss well below an untrained model's, samples close to data
+    from pipeline.method.configs import VelocityConfig
     from pipeline.method.metrics import heldout_metrics
-    from pipeline.method.velocity import VelocityConfig, VelocityMLP
+    from pipeline.method.velocity import VelocityMLP
 
     torch.manual_seed(0)
     untrained = VelocityMLP(VelocityConfig(dim=2, width=SMALL["width"], depth=SMALL["depth"]))
-    heldout = registry.load_prior(record.id).to_prior(x[heldout])
+    heldout = load_prior(registry, record.id).to_prior(x[heldout])
     assert record.metrics["heldout_fm"] < 0.8 * heldout_metrics(untrained, heldout, seed=0)["heldout_fm"]
     assert record.metrics["sliced_w2"] < 0.5
-    samples = registry.load_prior(record.id).sample(2000)
+    samples = load_prior(registry, record.id).sample(2000)
     assert 0.3 < (samples[:, 0] > 0).float().mean() < 0.7  # both modes are populated
     # rerunning the same name registers nothing new
     again = fit_core_prior(spec, store, say=lines.append)

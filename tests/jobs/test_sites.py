@@ -14,6 +14,7 @@ import yaml
 from pipeline.datasets import la_haute_borne as lhb
 from pipeline.errors import RegistryError
 from pipeline.registry import Registry
+from pipeline.sites.models import load_encoder, load_prior
 from pipeline.storage import Store
 from tests.support.processes import alive, pids_titled, poll, stdout_file
 from tests.support.ray_output import ray_noise
@@ -52,7 +53,7 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     assert site_prior.tags == {"line": "3"}  # through the Ray task
     assert code == 0 and site_prior.parents == [core.id] and site_prior.config["mode"] == "finetune"
     assert site_prior.id in out and [h["step"] for h in site_prior.config["history"]] == [30, 60]
-    assert registry.load_prior(site_prior.id).latent_dim == 4
+    assert load_prior(registry, site_prior.id).latent_dim == 4
     code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri)
     assert code == 0 and site_prior.id in out and len(registry.records(kind="site-prior")) == 1
 
@@ -63,10 +64,10 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     for name in ("recon", "l_align", "knn_nll", "spread"):
         assert encoder.metrics[name] is not None and encoder.metrics[f"baseline_{name}"] is not None
     assert encoder.metrics["l_align"] < encoder.metrics["baseline_l_align"]
-    model = registry.load_encoder(encoder.id)  # the artifact, hash-checked: latents in the site prior's space
-    assert model.config.latent_dim == registry.load_prior(site_prior.id).latent_dim == 4
+    model = load_encoder(registry, encoder.id)  # the artifact, hash-checked: latents in the site prior's space
+    assert model.config.latent_dim == load_prior(registry, site_prior.id).latent_dim == 4
     with pytest.raises(RegistryError, match="is a site-prior, not an encoder"):
-        registry.load_encoder(site_prior.id)
+        load_encoder(registry, site_prior.id)
     code, out, _ = flowprior(capsys, "site", "align", spec, "--lambda", "2", "--store", store_uri)
     assert code == 0 and encoder.id in out and len(registry.records(kind="encoder")) == 1  # nothing trained
     code, out, _ = flowprior(capsys, "registry", "aligned", SITE, "--json", "--store", store_uri)
@@ -181,7 +182,8 @@ def test_a_gpu_share_falls_back_to_cpu_on_a_local_ray_without_gpus(local_ray, tm
     """`site finetune|align --gpu 0.25` on a laptop: the sites still run, on CPUs, and say so."""
     from types import SimpleNamespace
 
-    from pipeline.jobs.sites import run_sites, site_task_resources
+    from pipeline.jobs.site_tasks import site_task_resources
+    from pipeline.jobs.sites import run_sites
 
     lines: list[str] = []
     sites = [SimpleNamespace(site="a"), SimpleNamespace(site="b")]

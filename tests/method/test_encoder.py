@@ -4,18 +4,10 @@ import pytest
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.method.encoder import (
-    AlignConfig,
-    Autoencoder,
-    EncoderConfig,
-    EncoderTraining,
-    load_encoder,
-    save_encoder,
-    train_encoder,
-)
+from pipeline.method.configs import AlignConfig, EncoderConfig, FitConfig
+from pipeline.method.encoder import Autoencoder, EncoderTraining, load_encoder, save_encoder, train_encoder
 from pipeline.method.metrics import mmd
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from pipeline.method.configs import VelocityConfig
 from pipeline.method.likelihood import log_likelihood
 from pipeline.method.ode import Solver
 from pipeline.method.sampling import sample
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.velocity import VelocityMLP
 from tests.support.oracles import seeded
 
 TIGHT = Solver(method="dopri5", rtol=1e-8, atol=1e-8)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from pipeline.method.matching import AuxiliaryFlow, MatchConfig, matching_loss, velocity_difference
-from pipeline.method.velocity import VelocityConfig, VelocityMLP
+from pipeline.method.configs import MatchConfig, VelocityConfig
+from pipeline.method.matching import AuxiliaryFlow, matching_loss, velocity_difference
+from pipeline.method.velocity import VelocityMLP
 from tests.support.oracles import GaussianFlow, MixtureFlow, seeded
 
 PRIOR = GaussianFlow(torch.tensor([1.0, -0.5], dtype=torch.float64), s=0.5)

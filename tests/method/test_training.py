@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.jobs.prior_fit_worker import load_state, save_state
-from pipeline.method.training import FitConfig, new_training, train_step
-from pipeline.method.velocity import VelocityConfig
+from pipeline.method.configs import FitConfig, VelocityConfig
+from pipeline.method.training import new_training, train_step
+from pipeline.method.training_state import load_training_state, save_training_state
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 VELOCITY = VelocityConfig(dim=3, width=32, depth=2, frequency_dim=16)
@@ -25,11 +25,11 @@ def test_a_resumed_run_has_every_optimiser_tensor_on_the_model_device_and_contin
     model, ema, optimiser = new_training(VELOCITY, fit, device, seed=0)
     assert optimiser.defaults["fused"] is True
     _steps(model, optimiser, ema, fit, data[:3], 0, torch.Generator(device=device).manual_seed(2))
-    save_state(str(tmp_path), model, ema, optimiser, {"step": 3})
+    save_training_state(tmp_path, model, ema, optimiser, {"step": 3})
 
     # a fresh process would build its model on the device (other initial weights) and then load
     resumed, resumed_ema, resumed_optimiser = new_training(VELOCITY, fit, device, seed=99)
-    assert load_state(str(tmp_path), resumed, resumed_ema, resumed_optimiser) == {"step": 3}
+    assert load_training_state(tmp_path, resumed, resumed_ema, resumed_optimiser) == {"step": 3}
     for p in resumed.parameters():
         state = resumed_optimiser.state[p]
         assert state and all(v.device == p.device for v in state.values() if torch.is_tensor(v)), state.keys()

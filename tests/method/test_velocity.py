@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pipeline.method.velocity import VelocityConfig, VelocityMLP, sinusoidal_embedding
+from pipeline.method.configs import VelocityConfig
+from pipeline.method.velocity import VelocityMLP, sinusoidal_embedding
 
 
 def test_shapes_and_zero_initial_output():

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline.registry import Registry, snapshots
-from pipeline.storage import Store
+from pipeline.registry import Registry, record_files, snapshots
+from pipeline.storage import Store, layout
 from tests.support.fleet import build_fleet
 
 
@@ -31,7 +31,7 @@ def test_a_whole_registry_passes_and_each_damage_is_named_without_changing_anyth
     fleet = build_fleet(registry)
     (tmp_path / "w.bin").write_bytes(b"weights")
     weights = registry.register("prior", artifact=tmp_path / "w.bin", make_current=False)
-    snapshots.write(store, registry.raw_records())
+    snapshots.write(store, record_files.read(registry.store))
     code, report = check(store.uri)
     assert code == 0 and report["ok"] and report["counts"]["records"] == len(fleet) + 1, report
 
@@ -44,7 +44,7 @@ def test_a_whole_registry_passes_and_each_damage_is_named_without_changing_anyth
     store.create(f"artifacts/{planted}.safetensors", b"planted bytes")
     (store.backend.root / weights.artifact).write_bytes(b"tampered")
     store.create("registry/aliases/core/0000000009.json", b'{"alias": "core"}')  # a gap, and not an entry
-    forged = registry.raw_records()
+    forged = record_files.read(registry.store)
     forged[fleet["core2"].id] = forged[fleet["core2"].id].replace(b'"v": 2', b'"v": 3')
     snapshots.write(store, forged)
     before = everything(store)
@@ -89,7 +89,7 @@ def test_repair_on_s3_replaces_a_forged_snapshot_with_one_of_the_record_files(s3
     code, report = check(s3_store.uri)
     assert code == 1 and [p["area"] for p in report["problems"]] == ["snapshots"]
     code, report = check(s3_store.uri, "--repair")
-    fresh = snapshots.name_of(registry.raw_records())
+    fresh = snapshots.name_of(record_files.read(registry.store))
     assert report["repaired"] == [f"registry/snapshots/{snapshots.name_of(forged)}", f"registry/snapshots/{fresh}"]
-    assert s3_store.list(snapshots.SNAPSHOTS) == [fresh]
+    assert s3_store.list(layout.SNAPSHOTS) == [fresh]
     assert check(s3_store.uri) == (0, check(s3_store.uri)[1])

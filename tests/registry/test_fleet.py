@@ -10,7 +10,7 @@ from pipeline.registry import CORE_ALIAS, Registry, aliases, snapshots
 from pipeline.registry.aliases import AliasMoved
 from pipeline.registry.check import check
 from pipeline.registry.fleet import age, fleet_status
-from pipeline.storage import Store
+from pipeline.storage import Store, layout
 from tests.support.fleet import build_fleet
 from tests.support.null_metrics import null_metric_fleet
 
@@ -54,18 +54,18 @@ def test_current_aliases_come_from_one_listing_and_a_snapshot_that_never_overrid
     fleet = build_fleet(registry)
     expected = {a: aliases.latest(store, a) for a in aliases.names(store)}
     assert registry.current() == expected  # 6 aliases lacked >= 3: an alias snapshot was written
-    (name,) = store.list(snapshots.ALIAS_SNAPSHOTS)
+    (name,) = store.list(layout.ALIAS_SNAPSHOTS)
     reads = []
     monkeypatch.setattr(store, "read_many", lambda keys: reads.extend(keys) or [store.read(k) for k in keys])
     registry.move_alias("encoder.s1", fleet["e1"].id, reason="again")
     assert registry.current("encoder.") == {a: aliases.latest(store, a) for a in expected if a.startswith("encoder.")}
-    assert reads == [f"{aliases.ALIASES}/encoder.s1/{2:010d}.json"]  # only the entry the snapshot lacks
+    assert reads == [f"{layout.ALIASES}/encoder.s1/{2:010d}.json"]  # only the entry the snapshot lacks
     # a forged alias snapshot (valid digest, wrong rows) is used only where the listing's MD5 vouches for a row
-    forged = {f"core/{2:010d}.json": store.read(f"{aliases.ALIASES}/core/{1:010d}.json")}
-    store.delete(f"{snapshots.ALIAS_SNAPSHOTS}/{name}")
-    snapshots.write(store, forged, snapshots.ALIAS_SNAPSHOTS)
+    forged = {f"core/{2:010d}.json": store.read(f"{layout.ALIASES}/core/{1:010d}.json")}
+    store.delete(f"{layout.ALIAS_SNAPSHOTS}/{name}")
+    snapshots.write(store, forged, layout.ALIAS_SNAPSHOTS)
     assert registry.current()["core"].target == fleet["core2"].id
-    forged_key = f"{snapshots.ALIAS_SNAPSHOTS}/{snapshots.name_of(forged)}"
+    forged_key = f"{layout.ALIAS_SNAPSHOTS}/{snapshots.name_of(forged)}"
     report = check(registry, hashes=False)  # and registry check names it
     assert [(p.area, p.key) for p in report.problems] == [("snapshots", forged_key)]
 
@@ -94,7 +94,7 @@ def test_entries_written_before_reasons_existed_still_parse(store):
     data = b'{"alias": "core", "moved_at": "2026-11-01T00:00:00+00:00", "previous": null, "target": "p", "version": 1}'
     assert aliases.parse(data, "x", "core", 1).reason is None
     move = aliases.move(store, "core", "p")  # and a move without a reason writes no reason key (old readers)
-    assert b"reason" not in store.read(f"{aliases.ALIASES}/core/{move.version:010d}.json")
+    assert b"reason" not in store.read(f"{layout.ALIASES}/core/{move.version:010d}.json")
 
 
 @pytest.mark.parametrize("created, now, said", [

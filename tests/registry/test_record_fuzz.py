@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.registry import Registry, aliases
-from pipeline.registry.layout import ARTIFACTS, RECORDS
-from pipeline.storage import Store
+from pipeline.storage import Store, layout
+from pipeline.storage.layout import ARTIFACTS, RECORDS
 
 FIELDS = ("id", "kind", "site", "parents", "created_at", "config", "metrics", "artifact", "hash", "fingerprint",
           "aligned_to", "name", "tags", "links")
@@ -159,8 +159,8 @@ def damage(root: Path, ids: list[str], changes: list[tuple], moves: list[tuple])
     store = Store.open(str(root))
     for alias, target in sorted(moves, key=lambda move: move[1] == "garbage"):  # a move reads the entry before
         if target == "garbage":
-            versions = [int(p.stem) for p in (root / aliases.ALIASES / alias).glob("*.json")]
-            store.create(f"{aliases.ALIASES}/{alias}/{max(versions, default=0) + 1:010d}.json", b"{not json")
+            versions = [int(p.stem) for p in (root / layout.ALIASES / alias).glob("*.json")]
+            store.create(f"{layout.ALIASES}/{alias}/{max(versions, default=0) + 1:010d}.json", b"{not json")
         else:
             aliases.move(store, alias, ids[target] if isinstance(target, int) else target)
     return touched

@@ -1,48 +1,11 @@
 import pyarrow as pa
 import pytest
-import torch
 
-from pipeline import FitConfig, FlowPrior
-from pipeline.errors import CheckpointError, RegistryError
-from pipeline.registry import CORE_ALIAS, IntegrityError, Registry
+from pipeline.errors import RegistryError
+from pipeline.registry import CORE_ALIAS, Registry, record_files
+from pipeline.registry.records import records_table
+from pipeline.storage import layout
 from tests.support.fleet import build_fleet
-
-
-@pytest.fixture(scope="module")
-def tiny_prior() -> FlowPrior:
-    torch.manual_seed(0)
-    return FlowPrior.fit(torch.randn(200, 3), width=8, depth=1, fit=FitConfig(steps=2, warmup=1, log_every=1))
-
-
-def test_publish_and_load_a_prior_checks_its_hash(store, tiny_prior, tmp_path):
-    registry = Registry(store)
-    record = registry.publish_prior(tiny_prior, fingerprint="d" * 64, config={"steps": 2}, metrics={"fm": 1.5})
-    assert record.artifact == f"artifacts/{record.hash}.safetensors"  # a key: the store can move
-    assert registry.get(record.id) == record
-    assert registry.alias(CORE_ALIAS) == record.id
-    loaded = registry.load_prior(record.id)
-    y, t = torch.randn(4, 3), torch.rand(4)
-    assert torch.equal(loaded.velocity(y, t), tiny_prior.velocity(y, t))
-    # The same bytes published twice share one artifact; the records stay distinct.
-    (tmp_path / "a.bin").write_bytes(b"weights")
-    first, second = (registry.register("sweep", artifact=tmp_path / "a.bin") for _ in range(2))
-    assert first.artifact == second.artifact and first.id != second.id
-    assert store.list("artifacts") == sorted([f"{record.hash}.safetensors", f"{first.hash}.bin"])
-
-
-def test_a_tampered_artifact_is_refused(store, tiny_prior, tmp_path):
-    registry = Registry(store)
-    record = registry.publish_prior(tiny_prior)
-    key = record.artifact
-    data = bytearray(store.read(key))
-    data[-5] ^= 0x01
-    if store.is_local:
-        (store.backend.root / key).write_bytes(bytes(data))
-    else:  # an attacker with write access overwrites the object
-        store.backend.fs.pipe_file(f"{store.backend.root}/{key}", bytes(data))
-    with pytest.raises(IntegrityError, match=f"record {record.id}: artifact .* was changed after publishing"):
-        registry.load_prior(record.id)
-    assert issubclass(IntegrityError, ValueError) and not issubclass(IntegrityError, CheckpointError)
 
 
 def test_links_to_missing_records_and_bad_ids_are_refused(store):
@@ -54,6 +17,17 @@ def test_links_to_missing_records_and_bad_ids_are_refused(store):
     with pytest.raises(ValueError, match="invalid site id"):
         registry.register("encoder", site="../x", aligned_to="p")
     assert registry.records() == []
+
+
+def test_the_hook_hears_of_each_new_record_once_and_not_of_a_named_runs_rerun(store):
+    heard = []
+    registry = Registry(store, on_register=lambda record, by: heard.append((record.id, by)))
+    first = registry.register("prior", name="fit-1", fingerprint="a" * 64)
+    assert registry.register("prior", name="fit-1", fingerprint="a" * 64) == first  # a rerun: no new record
+    second = registry.register("encoder", site="s1", aligned_to=first.id)
+    assert heard == [(first.id, registry), (second.id, registry)]
+    Registry(store).register("sweep")  # a registry without a hook tells no one
+    assert len(heard) == 2
 
 
 def test_the_registry_answers_its_questions(store):
@@ -77,7 +51,7 @@ def test_the_registry_answers_its_questions(store):
 def test_records_read_into_one_pyarrow_table(store):
     registry = Registry(store)
     fleet = build_fleet(registry)
-    table = registry.table()
+    table = records_table(registry.records())
     assert isinstance(table, pa.Table) and table.num_rows == len(fleet)
     assert table.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert table.filter(pa.compute.equal(table["kind"], "encoder")).num_rows == 4
@@ -110,14 +84,14 @@ def test_snapshots_make_ls_read_one_object_and_never_change_its_answer(s3_store,
     registry = Registry(store)
     first = [registry.register("prior", config={"i": i}) for i in range(4)]
     assert registry.records() == first  # 4 missing >= 3: this call also wrote a snapshot
-    (name,) = store.list(snapshots.SNAPSHOTS)
+    (name,) = store.list(layout.SNAPSHOTS)
     assert set(snapshots.read_latest(store)) == {r.id for r in first}
     later = registry.register("encoder", site="s1", aligned_to=first[0].id)
     reads = []
     monkeypatch.setattr(store, "read_many", lambda keys: reads.extend(keys) or [store.read(k) for k in keys])
     assert registry.records() == [*first, later]  # snapshot + the one record it lacks
     assert reads == [f"registry/records/{later.id}.json"]
-    assert store.list(snapshots.SNAPSHOTS) == [name]  # 1 missing < 3: no new snapshot
+    assert store.list(layout.SNAPSHOTS) == [name]  # 1 missing < 3: no new snapshot
 
 
 def test_a_snapshot_never_overrides_the_record_files(s3_store, tmp_path, monkeypatch):
@@ -145,7 +119,7 @@ def test_local_stores_read_the_record_files_and_write_no_snapshot(tmp_path, monk
     registry = Registry(store)
     records = [registry.register("prior", metrics={"fm": 1.0}) for _ in range(2)]
     assert registry.records() == records
-    assert store.list(snapshots.SNAPSHOTS) == []  # a local listing cannot vouch for a snapshot's rows
+    assert store.list(layout.SNAPSHOTS) == []  # a local listing cannot vouch for a snapshot's rows
 
 
 @pytest.mark.parametrize("content, message", [
@@ -209,25 +183,6 @@ def test_concurrent_runs_of_one_name_register_once_and_other_settings_are_refuse
     assert len(registry.records()) == 1
 
 
-def test_a_copied_store_still_loads_its_priors(tiny_prior, tmp_path):
-    import dataclasses
-    import shutil
-
-    from pipeline.storage import Store
-
-    registry = Registry(Store.open(str(tmp_path / "old")))
-    record = registry.publish_prior(tiny_prior)
-    # a record from before artifacts were keys: an absolute URI under the store's old location
-    legacy = dataclasses.replace(record, id="prior-legacy", artifact=f"s3://old-bucket/fleet/{record.artifact}")
-    registry.store.create("registry/records/prior-legacy.json", legacy.to_json())
-    shutil.copytree(tmp_path / "old", tmp_path / "new")
-    shutil.rmtree(tmp_path / "old")
-    moved = Registry(Store.open(str(tmp_path / "new")))
-    y, t = torch.randn(4, 3), torch.rand(4)
-    for rid in (record.id, "prior-legacy"):
-        assert torch.equal(moved.load_prior(rid).velocity(y, t), tiny_prior.velocity(y, t))
-
-
 def test_a_bad_alias_entry_is_named(store):
     registry = Registry(store)
     registry.register("prior")
@@ -264,7 +219,6 @@ def test_a_stray_file_name_in_the_registry_is_skipped_with_a_warning_and_reporte
 def test_compact_brings_both_snapshots_up_to_date_so_the_next_reader_reads_no_record_file(s3_store, tmp_path):
     """What a fleet command does at its end (``Registry.compact``): the next ``fleet status`` reads the two
     snapshots and the listings, not the records and alias entries the command added."""
-    from pipeline.registry import snapshots
     from pipeline.registry.fleet import fleet_status
     from pipeline.storage import Store
     from tests.support.counting import CountingStore
@@ -273,16 +227,16 @@ def test_compact_brings_both_snapshots_up_to_date_so_the_next_reader_reads_no_re
     core = registry.register("prior")
     for site in ("s1", "s2", "s3"):  # fewer than COMPACT_AFTER: a reader alone would not write a snapshot
         registry.register("encoder", site=site, aligned_to=core.id)
-    registry.compact()
-    assert len(s3_store.list(snapshots.SNAPSHOTS)) == len(s3_store.list(snapshots.ALIAS_SNAPSHOTS)) == 1
+    record_files.compact(registry.store)
+    assert len(s3_store.list(layout.SNAPSHOTS)) == len(s3_store.list(layout.ALIAS_SNAPSHOTS)) == 1
     counting = CountingStore(s3_store)
     fleet = fleet_status(Registry(counting))
     assert [s.encoder is not None for s in fleet.sites] == [True] * 3
     assert counting.requests == {"list": 4, "read": 2}  # records, snapshots, aliases, alias snapshots; 2 snapshots
-    registry.compact()  # nothing new: nothing written
-    assert len(s3_store.list(snapshots.SNAPSHOTS)) == len(s3_store.list(snapshots.ALIAS_SNAPSHOTS)) == 1
+    record_files.compact(registry.store)  # nothing new: nothing written
+    assert len(s3_store.list(layout.SNAPSHOTS)) == len(s3_store.list(layout.ALIAS_SNAPSHOTS)) == 1
 
     local = Registry(Store.open(str(tmp_path / "local")))
     local.register("prior")
-    local.compact()
-    assert local.store.list(snapshots.SNAPSHOTS) == []  # a local listing cannot vouch for a snapshot's rows
+    record_files.compact(local.store)
+    assert local.store.list(layout.SNAPSHOTS) == []  # a local listing cannot vouch for a snapshot's rows

@@ -6,9 +6,11 @@ import time
 
 import pytest
 
-from pipeline.registry import Registry, retention, snapshots
+from pipeline.registry import Registry, leases, record_files, snapshots
 from pipeline.registry.check import check
-from pipeline.registry.retention import collect, live_leases
+from pipeline.registry.leases import live_leases
+from pipeline.registry.retention import collect
+from pipeline.storage import layout
 
 
 def fill(store, tmp_path) -> dict:
@@ -21,9 +23,9 @@ def fill(store, tmp_path) -> dict:
     for run, files in (("fit-1", 3), ("abandoned-7", 2)):
         for i in range(files):
             store.create(f"ray-runs/{run}/checkpoint_{i:06d}/model.pt", b"x" * 1000)
-    snapshots.write(store, registry.raw_records())
+    snapshots.write(store, record_files.read(registry.store))
     sweep = registry.register("sweep")
-    snapshots.write(store, registry.raw_records())  # supersedes the first
+    snapshots.write(store, record_files.read(registry.store))  # supersedes the first
     return {"registry": registry, "kept": kept, "sweep": sweep}
 
 
@@ -32,9 +34,9 @@ def test_gc_deletes_only_what_nothing_references(store, tmp_path):
     registry, kept = made["registry"], made["kept"]
     preview = collect(registry, keep_days=0, dry_run=True)
     doomed = {d.key: d for d in preview.doomed}
-    superseded = sorted(store.list(snapshots.SNAPSHOTS))[0]
+    superseded = sorted(store.list(layout.SNAPSHOTS))[0]
     assert set(doomed) == {"artifacts/" + "0" * 64 + ".bin", "ray-runs/fit-1", "ray-runs/abandoned-7",
-                           f"{snapshots.SNAPSHOTS}/{superseded}"}
+                           f"{layout.SNAPSHOTS}/{superseded}"}
     assert doomed["ray-runs/fit-1"].why.startswith("registered, 3 objects")
     assert doomed["ray-runs/abandoned-7"].bytes == 2000 and doomed["ray-runs/abandoned-7"].why.startswith("abandoned")
     assert preview.deleted == [] and len(store.list_tree("ray-runs")) == 5  # a dry run deletes nothing
@@ -43,7 +45,7 @@ def test_gc_deletes_only_what_nothing_references(store, tmp_path):
     done = collect(registry, keep_days=0)
     assert sorted(done.deleted) == sorted(doomed) and done.stopped is None and done.bytes == preview.bytes
     assert store.list_tree("ray-runs") == {} and store.list("artifacts") == [kept.artifact.split("/", 1)[1]]
-    assert len(store.list(snapshots.SNAPSHOTS)) == 1 and registry.records() == [kept, made["sweep"]]
+    assert len(store.list(layout.SNAPSHOTS)) == 1 and registry.records() == [kept, made["sweep"]]
     assert check(registry).ok and live_leases(store) == []  # the lease is gone
     if store.is_local:
         assert not (store.backend.root / "ray-runs" / "fit-1").exists()  # no empty folders left behind
@@ -125,13 +127,13 @@ def test_gc_racing_eight_publishers_never_deletes_a_referenced_artifact(store, t
 
 @pytest.mark.slow
 def test_publishers_wait_while_a_gc_holds_a_live_lease(store, monkeypatch):
-    store.create(f"{retention.LEASES}/{int(time.time()) + 3600}-abcd.lease", b"")
-    store.create(f"{retention.LEASES}/{int(time.time()) - 3600}-dead.lease", b"")  # a crashed gc's, expired
+    store.create(f"{layout.LEASES}/{int(time.time()) + 3600}-abcd.lease", b"")
+    store.create(f"{layout.LEASES}/{int(time.time()) - 3600}-dead.lease", b"")  # a crashed gc's, expired
     assert len(live_leases(store)) == 1
     slept = []
-    monkeypatch.setattr(retention.time, "sleep", lambda s: slept.append(s) or store.delete(
-        f"{retention.LEASES}/{live_leases(store)[0]}"))
-    retention.wait_for_collectors(store)
+    monkeypatch.setattr(leases.time, "sleep", lambda s: slept.append(s) or store.delete(
+        f"{layout.LEASES}/{live_leases(store)[0]}"))
+    leases.wait_for_collectors(store)
     assert slept == [0.25] and live_leases(store) == []
 
 
@@ -208,12 +210,12 @@ def test_a_lease_from_the_far_future_holds_a_publisher_no_longer_than_any_gc_run
                                                                                  caplog):
     from pipeline.registry import CORE_ALIAS
 
-    store.create(f"{retention.LEASES}/9999999999-ahead.lease", b"")  # year 2286: a clock far ahead, or a stray file
+    store.create(f"{layout.LEASES}/9999999999-ahead.lease", b"")  # year 2286: a clock far ahead, or a stray file
     clock = Clock()
-    monkeypatch.setattr(retention, "time", clock)
+    monkeypatch.setattr(leases, "time", clock)
     (tmp_path / "w.bin").write_bytes(b"weights")
     record = Registry(store).register("prior", artifact=tmp_path / "w.bin")
-    assert retention.LEASE_SECONDS <= clock.slept <= retention.LEASE_SECONDS + retention.CLOCK_MARGIN + 1
+    assert leases.LEASE_SECONDS <= clock.slept <= leases.LEASE_SECONDS + leases.CLOCK_MARGIN + 1
     assert Registry(store).alias(CORE_ALIAS) == record.id and store.exists(record.artifact)  # the publish finished
     assert "gave up waiting for gc lease(s) 9999999999-ahead.lease" in caplog.text
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from pipeline.errors import DataError
+from pipeline.method.configs import FitConfig
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
-from pipeline.sites import Thresholds, decide, load_site_spec, measure, probe
+from pipeline.sites import Thresholds, decide, load_site_spec, measure, probe_finetune
 from pipeline.sites.spec import FinetuneSettings
 from pipeline.storage import Store
 from tests.support.sites import SITE, flowprior, publish_core, small_spec
@@ -40,7 +40,7 @@ def check(core, points: torch.Tensor) -> dict:
     train, held = z[: int(0.9 * len(z))], z[int(0.9 * len(z)):]
     settings = FinetuneSettings()
     return {**measure(prior, held, fm, nll, SAMPLES, seed=1),
-            **probe(prior, train, held, settings.probe_steps, settings.lr, settings.batch_size, seed=1)}
+            **probe_finetune(prior, train, held, settings.probe_steps, settings.lr, settings.batch_size, seed=1)}
 
 
 @pytest.mark.slow

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from pipeline.errors import DataError
+from pipeline.method.configs import FitConfig
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
-from pipeline.sites import probe
+from pipeline.sites import probe_finetune
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 
 
@@ -74,4 +74,4 @@ def test_a_probe_that_diverges_names_the_probe_settings(tiny):
     core, z = tiny
     with pytest.raises(DataError, match=r"^the 20-step probe fine-tune diverged \(.*lr 1000\): lower finetune\.lr "
                                         r"or finetune\.probe_steps in the site spec$"):
-        probe(core, z[:300], z[300:], steps=20, lr=1e3, batch_size=64)
+        probe_finetune(core, z[:300], z[300:], steps=20, lr=1e3, batch_size=64)

@@ -4,11 +4,11 @@ latest check and priors, and the core go by names and aliases, never by listing 
 import pytest
 
 from pipeline.registry import Registry
-from pipeline.registry.layout import RECORDS
 from pipeline.sites import load_site_spec
 from pipeline.sites.align import align_site
 from pipeline.sites.steps import finished_path
 from pipeline.storage import Store
+from pipeline.storage.layout import RECORDS
 from tests.support.counting import CountingStore, requests_per_step
 from tests.support.fleet import other_sites
 from tests.support.sites import publish_core, small_spec

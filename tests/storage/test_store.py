@@ -5,8 +5,7 @@ import pytest
 
 from pipeline.errors import DataError, StoreError
 from pipeline.registry import Registry
-from pipeline.storage import AlreadyExists, S3Options, Store, validate_name
-from pipeline.storage.store import check_key
+from pipeline.storage import AlreadyExists, S3Options, Store, check_key, validate_name
 
 
 def test_create_is_create_if_absent_and_never_overwrites(store):

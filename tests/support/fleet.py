@@ -3,8 +3,8 @@
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.registry import Record, Registry, aliases
-from pipeline.registry.layout import RECORDS
 from pipeline.storage import Store
+from pipeline.storage.layout import RECORDS
 
 
 def build_fleet(registry: Registry) -> dict:

@@ -11,10 +11,11 @@ from pipeline.data import read_features
 from pipeline.data.schema import FeatureSchema
 from pipeline.data.split import split_indices
 from pipeline.datasets import la_haute_borne as lhb
+from pipeline.method.configs import FitConfig
 from pipeline.method.prior import FlowPrior
-from pipeline.method.training import FitConfig
 from pipeline.registry import Registry
 from pipeline.sites import measure
+from pipeline.sites.models import publish_prior
 from pipeline.storage import Store
 
 SITE = "R80736"  # a turbine whose shipped spec is its healthy 2015 operation (a reuse site in the demo)
@@ -32,9 +33,9 @@ def publish_core(store_uri: str, steps: int = 150, contract: bool = True):
     if contract:
         prior.info["features"] = FeatureSchema.measure(x.columns, x.dtypes, x.values[train]).to_dict()
     own = measure(prior, prior.to_prior(x.values[heldout][:2000]), 1.0, 0.0, 1000)
-    return Registry(Store.open(store_uri)).publish_prior(
-        prior, fingerprint=x.fingerprint, metrics={"heldout_fm": own["fm_site"], "heldout_nll_proxy": own["nll_site"],
-                                                   "nll_samples": 1000})
+    return publish_prior(
+        Registry(Store.open(store_uri)), prior, fingerprint=x.fingerprint,
+        metrics={"heldout_fm": own["fm_site"], "heldout_nll_proxy": own["nll_site"], "nll_samples": 1000})
 
 
 def small_spec(tmp_path: Path, site: str = SITE, **overrides) -> Path:

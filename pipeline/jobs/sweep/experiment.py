@@ -13,22 +13,19 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from typing import Callable
 
 from ray import tune
 
-from pipeline.errors import UntrustedState
+from pipeline.errors import TrainingError, UntrustedState
 from pipeline.jobs import runtime
 from pipeline.jobs.sweep import finished
 from pipeline.jobs.sweep.finished import EndedTrial
 from pipeline.jobs.sweep.trial import HISTORY_KEYS, settings_of
-from pipeline.progress import duration
+from pipeline.progress import Say, duration
 from pipeline.storage import Store
 from pipeline.sweeps import SweepSpec
 from pipeline.sweeps.spec import SWEPT
 from pipeline.tracking import TAG, Tracking
-
-Say = Callable[[str], None]
 
 # Where the running experiment's progress lines go. Tune pickles its callbacks with the experiment (and a
 # resumed run unpickles them), so the output function cannot be part of one: run_experiment sets it for
@@ -40,7 +37,7 @@ class SweepInterrupted(RuntimeError):
     """The Tune experiment stopped before every trial ended (Ctrl+C); rerunning the same command resumes it."""
 
 
-class Progress(tune.Callback):
+class TrialLines(tune.Callback):
     """One line per trial that ends, with what it reached and the running count."""
 
     def __init__(self, label: str, total: int, epochs: int) -> None:
@@ -117,12 +114,12 @@ def run_experiment(name: str, trainable, param_space: dict, samples: int, total:
                                         trial_dirname_creator=_trial_folder,
                                         reuse_actors=reuse_actors),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
-                                      callbacks=[Progress(f"sweep {name}", total, spec.epochs), *mlflow],
+                                      callbacks=[TrialLines(f"sweep {name}", total, spec.epochs), *mlflow],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       failure_config=tune.FailureConfig(max_failures=1)))
     grid = contextvars.copy_context().run(_fit, tuner, say)
     if grid.errors:
-        raise RuntimeError(f"sweep {spec.name}: {len(grid.errors)} trial(s) of {name} failed; the first: "
+        raise TrainingError(f"sweep {spec.name}: {len(grid.errors)} trial(s) of {name} failed; the first: "
                            f"{grid.errors[0]}") from grid.errors[0]
     # after Ctrl+C Tune reports every trial as terminated; the state it saved says which were not
     saved = tune.ExperimentAnalysis(path, storage_filesystem=filesystem).trials

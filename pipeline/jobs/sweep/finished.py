@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import RegistryError
-from pipeline.registry.retention import RAY_RUNS
 from pipeline.storage import AlreadyExists, Store
+from pipeline.storage.layout import RAY_RUNS
 
 FILE = "flowprior-trials.json"
 FORMAT = 1

@@ -3,22 +3,24 @@ site and the ``sweep`` record (see :mod:`pipeline.jobs.sweep`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, replace
 
 from ray import tune
 
-from pipeline.errors import SpecError
+from pipeline.errors import SpecError, TrainingError
+from pipeline.hashing import json_digest
 from pipeline.jobs import runtime
-from pipeline.jobs.sweep.experiment import Say, run_experiment
+from pipeline.jobs.sweep.experiment import run_experiment
 from pipeline.jobs.sweep.scheduling import grid_points, scheduler_of
 from pipeline.jobs.sweep.trial import SiteData, settings_of, trainable, trial_entry
+from pipeline.progress import Say
 from pipeline.registry import Record, Registry
 from pipeline.sites.align import alignment_data, alignment_prior
+from pipeline.sites.models import load_prior
 from pipeline.storage import Store, validate_name
 from pipeline.sweeps import SweepSpec, choose, pareto_front
+from pipeline.tracking import tracked_registry
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class SweepResult:
 
 
 def _digest(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:10]
+    return json_digest(value)[:10]
 
 
 def experiment_names(spec: SweepSpec, sites: dict[str, SiteData]) -> tuple[str, str]:
@@ -66,7 +68,7 @@ def site_data(spec: SweepSpec, registry: Registry) -> dict[str, SiteData]:
     sites: dict[str, SiteData] = {}
     for site in spec.sites:
         prior_id = alignment_prior(registry, site.site, site.target.scan().fingerprint)
-        prior = registry.load_prior(prior_id)
+        prior = load_prior(registry, prior_id)
         observations, target, target_nll = alignment_data(site, prior)
         if spec.select.metric == "nll_gap" and target_nll is None:
             raise SpecError(f"{site.path}: select.metric nll_gap needs the target's own kNN NLL, but the target "
@@ -86,7 +88,7 @@ def _choices(spec: SweepSpec, sites: dict[str, SiteData], trials: list[dict], ba
         own = [t for t in trials if t["site"] == site]
         chosen = choose(own)
         if chosen is None:
-            raise RuntimeError(f"sweep {spec.name}: no trial of site {site} ran to the end")
+            raise TrainingError(f"sweep {spec.name}: no trial of site {site} ran to the end")
         done = [t for t in own if t["completed"]]
         front = pareto_front([(spec.select.reconstruction(t["final"]), spec.select.score(t["final"], data.target_nll))
                               for t in done])
@@ -107,11 +109,11 @@ def run_sweep(spec: SweepSpec, store: Store, address: str | None = None, say: Sa
     ``reuse_actors=False`` starts every trial in a new worker process (what ``benchmarks/sweep_scale.py``
     compares with). See :mod:`pipeline.jobs.sweep`."""
     started = time.perf_counter()
-    registry = Registry(store)
+    registry = tracked_registry(store)
     sites = site_data(spec, registry)
     default_name, baseline_name = experiment_names(spec, sites)
     name = validate_name(name, "sweep name") if name else default_name
-    fingerprint = hashlib.sha256(json.dumps({s: d.fingerprint for s, d in sorted(sites.items())}).encode()).hexdigest()
+    fingerprint = json_digest({s: d.fingerprint for s, d in sorted(sites.items())})
     done = registry.find_run("sweep", name, legacy=True)
     if done:
         registry.same_run(done, fingerprint, {"experiment": default_name})

@@ -19,7 +19,8 @@ import torch
 from ray import tune
 
 from pipeline.jobs.sweep.finished import EndedTrial
-from pipeline.method.encoder import AlignConfig, EncoderTraining
+from pipeline.method.configs import AlignConfig
+from pipeline.method.encoder import EncoderTraining
 from pipeline.method.prior import FlowPrior
 from pipeline.sweeps import Selection, SweepSpec
 from pipeline.sweeps.spec import SWEPT
