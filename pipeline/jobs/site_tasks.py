@@ -103,7 +103,7 @@ def cause(error: Exception) -> Exception:
     import ray
 
     if isinstance(error, ray.exceptions.RayTaskError):
-        return error.cause if isinstance(error.cause, FlowpriorError) else error.as_instanceofcause()
+        return error.cause if isinstance(error.cause, FlowpriorError) else error.as_instanceof_cause()
     return error
 
 

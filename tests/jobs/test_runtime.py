@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pipeline.errors import RayUnreachable
-from pipeline.jobs.runtime import probe
+from pipeline.jobs.runtime import check_reachable
 
 
 def closed_port() -> int:
@@ -20,14 +20,14 @@ def test_a_dead_ray_address_fails_fast(form):
     address = form.format(f"127.0.0.1:{closed_port()}")
     start = time.monotonic()
     with pytest.raises(RayUnreachable, match=f"no Ray cluster answers at {address}"):
-        probe(address)
+        check_reachable(address)
     assert time.monotonic() - start < 10  # ray.init(address=...) itself ran past 84 s here
 
 
 @pytest.mark.parametrize("address", ["nonsense", "host:notaport", "ray://"])
 def test_malformed_addresses_are_refused(address):
     with pytest.raises(ValueError, match="expected host:port"):
-        probe(address)
+        check_reachable(address)
 
 
 def test_the_raylets_warnings_go_to_rays_log_folder_and_its_other_messages_are_printed(local_ray, monkeypatch,

@@ -343,7 +343,7 @@ def test_a_site_task_killed_mid_finetune_still_completes_and_registers_once(loca
             result["error"] = error
 
     def reached_kill_step() -> tuple[int, Path] | None:  # the task's worker and its log, once it reported KILL_AT
-        for pid in pids_titled("ray::_run_step"):
+        for pid in pids_titled("ray::run_step"):
             log = stdout_file(pid)
             if log is not None and any(step >= KILL_AT for step in reported_steps(log.read_text(errors="replace"))):
                 return pid, log
