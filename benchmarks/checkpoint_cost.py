@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from train_step_profile import timed  # median seconds per call after a warm-up
 
 from pipeline.method.configs import FitConfig, VelocityConfig
 from pipeline.method.training import new_training, train_step
@@ -40,16 +39,6 @@ def save_legacy(folder: str, model, ema, optimiser, run: dict) -> None:
         json.dump(run, f)
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(width: int, depth: int, dim: int, repeats: int) -> dict:
     velocity, fit = VelocityConfig(dim=dim, width=width, depth=depth), FitConfig(steps=10, warmup=2, batch_size=64)
     model, ema, optimiser = new_training(velocity, fit, "cpu", seed=0)
@@ -60,10 +49,10 @@ def measure(width: int, depth: int, dim: int, repeats: int) -> dict:
     params = sum(p.numel() for p in model.parameters())
     out = {"width": width, "depth": depth, "dim": dim, "parameters": params}
     with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as four:
-        out["write_one_file_s"] = median_seconds(lambda: save_training_state(one, model, ema, optimiser, run), repeats)
-        out["write_four_files_s"] = median_seconds(lambda: save_legacy(four, model, ema, optimiser, run), repeats)
-        out["read_one_file_s"] = median_seconds(lambda: load_training_state(one, model, ema, optimiser), repeats)
-        out["read_four_files_s"] = median_seconds(lambda: load_training_state(four, model, ema, optimiser), repeats)
+        out["write_one_file_s"] = timed(lambda: save_training_state(one, model, ema, optimiser, run), repeats)
+        out["write_four_files_s"] = timed(lambda: save_legacy(four, model, ema, optimiser, run), repeats)
+        out["read_one_file_s"] = timed(lambda: load_training_state(one, model, ema, optimiser), repeats)
+        out["read_four_files_s"] = timed(lambda: load_training_state(four, model, ema, optimiser), repeats)
         out["bytes_one_file"] = sum(f.stat().st_size for f in Path(one).iterdir())
         out["bytes_four_files"] = sum(f.stat().st_size for f in Path(four).iterdir())
     out["write_ratio"] = out["write_one_file_s"] / out["write_four_files_s"]

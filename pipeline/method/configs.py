@@ -57,7 +57,7 @@ class FitConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     log_every: int = 250
-    precision: str = "fp32"  # or "bf16": autocast for the flow-matching forward/backward (see training)
+    precision: str = PRECISIONS[0]  # "fp32", or "bf16": autocast for the flow-matching forward/backward (see training)
     t_group: int = 1  # samples sharing one (stratified) t; > 1 saves time-conditioning FLOPs (see losses)
 
     @classmethod
