@@ -1,6 +1,8 @@
 """What an earlier flowprior stored still reads: a store written before the #32 refactor (commit a25c792, see
 ``tests/fixtures/store-v1/README.md``), its records, aliases, snapshot, artifacts and training checkpoints,
-loaded with today's code and compared with what that code computed from them (``expected.json``)."""
+loaded with today's code and compared with what that code computed from them (``expected.json``). Its two
+training checkpoints (a Ray Train worker's folder, a sweep trial's encoder state) are resumed in
+``tests/method/test_training_state.py``."""
 
 import json
 import shutil
