@@ -70,8 +70,8 @@ def measure(prior: FlowPrior, z: torch.Tensor, core_fm: float, core_nll: float, 
             "samples": samples}
 
 
-def probe_finetune(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, lr: float, batch_size: int,
-          seed: int = 0) -> dict:
+def probe_finetune(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, lr: float,
+                   batch_size: int, seed: int = 0) -> dict:
     """Fine-tune ``core`` for ``steps`` on the site's training points ``z_train`` (n, d1); its held-out FM
     on ``z`` (m, d1) against the core's, with the same noise: ``probe_gain`` (module docstring)."""
     fit = site_fit_config(core, "finetune", steps, lr, batch_size, log_every=steps)

@@ -9,7 +9,8 @@ from pipeline.errors import DataError
 from pipeline.method.configs import FitConfig
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import Registry
-from pipeline.sites import Thresholds, decide, load_site_spec, measure, probe_finetune
+from pipeline.sites import Thresholds, load_site_spec
+from pipeline.sites.decision import decide, measure, probe_finetune
 from pipeline.sites.spec import FinetuneSettings
 from pipeline.storage import Store
 from tests.support.sites import SITE, flowprior, publish_core, small_spec

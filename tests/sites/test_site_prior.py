@@ -7,7 +7,7 @@ from pipeline.errors import DataError
 from pipeline.method.configs import FitConfig
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
-from pipeline.sites import probe_finetune
+from pipeline.sites.decision import probe_finetune
 from pipeline.sites.site_prior import site_fit_config, train_site_prior
 
 

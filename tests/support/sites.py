@@ -14,7 +14,7 @@ from pipeline.datasets import la_haute_borne as lhb
 from pipeline.method.configs import FitConfig
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import Registry
-from pipeline.sites import measure
+from pipeline.sites.decision import measure
 from pipeline.sites.models import publish_prior
 from pipeline.storage import Store
 
