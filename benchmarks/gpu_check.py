@@ -18,6 +18,7 @@
    device, checks that the weights are the checkpoint's and that every optimiser tensor sits beside
    its parameter, and trains on.
 4. **Site fine-tune and encoder alignment** on the device (:func:`~pipeline.sites.site_prior.train_site_prior`,
+   full and as an adapter, whose file is loaded back onto the core on the device;
    :func:`~pipeline.method.encoder.train_encoder`), with their seconds and results.
 
 Everything goes to ``--json`` (default ``benchmarks/results/gpu_check.json`` on a GPU); a failed
@@ -43,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from pipeline.method.checkpoint import load_checkpoint  # noqa: E402
-from pipeline.method.configs import AlignConfig, FitConfig, VelocityConfig  # noqa: E402
+from pipeline.method.configs import AdapterConfig, AlignConfig, FitConfig, VelocityConfig  # noqa: E402
 from pipeline.method.encoder import train_encoder  # noqa: E402
 from pipeline.method.metrics import heldout_fm  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
@@ -204,6 +205,17 @@ def site_steps(args, device: torch.device) -> dict:
                 "heldout_fm_core": heldout_fm(core_prior.velocity, site_data[4_500:]),
                 "heldout_fm_site": site.info["history"][-1]["heldout_fm"],
                 "device": str(next(site.velocity.parameters()).device)}
+    start = time.perf_counter()
+    adapted = train_site_prior(core_prior, site_data[:4_500], site_data[4_500:], "finetune", fit,
+                               adapter=AdapterConfig())
+    with tempfile.TemporaryDirectory() as tmp:  # the adapter file alone, composed again with the core on the device
+        core_sha = core_prior.save(Path(tmp) / "core.safetensors")
+        adapted.save_adapter(Path(tmp) / "adapter.safetensors", {"id": "prior-core", "sha256": core_sha})
+        loaded = FlowPrior.load_adapter(Path(tmp) / "adapter.safetensors", core_prior, core_sha)
+    finetune["adapter"] = {"seconds": time.perf_counter() - start,
+                           "heldout_fm_site": adapted.info["history"][-1]["heldout_fm"],
+                           "heldout_fm_loaded": heldout_fm(loaded.velocity, site_data[4_500:]),
+                           "device": str(next(loaded.velocity.parameters()).device)}
     observations = torch.cat([site_data[:4_000], torch.randn(4_000, 4, device=device)], dim=1)  # (4000, dim + 4)
     start = time.perf_counter()
     run = train_encoder(observations.cpu().numpy(), site, AlignConfig(lam=0.01, steps=steps, log_every=steps,

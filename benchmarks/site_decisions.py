@@ -89,6 +89,40 @@ def load_where(site: str, year: int, keep) -> np.ndarray:
     return x[rows].astype(np.float32)
 
 
+def core_pool() -> np.ndarray:
+    """The core prior's rows: the healthy, complete 2014 rows of all four turbines (n, 10)."""
+    return load({"year": 2014, "fault": False})
+
+
+def turbine_sites() -> dict[str, np.ndarray]:
+    """The sites checked against the core of :func:`core_pool` (module docstring, step 2), by name: rows (n, 10)."""
+    r80711_2015 = load({"site": "R80711", "year": 2015, "fault": False})
+    rng = np.random.default_rng(0)
+    sites = {f"{t} 2015": load({"site": t, "year": 2015, "fault": False}) for t in lhb.TURBINES}
+    sites["R80711 2014 (a part of the core's pool)"] = load({"site": "R80711", "year": 2014, "fault": False})[:20000]
+    for factor in (0.9, 0.75, 0.5):
+        sites[f"R80711 2015 power x{factor}"] = degraded_power(r80711_2015, factor)
+    sites["R80711 2015 columns permuted"] = r80711_2015[:, rng.permutation(r80711_2015.shape[1])]
+    for shift in (3.0, 4.5, 6.0):  # every column moved by `shift` (pooled) standard deviations: far outside the core
+        sites[f"R80711 2015 shifted +{shift:g} sd"] = r80711_2015 + shift
+    wind = lhb.FEATURES.index("wind_speed")  # z-scored over the fleet
+    sites["R80711 2015 low wind (< -0.5 sd)"] = load_where("R80711", 2015, lambda m, x: x[:, wind] < -0.5)
+    sites["R80711 2015 high wind (> +1 sd)"] = load_where("R80711", 2015, lambda m, x: x[:, wind] > 1.0)
+    sites["R80711 2015 winter (Dec-Feb)"] = load_where("R80711", 2015, lambda m, x: np.isin(m, (12, 1, 2)))
+    sites["R80711 2015 summer (Jun-Aug)"] = load_where("R80711", 2015, lambda m, x: np.isin(m, (6, 7, 8)))
+    return sites
+
+
+def group_pool() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A pool of clearly different groups (each turbine's 2014 rows moved 3 sd along its own column), and its
+    sites: each group's 2015 rows, moved alike."""
+    moves = {t: 3.0 * np.eye(len(lhb.FEATURES), dtype=np.float32)[k] for k, t in enumerate(lhb.TURBINES)}
+    groups = np.concatenate([load({"site": t, "year": 2014, "fault": False}) + moves[t] for t in lhb.TURBINES])
+    sites = {f"group {t} (moved +3 sd)": load({"site": t, "year": 2015, "fault": False}) + moves[t]
+             for t in lhb.TURBINES}
+    return groups, sites
+
+
 def label(reuse_vs_site: float) -> str:
     """The rule's contract: within 3% of the best site prior -> reuse; 5% or more worse -> not reuse."""
     return "reuse" if reuse_vs_site <= 1.03 else "not reuse" if reuse_vs_site >= 1.05 else "either"
@@ -147,7 +181,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    pool = load({"year": 2014, "fault": False})
+    pool = core_pool()
     train, held = split_indices(pool, 0.1, seed=0)
     core = FlowPrior.fit(pool[train], **CORE, fit=FitConfig(steps=args.core_steps), seed=0)
     z_core = core.to_prior(pool[held])
@@ -156,33 +190,16 @@ def main() -> None:
     print(f"core: {len(train)} rows, held-out FM {core_fm:.4f}, held-out kNN NLL {core_nll:.3f} "
           f"({time.perf_counter() - started:.0f} s)")
 
-    r80711_2015 = load({"site": "R80711", "year": 2015, "fault": False})
-    rng = np.random.default_rng(0)
-    sites = {f"{t} 2015": load({"site": t, "year": 2015, "fault": False}) for t in lhb.TURBINES}
-    sites["R80711 2014 (a part of the core's pool)"] = load({"site": "R80711", "year": 2014, "fault": False})[:20000]
-    for factor in (0.9, 0.75, 0.5):
-        sites[f"R80711 2015 power x{factor}"] = degraded_power(r80711_2015, factor)
-    sites["R80711 2015 columns permuted"] = r80711_2015[:, rng.permutation(r80711_2015.shape[1])]
-    for shift in (3.0, 4.5, 6.0):  # every column moved by `shift` (pooled) standard deviations: far outside the core
-        sites[f"R80711 2015 shifted +{shift:g} sd"] = r80711_2015 + shift
-    wind = lhb.FEATURES.index("wind_speed")  # z-scored over the fleet
-    sites["R80711 2015 low wind (< -0.5 sd)"] = load_where("R80711", 2015, lambda m, x: x[:, wind] < -0.5)
-    sites["R80711 2015 high wind (> +1 sd)"] = load_where("R80711", 2015, lambda m, x: x[:, wind] > 1.0)
-    sites["R80711 2015 winter (Dec-Feb)"] = load_where("R80711", 2015, lambda m, x: np.isin(m, (12, 1, 2)))
-    sites["R80711 2015 summer (Jun-Aug)"] = load_where("R80711", 2015, lambda m, x: np.isin(m, (6, 7, 8)))
+    sites = turbine_sites()
     rows = [check_site(core, core_fm, core_nll, name, x, args, started) for name, x in sites.items()]
 
-    # a pool of clearly different groups: each turbine moved 3 sd along its own column, one core for all
-    moves = {t: 3.0 * np.eye(len(lhb.FEATURES), dtype=np.float32)[k] for k, t in enumerate(lhb.TURBINES)}
-    groups = np.concatenate([load({"site": t, "year": 2014, "fault": False}) + moves[t] for t in lhb.TURBINES])
+    groups, group_sites = group_pool()
     g_train, g_held = split_indices(groups, 0.1, seed=0)
     group_core = FlowPrior.fit(groups[g_train], **CORE, fit=FitConfig(steps=args.core_steps), seed=0)
     g_own = measure(group_core, group_core.to_prior(groups[g_held]), 1.0, 0.0, SAMPLES)
     print(f"group core: {len(g_train)} rows ({time.perf_counter() - started:.0f} s)")
-    for t in lhb.TURBINES:
-        x = load({"site": t, "year": 2015, "fault": False}) + moves[t]
-        rows.append(check_site(group_core, g_own["fm_site"], g_own["nll_site"], f"group {t} (moved +3 sd)", x,
-                               args, started))
+    for name, x in group_sites.items():
+        rows.append(check_site(group_core, g_own["fm_site"], g_own["nll_site"], name, x, args, started))
     verdict = confusion(rows)
     print("truth \\ decision   reuse  finetune  refit")
     for truth, counts in verdict["table"].items():

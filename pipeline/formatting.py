@@ -12,6 +12,7 @@ import math
 import re
 
 NA = "n/a"  # what a missing or non-finite number reads as
+UNITS = ("B", "kB", "MB", "GB", "TB")  # decimal: 1 kB is 1000 bytes
 WIDTH = re.compile(r"^(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)")  # the width of a format spec ([[fill]align][sign]...)
 
 
@@ -33,3 +34,16 @@ def number(value: object, spec: str = "g") -> str:
         return format(value, spec)
     width = WIDTH.match(spec).group(1)
     return NA.rjust(int(width or 0))
+
+
+def size(value: object) -> str:
+    """A number of bytes as people read it (``512 B``, ``150.2 kB``, ``1.33 MB``: decimal units, three or four
+    figures), or ``n/a`` where it is not a finite number (a record from before sizes were kept)."""
+    if not finite(value):
+        return NA
+    scaled, step = float(value), 0
+    while abs(scaled) >= 999.95 and step < len(UNITS) - 1:  # 999.96 kB would round to 1000.0 kB: say 1.00 MB
+        scaled, step = scaled / 1000, step + 1
+    if step == 0:
+        return f"{scaled:.0f} B"
+    return f"{scaled:.{1 if abs(scaled) >= 100 else 2}f} {UNITS[step]}"

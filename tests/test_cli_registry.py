@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from pipeline.registry import Registry
+from pipeline.cli import main
+from pipeline.formatting import size
+from pipeline.registry import Record, Registry
 from pipeline.storage import Store
-from tests.support.fleet import build_fleet
+from tests.support.fleet import adapter_pair, build_fleet
 
 REQUIRED = {"id", "kind", "site", "parents", "created_at", "config", "metrics", "artifact", "hash", "fingerprint"}
 
@@ -56,6 +58,33 @@ def test_registry_queries_answer_from_the_cli(store_uri):
     assert none.returncode == 0 and "site s4 has no current encoder" in none.stdout
     typo = flowprior("registry", "aligned", "s9", "--store", store_uri)  # no such site
     assert typo.returncode == 2 and "no site s9 in the registry" in typo.stderr
+
+
+def test_lineage_and_ls_show_each_artifacts_size_and_how_a_site_prior_holds_it(tmp_path, capsys):
+    store = Store.open(str(tmp_path / "st"))
+    pair = adapter_pair(Registry(store), tmp_path)
+    core, adapter = pair["core"], pair["adapter"]
+    old = Record.new("site-prior", site="s8", parents=[core.id], artifact=core.artifact, hash=core.hash)
+    store.create(f"registry/records/{old.id}.json", old.to_json())  # written before sizes and methods were kept
+    assert main(["registry", "lineage", adapter.id, "--store", store.uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[5] == "artifact"
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert f"{adapter.hash[:12]} 150.2 kB adapter" in rows[adapter.id]
+    assert f"{core.hash[:12]} 1.33 MB " in rows[core.id] and not {"adapter", "full"} & set(rows[core.id].split())
+    assert main(["registry", "ls", "--kind", "site-prior", "--store", store.uri]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert f"{core.hash[:12]} n/a full" in rows[old.id] and "150.2 kB adapter" in rows[adapter.id]
+    assert main(["registry", "ls", "--json", "--store", store.uri]) == 0
+    configs = {r["id"]: r["config"] for r in json.loads(capsys.readouterr().out)}
+    assert (configs[adapter.id]["method"], configs[adapter.id]["artifact_bytes"]) == ("adapter", 150_200)
+    assert configs[adapter.id]["core"] == {"id": core.id, "hash": core.hash} and "artifact_bytes" not in configs[old.id]
+
+
+@pytest.mark.parametrize("value, said", [(0, "0 B"), (999, "999 B"), (1000, "1.00 kB"), (150_200, "150.2 kB"),
+                                         (999_960, "1.00 MB"), (1_330_000, "1.33 MB"), (None, "n/a"), (True, "n/a")])
+def test_sizes_read_in_decimal_units_with_three_or_four_figures(value, said):
+    assert size(value) == said
 
 
 def test_the_store_comes_from_the_environment_when_the_flag_is_absent(tmp_path):

@@ -29,6 +29,10 @@ def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
     assert check["site"]["finetune"]["device"] == "cpu" and check["site"]["align"]["device"] == "cpu"
     # the fine-tune learns the site: its held-out FM loss falls below the core's on the site's points
     assert check["site"]["finetune"]["heldout_fm_site"] < check["site"]["finetune"]["heldout_fm_core"]
+    # so does the adapter, and its file composed again with the core is the same site prior
+    adapter = check["site"]["finetune"]["adapter"]
+    assert adapter["heldout_fm_site"] < check["site"]["finetune"]["heldout_fm_core"] and adapter["device"] == "cpu"
+    assert adapter["heldout_fm_loaded"] == pytest.approx(adapter["heldout_fm_site"], rel=1e-4)
 
 
 @pytest.mark.slow

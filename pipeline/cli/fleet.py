@@ -1,4 +1,5 @@
-"""``flowprior fleet status``: every site's encoder, prior, staleness, last check and last sweep choice."""
+"""``flowprior fleet status``: every site's encoder, prior, staleness, site prior (adapter or full, and its size),
+last check and last sweep choice."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 from pipeline.cli.common import add_store_arguments, open_existing_store, table
 from pipeline.errors import SpecError
-from pipeline.formatting import number
+from pipeline.formatting import number, size
 
-HEADER = ("site", "encoder", "aligned to", "stale", "check", "sweep choice")
+HEADER = ("site", "encoder", "aligned to", "stale", "site prior", "check", "sweep choice")
 
 
 def _aligned(status, core: str | None) -> str:
@@ -20,6 +21,13 @@ def _aligned(status, core: str | None) -> str:
         of = "the current core" if status.aligned_core == core else status.aligned_core
         return f"site prior {status.aligned_to} (of {of})"
     return "the current core" if status.aligned_to == core else f"core {status.aligned_to}"
+
+
+def _site_prior(status) -> str:
+    """How the site's current site prior is stored: ``adapter 150.2 kB``, ``full 1.33 MB`` (``-``: none)."""
+    if status.site_prior is None:
+        return "-"
+    return f"{status.site_prior_method or '?'} {size(status.site_prior_bytes)}"
 
 
 def _row(status, fleet) -> tuple[str, ...]:
@@ -36,12 +44,12 @@ def _row(status, fleet) -> tuple[str, ...]:
                                               f"{age(status.sweep_at, now)} ago")
     encoder = "-" if status.encoder is None else f"{status.encoder} ({age(status.encoder_at, now)})"
     stale = {None: "-", True: "STALE", False: "no"}[status.stale]
-    return status.site, encoder, _aligned(status, fleet.core), stale, check, sweep
+    return status.site, encoder, _aligned(status, fleet.core), stale, _site_prior(status), check, sweep
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.registry import Registry
-    from pipeline.registry.fleet import age, fleet_status
+    from pipeline.registry.fleet import age, fleet_status, site_prior_summary
 
     fleet = fleet_status(Registry(open_existing_store(args)))
     if args.json:
@@ -50,6 +58,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     core = "none" if fleet.core is None else f"{fleet.core} ({age(fleet.core_at, fleet.read_at)} old)"
     print(f"fleet at {fleet.store}: {len(fleet.sites)} site(s), {len(fleet.stale)} stale; current core prior {core}")
     if fleet.sites:
+        print(f"site priors: {site_prior_summary(fleet)}")
         print(table(HEADER, [_row(s, fleet) for s in fleet.sites]))
     return 0
 
@@ -81,12 +90,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                  description="Views over every site the registry knows.")
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="VIEW")
     status = sub.add_parser(
-        "status", help="per site: current encoder, its prior, stale or not, last check, last sweep choice",
+        "status", help="per site: current encoder, its prior, stale or not, site prior, last check, last sweep choice",
         description="One row per site known to the registry: its current encoder and when it was registered, the "
                     "prior it is aligned to (the core prior, or a site prior and the core it derives from), whether "
-                    "it is stale (aligned outside the current core prior's family), its latest check's decision and "
-                    "numbers, and the setting the latest sweep chose for it. Reads the registry once (records and "
-                    "aliases); --json for scripts.")
+                    "it is stale (aligned outside the current core prior's family), how its current site prior is "
+                    "stored (an adapter of its core or a full prior, and its size; the fleet's total in the store "
+                    "above the table), its latest check's decision and numbers, and the setting the latest sweep "
+                    "chose for it. Reads the registry once (records and aliases); --json for scripts.")
     status.add_argument("--json", action="store_true", help="print the status as JSON (ids, times, numbers)")
     add_store_arguments(status)
     status.set_defaults(handler=cmd_status)

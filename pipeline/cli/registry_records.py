@@ -11,11 +11,13 @@ from typing import Callable
 
 from pipeline.cli.common import open_existing_store, table
 from pipeline.errors import RegistryError
+from pipeline.formatting import size
 from pipeline.registry import MissingRecord, Record, Registry, aliases, record_files
 from pipeline.registry.aliases import AliasMove
 from pipeline.registry.query import Where, select
+from pipeline.registry.records import artifact_bytes, prior_method
 
-COLUMNS = ("id", "kind", "site", "created", "links", "artifact hash", "fingerprint", "tags")
+COLUMNS = ("id", "kind", "site", "created", "links", "artifact", "fingerprint", "tags")
 ALIAS_COLUMNS = ("alias", "version", "target", "previous", "moved", "reason")
 RECORD_FIELDS = tuple(f.name for f in fields(Record))
 SITE_ALIASES = ("encoder.", "site-prior.", "site-check.")  # every site step moves its site's alias of its kind
@@ -23,10 +25,18 @@ SITE_ALIASES = ("encoder.", "site-prior.", "site-check.")  # every site step mov
 Query = Callable[[argparse.Namespace, Registry], tuple[list[Record], str]]  # a query: (records, text if none)
 
 
+def _artifact(record: Record) -> str:
+    """The artifact cell: its hash (first 12 digits), its size and, for a site prior, how the artifact holds the
+    prior (``3f2a9c1b0d4e 150.2 kB adapter``); ``-`` for a record without an artifact."""
+    if record.hash is None:
+        return "-"
+    return " ".join([record.hash[:12], size(artifact_bytes(record)), *filter(None, [prior_method(record)])])
+
+
 def _row(record: Record) -> tuple[str, ...]:
     links = [f"parent={p}" for p in record.parents] + ([f"aligned_to={record.aligned_to}"] if record.aligned_to else [])
     return (record.id, record.kind, record.site or "-", record.created_at[:19].replace("T", " "),
-            ", ".join(links) or "-", (record.hash or "-")[:12], (record.fingerprint or "-")[:12],
+            ", ".join(links) or "-", _artifact(record), (record.fingerprint or "-")[:12],
             " ".join(f"{k}={v}" for k, v in sorted(record.tags.items())) or "-")
 
 

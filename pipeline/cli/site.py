@@ -7,9 +7,10 @@ import json
 
 from pipeline.cli.common import add_precision_argument, add_record_arguments, add_store_arguments, gpu_share, open_store
 from pipeline.errors import SpecError
-from pipeline.formatting import number
+from pipeline.formatting import number, size
 from pipeline.jobs.sites import SITE_RETRIES, UNTIL
-from pipeline.sites.spec import SITE_PRIOR_MODES
+from pipeline.method.configs import FINETUNE_METHODS
+from pipeline.sites.spec import SITE_PRIOR_MODES, FinetuneSettings
 
 
 def _specs(args: argparse.Namespace) -> list:
@@ -92,14 +93,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     specs = _specs(args)
     records = run_sites(finetune_site, specs, open_store(args), address=args.address, gpu=args.gpu,
                         retries=args.retries, verbose=args.verbose, mode=args.mode, prior_id=args.prior,
-                        precision=args.precision, force=args.force, tags=dict(args.tags))
+                        precision=args.precision, method=args.method, force=args.force, tags=dict(args.tags))
     for spec, record in zip(specs, records, strict=True):
         if record is None:
             print(f"{spec.site:10s} reuse    (nothing to train)")
         else:
-            print(f"{spec.site:10s} {record.config['mode']:8s} {record.id}  held-out FM "
-                  f"{number(record.metrics.get('heldout_fm_core'), '.4f')} (core) -> "
-                  f"{number(record.metrics.get('heldout_fm'), '.4f')}")
+            print(f"{spec.site:10s} {record.config['mode']:8s} {record.config.get('method', 'full'):7s} "
+                  f"{record.id}  held-out FM {number(record.metrics.get('heldout_fm_core'), '.4f')} (core) -> "
+                  f"{number(record.metrics.get('heldout_fm'), '.4f')}, {size(record.config.get('artifact_bytes'))}")
     return 0
 
 
@@ -195,6 +196,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "prior. --mode auto (default) follows the site's latest check (checking first if needed) "
                     "and skips sites whose decision is reuse.")
     finetune.add_argument("--mode", choices=("auto", *SITE_PRIOR_MODES), default="auto")
+    finetune.add_argument("--method", choices=FINETUNE_METHODS, default=None,
+                          help="how a fine-tune trains (default: each spec's finetune.method, itself by default "
+                               f"{FinetuneSettings.method}): adapter trains a small adapter of the frozen core and "
+                               "stores only it; full trains and stores every weight. A refit is always whole")
     add_precision_argument(finetune)
     finetune.set_defaults(handler=cmd_finetune)
     return finetune

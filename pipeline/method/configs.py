@@ -17,6 +17,9 @@ PROJECTIONS = ("none", "random", "pca", "pool")
 NORMALISERS = ("global", "per-dim")
 ALIGNMENT_MODES = ("align", "match")
 """Alignment modes: ``align`` (``L_align``, the paper) and ``match`` (:mod:`pipeline.method.matching`)."""
+FINETUNE_METHODS = ("adapter", "full")
+"""How a site prior is fine-tuned from the core: ``adapter`` (:mod:`pipeline.method.adapter`, the default) or
+``full`` (every weight)."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,24 @@ class VelocityConfig:
             raise SpecError(f"VelocityConfig.frequency_dim must be even, got {self.frequency_dim}")
 
     def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """A site prior's adapter of the core (:mod:`pipeline.method.adapter`): the rank of each layer's update
+    ``s B A`` (thin layers: full rank) and ``alpha``, its scale ``s = alpha / rank``."""
+
+    rank: int = 8
+    alpha: float = 64.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise SpecError(f"adapter rank must be a positive integer, got {self.rank!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise SpecError(f"adapter alpha must be a finite number > 0, got {self.alpha!r}")
+
+    def to_dict(self) -> dict:
         return asdict(self)
 
 

@@ -6,6 +6,8 @@
     prior.sample(1000)                      # (1000, 32) samples in prior (= latent) space
     prior.to_prior(x)                       # (n, 32) features mapped to prior space
     sha = prior.save("prior.safetensors"); FlowPrior.load("prior.safetensors", expected_sha256=sha)
+    site.save_adapter("site.safetensors", {"id": core_id, "sha256": sha})   # a site prior trained as an adapter
+    FlowPrior.load_adapter("site.safetensors", core, core_sha256=sha)        # core + adapter, merged
 
 Prior space: ``z = (x P^T - mean) / scale`` (``prior.space``, a
 :class:`~pipeline.method.prior_space.PriorSpace`). The velocity field, latents, samples and
@@ -15,13 +17,15 @@ likelihoods all live there.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from pipeline.errors import CheckpointError, DataError
+from pipeline.method.adapter import load_adapter, merge
 from pipeline.method.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.method.configs import FitConfig, VelocityConfig
+from pipeline.method.configs import AdapterConfig, FitConfig, VelocityConfig
 from pipeline.method.inputs import as_points
 from pipeline.method.likelihood import log_likelihood
 from pipeline.method.losses import alignment_loss, flow_matching_loss
@@ -33,6 +37,20 @@ from pipeline.method.training_state import trained_velocity
 from pipeline.method.velocity import VelocityMLP
 
 CHECKPOINT_KIND = "flowprior.prior/v1"
+ADAPTER_KIND = "flowprior.prior-adapter/v1"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What a site prior trained as an adapter of its core holds beyond the core (:mod:`pipeline.method.adapter`):
+    its settings and tensors (``{"<layer>.lora_a" | ".lora_b" | ".bias": tensor}``)."""
+
+    config: AdapterConfig
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 def fit_info(space: PriorSpace, fit: FitConfig, history: list[dict], seed: int) -> dict:
@@ -44,13 +62,15 @@ def fit_info(space: PriorSpace, fit: FitConfig, history: list[dict], seed: int) 
 class FlowPrior:
     """A fitted, frozen flow prior. Build with :meth:`fit` or :meth:`load`."""
 
-    def __init__(self, velocity: VelocityMLP, space: PriorSpace, info: dict | None = None) -> None:
+    def __init__(self, velocity: VelocityMLP, space: PriorSpace, info: dict | None = None,
+                 adapter: Adapter | None = None) -> None:
         if velocity.config.dim != space.latent_dim:
             raise ValueError(f"inconsistent prior: velocity dim {velocity.config.dim}, prior space dim "
                              f"{space.latent_dim}")
-        self.velocity = velocity.eval().requires_grad_(False)
+        self.velocity = velocity.eval().requires_grad_(False)  # merged: an adapter's prior runs as fast as any
         self.space = space
         self.info = dict(info or {})
+        self.adapter = adapter  # a site prior trained as an adapter of its core: what it saves
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -166,6 +186,31 @@ class FlowPrior:
         tensors.update(self.space.tensors())
         config = {"velocity": self.velocity.config.to_dict(), "info": self.info}
         return save_checkpoint(path, CHECKPOINT_KIND, config, tensors)
+
+    def save_adapter(self, path: str | os.PathLike, core: dict[str, str]) -> str:
+        """Write only this site prior's adapter (tensor-only), naming the ``core`` it adapts (its registry ``id``
+        and its artifact's ``sha256``); returns the file's SHA-256."""
+        if self.adapter is None:
+            raise ValueError("this prior is not an adapter of a core: save it whole with save()")
+        config = {"adapter": self.adapter.config.to_dict(), "core": core, "info": self.info}
+        return save_checkpoint(path, ADAPTER_KIND, config, self.adapter.tensors)
+
+    @classmethod
+    def load_adapter(cls, path: str | os.PathLike, core: "FlowPrior", core_sha256: str,
+                     expected_sha256: str | None = None) -> "FlowPrior":
+        """The site prior ``core`` + the adapter :meth:`save_adapter` wrote, merged (no code runs); refuses a
+        changed file and an adapter of another core (``core_sha256``: the hash of the file ``core`` came from)."""
+        config, tensors = load_checkpoint(path, ADAPTER_KIND, expected_sha256)
+        named = (config.get("core") or {}).get("sha256")
+        if named != core_sha256:
+            raise CheckpointError(f"{path}: an adapter of the core with SHA-256 {named}, not of this one "
+                                  f"({core_sha256}); load it with its own core")
+        try:
+            settings = AdapterConfig(**config["adapter"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: checkpoint does not describe a valid adapter ({error})") from None
+        velocity = merge(load_adapter(core.velocity, tensors, settings))
+        return cls(velocity, core.space, config.get("info") or {}, Adapter(settings, tensors))
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_sha256: str | None = None) -> "FlowPrior":

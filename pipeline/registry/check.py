@@ -6,6 +6,9 @@ Checked, from the objects themselves:
   aligned_to) points at an existing record;
 * artifacts: every record's artifact exists and has the SHA-256 the record holds; every object under
   ``artifacts/`` named after a hash holds bytes with that hash (a planted or corrupted object);
+* adapters: every site prior stored as an adapter (``config["method"] == "adapter"``) names its core
+  (``config["core"]``: id and hash), that core record exists, holds that artifact hash and is the site
+  prior's first parent, and the core's artifact is whole (else the adapter cannot be loaded either);
 * aliases: versions run 1, 2, ..., n without a gap; each entry parses, names its own alias and
   version, chains (its ``previous`` is the target before it) and targets an existing record;
 * snapshots: each matches its digest, and each row equals the record file of that id (alias
@@ -28,7 +31,7 @@ import pyarrow as pa
 from pipeline.errors import RegistryError
 from pipeline.hashing import file_sha256
 from pipeline.registry import aliases, record_files, snapshots
-from pipeline.registry.records import Record
+from pipeline.registry.records import Record, prior_method
 from pipeline.registry.registry import Registry
 from pipeline.registry.snapshots import read_snapshot
 from pipeline.storage import Store, usable
@@ -39,7 +42,7 @@ HASH_NAME = re.compile(r"([0-9a-f]{64})(?:-[0-9a-f]+)?(?:\.[A-Za-z0-9]+)?")
 
 @dataclass(frozen=True)
 class Problem:
-    area: str  # records, links, artifacts, aliases, snapshots
+    area: str  # records, links, artifacts, adapters, aliases, snapshots
     key: str  # the object (store key) it is about
     message: str
 
@@ -85,15 +88,20 @@ def check(registry: Registry, hashes: bool = True) -> Report:
             if link not in records:
                 say("links", f"{RECORDS}/{record.id}.json", f"links to {link!r}, which is not a readable record")
 
-    _check_artifacts(registry, records, hashes, say, report)
+    broken = _check_artifacts(registry, records, hashes, say, report)
+    _check_adapters(records, broken, say, report)
     entries = _check_aliases(store, records, say, report)
     _check_snapshots(store, raw, say, report)
     _check_snapshots(store, entries, say, report, ALIAS_SNAPSHOTS, "alias entry files")
     return report
 
 
-def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: bool, say, report: Report) -> None:
+def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: bool, say,
+                     report: Report) -> set[str]:
+    """Check every record's artifact and every object under ``artifacts/``; return the ids of the records whose
+    artifact is missing or (with ``hashes``) holds other bytes."""
     store = registry.store
+    broken: set[str] = set()
     present = set(store.list(ARTIFACTS))
     found: dict[str, str] = {}  # key -> SHA-256 of its bytes
 
@@ -111,12 +119,15 @@ def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: boo
             key = registry.artifact_key(record)
         except RegistryError as error:
             say("artifacts", f"{RECORDS}/{record.id}.json", str(error))
+            broken.add(record.id)
             continue
         if not key.startswith(f"{ARTIFACTS}/") or key.split("/", 1)[1] not in present:
             say("artifacts", key, f"missing: record {record.id} points at it")
+            broken.add(record.id)
         elif hashes and digest(key) != record.hash:
             say("artifacts", key,
                 f"has SHA-256 {digest(key)[:12]}... but record {record.id} holds {record.hash[:12]}...")
+            broken.add(record.id)
     if hashes:
         for name in sorted(present):
             match = HASH_NAME.fullmatch(name)
@@ -125,6 +136,35 @@ def _check_artifacts(registry: Registry, records: dict[str, Record], hashes: boo
                 say("artifacts", key, f"its name says SHA-256 {match.group(1)[:12]}... but its bytes hash to "
                                       f"{digest(key)[:12]}... (planted or corrupted; nothing refers to it safely)")
     report.counts["artifacts"] = len(present)
+    return broken
+
+
+def _check_adapters(records: dict[str, Record], broken: set[str], say, report: Report) -> None:
+    """Check every adapter site prior against its core (see the module docstring); ``broken``: the records whose
+    artifact is missing or damaged."""
+    adapters = [r for r in records.values() if r.kind == "site-prior" and prior_method(r) == "adapter"]
+    for record in adapters:
+        key, core = f"{RECORDS}/{record.id}.json", record.config.get("core")
+        if not (isinstance(core, dict) and isinstance(core.get("id"), str) and isinstance(core.get("hash"), str)):
+            say("adapters", key, f"site prior {record.id} is an adapter but its config names no core (id and hash)")
+            continue
+        core_id, core_hash = core["id"], core["hash"]
+        if core_id not in records:
+            say("adapters", key, f"site prior {record.id} is an adapter of core {core_id!r}, which is not a "
+                                 "readable record")
+            continue
+        held = records[core_id].hash
+        if held != core_hash:
+            say("adapters", key, f"site prior {record.id} is an adapter of core {core_id} with artifact hash "
+                                 f"{core_hash[:12]}... but that record holds "
+                                 f"{f'{held[:12]}...' if held else 'no artifact'}: they cannot be composed")
+        if record.parents[:1] != [core_id]:
+            say("adapters", key, f"site prior {record.id} is an adapter of core {core_id} but its first parent is "
+                                 f"{record.parents[0] if record.parents else 'none'}")
+        if core_id in broken:
+            say("adapters", key, f"site prior {record.id} is an adapter of core {core_id}, whose artifact is "
+                                 "missing or damaged: the site prior cannot be loaded")
+    report.counts["adapters"] = len(adapters)
 
 
 def _check_aliases(store: Store, records: dict[str, Record], say, report: Report) -> dict[str, bytes]:

@@ -1,5 +1,6 @@
-"""The fleet at a glance: per site, its current encoder and prior, whether it is stale, its last check and
-its last sweep choice (``flowprior fleet status``, and the table of ``fleet report``).
+"""The fleet at a glance: per site, its current encoder and prior, whether it is stale, its current site prior
+(an adapter of its core or a full prior, and its artifact's size), its last check and its last sweep choice
+(``flowprior fleet status``, and the table of ``fleet report``).
 
 Everything comes from two reads of the store: the records (one listing, the snapshot and the records
 it lacks) and the aliases (one listing of every alias and one concurrent read of their latest entries),
@@ -12,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from pipeline.formatting import size
 from pipeline.registry.aliases import utc
-from pipeline.registry.records import Record
+from pipeline.registry.records import Record, artifact_bytes, prior_method
 from pipeline.registry.registry import CORE_ALIAS, Registry, current_alias, family
 
 CHECK_NUMBERS = ("probe_gain", "fm_ratio", "nll_gap", "mmd")
@@ -31,6 +33,8 @@ class SiteStatus:
     aligned_core: str | None = None  # the core prior that prior is, or derives from
     stale: bool | None = None  # aligned outside the current core prior's family (None: no encoder)
     site_prior: str | None = None  # the site's current site prior
+    site_prior_method: str | None = None  # "adapter" (of its core) or "full"
+    site_prior_bytes: int | None = None  # its artifact's size (None: unknown, or the record is unreadable)
     check: str | None = None  # the site's latest check
     check_at: str | None = None
     decision: str | None = None
@@ -53,8 +57,36 @@ class Fleet:
     def stale(self) -> list[str]:
         return [s.site for s in self.sites if s.stale]
 
+    @property
+    def site_priors(self) -> int:
+        """How many sites have a current site prior."""
+        return sum(s.site_prior is not None for s in self.sites)
+
+    @property
+    def adapters(self) -> int:
+        """How many of the current site priors are adapters of their core."""
+        return sum(s.site_prior_method == "adapter" for s in self.sites)
+
+    @property
+    def site_prior_bytes(self) -> int:
+        """What the current site priors' artifacts take in the store (the sizes their records hold)."""
+        return sum(s.site_prior_bytes or 0 for s in self.sites)
+
+    @property
+    def unsized(self) -> int:
+        """How many current site priors have no known size (records from before sizes were kept)."""
+        return sum(s.site_prior is not None and s.site_prior_bytes is None for s in self.sites)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "stale": self.stale}
+        return {**asdict(self), "stale": self.stale, "site_priors": self.site_priors, "adapters": self.adapters,
+                "site_prior_bytes": self.site_prior_bytes, "unsized": self.unsized}
+
+
+def site_prior_summary(fleet: Fleet) -> str:
+    """The fleet's current site priors in one line: ``2 current (1 adapter), 1.33 MB in the store``."""
+    adapters = f"{fleet.adapters} adapter{'' if fleet.adapters == 1 else 's'}"
+    unsized = f" (+{fleet.unsized} of unknown size)" if fleet.unsized else ""
+    return f"{fleet.site_priors} current ({adapters}), {size(fleet.site_prior_bytes)} in the store{unsized}"
 
 
 def core_of(record: Record, by_id: dict[str, Record]) -> str | None:
@@ -107,6 +139,9 @@ def fleet_status(registry: Registry) -> Fleet:
                 status.aligned_kind, status.aligned_core = prior.kind, core_of(prior, by_id)
             status.stale = core is not None and encoder.aligned_to not in inside
         status.site_prior = target.get(current_alias("site-prior", site))
+        site_prior = by_id.get(status.site_prior or "")
+        if site_prior is not None:
+            status.site_prior_method, status.site_prior_bytes = prior_method(site_prior), artifact_bytes(site_prior)
         check = by_id.get(target.get(current_alias("site-check", site), ""))
         if check is not None:
             status.check, status.check_at, status.decision = check.id, check.created_at, check.config.get("decision")
@@ -127,7 +162,7 @@ def age(created_at: str | None, now: str) -> str:
     if created_at is None:
         return "-"
     seconds = max(0.0, (utc(now) - utc(created_at)).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size:.0f}{unit}"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length:.0f}{unit}"
     return f"{seconds:.0f}s"

@@ -1,6 +1,7 @@
 """``flowprior fleet report --out DIR``: the fleet status as one static HTML page (no server, no network).
 
-``DIR/index.html`` holds the status table, a site x core-prior matrix (which core prior each site's
+``DIR/index.html`` holds the status table (with each site prior's method, adapter or full, and size, and the
+fleet's total in the store), a site x core-prior matrix (which core prior each site's
 encoder derives from, directly or through a site prior; red where that is stale) and the lineage graph
 of the priors in use, drawn as SVG. ``DIR/records/<id>.json`` holds every record the page links to, so
 the folder works as it is from a laptop or copied to S3 (``aws s3 sync DIR s3://...``): all links are
@@ -14,9 +15,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.formatting import number
-from pipeline.registry.fleet import CHECK_NUMBERS, Fleet, SiteStatus, age, fleet_status
-from pipeline.registry.records import Record
+from pipeline.formatting import number, size
+from pipeline.registry.fleet import CHECK_NUMBERS, Fleet, SiteStatus, age, fleet_status, site_prior_summary
+from pipeline.registry.records import Record, artifact_bytes, prior_method
 from pipeline.registry.registry import Registry
 
 GRAPH_NODES = 60  # site priors drawn one by one up to this many; beyond, one node per core ("+N site priors")
@@ -37,6 +38,21 @@ def _link(record_id: str | None) -> str:
     return f'<a href="records/{html.escape(record_id)}.json"><code>{html.escape(record_id)}</code></a>'
 
 
+def _site_prior(status: SiteStatus) -> str:
+    """The site prior cell: its link, and how it is stored (``adapter, 150.2 kB``)."""
+    if status.site_prior is None:
+        return _link(None)
+    how = f"{status.site_prior_method or '?'}, {size(status.site_prior_bytes)}"
+    return f"{_link(status.site_prior)}<br>{html.escape(how)}"
+
+
+def _box_label(record: Record) -> str:
+    """A graph box's first line: ``core``, or ``site prior s1: adapter 150.2 kB``."""
+    if record.kind == "prior":
+        return "core"
+    return f"site prior {record.site or ''}: {prior_method(record)} {size(artifact_bytes(record))}"
+
+
 def _status_rows(fleet: Fleet) -> str:
     rows = []
     for s in fleet.sites:
@@ -53,7 +69,7 @@ def _status_rows(fleet: Fleet) -> str:
         rows.append(f'<tr class="site {"stale" if s.stale else ""}" data-site="{html.escape(s.site)}">'
                     f"<td><b>{html.escape(s.site)}</b></td>"
                     f"<td>{_link(s.encoder)} {age(s.encoder_at, fleet.read_at)}</td>"
-                    f"<td>{aligned}</td><td>{stale}</td><td>{_link(s.site_prior)}</td><td>{check}</td><td>{sweep}</td></tr>")
+                    f"<td>{aligned}</td><td>{stale}</td><td>{_site_prior(s)}</td><td>{check}</td><td>{sweep}</td></tr>")
     return "".join(rows)
 
 
@@ -136,7 +152,7 @@ def _graph(fleet: Fleet, by_id: dict[str, Record]) -> str:
                 label, colour, href = f"{count} site priors", "#eee", None
             else:
                 record = by_id[rid]
-                label = f"{'core' if record.kind == 'prior' else 'site prior ' + (record.site or '')}"
+                label = _box_label(record)
                 colour = "#cfe3ff" if rid == fleet.core else "#e8e8e8" if record.kind == "prior" else "#fff3c4"
                 href = f"records/{rid}.json"
             box = (f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="5" fill="{colour}" stroke="#555"/>'
@@ -176,7 +192,8 @@ def write_fleet_report(registry: Registry, out: Path) -> Path:
 <style>{STYLE}</style></head><body>
 <h1>Fleet status</h1>
 <p>Store <code>{html.escape(fleet.store)}</code>, read {html.escape(fleet.read_at)} (UTC).
-Current core prior: {_link(fleet.core)}. <b id="counts">{len(fleet.sites)} sites, {len(fleet.stale)} stale</b>.</p>
+Current core prior: {_link(fleet.core)}. <b id="counts">{len(fleet.sites)} sites, {len(fleet.stale)} stale</b>.
+Site priors: <span id="site-priors">{html.escape(site_prior_summary(fleet))}</span>.</p>
 <table id="status"><tr><th>site</th><th>current encoder</th><th>aligned to</th><th>stale</th><th>site prior</th>
 <th>last check</th><th>last sweep choice</th></tr>{_status_rows(fleet)}</table>
 <h2>Which core prior each site derives from</h2>

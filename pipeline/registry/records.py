@@ -229,6 +229,21 @@ def record_id_of(name: str) -> str | None:
     return stem if stem != name and NAME_PATTERN.fullmatch(stem) and ".." not in stem else None
 
 
+def prior_method(record: Record) -> str | None:
+    """How a site prior's artifact holds it: ``adapter`` (the adapter alone; its core is ``config["core"]``) or
+    ``full`` (records from before adapters say nothing: full). None for other kinds."""
+    if record.kind != "site-prior":
+        return None
+    return "adapter" if record.config.get("method") == "adapter" else "full"
+
+
+def artifact_bytes(record: Record) -> int | None:
+    """The size of ``record``'s artifact as registered (``config["artifact_bytes"]``); None where there is none
+    or it is unknown (a record from before sizes were kept)."""
+    value = record.config.get("artifact_bytes")
+    return value if record.artifact and isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def records_table(records: list[Record]) -> pa.Table:
     """``records`` as one pyarrow table (config and metrics as JSON text), e.g. of ``Registry.records()``."""
     rows = [{**{k: getattr(r, k) for k in ("id", "kind", "site", "parents", "aligned_to", "artifact", "hash",

@@ -90,19 +90,20 @@ class Registry:
         (complete or invisible), then the record (complete or invisible), then the alias move. After
         the record, it waits out any running ``registry gc`` and publishes the artifact again if that gc
         took it (see ``retention``).
-        With ``make_current`` a prior becomes the fleet's current core prior, a site prior or
-        encoder its site's current one.
+        With ``make_current`` a prior becomes the fleet's current core prior, a site prior or encoder its site's.
 
         A named run (``name``) registers exactly once: its id is :func:`named_id`, and ``settings``
         (what makes two runs of that name the same run) are kept as a digest. Registering it again,
         after a crash or from a concurrent run, returns the existing record and completes its alias
         move if that never happened; the same name with other data or settings is refused. ``tags``
-        (``{key: value}``, see ``records.check_tag``) are the first registration's: a rerun keeps them.
+        (``{key: value}``, see ``records.check_tag``) are the first registration's: a rerun keeps them; the
+        artifact's size goes into the config (``artifact_bytes``).
         """
         config = {**(config or {}), **({"settings_digest": settings_digest(settings or {})} if name else {})}
         path = None if artifact is None else Path(artifact)
         if path is not None and not path.is_file():
             raise RegistryError(f"artifact {path}: no such file")
+        config |= {} if path is None else {"artifact_bytes": path.stat().st_size}
         digest = None if path is None else file_sha256(path)
         fields = dict(site=site, parents=list(parents), aligned_to=aligned_to, config=config, metrics=metrics or {},
                       fingerprint=fingerprint, artifact=None if digest is None else f"{ARTIFACTS}/{digest}",

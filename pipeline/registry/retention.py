@@ -7,7 +7,8 @@ Deleted, once older than ``keep_days`` (the last write under it, for a run folde
   result lives in its record and artifact, and a run still going keeps writing under its folder;
 * snapshots other than the newest (caches that the newest supersedes).
 
-Records and alias entries are never deleted.
+Records and alias entries are never deleted. So the core prior an adapter site prior needs is never collected:
+its artifact is one a record (the core's) points at, kept for as long as the record exists.
 
 The race to close: a publisher whose artifact has the same bytes as an unreferenced object finds the
 object there and does not upload it (artifacts are content-addressed), while a gc that listed the

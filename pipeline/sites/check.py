@@ -49,18 +49,19 @@ def check_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None, 
     settings = spec.finetune
     with naming_the_site(spec):  # a number that is not finite (a diverging probe) decides nothing
         numbers |= probe_finetune(prior, prior.to_prior(features.values[points.train]), z, settings.probe_steps,
-                                  settings.lr, settings.batch_size, seed=spec.seed)
+                                  settings.lr, settings.batch_size, seed=spec.seed, adapter=settings.adapter())
         decision = decide(numbers, spec.thresholds)
     check = registry.register("site-check", site=spec.site, parents=[prior_id], fingerprint=features.fingerprint,
                               name=run.name, tags=tags,
                               config={"decision": decision, "thresholds": spec.thresholds.to_dict(), "step": run.step,
+                                      "probe_method": settings.method,
                                       "spec": spec.path, "target": spec.target.uri,
                                       "contract_warnings": points.warnings, **({"log": log} if log else {})},
                               metrics={**numbers, "rows_dropped": features.rows_dropped,
                                        "step_seconds": time.perf_counter() - started})
     t = spec.thresholds
-    say(f"[site {spec.site} check] {decision}: a {settings.probe_steps}-step probe fine-tune gains "
-        f"{numbers['probe_gain']:.1%} held-out FM (> {t.finetune_gain:.0%} finetunes), fm_ratio "
+    say(f"[site {spec.site} check] {decision}: a {settings.probe_steps}-step probe fine-tune ({settings.method}) "
+        f"gains {numbers['probe_gain']:.1%} held-out FM (> {t.finetune_gain:.0%} finetunes), fm_ratio "
         f"{numbers['fm_ratio']:.3f} (> {t.refit_fm:g} refits), nll_gap {numbers['nll_gap']:+.3f} nats, "
         f"mmd {numbers['mmd']:.4f}; recorded {check.id}")
     return check

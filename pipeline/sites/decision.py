@@ -2,8 +2,10 @@
 
 The site lead's question is whether a site prior would explain the site's data better than the core
 does. The check answers it by trying: a **probe**, a short fine-tune of the core on the site's
-training points (``probe_steps``, 10% of a fine-tune's default budget), and the gain it brings on
-the held-out points,
+training points (``probe_steps``, 10% of a fine-tune's default budget) trained the way the site's fine-tune
+will be (``finetune.method``: an adapter of the frozen core by default, so the decision predicts what that
+fine-tune gains; on the wind-farm sites both probes decide alike, ``benchmarks/site_adapters.py``), and the
+gain it brings on the held-out points,
 
 * ``probe_gain = 1 - L_FM(probe) / L_FM(core)`` on the site's held-out points, same noise for both.
 
@@ -34,6 +36,7 @@ import math
 import torch
 
 from pipeline.errors import DataError
+from pipeline.method.configs import AdapterConfig
 from pipeline.method.metrics import heldout_fm, knn_nll, mmd
 from pipeline.method.ode import Solver
 from pipeline.method.prior import FlowPrior
@@ -71,12 +74,13 @@ def measure(prior: FlowPrior, z: torch.Tensor, core_fm: float, core_nll: float, 
 
 
 def probe_finetune(core: FlowPrior, z_train: torch.Tensor, z: torch.Tensor, steps: int, lr: float,
-                   batch_size: int, seed: int = 0) -> dict:
-    """Fine-tune ``core`` for ``steps`` on the site's training points ``z_train`` (n, d1); its held-out FM
-    on ``z`` (m, d1) against the core's, with the same noise: ``probe_gain`` (module docstring)."""
+                   batch_size: int, seed: int = 0, adapter: AdapterConfig | None = None) -> dict:
+    """Fine-tune ``core`` for ``steps`` on the site's training points ``z_train`` (n, d1), the way the site's
+    fine-tune would (an ``adapter``, or every weight); its held-out FM on ``z`` (m, d1) against the core's, with
+    the same noise: ``probe_gain`` (module docstring)."""
     fit = site_fit_config(core, "finetune", steps, lr, batch_size, log_every=steps)
-    probed = train_site_prior(core, z_train, z, "finetune", fit, seed=seed, label=f"the {steps}-step probe fine-tune",
-                              remedy=PROBE_REMEDY)
+    probed = train_site_prior(core, z_train, z, "finetune", fit, seed=seed, adapter=adapter,
+                              label=f"the {steps}-step probe fine-tune", remedy=PROBE_REMEDY)
     fm_core, fm_probe = heldout_fm(core.velocity, z, seed), probed.info["history"][-1]["heldout_fm"]
     return {"fm_probe": fm_probe, "probe_gain": 1 - fm_probe / fm_core, "probe_steps": steps}
 

@@ -6,6 +6,11 @@ comes back hash-checked against the record and loaded without executing code.
 
     record = publish_prior(registry, prior, fingerprint=features.fingerprint, metrics={...})
     prior = load_prior(registry, record.id)
+
+A site prior trained as an adapter of its core (``prior.adapter``, :mod:`pipeline.method.adapter`) goes out
+as the adapter alone: its record's config says ``method: adapter`` and names the ``core`` (its id and
+artifact hash, also written in the file); loading fetches both, hash-checks both, refuses an adapter whose
+core's record holds another hash, and merges them. A full site prior's record says ``method: full``.
 """
 
 from __future__ import annotations
@@ -21,18 +26,29 @@ from pipeline.method.prior import FlowPrior
 from pipeline.registry import Record, Registry
 
 Model = TypeVar("Model")
+PRIOR_KINDS = ("prior", "site-prior")
 
 
 def publish_prior(registry: Registry, prior: FlowPrior, *, kind: str = "prior", site: str | None = None,
                   **fields: object) -> Record:
     """Save ``prior`` as a tensor-only checkpoint and register it (``fields``: see ``Registry.register``); its
-    feature contract (``info["features"]``, see :mod:`pipeline.data.schema`) goes into the record's config."""
+    feature contract (``info["features"]``, see :mod:`pipeline.data.schema`) goes into the record's config.
+    A site prior with an adapter is saved as the adapter of its first parent, the core (module docstring)."""
+    config = dict(fields.pop("config", None) or {})
     if "features" in prior.info:
-        fields["config"] = {**(fields.get("config") or {}), "features": prior.info["features"]}
+        config["features"] = prior.info["features"]
+    if kind == "site-prior":
+        config["method"] = "full" if prior.adapter is None else "adapter"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prior.safetensors"
-        prior.save(path)
-        return registry.register(kind, site=site, artifact=path, **fields)
+        if prior.adapter is None:
+            prior.save(path)
+        else:
+            core = registry.get(list(fields.get("parents") or [None])[0] or "")
+            config["core"] = {"id": core.id, "hash": core.hash}
+            config["adapter"] = prior.adapter.config.to_dict()
+            prior.save_adapter(path, {"id": core.id, "sha256": core.hash})
+        return registry.register(kind, site=site, artifact=path, config=config, **fields)
 
 
 def publish_encoder(registry: Registry, model: Autoencoder, info: dict, **fields: object) -> Record:
@@ -43,21 +59,32 @@ def publish_encoder(registry: Registry, model: Autoencoder, info: dict, **fields
 
 
 def load_prior(registry: Registry, record_id: str) -> FlowPrior:
-    """The prior of a ``prior``/``site-prior`` record, hash-checked, loaded without executing code."""
-    return _load(registry, record_id, ("prior", "site-prior"), "a prior", FlowPrior.load)
+    """The prior of a ``prior``/``site-prior`` record, hash-checked, loaded without executing code (an adapter
+    site prior: with its core, merged; see the module docstring)."""
+    record = registry.get(record_id)
+    core = record.config.get("core") if record.config.get("method") == "adapter" else None
+    if core is None:
+        return _load(registry, record, PRIOR_KINDS, "a prior", FlowPrior.load)
+    core_record = registry.get(core["id"])
+    if core_record.hash != core["hash"]:
+        raise RegistryError(f"site prior {record.id} is an adapter of core {core['id']} with artifact hash "
+                            f"{core['hash']}, but that record's artifact hash is {core_record.hash}: refusing to "
+                            "compose them (`flowprior registry check` verifies every pair)")
+    base = load_prior(registry, core["id"])
+    return _load(registry, record, PRIOR_KINDS, "a prior",
+                 lambda path, expected_sha256: FlowPrior.load_adapter(path, base, core["hash"], expected_sha256))
 
 
 def load_encoder(registry: Registry, record_id: str) -> Autoencoder:
     """The autoencoder of an ``encoder`` record (a site's, aligned to ``record.aligned_to``), hash-checked,
     loaded without executing code."""
-    return _load(registry, record_id, ("encoder",), "an encoder", load_encoder_file)
+    return _load(registry, registry.get(record_id), ("encoder",), "an encoder", load_encoder_file)
 
 
-def _load(registry: Registry, record_id: str, kinds: tuple[str, ...], what: str,
+def _load(registry: Registry, record: Record, kinds: tuple[str, ...], what: str,
           load: Callable[..., Model]) -> Model:
-    record = registry.get(record_id)
     if record.kind not in kinds:
-        raise RegistryError(f"record {record_id} is a {record.kind}, not {what}")
+        raise RegistryError(f"record {record.id} is a {record.kind}, not {what}")
     with tempfile.TemporaryDirectory() as tmp:
         path = registry.fetch_artifact(record, Path(tmp) / "artifact.safetensors")
         return load(path, expected_sha256=record.hash)

@@ -3,10 +3,11 @@
 Both live in the core prior's space (its projection and normaliser are kept), so a site
 prior's held-out FM loss compares with the core's and a refit's, and a site's encoder can move
 between them without changing dimension or scale. ``finetune`` starts from the core's (EMA)
-weights with a small learning rate and a short warm-up; ``refit`` draws fresh weights and uses
-the core fit's learning rate. Both log the held-out FM loss (``metrics.heldout_fm``) at every log.
-A training whose logged FM loss (training or held-out) is not finite has diverged: it is a ``DataError``
-naming the setting to change, and no prior is returned.
+weights with a small learning rate and a short warm-up, either every weight (``full``) or an adapter of
+the frozen core (``adapter``, :mod:`pipeline.method.adapter`: the site prior is saved as the adapter alone);
+``refit`` draws fresh weights and uses the core fit's learning rate. Both log the held-out FM loss
+(``metrics.heldout_fm``) at every log. A training whose logged FM loss (training or held-out) is not
+finite has diverged: it is a ``DataError`` naming the setting to change, and no prior is returned.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Callable
 import torch
 
 from pipeline.errors import DataError, SpecError
-from pipeline.method.configs import FitConfig
+from pipeline.method.adapter import adapter_tensors, attach, merge
+from pipeline.method.configs import AdapterConfig, FitConfig
 from pipeline.method.metrics import heldout_fm
-from pipeline.method.prior import FlowPrior
+from pipeline.method.prior import Adapter, FlowPrior
 from pipeline.method.training import fit_velocity
 from pipeline.method.velocity import VelocityMLP
 from pipeline.sites.spec import SITE_PRIOR_MODES
@@ -59,17 +61,21 @@ def train_site_prior(
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
     *,
+    adapter: AdapterConfig | None = None,
     label: str | None = None,
     remedy: str | None = None,
 ) -> FlowPrior:
     """Train on the site's points in core prior space ``z_train`` (n, d1); ``z_heldout`` (m, d1) is
     only evaluated. Trains on ``z_train``'s device (move ``core`` there too). Returns the site prior
-    (EMA weights) with its history in ``info``.
+    (EMA weights) with its history in ``info``; a ``finetune`` with ``adapter`` settings trains only an
+    adapter of the frozen core, and the prior holds it (``prior.adapter``) beside its merged network.
 
     A ``DataError`` instead, at the first log that shows it diverged (:func:`require_converged`): its
     message calls the training ``label`` (default: the mode) and says to ``remedy`` (default:
     ``REMEDIES[mode]``)."""
-    if mode == "finetune":
+    if mode == "finetune" and adapter is not None:
+        model = attach(core.velocity, adapter, seed).train()
+    elif mode == "finetune":
         model = copy.deepcopy(core.velocity).requires_grad_(True).train()
     elif mode == "refit":
         with torch.random.fork_rng(devices=[]):
@@ -86,8 +92,12 @@ def train_site_prior(
 
     ema, history = fit_velocity(model, z_train, fit, seed=seed, progress=watched,
                                 evaluate=lambda m: {"heldout_fm": heldout_fm(m, z_heldout, seed)})
-    info = {**core.info, "fit": fit.to_dict(), "history": history, "mode": mode}
-    return FlowPrior(ema, core.space, info)
+    method = "adapter" if mode == "finetune" and adapter is not None else "full"
+    info = {**core.info, "fit": fit.to_dict(), "history": history, "mode": mode, "method": method}
+    if method == "full":
+        return FlowPrior(ema, core.space, info)
+    return FlowPrior(merge(ema), core.space, {**info, "adapter": adapter.to_dict()},
+                     Adapter(adapter, adapter_tensors(ema)))
 
 
 def require_converged(entry: dict, fit: FitConfig, label: str, remedy: str) -> None:

@@ -41,6 +41,9 @@ def step_name(step: str, spec: SiteSpec, prior_id: str, fingerprints: list[str],
     """The deterministic run name of a site step: ``<site>.<step>.<digest>`` of everything its result
     depends on (the spec sections of ``STEP_INPUTS``, the prior, the data's fingerprints, ``inputs``)."""
     sections = {k: v for k, v in spec.to_dict().items() if k in STEP_INPUTS[step]}
+    whole = sections.get("finetune", {}).get("method") == "full" or inputs.get("mode") == "refit"
+    if "finetune" in sections and whole:  # a whole prior: named as before adapters existed (no rerun)
+        sections["finetune"] = {k: v for k, v in sections["finetune"].items() if k not in ("method", "rank")}
     digest = settings_digest({"step": step, "spec": sections, "prior": prior_id, "data": fingerprints, **inputs})
     return f"{spec.site}.{step}.{digest}"
 

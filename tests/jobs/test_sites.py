@@ -52,6 +52,8 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     (site_prior,) = registry.records(kind="site-prior", site=SITE)
     assert site_prior.tags == {"line": "3"}  # through the Ray task
     assert code == 0 and site_prior.parents == [core.id] and site_prior.config["mode"] == "finetune"
+    assert site_prior.config["method"] == "adapter" and site_prior.config["core"] == {"id": core.id, "hash": core.hash}
+    assert site_prior.config["artifact_bytes"] < core.config["artifact_bytes"] and " adapter " in out
     assert site_prior.id in out and [h["step"] for h in site_prior.config["history"]] == [30, 60]
     assert load_prior(registry, site_prior.id).latent_dim == 4
     code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--store", store_uri)
@@ -87,6 +89,12 @@ def test_check_finetune_align_from_the_cli(core_store, tmp_path, capsys, mlflow_
     code, out, _ = flowprior(capsys, "registry", "mirror", "--store", store_uri)
     assert code == 0 and "1 record(s) copied" in out
     assert {r.data.tags["flowprior.id"] for r in mlflow_tracking.runs()} == {r.id for r in registry.records()}
+    # --method full overrides the spec: a site prior stored whole, another step (nothing reused)
+    code, out, _ = flowprior(capsys, "site", "finetune", spec, "--mode", "finetune", "--method", "full", "--store",
+                             store_uri)
+    (whole,) = [r for r in registry.records(kind="site-prior") if r.id != site_prior.id]
+    assert code == 0 and whole.config["method"] == "full" and " full " in out
+    assert whole.config["artifact_bytes"] > site_prior.config["artifact_bytes"]
 
 
 @pytest.mark.slow

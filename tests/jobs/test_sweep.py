@@ -13,6 +13,8 @@ import yaml
 from pipeline.errors import UntrustedState
 from pipeline.jobs.sweep import SweepInterrupted, grid_points, run_sweep, settings_of
 from pipeline.registry import Registry
+from pipeline.sites import load_site_spec
+from pipeline.sites.finetune import finetune_site
 from pipeline.storage import Store
 from pipeline.sweeps import Selection, load_sweep_spec
 from pipeline.sweeps.forecast import ForecastStop
@@ -79,6 +81,10 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
     path = sweep_spec(tmp_path, space={"lambda": {"grid": LAMBDAS}, "mode": {"grid": ["match"]}})  # distribution
     spec = load_sweep_spec(path)  # matching: its auxiliary flow is saved and resumed with every trial's checkpoint
     registry = Registry(Store.open(store_uri))
+    # the first site has a site prior stored as an adapter of the core: its trials align against core + adapter
+    adapted = finetune_site(load_site_spec(tmp_path / f"{SITES[0]}.yaml"), registry, mode="finetune",
+                            say=lambda _: None)
+    assert adapted.config["method"] == "adapter" and adapted.config["core"] == {"id": core.id, "hash": core.hash}
 
     code, out, err = flowprior(capsys, "sweep", str(path), "--store", store_uri, "--json", "--report",
                                str(tmp_path / "report"), "--tag", "campaign=q4")
@@ -86,7 +92,9 @@ def test_a_sweep_from_the_cli_records_a_choice_per_site_that_align_reproduces(lo
     answer = json.loads(out)
     (record,) = registry.records(kind="sweep")
     assert answer["sweep"] == record.id and set(answer["choices"]) == set(SITES)
-    assert record.parents == [core.id] and record.name.startswith("ci-")
+    assert record.parents == sorted([core.id, adapted.id]) and record.name.startswith("ci-")
+    assert record.config["choices"][SITES[0]]["prior"] == adapted.id
+    assert {c["prior"] for s, c in record.config["choices"].items() if s != SITES[0]} == {core.id}
     check_record(record, spec)
     assert record.metrics["trial_epochs"] < record.metrics["full_epochs"]  # ASHA stopped some trials early
     assert Store.open(store_uri).exists(f"ray-runs/{record.name}/tuner.pkl")  # Tune's experiment lives in the store

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from pipeline.registry import Registry, record_files, snapshots
+from pipeline.registry.check import check as check_registry
 from pipeline.storage import Store, layout
-from tests.support.fleet import build_fleet
+from tests.support.fleet import adapter_pair, build_fleet
 
 
 def check(store_uri: str, *args: str) -> tuple[int, dict]:
@@ -93,3 +94,41 @@ def test_repair_on_s3_replaces_a_forged_snapshot_with_one_of_the_record_files(s3
     assert report["repaired"] == [f"registry/snapshots/{snapshots.name_of(forged)}", f"registry/snapshots/{fresh}"]
     assert s3_store.list(layout.SNAPSHOTS) == [fresh]
     assert check(s3_store.uri) == (0, check(s3_store.uri)[1])
+
+
+def test_every_adapter_site_prior_is_checked_against_its_core(tmp_path):
+    registry = Registry(Store.open(str(tmp_path / "store")))
+    pair = adapter_pair(registry, tmp_path)
+    core, adapter = pair["core"], pair["adapter"]
+    report = check_registry(registry)
+    assert report.ok and report.counts["adapters"] == 1, report.problems
+
+    other = registry.register("prior", make_current=False)
+    config = {"method": "adapter", "core": {"id": core.id, "hash": core.hash}}
+    bad = {
+        "rehashed": registry.register("site-prior", site="a", parents=[core.id],
+                                      config={**config, "core": {"id": core.id, "hash": "0" * 64}}),
+        "other parent": registry.register("site-prior", site="b", parents=[other.id], config=config),
+        "no core": registry.register("site-prior", site="c", parents=[core.id], config={"method": "adapter"}),
+        "gone core": registry.register("site-prior", site="d", parents=[core.id],
+                                       config={**config, "core": {"id": "prior-gone", "hash": core.hash}}),
+    }
+    registry.register("site-prior", site="e", parents=[core.id], config={"method": "full"})  # not an adapter
+    report = check_registry(registry)
+    found = {p.key.rsplit("/", 1)[-1][:-5]: p.message for p in report.problems}
+    assert [p.area for p in report.problems] == ["adapters"] * 4 and set(found) == {r.id for r in bad.values()}
+    assert report.counts["adapters"] == 5
+    assert f"adapter of core {core.id} with artifact hash 000000000000... but that record holds " \
+           f"{core.hash[:12]}..." in found[bad["rehashed"].id]
+    assert bad["rehashed"].id in found[bad["rehashed"].id]
+    assert f"adapter of core {core.id} but its first parent is {other.id}" in found[bad["other parent"].id]
+    assert "names no core (id and hash)" in found[bad["no core"].id]
+    assert "adapter of core 'prior-gone', which is not a readable record" in found[bad["gone core"].id]
+
+    (tmp_path / "store" / core.artifact).unlink()  # the core's artifact is lost: every adapter of it is broken
+    report = check_registry(registry, hashes=False)
+    lost = [p for p in report.problems if "whose artifact is missing" in p.message]
+    assert ("artifacts", core.artifact) in {(p.area, p.key) for p in report.problems}
+    assert {p.key for p in lost} == {f"registry/records/{r.id}.json" for r in (adapter, bad["rehashed"],
+                                                                               bad["other parent"])}
+    assert any(adapter.id in p.message and core.id in p.message for p in lost)

@@ -11,7 +11,7 @@ from pipeline.registry.aliases import AliasMoved
 from pipeline.registry.check import check
 from pipeline.registry.fleet import age, fleet_status
 from pipeline.storage import Store, layout
-from tests.support.fleet import build_fleet
+from tests.support.fleet import adapter_pair, build_fleet
 from tests.support.null_metrics import null_metric_fleet
 
 
@@ -123,3 +123,30 @@ def test_fleet_status_shows_null_metrics_as_n_a_and_its_json_keeps_null(tmp_path
     assert status["sites"][0]["check_numbers"] == {"probe_gain": None, "fm_ratio": None, "nll_gap": None, "mmd": 0.02}
     assert status["sites"][0]["sweep_choice"]["lam"] is None
 
+
+
+def test_fleet_status_shows_how_each_site_prior_is_stored_and_the_fleets_total(tmp_path, capsys):
+    uri = str(tmp_path / "store")
+    registry = Registry(Store.open(uri))
+    fleet = build_fleet(registry)  # site priors of s1 and s3 registered without an artifact: full, size unknown
+    pair = adapter_pair(registry, tmp_path)
+    status = fleet_status(registry)
+    by_site = {s.site: s for s in status.sites}
+    assert (by_site["s9"].site_prior, by_site["s9"].site_prior_method, by_site["s9"].site_prior_bytes) == \
+           (pair["adapter"].id, "adapter", 150_200)
+    assert (by_site["s1"].site_prior_method, by_site["s1"].site_prior_bytes) == ("full", None)
+    assert (by_site["s2"].site_prior, by_site["s2"].site_prior_method) == (None, None)
+    assert (status.site_priors, status.adapters, status.site_prior_bytes, status.unsized) == (3, 1, 150_200, 2)
+    assert status.core == fleet["core2"].id  # the adapter's core was not made current
+
+    assert main(["fleet", "status", "--store", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "site priors: 3 current (1 adapter), 150.2 kB in the store (+2 of unknown size)"
+    assert lines[2].split()[:6] == ["site", "encoder", "aligned", "to", "stale", "site"]
+    rows = {line.split()[0]: line for line in lines[3:]}
+    assert "adapter 150.2 kB" in rows["s9"] and "full n/a" in rows["s1"] and "full n/a" in rows["s3"]
+    assert main(["fleet", "status", "--json", "--store", uri]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["site_priors"], data["adapters"], data["site_prior_bytes"], data["unsized"]) == (3, 1, 150_200, 2)
+    s9 = next(s for s in data["sites"] if s["site"] == "s9")
+    assert (s9["site_prior_method"], s9["site_prior_bytes"]) == ("adapter", 150_200)

@@ -9,7 +9,7 @@ from pipeline.cli import main
 from pipeline.registry import Registry
 from pipeline.registry.fleet_report import GRAPH_NODES, write_fleet_report
 from tests.support.chromium import CHROMIUM, rendered
-from tests.support.fleet import build_fleet
+from tests.support.fleet import adapter_pair, build_fleet
 from tests.support.null_metrics import null_metric_fleet
 
 
@@ -24,6 +24,21 @@ def test_the_report_links_only_to_files_it_wrote(store, tmp_path):
     record = json.loads((page.parent / "records" / f"{fleet['e3'].id}.json").read_text())
     assert record["aligned_to"] == fleet["s3"].id
     assert all(f'data-site="{site}"' in text for site in ("s1", "s2", "s3"))
+
+
+def test_the_report_shows_how_each_site_prior_is_stored_and_the_fleets_total(tmp_path):
+    from pipeline.storage import Store
+
+    registry = Registry(Store.open(str(tmp_path / "st")))
+    build_fleet(registry)
+    adapter = adapter_pair(registry, tmp_path)["adapter"]
+    registry.register("encoder", site="s9", parents=[adapter.id], aligned_to=adapter.id)
+    text = write_fleet_report(registry, tmp_path / "report").read_text()
+    row = lambda site: text.split(f'data-site="{site}"', 1)[1].split("</tr>", 1)[0]  # noqa: E731
+    assert f"records/{adapter.id}.json" in row("s9") and "adapter, 150.2 kB" in row("s9")
+    assert "full, n/a" in row("s1") and "adapter" not in row("s2")
+    assert '<span id="site-priors">3 current (1 adapter), 150.2 kB in the store (+2 of unknown size)</span>' in text
+    assert "site prior s9: adapter 150.2 kB" in text and "site prior s1: full n/a" in text  # the graph's boxes
 
 
 def test_many_site_priors_are_grouped_in_the_graph(tmp_path):

@@ -11,6 +11,7 @@ from pipeline.registry.check import check
 from pipeline.registry.leases import live_leases
 from pipeline.registry.retention import collect
 from pipeline.storage import layout
+from tests.support.fleet import adapter_pair
 
 
 def fill(store, tmp_path) -> dict:
@@ -49,6 +50,21 @@ def test_gc_deletes_only_what_nothing_references(store, tmp_path):
     assert check(registry).ok and live_leases(store) == []  # the lease is gone
     if store.is_local:
         assert not (store.backend.root / "ray-runs" / "fit-1").exists()  # no empty folders left behind
+
+
+def test_gc_never_collects_the_core_an_adapter_site_prior_needs(store, tmp_path):
+    registry = Registry(store)
+    pair = adapter_pair(registry, tmp_path)
+    core, adapter = pair["core"], pair["adapter"]
+    assert adapter.parents == [core.id] and adapter.config["core"] == {"id": core.id, "hash": core.hash}
+    orphan = "artifacts/" + "0" * 64 + ".bin"
+    store.put_file(orphan, tmp_path / "core.bin")  # the control: gc at keep_days=0 does delete what nothing names
+    assert [d.key for d in collect(registry, keep_days=0, dry_run=True).doomed] == [orphan]
+    done = collect(registry, keep_days=0)
+    assert done.deleted == [orphan] and store.exists(core.artifact) and store.exists(adapter.artifact)
+    for record in (core, adapter):
+        registry.fetch_artifact(record, tmp_path / "back.bin")  # whole: its hash checks
+    assert check(registry).ok
 
 
 def test_age_is_the_last_write_under_a_run_folder(tmp_path):

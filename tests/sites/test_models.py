@@ -4,7 +4,7 @@ the store it was published to or a copy of it."""
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, RegistryError
 from pipeline.method.configs import FitConfig
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import CORE_ALIAS, IntegrityError, Registry
@@ -65,3 +65,39 @@ def test_a_copied_store_still_loads_its_priors(tiny_prior, tmp_path):
     y, t = torch.randn(4, 3), torch.rand(4)
     for rid in (record.id, "prior-legacy"):
         assert torch.equal(load_prior(moved, rid).velocity(y, t), tiny_prior.velocity(y, t))
+
+
+def test_an_adapter_site_prior_is_stored_alone_and_loads_composed_with_its_core(store, tmp_path):
+    from pipeline.method.configs import AdapterConfig
+    from pipeline.sites.site_prior import site_fit_config, train_site_prior
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 3)
+    core = FlowPrior.fit(x, width=32, depth=2, fit=FitConfig(steps=10, warmup=1, log_every=5))
+    registry = Registry(store)
+    core_record = publish_prior(registry, core)
+    z = core.to_prior(x + 0.5)
+    fit = site_fit_config(core, "finetune", 10, 1e-2, 64, 5)
+    site = train_site_prior(core, z[:300], z[300:], "finetune", fit, adapter=AdapterConfig(rank=2))
+    record = publish_prior(registry, site, kind="site-prior", site="line-1", parents=[core_record.id])
+    assert record.config["method"] == "adapter" and record.config["adapter"] == {"rank": 2, "alpha": 32.0}
+    assert record.config["core"] == {"id": core_record.id, "hash": core_record.hash}
+    assert record.config["artifact_bytes"] < core_record.config["artifact_bytes"] / 4  # the adapter alone
+    loaded = load_prior(registry, record.id)
+    y, t = torch.randn(8, 3), torch.rand(8)
+    assert torch.allclose(loaded.velocity(y, t), site.velocity(y, t), atol=1e-6)
+    assert loaded.adapter is not None and not any(p.requires_grad for p in loaded.velocity.parameters())
+
+    # a record naming the core with another hash (a core re-published over, a hand-edited record) is refused
+    artifact = tmp_path / "adapter.safetensors"
+    artifact.write_bytes(store.read(record.artifact))
+    wrong = registry.register("site-prior", site="line-1", parents=[core_record.id], artifact=artifact,
+                              config={**record.config, "core": {"id": core_record.id, "hash": "e" * 64}})
+    with pytest.raises(RegistryError, match=f"site prior {wrong.id} is an adapter of core {core_record.id} with "
+                                            f"artifact hash e{{64}}, but that record's artifact hash is"):
+        load_prior(registry, wrong.id)
+    # and a full site prior is stored whole, as before
+    whole = publish_prior(registry, train_site_prior(core, z[:300], z[300:], "finetune", fit), kind="site-prior",
+                          site="line-1", parents=[core_record.id])
+    assert whole.config["method"] == "full" and "core" not in whole.config
+    assert whole.config["artifact_bytes"] > 4 * record.config["artifact_bytes"]

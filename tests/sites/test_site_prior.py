@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.errors import DataError
-from pipeline.method.configs import FitConfig
+from pipeline.method.configs import AdapterConfig, FitConfig
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
 from pipeline.sites.decision import probe_finetune
@@ -34,6 +34,13 @@ def test_fine_tune_beats_reuse_and_starts_where_the_core_is(core):
     assert tuned.info["mode"] == "finetune" and fit.lr == 1e-3 and fit.warmup == 30
     assert not any(p.requires_grad for p in core.velocity.parameters())  # the core itself is untouched
     assert heldout_fm(core.velocity, heldout, seed=0) == reuse
+    # an adapter of the frozen core learns it too; a refit asked for one is whole all the same
+    adapted = train_site_prior(core, train, heldout, "finetune", fit, adapter=AdapterConfig())
+    assert adapted.info["method"] == "adapter" and adapted.info["history"][-1]["heldout_fm"] < 0.9 * reuse
+    assert adapted.adapter.bytes < sum(p.numel() * 4 for p in core.velocity.parameters()) / 2
+    whole = train_site_prior(core, train, heldout, "refit", site_fit_config(core, "refit", 2, 1e-3, 256, 1),
+                             adapter=AdapterConfig())
+    assert whole.adapter is None and whole.info["method"] == "full"
 
 
 @pytest.mark.slow

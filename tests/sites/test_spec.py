@@ -17,6 +17,7 @@ observations: {uri: s3://bucket/obs/, drop_nonfinite: true}
 encoder: {latent_dim: 2, widths: [16, 8]}
 alignment: {lambda: 0.5, steps: 10}
 thresholds: {finetune_gain: 0.05}
+finetune: {steps: 100}
 """
 
 
@@ -75,6 +76,8 @@ def test_a_spec_without_an_alignment_block_gets_the_measured_setting_not_a_colla
     (("columns: [a, b]", "colums: [a, b]"), "unknown key 'colums'"),
     (("target: {uri: data.parquet", "target: {path: data.parquet"), "target: unknown key 'path'"),
     (("encoder: {latent_dim: 2", "encoder: {latent_dim: true"), "encoder.latent_dim: expected int"),
+    (("finetune: {steps: 100}", "finetune: {method: lora}"), "method must be one of adapter, full, got 'lora'"),
+    (("finetune: {steps: 100}", "finetune: {rank: 0}"), "adapter rank must be a positive integer, got 0"),
 ])
 def test_bad_specs_name_the_file_and_the_key(tmp_path, change, message):
     path = write(tmp_path, GOOD.replace(*change))
@@ -90,3 +93,22 @@ def test_missing_and_unparsable_files(tmp_path):
         load_site_spec(write(tmp_path, "site: [unclosed"))
     with pytest.raises(SpecError, match="expected a mapping"):
         load_site_spec(write(tmp_path, "- a list"))
+
+
+def test_a_fine_tune_is_an_adapter_by_default_and_full_keeps_the_step_names_from_before_adapters(tmp_path):
+    from dataclasses import asdict, replace
+
+    from pipeline.registry.registry import settings_digest
+    from pipeline.sites.steps import step_name
+
+    spec = load_site_spec(write(tmp_path, GOOD))
+    assert (spec.finetune.method, spec.finetune.rank, spec.finetune.adapter().rank) == ("adapter", 8, 8)
+    full = replace(spec, finetune=replace(spec.finetune, method="full"))
+    assert full.finetune.adapter() is None
+    before = {k: v for k, v in asdict(spec.finetune).items() if k not in ("method", "rank")}  # the section then
+    sections = {"target": asdict(spec.target), "finetune": before, "seed": spec.seed}
+    digest = settings_digest({"step": "finetune", "spec": sections, "prior": "prior-x", "data": ["f"], "mode": "m"})
+    assert step_name("finetune", full, "prior-x", ["f"], mode="m") == f"plant-7.finetune.{digest}"
+    assert step_name("finetune", spec, "prior-x", ["f"], mode="m") != f"plant-7.finetune.{digest}"
+    refit = settings_digest({"step": "finetune", "spec": sections, "prior": "prior-x", "data": ["f"], "mode": "refit"})
+    assert step_name("finetune", spec, "prior-x", ["f"], mode="refit") == f"plant-7.finetune.{refit}"  # always whole

@@ -1,6 +1,8 @@
-"""A small registry history the registry, fleet and CLI tests share; other sites' records in bulk."""
+"""A small registry history the registry, fleet and CLI tests share; an adapter site prior and its core; other
+sites' records in bulk."""
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from pipeline.registry import Record, Registry, aliases
 from pipeline.storage import Store
@@ -18,6 +20,18 @@ def build_fleet(registry: Registry) -> dict:
     s3 = registry.register("site-prior", site="s3", parents=[core2.id])
     e3 = registry.register("encoder", site="s3", parents=[s3.id], aligned_to=s3.id)
     return dict(core1=core1, s1=s1, e1=e1, e2=e2, core2=core2, e3_old=e3_old, s3=s3, e3=e3)
+
+
+def adapter_pair(registry: Registry, folder: Path, site: str = "s9") -> dict:
+    """A core prior (a 1.33 MB artifact, not made current) and ``site``'s site prior stored as a 150.2 kB adapter
+    of it, in the record format ``sites.models.publish_prior`` writes (any bytes: no model is loaded)."""
+    (folder / "core.bin").write_bytes(b"c" * 1_330_000)
+    core = registry.register("prior", artifact=folder / "core.bin", metrics={"heldout_fm": 1.0}, make_current=False)
+    (folder / "adapter.bin").write_bytes(b"a" * 150_200)
+    adapter = registry.register("site-prior", site=site, parents=[core.id], artifact=folder / "adapter.bin",
+                                config={"mode": "finetune", "method": "adapter", "adapter": {"rank": 8, "alpha": 32.0},
+                                        "core": {"id": core.id, "hash": core.hash}})
+    return dict(core=core, adapter=adapter)
 
 
 def other_sites(store: Store, core: str, first: int, last: int, threads: int = 1) -> None:
