@@ -37,6 +37,7 @@ import torch
 from site_decisions import CORE, core_pool, group_pool, turbine_sites
 
 from pipeline.data.split import split_indices
+from pipeline.method.adapter import attach
 from pipeline.method.configs import AdapterConfig, FitConfig
 from pipeline.method.metrics import heldout_fm
 from pipeline.method.prior import FlowPrior
@@ -53,6 +54,7 @@ HARD_FIRST = ("R80711 2014", "power x0.5", "shifted +3 sd", "group R80711", "gro
 
 
 def file_bytes(prior: FlowPrior, adapter: bool) -> int:
+    """The bytes of ``prior``'s artifact: its adapter alone, or the whole prior."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prior.safetensors"
         prior.save_adapter(path, {"id": "prior-x", "sha256": "0" * 64}) if adapter else prior.save(path)
@@ -61,8 +63,6 @@ def file_bytes(prior: FlowPrior, adapter: bool) -> int:
 
 def step_cost(core: FlowPrior, adapter: AdapterConfig | None, z: torch.Tensor, repeats: int) -> dict:
     """Median seconds per training step (batch 256), and the bytes of training state (unique tensors)."""
-    from pipeline.method.adapter import attach
-
     model = (attach(core.velocity, adapter) if adapter else copy.deepcopy(core.velocity).requires_grad_(True)).train()
     fit = site_fit_config(core, "finetune", 100, 3e-4, 256, 100)
     optimiser, ema = make_optimiser(model, fit), EMA(model, fit.ema_decay)

@@ -83,7 +83,8 @@ def test_a_registered_record_is_copied_with_its_links_tags_metrics_and_settings(
     assert tags["flowprior.artifact"] == store.uri_of(prior.artifact) and tags["team"] == "ops"
     assert "flowprior.site" not in tags and run.info.run_name == prior.id and run.info.status == "FINISHED"
     assert run.data.metrics == {"heldout_fm": 0.25, "step": 300.0}
-    assert run.data.params == {"width": "64", "fit.lr": "0.002", "settings_digest": prior.config["settings_digest"]}
+    assert run.data.params == {"width": "64", "fit.lr": "0.002", "settings_digest": prior.config["settings_digest"],
+                               "artifact_bytes": "7"}  # the artifact's size, kept by the registry
     (run,) = mlflow_tracking.runs(id=encoder.id)
     tags = run.data.tags
     assert tags["flowprior.kind"] == "encoder" and tags["flowprior.site"] == "plant-a"

@@ -29,7 +29,7 @@ def adapter_pair(registry: Registry, folder: Path, site: str = "s9") -> dict:
     core = registry.register("prior", artifact=folder / "core.bin", metrics={"heldout_fm": 1.0}, make_current=False)
     (folder / "adapter.bin").write_bytes(b"a" * 150_200)
     adapter = registry.register("site-prior", site=site, parents=[core.id], artifact=folder / "adapter.bin",
-                                config={"mode": "finetune", "method": "adapter", "adapter": {"rank": 8, "alpha": 32.0},
+                                config={"mode": "finetune", "method": "adapter", "adapter": {"rank": 8, "alpha": 64.0},
                                         "core": {"id": core.id, "hash": core.hash}})
     return dict(core=core, adapter=adapter)
 
