@@ -121,7 +121,3 @@ def merge(model: VelocityMLP) -> VelocityMLP:
             _replace(merged, name, module.merged())
     return merged.eval().requires_grad_(False)
 
-
-def count(model: VelocityMLP) -> int:
-    """Number of trainable (adapter) parameters of an :func:`attach`-ed model."""
-    return sum(t.numel() for t in adapter_tensors(model).values())

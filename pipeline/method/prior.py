@@ -48,10 +48,6 @@ class Adapter:
     config: AdapterConfig
     tensors: dict[str, torch.Tensor]
 
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
 
 def fit_info(space: PriorSpace, fit: FitConfig, history: list[dict], seed: int) -> dict:
     """What a prior's ``info`` records about its fit (a job may add its own keys, e.g. the feature schema)."""

@@ -44,7 +44,10 @@ def publish_prior(registry: Registry, prior: FlowPrior, *, kind: str = "prior", 
         if prior.adapter is None:
             prior.save(path)
         else:
-            core = registry.get(list(fields.get("parents") or [None])[0] or "")
+            parents = list(fields.get("parents") or [])
+            if not parents:
+                raise RegistryError("a site prior stored as an adapter needs its core as its first parent")
+            core = registry.get(parents[0])
             config["core"] = {"id": core.id, "hash": core.hash}
             config["adapter"] = prior.adapter.config.to_dict()
             prior.save_adapter(path, {"id": core.id, "sha256": core.hash})

@@ -79,6 +79,8 @@ def test_an_adapter_site_prior_is_stored_alone_and_loads_composed_with_its_core(
     z = core.to_prior(x + 0.5)
     fit = site_fit_config(core, "finetune", 10, 1e-2, 64, 5)
     site = train_site_prior(core, z[:300], z[300:], "finetune", fit, adapter=AdapterConfig(rank=2))
+    with pytest.raises(RegistryError, match="a site prior stored as an adapter needs its core as its first parent"):
+        publish_prior(registry, site, kind="site-prior", site="line-1")
     record = publish_prior(registry, site, kind="site-prior", site="line-1", parents=[core_record.id])
     assert record.config["method"] == "adapter" and record.config["adapter"] == AdapterConfig(rank=2).to_dict()
     assert record.config["core"] == {"id": core_record.id, "hash": core_record.hash}
