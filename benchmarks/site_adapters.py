@@ -94,7 +94,9 @@ def size_costs(core: FlowPrior, z: torch.Tensor, variants: list[AdapterConfig], 
     return costs
 
 
-def run_site(core: FlowPrior, name: str, x: np.ndarray, args, variants: list[AdapterConfig], started: float) -> dict:
+def run_site(core: FlowPrior, core_fm: float, name: str, x: np.ndarray, steps: int, args,
+             variants: list[AdapterConfig], started: float) -> dict:
+    """The check's decision for site rows ``x`` (n, 10) and, at ``steps``, a full fine-tune against each adapter."""
     tr, he = split_indices(x, 0.1, seed=0)
     z_train, z_held = core.to_prior(x[tr]), core.to_prior(x[he][:EVAL_ROWS])
     fm_reuse = heldout_fm(core.velocity, z_held, 0)
@@ -104,8 +106,8 @@ def run_site(core: FlowPrior, name: str, x: np.ndarray, args, variants: list[Ada
     for method, adapter in (("adapter", variants[0]), ("full", None))[:1 if core.velocity.config.width > 128 else 2]:
         probe = train_site_prior(core, z_train, z_held, "finetune", probe_fit, adapter=adapter)
         gains[method] = 1 - probe.info["history"][-1]["heldout_fm"] / fm_reuse
-    numbers = {"fm_ratio": fm_reuse / args.core_fm, "probe_gain": gains["adapter"]}
-    fit = site_fit_config(core, "finetune", args.steps, args.lr, 256, args.steps)
+    numbers = {"fm_ratio": fm_reuse / core_fm, "probe_gain": gains["adapter"]}
+    fit = site_fit_config(core, "finetune", steps, args.lr, 256, steps)
     full = train_site_prior(core, z_train, z_held, "finetune", fit).info["history"][-1]["heldout_fm"]
     full_probe = {**numbers, "probe_gain": gains["full"]} if "full" in gains else None
     row = {"site": name, "rows": len(x), **numbers, "decision": decide(numbers, Thresholds()),
@@ -134,19 +136,18 @@ def run_size(size: str, core_steps: int, steps: int, args, variants: list[Adapte
         keep = set(order if args.only else order[:args.big_sites])
         sites = [(c, pool, {n: x for n, x in s.items() if n in keep}) for c, pool, s in sites]
     rows, costs = [], {}
-    args.steps = steps
     for core_name, pool, named in sites:
         if not named:
             continue
         tr, he = split_indices(pool, 0.1, seed=0)
         core = FlowPrior.fit(pool[tr], **shape, fit=FitConfig(steps=core_steps, log_every=core_steps), seed=0)
-        args.core_fm = heldout_fm(core.velocity, core.to_prior(pool[he][:EVAL_ROWS]), 0)
-        print(f"[{size}] {core_name}: {len(tr)} rows, {core_steps} steps, held-out FM {args.core_fm:.4f} "
+        core_fm = heldout_fm(core.velocity, core.to_prior(pool[he][:EVAL_ROWS]), 0)
+        print(f"[{size}] {core_name}: {len(tr)} rows, {core_steps} steps, held-out FM {core_fm:.4f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         if not costs:  # measured on the first core
             costs = size_costs(core, core.to_prior(pool[tr][:10000]), variants, args.repeats)
             print(f"[{size}] " + json.dumps(costs), flush=True)
-        rows += [run_site(core, name, x, args, variants, started) for name, x in named.items()]
+        rows += [run_site(core, core_fm, name, x, steps, args, variants, started) for name, x in named.items()]
     return {"size": size, "core_steps": core_steps, "steps": steps, "costs": costs, "sites": rows}
 
 

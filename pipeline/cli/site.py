@@ -88,6 +88,7 @@ def check_table(checks: list) -> str:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.jobs.sites import run_sites
+    from pipeline.registry.records import prior_method
     from pipeline.sites.finetune import finetune_site
 
     specs = _specs(args)
@@ -98,7 +99,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if record is None:
             print(f"{spec.site:10s} reuse    (nothing to train)")
         else:
-            print(f"{spec.site:10s} {record.config['mode']:8s} {record.config.get('method', 'full'):7s} "
+            print(f"{spec.site:10s} {record.config['mode']:8s} {prior_method(record):7s} "
                   f"{record.id}  held-out FM {number(record.metrics.get('heldout_fm_core'), '.4f')} (core) -> "
                   f"{number(record.metrics.get('heldout_fm'), '.4f')}, {size(record.config.get('artifact_bytes'))}")
     return 0

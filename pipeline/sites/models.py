@@ -24,6 +24,7 @@ from pipeline.method.encoder import Autoencoder, save_encoder
 from pipeline.method.encoder import load_encoder as load_encoder_file
 from pipeline.method.prior import FlowPrior
 from pipeline.registry import Record, Registry
+from pipeline.registry.records import prior_method
 
 Model = TypeVar("Model")
 PRIOR_KINDS = ("prior", "site-prior")
@@ -65,7 +66,7 @@ def load_prior(registry: Registry, record_id: str) -> FlowPrior:
     """The prior of a ``prior``/``site-prior`` record, hash-checked, loaded without executing code (an adapter
     site prior: with its core, merged; see the module docstring)."""
     record = registry.get(record_id)
-    core = record.config.get("core") if record.config.get("method") == "adapter" else None
+    core = record.config.get("core") if prior_method(record) == "adapter" else None
     if core is None:
         return _load(registry, record, PRIOR_KINDS, "a prior", FlowPrior.load)
     core_record = registry.get(core["id"])
