@@ -101,7 +101,7 @@ def main() -> None:
         for mode, lam, steps in runs:
             start = time.perf_counter()
             run = train_encoder(observations.values, core, replace(spec.alignment, lam=lam, mode=mode, steps=steps),
-                                z_target, spec.encoder.widths, seed=spec.seed)
+                                z_target, spec.encoder.layout(), seed=spec.seed)
             scores = fault_scores(run.model, core, x_2014)
             if lam == 0:
                 baselines[steps] = {"recon_median": run.metrics["recon_median"], "recon_scores": scores["recon"]}

@@ -219,7 +219,7 @@ def site_steps(args, device: torch.device) -> dict:
     observations = torch.cat([site_data[:4_000], torch.randn(4_000, 4, device=device)], dim=1)  # (4000, dim + 4)
     start = time.perf_counter()
     run = train_encoder(observations.cpu().numpy(), site, AlignConfig(lam=0.01, steps=steps, log_every=steps,
-                        eval_points=1000), site_data[:2_000], widths=(128, 128), device=device)
+                        eval_points=1000), site_data[:2_000], device=device)
     align = {"seconds": time.perf_counter() - start, **run.metrics, "device": str(next(run.model.parameters()).device)}
     if not (finetune["device"].startswith(device.type) and align["device"].startswith(device.type)):
         raise RuntimeError(f"site steps did not run on {device}: {finetune['device']}, {align['device']}")

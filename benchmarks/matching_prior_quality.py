@@ -94,7 +94,7 @@ def main() -> None:
             start = time.perf_counter()
             runs[mode] = train_encoder(observations.values, site_prior,
                                        replace(spec.alignment, lam=lam, mode=mode, steps=args.steps), z_target,
-                                       spec.encoder.widths, seed=spec.seed)
+                                       spec.encoder.layout(), seed=spec.seed)
             print(f"{turbine} {mode} lambda {lam:g}: {time.perf_counter() - start:.0f} s", flush=True)
         with torch.no_grad():
             y = runs["match"].model.encode(healthy)

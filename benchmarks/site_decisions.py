@@ -213,7 +213,7 @@ def main() -> None:
         observations, z_target, reference = alignment_data(spec, core)
         for lam in args.lambdas:
             run = train_encoder(observations.values, core, replace(spec.alignment, lam=lam), z_target,
-                                spec.encoder.widths, seed=spec.seed)
+                                spec.encoder.layout(), seed=spec.seed)
             found = {}
             for year in (2015, 2014):
                 x, labels = site_rows(turbine, year)

@@ -75,7 +75,7 @@ def epoch_seconds(spec_path: str, store_uri: str, epoch_steps: int, epochs: int 
     torch.set_num_threads(1)
     spec = load_sweep_spec(spec_path)
     data = next(iter(site_data(spec, Registry(Store.open(store_uri))).values()))
-    training = EncoderTraining(data.observations.copy(), data.prior, data.alignment, data.target, data.widths,
+    training = EncoderTraining(data.observations.copy(), data.prior, data.alignment, data.target, data.layout,
                                data.seed, "cpu")
     training.advance(epoch_steps)  # warm-up
     started = time.perf_counter()

@@ -17,6 +17,8 @@ PROJECTIONS = ("none", "random", "pca", "pool")
 NORMALISERS = ("global", "per-dim")
 ALIGNMENT_MODES = ("align", "match")
 """Alignment modes: ``align`` (``L_align``, the paper) and ``match`` (:mod:`pipeline.method.matching`)."""
+ENCODER_KINDS = ("mlp", "conv")
+"""Autoencoder networks: ``mlp`` on rows of numbers, ``conv`` on images (:class:`EncoderLayout`)."""
 FINETUNE_METHODS = ("adapter", "full")
 """How a site prior is fine-tuned from the core: ``adapter`` (:mod:`pipeline.method.adapter`, the default) or
 ``full`` (every weight)."""
@@ -131,20 +133,73 @@ class MatchConfig:
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
-    """Shape of an autoencoder: observation dim, latent dim (the prior's), hidden widths."""
+class EncoderLayout:
+    """An autoencoder's network apart from its two ends (the observation and latent dims).
 
-    obs_dim: int
-    latent_dim: int
+    ``kind``: ``mlp`` (``widths`` are the hidden widths) or ``conv`` (observations are images of
+    ``image_shape`` ``(C, H, W)``, flattened row-major; ``widths`` are the channels of its stride-2 stages, so
+    ``H`` and ``W`` must be divisible by ``2 ** len(widths)``). ``kl > 0`` makes it a KL-regularised
+    (variational) autoencoder: the encoder gives a Gaussian ``q(y | o)``, training adds ``kl * KL(q || N(0, I))``
+    and decodes a sample, and :meth:`~pipeline.method.encoder.Autoencoder.encode` gives its mean."""
+
+    kind: str = "mlp"
     widths: tuple[int, ...] = (128, 128)
+    image_shape: tuple[int, ...] | None = None
+    kl: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
-        if self.obs_dim < 1 or self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
-            raise SpecError(f"EncoderConfig needs positive dims and widths, got {self}")
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if self.kind not in ENCODER_KINDS:
+            raise SpecError(f"encoder kind must be one of {', '.join(ENCODER_KINDS)}, got {self.kind!r}")
+        if not self.widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+            raise SpecError(f"encoder widths must be positive integers, got {list(self.widths)}")
+        if not (isinstance(self.kl, (int, float)) and math.isfinite(self.kl) and self.kl >= 0):
+            raise SpecError(f"encoder kl must be a finite number >= 0, got {self.kl!r}")
+        if self.kind == "mlp" and self.image_shape is not None:
+            raise SpecError("encoder image_shape is for kind conv; an mlp encoder reads flat rows")
+        if self.kind == "conv":
+            shape = self.image_shape
+            if shape is None or len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                                       for s in shape):
+                raise SpecError(f"a conv encoder needs image_shape [channels, height, width], got {shape!r}")
+            stride = 2 ** len(self.widths)
+            if shape[1] % stride or shape[2] % stride:
+                raise SpecError(f"a conv encoder with {len(self.widths)} stride-2 stages needs height and width "
+                                 f"divisible by {stride}, got image_shape {list(shape)}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "widths": list(self.widths)}
+        """The settings, with the later additions (kind, image_shape, kl) only where they differ from an MLP
+        autoencoder's: older checkpoints, training states and step names hold only ``widths``."""
+        extra = {} if self.kind == "mlp" else {"kind": self.kind, "image_shape": list(self.image_shape)}
+        return {"widths": list(self.widths), **extra, **({"kl": self.kl} if self.kl else {})}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of an autoencoder: observation dim, latent dim (the prior's), and its network."""
+
+    obs_dim: int
+    latent_dim: int
+    layout: EncoderLayout = EncoderLayout()
+
+    def __post_init__(self) -> None:
+        if self.obs_dim < 1 or self.latent_dim < 1:
+            raise SpecError(f"EncoderConfig needs positive dims, got {self}")
+        if self.layout.kind == "conv" and math.prod(self.layout.image_shape) != self.obs_dim:
+            raise SpecError(f"encoder image_shape {list(self.layout.image_shape)} holds "
+                             f"{math.prod(self.layout.image_shape)} values per row, but the observations have "
+                             f"{self.obs_dim} columns")
+
+    def to_dict(self) -> dict:
+        return {"obs_dim": self.obs_dim, "latent_dim": self.latent_dim, **self.layout.to_dict()}
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> "EncoderConfig":
+        """The inverse of :meth:`to_dict` (also of an older checkpoint's, which holds only ``widths``)."""
+        layout = {k: v for k, v in settings.items() if k not in ("obs_dim", "latent_dim")}
+        return cls(settings["obs_dim"], settings["latent_dim"], EncoderLayout(**layout))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""A site's encoder: an MLP autoencoder whose latents ``y`` are aligned to a frozen prior (stage 2).
+"""Training a site's encoder: an autoencoder (:mod:`pipeline.method.autoencoder`, an MLP or a conv network) whose
+latents ``y`` are aligned to a frozen prior (stage 2).
 
 For observations ``o`` (n, d_obs), encoder ``E`` and decoder ``D`` (``y = E(o)`` of dim d1, the
 prior's dimension), one run minimises
@@ -8,15 +9,14 @@ prior's dimension), one run minimises
 with ``L_align`` of :mod:`pipeline.method.losses` (K noise draws, the prior frozen), or, with
 ``mode="match"``, the distribution-matching surrogate of :mod:`pipeline.method.matching` in its place
 (the latents' *distribution* moves to the prior's; an auxiliary flow follows the latents). ``lambda = 0``
-is the plain autoencoder, the baseline every aligned encoder is compared with. Observations
-are standardised inside the model with the median and a robust scale of the training rows
-(:meth:`Autoencoder.fit_scaling`), so a few wild sensor readings do not set the scale.
+is the plain autoencoder, the baseline every aligned encoder is compared with; a KL-regularised layout
+(``kl > 0``) adds ``kl * mean_i KL(q(y | o_i) || N(0, I))``. Observations are standardised inside the model
+(:meth:`Autoencoder.fit_scaling`: rows with the median and a robust scale of the training rows, so a few wild
+sensor readings do not set the scale; images with one scale for all pixels).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from pipeline.errors import CheckpointError
+from pipeline.method.autoencoder import Autoencoder
 from pipeline.method.checkpoint import load_checkpoint, load_training, save_checkpoint, save_training
-from pipeline.method.configs import AlignConfig, EncoderConfig
+from pipeline.method.configs import AlignConfig, EncoderConfig, EncoderLayout
 from pipeline.method.inputs import as_points
 from pipeline.method.matching import AuxiliaryFlow, matching_loss
 from pipeline.method.metrics import knn_nll, spread_ratio
@@ -36,58 +36,6 @@ from pipeline.method.prior import FlowPrior
 
 CHECKPOINT_KIND = "flowprior.encoder/v1"
 TRAINING_KIND = "flowprior.encoder-training/v1"  # an unfinished run, to continue (sweep trials)
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
-
-
-class Autoencoder(nn.Module):
-    """``o -> y = E((o - centre) / scale) -> D(y) * scale + centre``."""
-
-    def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = _mlp([config.obs_dim, *config.widths, config.latent_dim])
-        self.decoder = _mlp([config.latent_dim, *reversed(config.widths), config.obs_dim])
-        self.register_buffer("centre", torch.zeros(config.obs_dim))
-        self.register_buffer("scale", torch.ones(config.obs_dim))
-
-    def fit_scaling(self, o: torch.Tensor) -> None:
-        """Centre: the median per column. Scale: ``max(1.4826 MAD, (q_0.99 - q_0.01) / 4.6527)`` per column
-        (1 where both are 0): each is the standard deviation for Gaussian data, and neither moves much
-        with under 1% wild readings. The quantile range covers columns that sit at one value most of the
-        time (a blade pitch at rest), whose MAD is ~0 and would scale ordinary readings to thousands."""
-        centre = o.median(dim=0).values
-        mad = (o - centre).abs().median(dim=0).values * 1.4826
-        n = len(o)  # order statistics (torch.quantile refuses inputs over 16M elements)
-        q_01, q_99 = (o.kthvalue(max(1, math.ceil(q * n)), dim=0).values for q in (0.01, 0.99))
-        scale = torch.maximum(mad, (q_99 - q_01) / (2 * 2.3263))  # z_0.99 = 2.3263
-        self.centre.copy_(centre)
-        self.scale.copy_(torch.where(scale > 1e-8, scale, torch.ones_like(scale)))
-
-    def encode(self, o: torch.Tensor) -> torch.Tensor:
-        """Latents ``(n, d1)`` of observations ``(n, d_obs)``."""
-        return self.encoder((o - self.centre) / self.scale)
-
-    def decode(self, y: torch.Tensor) -> torch.Tensor:
-        return self.decoder(y) * self.scale + self.centre
-
-    def reconstruction_error(self, o: torch.Tensor) -> torch.Tensor:
-        """Per-row squared error ``(n,)`` in standardised units, averaged over columns."""
-        return ((self.decode(self.encode(o)) - o) / self.scale).pow(2).mean(-1)
-
-    def forward(self, o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.encode(o)
-        return y, self.decode(y)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
 
 @dataclass
@@ -120,14 +68,15 @@ class EncoderTraining:
     writes everything needed to continue bit for bit (weights, Adam moments, the learning-rate schedule,
     the sampling generator, the log so far) as a tensor-only checkpoint, and :meth:`resume` reads it.
 
-    ``observations`` (n, d_obs); ``target`` (m, d1) are target features in prior space, used only for
-    the logged kNN NLL proxy and spread. Logs every ``config.log_every`` steps on ``config.eval_points``
-    fixed rows, and at the last step. Everything runs on ``device``: the data, the model, the sampling
-    generator, and ``prior``, which is moved there (in place). Saved states load on any device.
+    ``observations`` (n, d_obs) (for a conv ``layout``, images flattened row-major); ``target`` (m, d1) are
+    target features in prior space, used only for the logged kNN NLL proxy and spread. Logs every
+    ``config.log_every`` steps on ``config.eval_points`` fixed rows, and at the last step. Everything runs on
+    ``device``: the data, the model, the sampling generator, and ``prior``, which is moved there (in place).
+    Saved states load on any device.
     """
 
     def __init__(self, observations, prior: FlowPrior, config: AlignConfig, target,
-                 widths: tuple[int, ...] = (128, 128), seed: int = 0, device: torch.device | str = "cpu") -> None:
+                 layout: EncoderLayout = EncoderLayout(), seed: int = 0, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.o = as_points(observations, "observations", dtype=torch.float32).to(self.device)
         self.target = as_points(target, "target points", dim=prior.latent_dim, dtype=torch.float32).to(self.device)
@@ -135,7 +84,7 @@ class EncoderTraining:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = Autoencoder(EncoderConfig(self.o.shape[1], prior.latent_dim, widths))
+            self.model = Autoencoder(EncoderConfig(self.o.shape[1], prior.latent_dim, layout))
         self.model.to(self.device).fit_scaling(self.o)
         rows = torch.randperm(len(self.o), generator=self.generator, device=self.device)
         self.evaluation_rows = self.o[rows[: config.eval_points]]
@@ -160,8 +109,8 @@ class EncoderTraining:
         while self.step < end:
             batch = self.o[torch.randint(0, len(self.o), (config.batch_size,), generator=self.generator,
                                          device=self.device)]
-            y, reconstruction = model(batch)
-            loss = ((reconstruction - batch) / model.scale).pow(2).mean()
+            y, reconstruction, kl = model(batch, self.generator)
+            loss = ((reconstruction - batch) / model.scale).pow(2).mean() + model.config.layout.kl * kl.mean()
             if self.aux is not None:
                 self.aux.fit(y, generator=self.generator)
                 match = self.aux.config
@@ -226,14 +175,14 @@ def train_encoder(
     prior: FlowPrior,
     config: AlignConfig,
     target,
-    widths: tuple[int, ...] = (128, 128),
+    layout: EncoderLayout = EncoderLayout(),
     seed: int = 0,
     progress: Callable[[dict], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> EncoderRun:
     """Train an autoencoder on ``observations`` (n, d_obs) with ``recon + lambda * L_align`` against
     ``prior`` in one go, on ``device`` (see :class:`EncoderTraining`)."""
-    training = EncoderTraining(observations, prior, config, target, widths, seed, device)
+    training = EncoderTraining(observations, prior, config, target, layout, seed, device)
     training.advance(progress=progress)
     return training.result()
 
@@ -248,7 +197,7 @@ def load_encoder(path: str | os.PathLike, expected_sha256: str | None = None) ->
     """Load a checkpoint written by :func:`save_encoder` (no code runs); refuses a changed file."""
     config, tensors = load_checkpoint(path, CHECKPOINT_KIND, expected_sha256)
     try:
-        model = Autoencoder(EncoderConfig(**config["encoder"]))
+        model = Autoencoder(EncoderConfig.from_dict(config["encoder"]))
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: checkpoint does not describe a valid encoder ({error})") from None

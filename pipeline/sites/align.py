@@ -3,6 +3,7 @@ lambda = 0 baseline in the same run), and register the encoder ``aligned_to`` th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -59,6 +60,12 @@ def alignment_data(spec: SiteSpec, prior: FlowPrior, say: Say | None = None, sca
                         f"has dimension {prior.latent_dim}")
     target_scan, observations_scan = scans or (None, None)
     observations = spec.observations.read(observations_scan)
+    layout = spec.encoder.layout()
+    if layout.kind == "conv" and math.prod(layout.image_shape) != observations.dim:
+        column = observations.columns[0].split("[")[0]
+        raise SpecError(f"{spec.path}: encoder.image_shape {list(layout.image_shape)} holds "
+                        f"{math.prod(layout.image_shape)} values per image, but the observations "
+                        f"({spec.observations.uri}, column {column!r}) have {observations.dim} per row")
     target = site_points(spec, prior, say, target_scan).features
     rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))
     z = prior.to_prior(target.values[rows[: METRIC_POINTS + 1000].numpy()])  # (<= 6000, d1)
@@ -145,7 +152,7 @@ def align_site(spec: SiteSpec, registry: Registry, lam: float | None = None, pri
                 bar.update(h["step"], f"recon {h['recon']:.4f}  l_align {h['l_align']:.3f}  "
                                       f"knn_nll {h['knn_nll']:.3f}  spread {h['spread']:.2f}")
 
-        runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.widths,
+        runs[name] = train_encoder(observations.values, prior, run_config, z_target, spec.encoder.layout(),
                                    seed=spec.seed, progress=progress, device=device)
     aligned, baseline = runs["aligned"], runs["baseline"]
     record = publish_encoder(

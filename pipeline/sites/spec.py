@@ -11,7 +11,7 @@
       uri: ../pipeline/datasets/la_haute_borne.parquet
       filters: {site: R80711, year: 2015}
       drop_nonfinite: true
-    encoder: {latent_dim: 4, widths: [128, 128]}
+    encoder: {latent_dim: 4, widths: [128, 128]}  # or {kind: conv, image_shape: [1, 28, 28], widths: [16, 32]}
     alignment: {lambda: 0.002, draws: 4, steps: 1500, mode: align}   # the defaults; or mode: match
     finetune: {method: adapter, rank: 8, steps: 1000, lr: 0.0003}   # or method: full (every weight)
     thresholds: {finetune_gain: 0.03, refit_fm: 35}   # the defaults (in code)
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import SpecError
-from pipeline.method.configs import FINETUNE_METHODS, AdapterConfig, AlignConfig
+from pipeline.method.configs import FINETUNE_METHODS, AdapterConfig, AlignConfig, EncoderLayout
 from pipeline.specs import read_mapping, resolve, section, typed
 from pipeline.storage import validate_name
 
@@ -70,14 +70,29 @@ class DataSource:
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """The site's autoencoder: its hidden widths, and the latent dimension (the prior's)."""
+    """The site's autoencoder: the latent dimension (the prior's) and its network
+    (``pipeline.method.configs.EncoderLayout``): ``kind: mlp`` with hidden ``widths``, or ``kind: conv`` on images
+    of ``image_shape: [channels, height, width]`` (the observations' feature column holds each image flattened
+    row-major, or as a fixed-shape tensor) with ``widths`` the channels of its stride-2 stages; ``kl > 0`` makes
+    it KL-regularised."""
 
     latent_dim: int | None = None  # must equal the prior's dimension; None: take the prior's
-    widths: tuple[int, ...] = (128, 128)
+    kind: str = EncoderLayout.kind
+    widths: tuple[int, ...] = EncoderLayout.widths
+    image_shape: tuple[int, ...] | None = None
+    kl: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.latent_dim is not None and self.latent_dim < 1 or min(self.widths) < 1:
-            raise SpecError(f"latent_dim and widths must be positive, got {self}")
+        if self.latent_dim is not None and self.latent_dim < 1:
+            raise SpecError(f"latent_dim must be positive, got {self.latent_dim}")
+        self.layout()  # validates the network
+
+    def layout(self) -> EncoderLayout:
+        return EncoderLayout(self.kind, self.widths, self.image_shape, self.kl)
+
+    def to_dict(self) -> dict:
+        """What an alignment's result depends on; an MLP autoencoder's as before conv encoders existed."""
+        return {"latent_dim": self.latent_dim, **self.layout().to_dict()}
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ def step_name(step: str, spec: SiteSpec, prior_id: str, fingerprints: list[str],
     whole = sections.get("finetune", {}).get("method") == "full" or inputs.get("mode") == "refit"
     if "finetune" in sections and whole:  # a whole prior: named as before adapters existed (no rerun)
         sections["finetune"] = {k: v for k, v in sections["finetune"].items() if k not in ("method", "rank")}
+    if "encoder" in sections:  # an MLP autoencoder: named as before conv encoders existed (no rerun)
+        sections["encoder"] = spec.encoder.to_dict()
     digest = settings_digest({"step": step, "spec": sections, "prior": prior_id, "data": fingerprints, **inputs})
     return f"{spec.site}.{step}.{digest}"
 

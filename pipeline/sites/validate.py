@@ -161,7 +161,7 @@ def _plan(spec: SiteSpec, registry: Registry, prior_id: str, prior_arg: str | No
     aligned_to = _alignment_prior(registry, spec.site, target.fingerprint, prior_arg, prior_id)
     step("align", "encoder", default_step_name("align", spec, aligned_to, target.fingerprint, observations.fingerprint),
          f"align: {observation_rows:,} observations, {a.mode} at lambda {a.lam:g}, {a.steps} steps (and a lambda = 0 "
-         f"baseline), encoder widths {list(spec.encoder.widths)}, to {aligned_to}")
+         f"baseline), {spec.encoder.kind} encoder {list(spec.encoder.widths)}, to {aligned_to}")
 
 
 def validate_site(spec: SiteSpec, registry: Registry, prior_id: str | None = None) -> SiteValidation:

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.method.configs import AlignConfig, EncoderConfig, FitConfig
+from pipeline.method.configs import AlignConfig, EncoderConfig, EncoderLayout, FitConfig
 from pipeline.method.encoder import Autoencoder, EncoderTraining, load_encoder, save_encoder, train_encoder
 from pipeline.method.metrics import mmd
 from pipeline.method.prior import FlowPrior
+
+SMALL = EncoderLayout(widths=(16,))  # a small MLP, for tests of the loop rather than of the fit
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_scaling_is_robust_to_wild_readings_and_to_columns_at_rest():
     at_rest = torch.where(torch.rand(n, generator=g) < 0.7, 1e-3 * torch.randn(n, generator=g),  # jitters at rest
                           10 * torch.rand(n, generator=g))
     o = torch.stack([gaussian, wild, at_rest, torch.full((n,), 5.0)], dim=1)  # (n, 4)
-    model = Autoencoder(EncoderConfig(obs_dim=4, latent_dim=1, widths=(4,)))
+    model = Autoencoder(EncoderConfig(obs_dim=4, latent_dim=1, layout=EncoderLayout(widths=(4,))))
     model.fit_scaling(o)
     assert model.centre[:2].tolist() == pytest.approx([3.0, 3.0], abs=0.1)
     assert model.scale[0].item() == pytest.approx(2.0, rel=0.05)  # the sd ...
@@ -48,9 +50,9 @@ def test_scaling_is_robust_to_wild_readings_and_to_columns_at_rest():
 def test_alignment_pulls_latents_onto_the_prior_at_small_reconstruction_cost(setting):
     observations, prior, z = setting
     config = AlignConfig(lam=1.0, steps=600, log_every=100, eval_points=1000)
-    aligned = train_encoder(observations, prior, config, z, widths=(64, 64), seed=0)
+    aligned = train_encoder(observations, prior, config, z, layout=EncoderLayout(widths=(64, 64)), seed=0)
     baseline = train_encoder(observations, prior, AlignConfig(lam=0.0, steps=600, log_every=100, eval_points=1000),
-                             z, widths=(64, 64), seed=0)
+                             z, layout=EncoderLayout(widths=(64, 64)), seed=0)
     assert [h["step"] for h in aligned.history] == [100, 200, 300, 400, 500, 600]
     a, b = aligned.metrics, baseline.metrics
     assert a["l_align"] < 0.6 * b["l_align"]  # alignment lowers L_align ...
@@ -67,7 +69,7 @@ def test_distribution_matching_spreads_the_latents_like_the_target(setting):
     z_prior = prior.to_prior(z)
     runs = {mode: train_encoder(observations, prior, AlignConfig(lam=1.0, steps=600, lr=3e-3, log_every=300,
                                                                  eval_points=1000, mode=mode), z_prior,
-                                widths=(64, 64), seed=0) for mode in ("align", "match")}
+                                EncoderLayout(widths=(64, 64)), seed=0) for mode in ("align", "match")}
     align, match = runs["align"].metrics, runs["match"].metrics
     assert align["spread"] < 0.3 and 0.8 < match["spread"] < 1.2
     latents = {mode: run.model.encode(observations[:2000]) for mode, run in runs.items()}
@@ -79,7 +81,7 @@ def test_distribution_matching_spreads_the_latents_like_the_target(setting):
 def test_checkpoints_round_trip_and_refuse_changes(setting, tmp_path):
     observations, prior, z = setting
     run = train_encoder(observations, prior, AlignConfig(lam=1.0, steps=20, log_every=10, eval_points=100), z,
-                        widths=(16,), seed=0)
+                        SMALL, seed=0)
     path = save_encoder(run.model, tmp_path / "enc.safetensors", {"site": "a"})
     loaded = load_encoder(path)
     assert torch.equal(loaded.encode(observations[:5]), run.model.encode(observations[:5]))
@@ -96,12 +98,12 @@ def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an
         setting, tmp_path, device, mode):
     observations, prior, z = setting
     config = AlignConfig(lam=0.5, steps=60, log_every=20, eval_points=200, draws=2, mode=mode)
-    whole = train_encoder(observations, prior, config, z, widths=(16,), seed=3, device=device)
-    first = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3, device=device)
+    whole = train_encoder(observations, prior, config, z, layout=SMALL, seed=3, device=device)
+    first = EncoderTraining(observations, prior, config, z, layout=SMALL, seed=3, device=device)
     first.advance(40)  # two log entries, then "interrupted"
     first.save(tmp_path / "state.safetensors")
     first.advance(5)  # work after the save is lost with the process
-    second = EncoderTraining(observations, prior, config, z, widths=(16,), seed=3, device=device)
+    second = EncoderTraining(observations, prior, config, z, layout=SMALL, seed=3, device=device)
     second.resume(tmp_path / "state.safetensors")
     assert second.step == 40 and len(second.history) == 2
     assert second.generator.device.type == device
@@ -113,7 +115,7 @@ def test_a_run_stopped_and_resumed_from_its_saved_state_ends_bit_for_bit_like_an
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     assert resumed.metrics == whole.metrics
-    other = EncoderTraining(observations, prior, AlignConfig(lam=0.1, steps=60), z, widths=(16,), seed=3)
+    other = EncoderTraining(observations, prior, AlignConfig(lam=0.1, steps=60), z, layout=SMALL, seed=3)
     with pytest.raises(CheckpointError, match="another run"):
         other.resume(tmp_path / "state.safetensors")
 

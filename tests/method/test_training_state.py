@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from pipeline.errors import CheckpointError
 from pipeline.method.checkpoint import load_training
-from pipeline.method.configs import AlignConfig, EncoderConfig, FitConfig, VelocityConfig
+from pipeline.method.configs import AlignConfig, EncoderConfig, EncoderLayout, FitConfig, VelocityConfig
 from pipeline.method.encoder import TRAINING_KIND, Autoencoder, EncoderTraining
 from pipeline.method.prior import FlowPrior
 from pipeline.method.prior_space import PriorSpace
@@ -87,7 +87,7 @@ def test_a_changed_checkpoint_or_an_empty_folder_is_refused(tmp_path):
 
 
 def test_an_encoder_training_state_from_before_the_refactor_loads_and_is_the_layout_written_today(tmp_path):
-    model = Autoencoder(EncoderConfig(obs_dim=10, latent_dim=4, widths=(16, 16)))
+    model = Autoencoder(EncoderConfig(obs_dim=10, latent_dim=4, layout=EncoderLayout(widths=(16, 16))))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     state, rest = load_training(ENCODER, TRAINING_KIND, {"model": model}, {"adam": optimiser})
     assert (state["step"], state["history"]) == (EXPECTED["training"]["step"], EXPECTED["training"]["history"])
@@ -97,7 +97,8 @@ def test_an_encoder_training_state_from_before_the_refactor_loads_and_is_the_lay
     z = torch.randn(400, 4, generator=g)
     prior = FlowPrior.fit(z, width=16, depth=1, fit=FitConfig(steps=5, warmup=1, batch_size=32), seed=0)
     config = AlignConfig(**{**state["align"], "eval_points": 100})
-    training = EncoderTraining(torch.randn(400, 10, generator=g), prior, config, z, widths=(16, 16))
+    training = EncoderTraining(torch.randn(400, 10, generator=g), prior, config, z,
+                               layout=EncoderLayout(widths=(16, 16)))
     training.advance(4)
     training.save(tmp_path / "training.safetensors")
     layouts = []

@@ -14,6 +14,7 @@ from pipeline.jobs import runtime
 from pipeline.jobs.sweep.experiment import run_experiment
 from pipeline.jobs.sweep.scheduling import grid_points, scheduler_of
 from pipeline.jobs.sweep.trial import SiteData, settings_of, trainable, trial_entry
+from pipeline.method.configs import EncoderLayout
 from pipeline.progress import Say
 from pipeline.registry import Record, Registry
 from pipeline.sites.align import alignment_data, alignment_prior
@@ -53,11 +54,17 @@ def _digest(value: object) -> str:
     return json_digest(value)[:10]
 
 
+def _network(layout: EncoderLayout) -> object:
+    """The encoder's part of a sweep's identity: an MLP's widths as before conv encoders existed (same names)."""
+    settings = layout.to_dict()
+    return settings["widths"] if settings.keys() == {"widths"} else settings
+
+
 def experiment_names(spec: SweepSpec, sites: dict[str, SiteData]) -> tuple[str, str]:
     """``(<spec name>-<digest>, <spec name>-baseline-<digest>)``: the same settings, priors and data give the
     same names (so a rerun resumes). The baselines depend only on the sites and the trial length, so sweeps
     that differ in their search space or scheduler share them."""
-    identity = {s: [d.prior_id, d.fingerprint, d.alignment.to_dict(), d.widths, d.seed]
+    identity = {s: [d.prior_id, d.fingerprint, d.alignment.to_dict(), _network(d.layout), d.seed]
                 for s, d in sorted(sites.items())}
     return (f"{spec.name}-{_digest({'spec': spec.to_dict() | {'path': None}, 'sites': identity})}",
             f"{spec.name}-baseline-{_digest(identity)}")
@@ -74,7 +81,7 @@ def site_data(spec: SweepSpec, registry: Registry) -> dict[str, SiteData]:
             raise SpecError(f"{site.path}: select.metric nll_gap needs the target's own kNN NLL, but the target "
                             "has too few rows to measure it; use metric knn_nll")
         sites[site.site] = SiteData(
-            prior_id, prior, observations.values, target, target_nll, widths=site.encoder.widths, seed=site.seed,
+            prior_id, prior, observations.values, target, target_nll, layout=site.encoder.layout(), seed=site.seed,
             alignment=replace(site.alignment, steps=spec.steps, log_every=spec.epoch_steps),
             fingerprint=observations.fingerprint)
     return sites

@@ -19,7 +19,7 @@ import torch
 from ray import tune
 
 from pipeline.jobs.sweep.finished import EndedTrial
-from pipeline.method.configs import AlignConfig
+from pipeline.method.configs import AlignConfig, EncoderLayout
 from pipeline.method.encoder import EncoderTraining
 from pipeline.method.prior import FlowPrior
 from pipeline.sweeps import Selection, SweepSpec
@@ -39,7 +39,7 @@ class SiteData:
     target: torch.Tensor  # (m, d1) target points in prior space
     target_nll: float | None  # their kNN NLL proxy: the value of latents distributed like the target
     alignment: AlignConfig  # the site spec's, with the sweep's steps and epoch_steps
-    widths: tuple[int, ...]
+    layout: EncoderLayout
     seed: int
     fingerprint: str
     baseline_recon: list[float] | None = None  # the lambda = 0 run's, per epoch: filled in after the baselines ran
@@ -62,7 +62,7 @@ def run_trial(config: dict, sites: dict, selection: Selection, epoch_steps: int,
     data: SiteData = ray.get(sites[config["site"]])
     align = replace(data.alignment, **{k: config[k] for k in SWEPT if k in config})
     observations = np.array(data.observations)  # a writable copy of the object store's read-only array
-    training = EncoderTraining(observations, data.prior, align, data.target, data.widths, data.seed, device)
+    training = EncoderTraining(observations, data.prior, align, data.target, data.layout, data.seed, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
