@@ -20,6 +20,10 @@
 4. **Site fine-tune and encoder alignment** on the device (:func:`~pipeline.sites.site_prior.train_site_prior`,
    full and as an adapter, whose file is loaded back onto the core on the device;
    :func:`~pipeline.method.encoder.train_encoder`), with their seconds and results.
+5. **Image autoencoders** (``latent_generation.py``'s training steps at larger sizes): conv autoencoders on
+   ``--image-size`` colour images (``--image-widths`` channels, 16-D latents, batch 256) trained plain, with
+   ``L_align`` and with distribution matching against a ``width x depth`` prior on the device, and a latent
+   generator of that size fitted on the aligned latents, sampled and decoded: seconds per step of each.
 
 Everything goes to ``--json`` (default ``benchmarks/results/gpu_check.json`` on a GPU); a failed
 check raises. Needs torch, numpy, safetensors, scipy and torchdiffeq (the method library's imports).
@@ -44,13 +48,15 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from pipeline.method.checkpoint import load_checkpoint  # noqa: E402
-from pipeline.method.configs import AdapterConfig, AlignConfig, FitConfig, VelocityConfig  # noqa: E402
+from pipeline.method.configs import AdapterConfig, AlignConfig, EncoderLayout, FitConfig, VelocityConfig  # noqa: E402
 from pipeline.method.encoder import train_encoder  # noqa: E402
 from pipeline.method.metrics import heldout_fm  # noqa: E402
+from pipeline.method.ode import Solver  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.method.prior_space import PriorSpace  # noqa: E402
-from pipeline.method.training import new_training, train_step  # noqa: E402
+from pipeline.method.training import fit_velocity, new_training, train_step  # noqa: E402
 from pipeline.method.training_state import FILE, KIND, load_training_state, save_training_state  # noqa: E402
+from pipeline.method.velocity import VelocityMLP  # noqa: E402
 from pipeline.sites.site_prior import train_site_prior  # noqa: E402
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script  # noqa: E402
@@ -226,6 +232,53 @@ def site_steps(args, device: torch.device) -> dict:
     return {"core_refit_seconds": core_seconds, "finetune": finetune, "align": align}
 
 
+def blob_images(n: int, size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``(n, 3 size^2)``: colour images (3 x size x size, flattened) of a Gaussian blob of a random colour at a random
+    place."""
+    g = torch.Generator().manual_seed(seed)
+    p, colour = size * (0.2 + 0.6 * torch.rand(n, 2, generator=g)), torch.rand(n, 3, 1, 1, generator=g)
+    grid = torch.stack(torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij"), -1)
+    blob = torch.exp(-((grid[None] - p[:, None, None]) ** 2).sum(-1) / (2 * (size / 8) ** 2))  # (n, size, size)
+    return (colour * blob[:, None]).reshape(n, -1).to(device)  # (n, 3, size, size) -> (n, 3 size^2)
+
+
+def fit_flow(x: torch.Tensor, args, seed: int) -> FlowPrior:
+    """A ``width x depth`` flow fitted on ``x`` ``(n, d)`` where it lies, ``--site-steps`` steps (in its own space)."""
+    space = PriorSpace.fit(x.cpu()).to(x.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        velocity = VelocityMLP(VelocityConfig(dim=x.shape[1], width=args.width, depth=args.depth)).to(x.device)
+    fit = FitConfig(steps=args.site_steps, batch_size=256, lr=1e-3, warmup=20, log_every=args.site_steps)
+    return FlowPrior(fit_velocity(velocity, space.apply(x), fit, seed=seed)[0], space)
+
+
+def image_steps(args, device: torch.device) -> dict:
+    """Section 5 of the module docstring."""
+    steps, x = args.site_steps, mixture(20_000, 16, seed=5, device=device)
+    start = time.perf_counter()
+    prior = fit_flow(x, args, seed=0)
+    result = {"prior_seconds_per_step": (time.perf_counter() - start) / steps}
+    z = prior.to_prior(x[:2_000])
+    images = blob_images(8_192, args.image_size, seed=6, device=device)
+    layout = EncoderLayout(kind="conv", widths=tuple(args.image_widths), image_shape=(3, args.image_size,
+                                                                                     args.image_size))
+    for name, lam, mode in (("plain", 0.0, "align"), ("align", 0.01, "align"), ("match", 0.1, "match")):
+        start = time.perf_counter()
+        run = train_encoder(images, prior, AlignConfig(lam=lam, mode=mode, steps=steps, log_every=steps,
+                                                       eval_points=1000), z, layout=layout, device=device)
+        result[name] = {"seconds_per_step": (time.perf_counter() - start) / steps, **run.metrics,
+                        "device": str(next(run.model.parameters()).device)}
+    model, start = run.model, time.perf_counter()
+    generator = fit_flow(model.encode(images).detach(), args, seed=1)
+    space = generator.space
+    decoded = model.decode(generator.sample(1_000, Solver(method="euler", steps=50)) * space.scale + space.mean)
+    result["generator"] = {"seconds": time.perf_counter() - start, "samples": list(decoded.shape),
+                           "finite": bool(torch.isfinite(decoded).all()), "device": str(decoded.device)}
+    if not all(result[k]["device"].startswith(device.type) for k in ("plain", "align", "match", "generator")):
+        raise RuntimeError(f"image steps did not run on {device}: {result}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -235,6 +288,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per precision")
     parser.add_argument("--site-steps", type=int, default=500, help="steps of the site fine-tune and alignment")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the image autoencoders' images")
+    parser.add_argument("--image-widths", type=int, nargs="+", default=[64, 128, 256],
+                        help="channels of the image autoencoders' stride-2 stages")
     parser.add_argument("--json", help="output (default: benchmarks/results/gpu_check.json on a GPU, else none)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -262,10 +318,15 @@ def main() -> None:
     site = site_steps(args, device)
     print(f"site fine-tune {site['finetune']['seconds']:.1f} s (held-out FM {site['finetune']['heldout_fm_core']:.3f} "
           f"-> {site['finetune']['heldout_fm_site']:.3f}); alignment {site['align']['seconds']:.1f} s", flush=True)
+    images = image_steps(args, device)
+    print("image autoencoders: " + ", ".join(f"{k} {images[k]['seconds_per_step'] * 1e3:.1f} ms/step"
+                                             for k in ("plain", "align", "match"))
+          + f"; latent generator {images['generator']['seconds']:.1f} s", flush=True)
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "json")}, "machine": machine,
               "matmul_peak_flop_per_s": peaks, "train_step": steps, "kill_and_resume": resume, "site": site,
+              "images": images,
               "seconds": time.perf_counter() - started}
     out = args.json or (str(Path(__file__).parent / "results" / "gpu_check.json") if device.type == "cuda" else None)
     if out:

@@ -14,7 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
     out = tmp_path / "check.json"
     result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--width", "32", "--depth", "2",
-                             "--batch", "64", "--steps", "5", "--site-steps", "40", "--json", str(out)],
+                             "--batch", "64", "--steps", "5", "--site-steps", "40", "--image-size", "8",
+                             "--image-widths", "4", "8", "--json", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads(out.read_text())
@@ -33,6 +34,11 @@ def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
     adapter = check["site"]["finetune"]["adapter"]
     assert adapter["heldout_fm_site"] < check["site"]["finetune"]["heldout_fm_core"] and adapter["device"] == "cpu"
     assert adapter["heldout_fm_loaded"] == pytest.approx(adapter["heldout_fm_site"], rel=1e-4)
+    # conv autoencoders trained three ways, and a latent generator sampled and decoded into images (3 x 8 x 8)
+    images = check["images"]
+    assert {images[k]["device"] for k in ("plain", "align", "match", "generator")} == {"cpu"}
+    assert images["generator"]["samples"] == [1000, 3 * 8 * 8] and images["generator"]["finite"]
+    assert all(images[k]["seconds_per_step"] > 0 and images[k]["recon"] < 1 for k in ("plain", "align", "match"))
 
 
 @pytest.mark.slow

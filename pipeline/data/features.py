@@ -1,9 +1,9 @@
 """Feature matrices from Parquet: a file, a folder of files or a glob, local or on S3.
 
-The feature columns are either one fixed-size-list column (``features`` by default) or every
-numeric column not excluded (the ``id``/``site``/``time`` columns). ``filters`` keeps rows
-whose column equals a value (or is one of a list of values), e.g. ``{"site": "R80711"}``, or lies in
-a range given by comparisons, e.g. ``{"wind_speed": {">": 1.0}}`` or ``{"time": {">=": "2015-01-01",
+The feature columns are either one list column (``features`` by default; vectors, or fixed-shape tensors such as
+images, read row-major) or every numeric column not excluded (the ``id``/``site``/``time`` columns).
+``filters`` keeps rows whose column equals a value (or is one of a list of values), e.g. ``{"site": "R80711"}``,
+or lies in a range given by comparisons, e.g. ``{"wind_speed": {">": 1.0}}`` or ``{"time": {">=": "2015-01-01",
 "<": "2015-03-01"}}`` (``RANGE_OPERATORS``).
 Every bad input raises ``DataError`` naming the source, file, column and value.
 
@@ -49,6 +49,7 @@ class Features:
     files: list[str] = field(default_factory=list)
     rows_dropped: int = 0  # rows with NaN/inf dropped (only with drop_nonfinite=True)
     dtypes: list[str] = field(default_factory=list)  # each feature column's Parquet type (the list's values')
+    shape: tuple[int, ...] | None = None  # each row's shape when the column holds fixed-shape tensors (images)
 
     @property
     def dim(self) -> int:
@@ -99,4 +100,4 @@ def read_scanned(scan: FeatureScan) -> Features:
         raise DataError(f"{uri}: column {feature_column!r} holds empty vectors")
     return Features(values=values, columns=column_names(scan, values.shape[1]), fingerprint=scan.fingerprint,
                     files=[f.display for f in scan.files], rows_dropped=dropped,
-                    dtypes=column_dtypes(scan, values.shape[1]))
+                    dtypes=column_dtypes(scan, values.shape[1]), shape=scan.shape)

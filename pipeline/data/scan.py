@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs
 import pyarrow.parquet as pq
 
-from pipeline.data.columns import DEFAULT_EXCLUDE, is_number, list_type, numeric_names
+from pipeline.data.columns import DEFAULT_EXCLUDE, is_number, list_type, numeric_names, tensor_axes, tensor_shape
 from pipeline.data.filters import Filters, coerce_filters, filter_expression
 from pipeline.data.fingerprint import SourceFile, fingerprint
 from pipeline.data.listing import filesystem_of, list_files
@@ -43,6 +43,7 @@ class FeatureScan:
     exclude: tuple[str, ...] | None = None  # every numeric column but these (None: columns named explicitly)
     s3: S3Options | None = None
     read_dtypes: tuple[str, ...] = ()  # the read columns' Parquet types (a list column: its values' type)
+    shape: tuple[int, ...] | None = None  # each row's shape, for a fixed-shape tensor column (e.g. an image)
 
     @property
     def local(self) -> bool:
@@ -119,11 +120,17 @@ class FeatureScan:
             column = table[name].combine_chunks()
             if column.null_count:
                 raise DataError(f"{where}: column {name!r} has {column.null_count} null rows")
-            lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
-            if len(lengths) > 1:
-                raise DataError(f"{where}: column {name!r} mixes vector lengths {sorted(lengths.tolist())}")
-            flat = pc.list_flatten(column).cast(pa.float32()).to_numpy(zero_copy_only=False)
-            x = flat.reshape(len(table), int(lengths[0]))  # (n, d)
+            if isinstance(column, pa.FixedShapeTensorArray):  # row-major (logical) order, whatever its physical one
+                physical, order = tensor_axes(column.type)
+                flat = pc.list_flatten(column.storage).cast(pa.float32()).to_numpy(zero_copy_only=False)
+                x = flat.reshape(len(table), *physical).transpose(0, *(1 + i for i in order))  # (n, *logical)
+                x = np.ascontiguousarray(x).reshape(len(table), -1)  # (n, d)
+            else:
+                lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False))
+                if len(lengths) > 1:
+                    raise DataError(f"{where}: column {name!r} mixes vector lengths {sorted(lengths.tolist())}")
+                flat = pc.list_flatten(column).cast(pa.float32()).to_numpy(zero_copy_only=False)
+                x = flat.reshape(len(table), int(lengths[0]))  # (n, d)
             names = [f"{name}[{i}]" for i in range(x.shape[1])]
         else:
             names = list(self.read_columns)
@@ -185,7 +192,8 @@ def scan_features(
                    if name in schema.names else "missing" for name in read)
     return FeatureScan(uri=uri, files=tuple(files), read_columns=read, list_column=list_column,
                        filters=coerce_filters(filters, schema, where), drop_nonfinite=drop_nonfinite,
-                       fingerprint=digest, exclude=auto, s3=s3, read_dtypes=dtypes)
+                       fingerprint=digest, exclude=auto, s3=s3, read_dtypes=dtypes,
+                       shape=tensor_shape(schema, read[0]) if list_column else None)
 
 
 def column_names(scan: FeatureScan, dim: int) -> list[str]:

@@ -48,6 +48,26 @@ def test_fixed_size_list_column_folder_glob_and_filters(tmp_path):
     assert len(both.values) == 10
 
 
+def test_a_column_of_fixed_shape_tensors_reads_as_rows_of_row_major_values_with_its_shape(tmp_path):
+    images = np.arange(5 * 2 * 3 * 4, dtype=np.float32).reshape(5, 2, 3, 4)  # (n, C, H, W)
+    path = write(tmp_path / "images.parquet", pixels=pa.FixedShapeTensorArray.from_numpy_ndarray(images),
+                 site=["a", "b", "a", "a", "b"])
+    features = read_features(str(path), feature_column="pixels", filters={"site": "a"})
+    assert features.shape == (2, 3, 4) and features.columns[:2] == ["pixels[0]", "pixels[1]"]
+    assert np.array_equal(features.values, images[[0, 2, 3]].reshape(3, -1))  # C, H, W order, as numpy's
+    pq.write_table(list_table(images.reshape(5, -1), ["a"] * 5), tmp_path / "flat.parquet")
+    assert read_features(str(tmp_path / "flat.parquet")).shape is None  # a plain list column has no shape
+    transposed = images.transpose(0, 1, 3, 2)  # a view: stored in its physical order, with a permutation
+    tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(transposed)
+    assert tensors.type.permutation == [0, 2, 1]
+    permuted = read_features(str(write(tmp_path / "permuted.parquet", pixels=tensors)), feature_column="pixels")
+    assert permuted.shape == (2, 4, 3) and np.array_equal(permuted.values, transposed.reshape(5, -1))
+    channel = pa.FixedShapeTensorArray.from_numpy_ndarray(images[:, 0][:, None])  # (n, 1, 3, 4): a new axis
+    assert channel.type.permutation != [0, 1, 2]  # pyarrow records [1, 2, 0]
+    one = read_features(str(write(tmp_path / "one.parquet", pixels=channel)), feature_column="pixels")
+    assert one.shape == (1, 3, 4) and np.array_equal(one.values, images[:, 0].reshape(5, -1))
+
+
 def test_fingerprint_is_stable_and_tracks_content_and_options(tmp_path):
     write(tmp_path / "d1" / "x.parquet", a=[1.0, 2.0], b=[3.0, 4.0])
     shutil.copytree(tmp_path / "d1", tmp_path / "copy")

@@ -112,3 +112,39 @@ def test_a_fine_tune_is_an_adapter_by_default_and_full_keeps_the_step_names_from
     assert step_name("finetune", spec, "prior-x", ["f"], mode="m") != f"plant-7.finetune.{digest}"
     refit = settings_digest({"step": "finetune", "spec": sections, "prior": "prior-x", "data": ["f"], "mode": "refit"})
     assert step_name("finetune", spec, "prior-x", ["f"], mode="refit") == f"plant-7.finetune.{refit}"  # always whole
+
+
+def test_an_image_site_asks_for_a_conv_encoder_and_an_mlp_one_keeps_the_align_step_names_from_before(tmp_path):
+    from dataclasses import asdict
+
+    from pipeline.method.configs import EncoderLayout
+    from pipeline.registry.registry import settings_digest
+    from pipeline.sites.steps import step_name
+
+    spec = load_site_spec(write(tmp_path, GOOD))
+    before = {"latent_dim": 2, "widths": [16, 8]}  # the encoder section then
+    sections = {"target": asdict(spec.target), "observations": asdict(spec.observations), "encoder": before,
+                "seed": spec.seed}
+    digest = settings_digest({"step": "align", "spec": sections, "prior": "prior-x", "data": ["f"]})
+    assert step_name("align", spec, "prior-x", ["f"]) == f"plant-7.align.{digest}"
+
+    images = load_site_spec(write(tmp_path, GOOD.replace(
+        "encoder: {latent_dim: 2, widths: [16, 8]}",
+        "encoder: {latent_dim: 2, kind: conv, image_shape: [1, 28, 28], widths: [16, 32], kl: 0.001}")))
+    assert images.encoder.layout() == EncoderLayout("conv", (16, 32), (1, 28, 28), 0.001)
+    assert step_name("align", images, "prior-x", ["f"]) != step_name("align", spec, "prior-x", ["f"])
+
+
+@pytest.mark.parametrize("encoder, message", [
+    ("{kind: conv, widths: [16]}", "encoder: a conv encoder needs image_shape [channels, height, width], got None"),
+    ("{kind: conv, image_shape: [1, 28, 28], widths: [8, 16, 32]}", "divisible by 8, got image_shape [1, 28, 28]"),
+    ("{kind: conv, image_shape: [28, 28]}", "needs image_shape [channels, height, width], got (28, 28)"),
+    ("{image_shape: [1, 28, 28]}", "image_shape is for kind conv"),
+    ("{kind: vit}", "encoder kind must be one of mlp, conv, got 'vit'"),
+    ("{kl: -0.1}", "encoder kl must be a finite number >= 0"),
+])
+def test_bad_image_encoders_name_the_file_and_what_is_wrong(tmp_path, encoder, message):
+    path = write(tmp_path, GOOD.replace("encoder: {latent_dim: 2, widths: [16, 8]}", f"encoder: {encoder}"))
+    with pytest.raises(SpecError, match="site.yaml") as error:
+        load_site_spec(path)
+    assert message in str(error.value)
