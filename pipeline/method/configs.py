@@ -140,7 +140,7 @@ class EncoderLayout:
     ``image_shape`` ``(C, H, W)``, flattened row-major; ``widths`` are the channels of its stride-2 stages, so
     ``H`` and ``W`` must be divisible by ``2 ** len(widths)``). ``kl > 0`` makes it a KL-regularised
     (variational) autoencoder: the encoder gives a Gaussian ``q(y | o)``, training adds ``kl * KL(q || N(0, I))``
-    and decodes a sample, and :meth:`~pipeline.method.encoder.Autoencoder.encode` gives its mean."""
+    and decodes a sample, and :meth:`~pipeline.method.autoencoder.Autoencoder.encode` gives its mean."""
 
     kind: str = "mlp"
     widths: tuple[int, ...] = (128, 128)

@@ -3,13 +3,11 @@ lambda = 0 baseline in the same run), and register the encoder ``aligned_to`` th
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 
 import torch
 
-from pipeline.data import Features
 from pipeline.errors import RegistryError, SpecError
 from pipeline.method.encoder import EncoderRun, train_encoder
 from pipeline.method.metrics import knn_nll
@@ -61,31 +59,16 @@ def alignment_data(spec: SiteSpec, prior: FlowPrior, say: Say | None = None, sca
                         f"has dimension {prior.latent_dim}")
     target_scan, observations_scan = scans or (None, None)
     observations = spec.observations.read(observations_scan)
-    _check_images(spec, observations)
+    column = observations.columns[0].split("[")[0]
+    where = f"the observations ({spec.observations.uri}, column {column!r})"
+    if problem := spec.encoder.image_mismatch(observations.dim, observations.shape, where):
+        raise SpecError(f"{spec.path}: {problem}")
     target = site_points(spec, prior, say, target_scan).features
     rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))
     z = prior.to_prior(target.values[rows[: METRIC_POINTS + 1000].numpy()])  # (<= 6000, d1)
     z_target, z_other = z[:METRIC_POINTS], z[METRIC_POINTS:]
     reference = knn_nll(z_other, z_target).mean().item() if len(z_other) >= 100 else None
     return observations, z_target, reference
-
-
-def _check_images(spec: SiteSpec, observations: Features) -> None:
-    """A conv encoder's ``image_shape`` against the observations: as many values per row, and the same shape as
-    a tensor column's (size-1 axes aside: ``[1, 28, 28]`` reads a ``(28, 28)`` column, not a ``(28, 28, 3)`` one as
-    ``[3, 28, 28]``)."""
-    layout = spec.encoder.layout()
-    if layout.kind != "conv":
-        return
-    image, column = list(layout.image_shape), observations.columns[0].split("[")[0]
-    where = f"the observations ({spec.observations.uri}, column {column!r})"
-    if math.prod(image) != observations.dim:
-        raise SpecError(f"{spec.path}: encoder.image_shape {image} holds {math.prod(image)} values per image, but "
-                        f"{where} have {observations.dim} per row")
-    squeezed = [s for s in image if s != 1]
-    if observations.shape is not None and [s for s in observations.shape if s != 1] != squeezed:
-        raise SpecError(f"{spec.path}: encoder.image_shape {image} is [channels, height, width], but {where} hold "
-                        f"tensors of shape {list(observations.shape)}; store images channels first")
 
 
 def sweep_choice(registry: Registry, sweep_id: str, site: str) -> dict:

@@ -13,6 +13,7 @@ statistics (units) need the data and are left to ``site check``.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -169,6 +170,10 @@ def validate_site(spec: SiteSpec, registry: Registry, prior_id: str | None = Non
     report = SiteValidation(spec.site, spec.path)
     target = _table(spec, "target", spec.target, report)
     observations = _table(spec, "observations", spec.observations, report)
+    shape = observations[0].shape if observations else None  # a tensor column's, known from the footer
+    where = f"the observations ({spec.observations.uri}, column {spec.observations.feature_column!r})"
+    if shape and (problem := spec.encoder.image_mismatch(math.prod(shape), shape, where)):
+        report.problems.append(problem)
     prior_arg = prior_id
     try:
         prior_id = prior_id or registry.alias(CORE_ALIAS)

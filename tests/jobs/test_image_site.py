@@ -106,3 +106,16 @@ def test_an_image_site_is_checked_fine_tuned_aligned_and_swept(local_ray, tmp_pa
     code, _, err = flowprior(capsys, "site", "align", wrong, "--store", store_uri, "--force")
     assert code == 2 and "encoder.image_shape [4, 4, 4] is [channels, height, width]" in err
     assert "column 'pixels') hold tensors of shape [1, 8, 8]" in err, err
+
+
+def test_site_validate_finds_an_image_shape_that_does_not_fit_the_tensor_column_without_reading_rows(tmp_path,
+                                                                                                        capsys):
+    store_uri, table = str(tmp_path / "store"), str(tmp_path / "images.parquet")
+    write_images(table)
+    publish_image_core(store_uri, table)
+    code, out, _ = flowprior(capsys, "site", "validate", image_spec(tmp_path, table), "--store", store_uri)
+    assert code == 0 and "conv encoder [8, 16]" in out, out
+    wrong = image_spec(tmp_path, table, image_shape=[1, 4, 16], widths=[4])
+    code, out, _ = flowprior(capsys, "site", "validate", wrong, "--store", store_uri)
+    assert code == 1 and "encoder.image_shape [1, 4, 16] is [channels, height, width], but the observations " \
+                         f"({table}, column 'pixels') hold tensors of shape [1, 8, 8]" in out, out
