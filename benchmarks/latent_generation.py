@@ -46,6 +46,8 @@ from image_generation import (
     train_classifier,
 )
 
+from pipeline.method.prior import FlowPrior
+
 from machine import cpu_name
 
 ENCODERS = {  # name: (mode, prior, weight swept); plain has nothing to sweep
@@ -95,14 +97,13 @@ def measure(name: str, weight: float, data: dict, priors: dict, settings: Settin
     return result
 
 
-def priors_of(data: dict, embeddings: torch.Tensor, settings: Settings, kl: float, projection: str) -> dict:
-    """The text prior (embeddings downsampled by ``projection``) and the feature prior (the latent means of a
-    KL-regularised autoencoder of weight ``kl``, trained with its own seed)."""
-    text = fit_prior(embeddings, settings, seed=0, projection=projection)
+def feature_prior(data: dict, text: FlowPrior, settings: Settings, kl: float) -> FlowPrior:
+    """A flow on the latent means of a KL-regularised autoencoder of weight ``kl``, trained with its own seed (its
+    logged alignment metrics are against ``text``, unused)."""
     vae = train_autoencoder(data["train"], text, settings, seed=1000, kl=kl)
     with torch.no_grad():
         latents = vae.encode(data["train"])
-    return {"text": text, "feature": fit_prior(latents, settings, seed=0)}
+    return fit_prior(latents, settings, seed=0)
 
 
 def arguments(argv=None) -> argparse.Namespace:
@@ -132,9 +133,9 @@ def main(argv=None) -> dict:
     accuracy = (classifier(data["test"]).argmax(1) == labels[test_rows]).double().mean().item()
     say(f"classifier: test accuracy {accuracy:.3f}")
     embeddings, tokens = token_embeddings()
-    kl, kl_sweep = sweep("kl", data, {"text": fit_prior(embeddings, settings, 0, "random")}, settings, classifier,
-                         grid, say)
-    priors = priors_of(data, embeddings, settings, kl, "random")
+    text = fit_prior(embeddings, settings, seed=0, projection="random")  # the paper's downsampling
+    kl, kl_sweep = sweep("kl", data, {"text": text}, settings, classifier, grid, say)
+    priors = {"text": text, "feature": feature_prior(data, text, settings, kl)}
     weights, sweeps = {"plain": 0.0, "kl": kl}, {"kl": kl_sweep}
     for name in ENCODERS:
         if name not in weights:
