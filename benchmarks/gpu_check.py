@@ -54,9 +54,8 @@ from pipeline.method.metrics import heldout_fm  # noqa: E402
 from pipeline.method.ode import Solver  # noqa: E402
 from pipeline.method.prior import FlowPrior  # noqa: E402
 from pipeline.method.prior_space import PriorSpace  # noqa: E402
-from pipeline.method.training import fit_velocity, new_training, train_step  # noqa: E402
+from pipeline.method.training import new_training, train_step  # noqa: E402
 from pipeline.method.training_state import FILE, KIND, load_training_state, save_training_state  # noqa: E402
-from pipeline.method.velocity import VelocityMLP  # noqa: E402
 from pipeline.sites.site_prior import train_site_prior  # noqa: E402
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script  # noqa: E402
@@ -243,13 +242,9 @@ def blob_images(n: int, size: int, seed: int, device: torch.device) -> torch.Ten
 
 
 def fit_flow(x: torch.Tensor, args, seed: int) -> FlowPrior:
-    """A ``width x depth`` flow fitted on ``x`` ``(n, d)`` where it lies, ``--site-steps`` steps (in its own space)."""
-    space = PriorSpace.fit(x.cpu()).to(x.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        velocity = VelocityMLP(VelocityConfig(dim=x.shape[1], width=args.width, depth=args.depth)).to(x.device)
+    """A ``width x depth`` flow fitted on ``x`` ``(n, d)`` on its device, ``--site-steps`` steps (in its own space)."""
     fit = FitConfig(steps=args.site_steps, batch_size=256, lr=1e-3, warmup=20, log_every=args.site_steps)
-    return FlowPrior(fit_velocity(velocity, space.apply(x), fit, seed=seed)[0], space)
+    return FlowPrior.fit(x, width=args.width, depth=args.depth, fit=fit, seed=seed, device=x.device)
 
 
 def image_steps(args, device: torch.device) -> dict:

@@ -81,8 +81,9 @@ class FlowPrior:
         fit: FitConfig = FitConfig(),
         seed: int = 0,
         progress: Callable[[dict], None] | None = None,
+        device: torch.device | str = "cpu",
     ) -> "FlowPrior":
-        """Fit a prior on target features ``x`` ``(n, d2)``.
+        """Fit a prior on target features ``x`` ``(n, d2)``, training on ``device`` (where the prior stays).
 
         ``width`` x ``depth`` default to the paper's 1024 x 6 (pass smaller ones on a CPU);
         ``fit`` holds the optimiser settings. ``latent_dim`` defaults to ``d2``; ``projection`` defaults to
@@ -92,11 +93,11 @@ class FlowPrior:
         x = as_points(x, "target features x", dtype=torch.float32)
         if x.shape[0] < 2:
             raise DataError("target features x need at least 2 rows to fit a prior")
-        space = PriorSpace.fit(x, latent_dim, projection, normaliser, seed)
-        z = space.apply(x)  # (n, d1)
+        space = PriorSpace.fit(x, latent_dim, projection, normaliser, seed).to(device)
+        z = space.apply(x)  # (n, d1), on the space's device
         with torch.random.fork_rng():  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(seed)
-            model = VelocityMLP(VelocityConfig(dim=space.latent_dim, width=width, depth=depth))
+            model = VelocityMLP(VelocityConfig(dim=space.latent_dim, width=width, depth=depth)).to(device)
         ema_model, history = fit_velocity(model, z, fit, seed=seed, progress=progress)
         return cls(ema_model, space, fit_info(space, fit, history, seed))
 

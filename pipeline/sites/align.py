@@ -59,9 +59,7 @@ def alignment_data(spec: SiteSpec, prior: FlowPrior, say: Say | None = None, sca
                         f"has dimension {prior.latent_dim}")
     target_scan, observations_scan = scans or (None, None)
     observations = spec.observations.read(observations_scan)
-    column = observations.columns[0].split("[")[0]
-    where = f"the observations ({spec.observations.uri}, column {column!r})"
-    if problem := spec.encoder.image_mismatch(observations.dim, observations.shape, where):
+    if problem := spec.image_mismatch(observations.dim, observations.shape):
         raise SpecError(f"{spec.path}: {problem}")
     target = site_points(spec, prior, say, target_scan).features
     rows = torch.randperm(len(target.values), generator=torch.Generator().manual_seed(spec.seed))

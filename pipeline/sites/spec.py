@@ -90,20 +90,6 @@ class EncoderSettings:
     def layout(self) -> EncoderLayout:
         return EncoderLayout(self.kind, self.widths, self.image_shape, self.kl)
 
-    def image_mismatch(self, dim: int, shape: tuple[int, ...] | None, where: str) -> str | None:
-        """Why observations of ``dim`` values per row (each of ``shape``, for a tensor column) do not fit a conv
-        encoder's ``image_shape``, or None (an MLP encoder reads any rows). Size-1 axes aside, the shapes agree:
-        ``[1, 28, 28]`` reads a ``(28, 28)`` column, not a ``(28, 28, 3)`` one as ``[3, 28, 28]``."""
-        if self.kind != "conv":
-            return None
-        image = list(self.image_shape)
-        if math.prod(image) != dim:
-            return f"encoder.image_shape {image} holds {math.prod(image)} values per image, but {where} have {dim}"
-        if shape is not None and [s for s in shape if s != 1] != [s for s in image if s != 1]:
-            return (f"encoder.image_shape {image} is [channels, height, width], but {where} hold tensors of shape "
-                    f"{list(shape)}; store images channels first")
-        return None
-
     def to_dict(self) -> dict:
         """What an alignment's result depends on; an MLP autoencoder's as before conv encoders existed."""
         return {"latent_dim": self.latent_dim, **self.layout().to_dict()}
@@ -183,6 +169,21 @@ class SiteSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def image_mismatch(self, dim: int, shape: tuple[int, ...] | None) -> str | None:
+        """Why observations of ``dim`` values per row (each of ``shape``, for a tensor column) do not fit a conv
+        encoder's ``image_shape``, or None (an MLP encoder reads any rows). Size-1 axes aside, the shapes agree:
+        ``[1, 28, 28]`` reads a ``(28, 28)`` column, not a ``(28, 28, 3)`` one as ``[3, 28, 28]``."""
+        if self.encoder.kind != "conv":
+            return None
+        image, source = list(self.encoder.image_shape), self.observations
+        where = f"the observations ({source.uri}, column {source.feature_column!r})"
+        if math.prod(image) != dim:
+            return f"encoder.image_shape {image} holds {math.prod(image)} values per image, but {where} have {dim}"
+        if shape is not None and [s for s in shape if s != 1] != [s for s in image if s != 1]:
+            return (f"encoder.image_shape {image} is [channels, height, width], but {where} hold tensors of shape "
+                    f"{list(shape)}; store images channels first")
+        return None
 
 
 def load_site_spec(path: str | os.PathLike) -> SiteSpec:

@@ -171,8 +171,7 @@ def validate_site(spec: SiteSpec, registry: Registry, prior_id: str | None = Non
     target = _table(spec, "target", spec.target, report)
     observations = _table(spec, "observations", spec.observations, report)
     shape = observations[0].shape if observations else None  # a tensor column's, known from the footer
-    where = f"the observations ({spec.observations.uri}, column {spec.observations.feature_column!r})"
-    if shape and (problem := spec.encoder.image_mismatch(math.prod(shape), shape, where)):
+    if shape and (problem := spec.image_mismatch(math.prod(shape), shape)):
         report.problems.append(problem)
     prior_arg = prior_id
     try:
