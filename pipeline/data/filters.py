@@ -1,7 +1,7 @@
 """Row filters on a feature table: a column equal to a value (or one of a list of values), e.g.
 ``{"site": "R80711"}``, or in a range given by comparisons, e.g. ``{"wind_speed": {">": 1.0}}``
 (``RANGE_OPERATORS``). :func:`coerce_filters` types them by the table's schema; :func:`filter_expression`
-turns them into an expression for the Parquet reader or Ray Data."""
+turns them into an expression for the Parquet reader."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ RANGE_OPERATORS = (">", ">=", "<", "<=")  # a range filter's keys
 
 def filter_expression(filters: Mapping[str, object], field: Callable):
     """The filters (:func:`coerce_filters`' form: column -> list of values, or operator -> bound) as one
-    expression of ``field(column)`` terms: ``pyarrow.compute.field`` for the Parquet reader, Ray Data's
-    ``col`` for its datasets. ``None`` without filters."""
+    expression of ``field(column)`` terms (``pyarrow.compute.field``, for the Parquet reader to push
+    down). ``None`` without filters."""
     expression = None
     for column, wanted in filters.items():
         if isinstance(wanted, Mapping):  # a range: every comparison holds
@@ -28,8 +28,7 @@ def filter_expression(filters: Mapping[str, object], field: Callable):
                      for op, v in wanted.items()]
         else:  # equality for one value: the reader can then skip row groups by their min/max statistics
             member = field(column)
-            is_in = getattr(member, "isin", None) or member.is_in  # pyarrow's name, Ray Data's name
-            terms = [member == wanted[0] if len(wanted) == 1 else is_in(wanted)]
+            terms = [member == wanted[0] if len(wanted) == 1 else member.isin(wanted)]
         for term in terms:
             expression = term if expression is None else expression & term
     return expression

@@ -30,22 +30,38 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser on uint64 (wrapping arithmetic)."""
-    h = (h ^ (h >> np.uint64(30))) * _M1
-    h = (h ^ (h >> np.uint64(27))) * _M2
-    return h ^ (h >> np.uint64(31))
+HASH_CHUNK = 16_384  # rows hashed at a time: a chunk's columns and its hashes stay in the CPU's cache
+
+
+def _mix(h: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 (wrapping arithmetic), in place in ``h`` (and returned);
+    ``scratch`` is a spare array of ``h``'s shape."""
+    t = np.empty_like(h) if scratch is None else scratch
+    for shift, multiplier in ((30, _M1), (27, _M2), (31, None)):
+        np.right_shift(h, np.uint64(shift), out=t)
+        np.bitwise_xor(h, t, out=h)
+        if multiplier is not None:
+            np.multiply(h, multiplier, out=h)
+    return h
 
 
 def row_hash(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """``(n, d)`` float32 rows -> ``(n,)`` uint64 hashes, a fixed function of the values and ``seed``."""
-    bits = np.ascontiguousarray(x, dtype=np.float32) + np.float32(0.0)  # -0.0 -> 0.0
-    bits = bits.view(np.uint32).astype(np.uint64)  # (n, d)
+    """``(n, d)`` float32 rows -> ``(n,)`` uint64 hashes, a fixed function of the values and ``seed``:
+    ``h_0 = mix(seed * phi + phi)``, ``h_j = mix(h_{j-1} ^ bits(x_j))``, ``h = h_d``."""
+    x = np.asarray(x, dtype=np.float32)
     with np.errstate(over="ignore"):
-        h = _mix(np.full(len(bits), np.uint64(seed % 2**64) * _GOLDEN + _GOLDEN, dtype=np.uint64))
-        for j in range(bits.shape[1]):
-            h = _mix(h ^ bits[:, j])
-    return h
+        start = _mix(np.array([np.uint64(seed % 2**64) * _GOLDEN + _GOLDEN], dtype=np.uint64))[0]
+    out = np.empty(len(x), dtype=np.uint64)
+    scratch = np.empty(min(len(x), HASH_CHUNK), dtype=np.uint64)
+    for first in range(0, len(x), HASH_CHUNK):
+        chunk = x[first:first + HASH_CHUNK] + np.float32(0.0)  # (m, d); -0.0 -> 0.0
+        h, t = out[first:first + len(chunk)], scratch[:len(chunk)]
+        bits = np.ascontiguousarray(chunk.T).view(np.uint32)  # (d, m): one column after another
+        h.fill(start)
+        for column in bits:
+            np.bitwise_xor(h, column, out=h)
+            _mix(h, t)
+    return out
 
 
 def is_heldout(hashes: np.ndarray, fraction: float) -> np.ndarray:

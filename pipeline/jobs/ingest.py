@@ -24,10 +24,10 @@ without sharing state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
-from pipeline.data.filters import filter_expression
 from pipeline.data.scan import FeatureScan
 from pipeline.data.split import Split, digest
 from pipeline.errors import DataError
@@ -36,6 +36,8 @@ from pipeline.method.prior_space import PriorSpace, to_prior_space
 from pipeline.progress import Progress, Say
 
 TASKS_PER_CPU = 2  # statistics tasks per cluster CPU: enough to balance files of uneven size
+BLOCK_BYTES = 4 << 20  # Ray Data blocks of training rows in prior space: the first reaches a worker after a few
+# of a file's streamed blocks, not the whole file (Ray Data's default is 128 MiB)
 
 
 @dataclass
@@ -123,29 +125,40 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
     return total
 
 
-def _to_prior(table, scan: FeatureScan, split: Split, space: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
-    """One Ray Data block -> its training rows in prior space ``z`` ``(b, d1)`` and their hashes ``row``
-    (``space``: :meth:`PriorSpace.arrays`, so the task never loads torch)."""
-    x, _ = scan.matrix(table, scan.uri)
-    h, heldout = split.of(x)
-    train = ~heldout
-    return {"z": to_prior_space(x[train], *space).astype(np.float32), "row": h[train].view(np.int64)}
+def _read_to_prior(batch: dict, scan: FeatureScan, split: Split,
+                   space: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Iterator[dict]:
+    """One file (``batch["file"]``: its index in ``scan.files``) streamed block by block as the validating pass
+    reads it (:meth:`FeatureScan.blocks`): its training rows in prior space ``z`` ``(b, d1)`` and their hashes
+    ``row`` (``space``: :meth:`PriorSpace.arrays`, so the task never loads torch)."""
+    (index,) = batch["file"]
+    for x, _ in scan.blocks(scan.files[int(index)]):
+        h, heldout = split.of(x)
+        train = ~heldout
+        yield {"z": to_prior_space(x[train], *space).astype(np.float32), "row": h[train].view(np.int64)}
+
+
+def read_ahead(megabytes: int):
+    """Ray Data's execution options for the training stream: at most ``megabytes`` of object store for the
+    blocks read but not yet trained on. Without a bound Ray Data reads as far ahead as half the object store
+    holds, and those reads take CPU from the training step they are not yet needed for."""
+    from ray.data import ExecutionOptions, ExecutionResources
+
+    return ExecutionOptions(resource_limits=ExecutionResources.for_limits(object_store_memory=megabytes << 20))
 
 
 def training_dataset(scan: FeatureScan, split: Split, space: "PriorSpace", seed: int):
-    """A ``ray.data`` dataset of the training rows in prior space (columns ``z``, ``row``): Parquet read
-    with only the feature columns and the filters pushed down, file order reshuffled every epoch,
-    and the map to prior space as a batch transform."""
+    """A ``ray.data`` dataset of the training rows in prior space (columns ``z``, ``row``): one task per
+    file, in an order reshuffled every epoch (seeded), reading it as the validating pass did (only the
+    feature columns, filters pushed down, in blocks of ``BATCH_ROWS``) and mapping each block to prior
+    space. Ray Data's own Parquet reader would first read every footer again, in actors it starts for that."""
     import ray.data
-    from ray.data.datasource import FileShuffleConfig
-    from ray.data.expressions import col
+    from ray.data import RandomSeedConfig
 
-    fs = None if scan.local else scan.filesystem()
-    dataset = ray.data.read_parquet([f.path for f in scan.files], filesystem=fs, partitioning=None,
-                                    file_extensions=None, shuffle=FileShuffleConfig(seed=seed,
-                                                                                    reseed_after_execution=True))
-    if scan.filters:
-        dataset = dataset.filter(expr=filter_expression(scan.filters, col))
-    return dataset.select_columns(list(scan.read_columns)).map_batches(
-        _to_prior, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})
+    from pipeline.jobs.stream_pacing import PacedExecution
+
+    files = ray.data.from_items([{"file": i} for i in range(len(scan.files))], override_num_blocks=len(scan.files))
+    dataset = files.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
+        _read_to_prior, batch_size=1, fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})
+    dataset.context.target_max_block_size = BLOCK_BYTES
+    dataset.context.custom_execution_callback_classes = [PacedExecution]
+    return dataset

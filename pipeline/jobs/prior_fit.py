@@ -36,7 +36,7 @@ from pipeline.data.schema import FeatureSchema
 from pipeline.data.split import Split, require_rows
 from pipeline.errors import DataError, SpecError, TrainingError
 from pipeline.jobs import runtime, tensorboard
-from pipeline.jobs.ingest import FeatureStats, gather_stats, training_dataset
+from pipeline.jobs.ingest import FeatureStats, gather_stats, read_ahead, training_dataset
 from pipeline.jobs.prior_fit_spec import PriorFitSpec, run_settings, worker_resources
 from pipeline.jobs.relayed_lines import LineDrop, relayed
 from pipeline.method.configs import VelocityConfig
@@ -150,6 +150,7 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
         f"run {spec.name}")
     storage_path, storage_filesystem = runtime.storage_for(store)
     velocity = VelocityConfig(dim=space.latent_dim, width=spec.width, depth=spec.depth)
+    marks = {"validated": time.time()}
     checkpoint = _train(spec, store, features, data, velocity, use_gpu, (storage_path, storage_filesystem), sinks,
                         say)
     d2 = space.feature_dim
@@ -164,7 +165,8 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
               "columns": list(schema.columns), "shards": state.get("shards", []),
               "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()},
               "seconds_validating": checking,
-              "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None}
+              "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None,
+              "timeline": {k: v - started for k, v in {**marks, **state.get("timeline_unix", {})}.items()}}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
                                             "use_gpu": use_gpu}, "ingest": ingest}
     record = publish_prior(tracked_registry(store), prior, fingerprint=features.fingerprint, config=config,
@@ -196,7 +198,7 @@ def _train(spec: PriorFitSpec, store: Store, features: FeatureScan, data: Prepar
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"worker": worker},  # a dict, as Ray Train requires
         datasets={"train": training_dataset(features, data.split, data.space, spec.seed)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=read_ahead(spec.read_ahead_mb)),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=use_gpu,
                                      resources_per_worker=worker_resources(spec, use_gpu)),
         run_config=RunConfig(

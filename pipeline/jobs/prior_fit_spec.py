@@ -34,6 +34,7 @@ class PriorFitSpec:
     heldout_fraction: float = 0.1  # expected share of rows held out (by row hash, see pipeline.data.split)
     heldout_sample: int = 10_000  # held-out rows the driver keeps and rank 0 evaluates on
     shuffle_buffer: int = 20_000  # rows in each worker's local shuffle buffer
+    read_ahead_mb: int = 64  # object store for rows read ahead of the training step (Ray Data's budget)
     cache_mb: int = 512  # a worker keeps a shard up to this size after its first epoch (else streams every epoch)
     worker_resources: dict = field(default_factory=dict)  # extra custom resources per worker, e.g. {"trainer": 1}
     report_every: int = 250  # steps between reports, held-out evaluations and checkpoints
@@ -50,7 +51,7 @@ class PriorFitSpec:
         if self.normaliser not in NORMALISERS:
             raise SpecError(f"unknown normaliser {self.normaliser!r}; choose one of {', '.join(NORMALISERS)}")
         for name in ("width", "depth", "workers", "cpus_per_worker", "report_every", "eval_samples", "heldout_sample",
-                     "shuffle_buffer"):
+                     "shuffle_buffer", "read_ahead_mb"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latent_dim is not None and self.latent_dim < 1:
@@ -83,7 +84,8 @@ def run_settings(spec: PriorFitSpec) -> dict:
     """What makes two fits of one run name the same run (with the data's fingerprint): every setting
     but the name itself and the run's place on the cluster."""
     return {k: v for k, v in spec.to_dict().items()
-            if k not in ("name", "workers", "gpu", "cpus_per_worker", "worker_resources", "max_failures")}
+            if k not in ("name", "workers", "gpu", "cpus_per_worker", "worker_resources", "max_failures",
+                          "read_ahead_mb")}
 
 
 def worker_resources(spec: PriorFitSpec, use_gpu: bool) -> dict[str, float]:

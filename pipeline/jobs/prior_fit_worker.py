@@ -131,6 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    entered = time.time()  # when Ray Train started this function (the start-up timeline)
     worker: WorkerConfig = config["worker"]
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(worker.threads)
@@ -142,6 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # DDP around the model, already on its device
     epochs: list[dict] = []
     first_step: list[float] = []
+    state["timeline_unix"] = {"worker_entered": entered, "data_asked": time.time()}
     batches = timed_first(epoch_batches(ray.train.get_dataset_shard("train"), state, worker.batch_per_worker,
                                         worker.shuffle_buffer, worker.cache_mb << 20, worker.seed, rank, device,
                                         epochs), first_step)

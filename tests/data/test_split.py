@@ -24,6 +24,37 @@ def test_the_split_depends_on_the_values_only():
     np.testing.assert_array_equal(held[:5], held[5:])
 
 
+def _reference_hash(row: np.ndarray, seed: int) -> int:
+    """The documented hash in Python integers, one row at a time: SplitMix64's finaliser folded over the
+    columns' float32 bits (-0.0 as 0.0)."""
+    mask = 2**64 - 1
+
+    def mix(h: int) -> int:
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+        return h ^ (h >> 31)
+
+    h = mix(((seed % 2**64) * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & mask)
+    for value in (row.astype(np.float32) + np.float32(0.0)).view(np.uint32):
+        h = mix(h ^ int(value))
+    return h
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**63 + 5])
+def test_the_vectorised_hash_is_the_documented_one_across_chunks(seed):
+    """Rows hashed in chunks of ``HASH_CHUNK`` in place give the per-row definition's values (records
+    store splits and digests by it), on both sides of a chunk boundary."""
+    from pipeline.data.split import HASH_CHUNK
+
+    rng = np.random.default_rng(seed % 1000)
+    x = rng.normal(size=(HASH_CHUNK + 3, 6)).astype(np.float32)
+    x[0, 0], x[1, 1] = -0.0, np.inf
+    picked = [0, 1, 2, HASH_CHUNK - 1, HASH_CHUNK, HASH_CHUNK + 2]
+    h = row_hash(x, seed)
+    assert [int(v) for v in h[picked]] == [_reference_hash(x[i], seed) for i in picked]
+    assert len(row_hash(x[:0], seed)) == 0
+
+
 def test_digests_add_up_over_a_partition():
     h = row_hash(np.random.default_rng(1).normal(size=(1000, 3)).astype(np.float32))
     parts = [h[:300], h[300:301], h[301:]]

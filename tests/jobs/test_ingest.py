@@ -1,6 +1,6 @@
 """The validating statistics pass of the core prior fit, without Ray: the same answer however the
 rows are split into files and blocks, equal to the in-memory fit, and errors that name the row; and the
-scan's filters as Ray Data applies them when it streams the training rows."""
+training stream through Ray Data, which reads the rows that pass validated."""
 
 import numpy as np
 import pyarrow as pa
@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from pipeline.data import read_features
-from pipeline.data.filters import filter_expression
 from pipeline.data.scan import scan_features
 from pipeline.data.split import Split, digest, is_heldout, row_hash
 from pipeline.errors import DataError
-from pipeline.jobs.ingest import file_stats
+from pipeline.jobs.ingest import file_stats, training_dataset
 from pipeline.method.prior_space import PriorSpace
 
 SPLIT = Split(heldout_fraction=0.1, seed=7)
@@ -65,18 +64,28 @@ def test_a_bad_row_is_named_by_file_and_row_across_blocks(tmp_path):
     assert stats.rows_dropped == 1 and stats.train_rows + stats.heldout_rows == 2999
 
 
-def test_ray_data_keeps_the_rows_the_parquet_reader_keeps(local_ray, tmp_path):
-    """The training stream filters with Ray Data's expressions, the in-memory read with pyarrow's: an equality
-    filter on a list of values and a range give the same rows both ways."""
-    import ray.data
-    from ray.data.expressions import col
-
-    x = _rows(2000)
-    path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"plant": np.arange(2000) % 3, **{f"c{j}": x[:, j] for j in range(5)}}), path)
-    filters = {"plant": [0, 2], "c0": {">=": 9.0, "<": 12.0}}
-    scan = scan_features(str(path), columns=["c0", "c1"], filters=filters)
-    streamed = ray.data.read_parquet(str(path)).filter(expr=filter_expression(scan.filters, col)).to_pandas()
-    np.testing.assert_array_equal(streamed[["c0", "c1"]].to_numpy(), read_features(str(path), columns=["c0", "c1"],
-                                                                                   filters=filters).values)
-    assert 0 < len(streamed) < 2000
+def test_the_training_stream_is_the_validated_training_rows_in_prior_space(local_ray, tmp_path):
+    """Ray Data reads each file as the validating pass does: over three files, with a filter and a row dropped
+    for NaN, every epoch streams exactly the training rows the pass counted (number and digest), each
+    mapped to prior space."""
+    x = _rows(3000)
+    x[5, 1] = np.nan
+    plant = np.arange(3000) % 3
+    folder = tmp_path / "t"
+    folder.mkdir()
+    for k, rows in enumerate(np.array_split(np.arange(3000), 3)):
+        pq.write_table(pa.table({"plant": plant[rows], **{f"c{j}": x[rows, j] for j in range(5)}}),
+                       folder / f"part-{k}.parquet", row_group_size=300)
+    columns, filters = [f"c{j}" for j in range(5)], {"plant": [0, 2]}
+    scan = scan_features(str(folder), columns=columns, filters=filters, drop_nonfinite=True)
+    stats = file_stats(scan, [0, 1, 2], SPLIT, 100)
+    space = PriorSpace.fit(stats.train, 3, "pca")
+    kept = read_features(str(folder), columns=columns, filters=filters, drop_nonfinite=True).values
+    h, held = SPLIT.of(kept)
+    expected = space.apply(torch.from_numpy(kept[~held])).numpy()[np.argsort(h[~held])]  # (n_train, 3)
+    dataset = training_dataset(scan, SPLIT, space, seed=0)
+    for _ in range(2):  # two executions: two epochs
+        batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        z, row = np.concatenate([b["z"] for b in batches]), np.concatenate([b["row"] for b in batches]).view(np.uint64)
+        assert len(row) == stats.train_rows and digest(row) == stats.train_digest
+        np.testing.assert_allclose(z[np.argsort(row)], expected, rtol=1e-5, atol=1e-5)
