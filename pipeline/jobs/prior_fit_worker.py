@@ -60,7 +60,8 @@ class WorkerConfig:
     lines: LineDrop | None = None  # rank 0's progress lines, relayed to the driver
 
 
-SHOWN = ("train_fm", "heldout_fm", "knn_nll", "sliced_w2", "samples_per_s", "epoch", "resumes")  # a report's line
+# what a report's progress line shows
+SHOWN = ("train_fm", "heldout_fm", "knn_nll", "sliced_w2", "samples_per_s", "data_wait", "epoch", "resumes")
 
 
 def say(line: str, relay: LineDrop | None = None) -> None:
@@ -144,7 +145,8 @@ def train_loop_per_worker(config: dict) -> None:
     epochs: list[dict] = []
     first_step: list[float] = []
     state["timeline_unix"] = {"worker_entered": entered, "data_asked": time.time()}
-    batches = timed_first(epoch_batches(ray.train.get_dataset_shard("train"), state, worker.batch_per_worker,
+    shard = ray.train.get_dataset_shard("train")
+    batches = timed_first(epoch_batches(shard, state, worker.batch_per_worker,
                                         worker.shuffle_buffer, worker.cache_mb << 20, worker.seed, rank, device,
                                         epochs), first_step)
     report = _reporter(worker, state, model, ema, optimiser, heldout, epochs, first_step)
@@ -152,6 +154,19 @@ def train_loop_per_worker(config: dict) -> None:
     generator = torch.Generator(device=device).manual_seed(worker.seed * 100_003 + rank * 1_009 + state["step"])
     train_loop(model, optimiser, ema, batches, worker.fit, report, every=worker.report_every,
                start_step=state["step"], generator=generator)
+    if rank == 0:
+        _ray_data_statistics(shard.stats(), worker.lines)
+
+
+def _ray_data_statistics(text: str, relay: LineDrop | None) -> None:
+    """Ray Data's statistics of rank 0's stream, to its log; what its training thread waited for (the
+    iterator's breakdown) also to the driver."""
+    sys.__stdout__.write(f"[prior fit] Ray Data's statistics of rank 0's stream:\n{text}\n")
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("Dataset iterator time breakdown")), len(lines))
+    for line in lines[first:]:
+        if line.strip():
+            say(f"[prior fit] Ray Data: {line.strip()}", relay)
 
 
 def _resumed(worker: WorkerConfig, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer,

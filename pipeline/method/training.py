@@ -120,21 +120,26 @@ def train_loop(
 
     Steps ``start_step .. config.steps - 1``, each on the next batch ``x_1`` ``(b, d)`` of ``batches``
     (:func:`train_step`). Every ``every`` steps and at the last, ``on_report`` receives ``step``,
-    ``train_fm`` (mean batch loss since the last report), ``lr``, ``samples_per_s`` (this process's)
-    and ``seconds`` (since the loop started); it evaluates, logs or checkpoints as its caller needs.
+    ``train_fm`` (mean batch loss since the last report), ``lr``, ``samples_per_s`` (this process's),
+    ``data_wait`` (the share of that time spent waiting for the next batch) and ``seconds`` (since the
+    loop started); it evaluates, logs or checkpoints as its caller needs.
     """
-    running, count, rows, start, started = None, 0, 0, time.perf_counter(), time.perf_counter()
+    running, count, rows, waited = None, 0, 0, 0.0
+    start = started = time.perf_counter()
     model.train()
     for step in range(start_step, config.steps):
+        asked = time.perf_counter()
         x_1 = next(batches)
+        waited += time.perf_counter() - asked
         loss = train_step(model, optimiser, ema, x_1, step, config, generator)
         running, count, rows = loss if running is None else running + loss, count + 1, rows + len(x_1)
         if (step + 1) % every and step + 1 != config.steps:
             continue
         now = time.perf_counter()
         on_report({"step": step + 1, "train_fm": (running / count).item(), "lr": config.lr_at(step),
-                   "samples_per_s": rows / (now - start), "seconds": now - started})
-        running, count, rows = None, 0, 0
+                   "samples_per_s": rows / (now - start), "data_wait": waited / (now - start),
+                   "seconds": now - started})
+        running, count, rows, waited = None, 0, 0, 0.0
         start = time.perf_counter()  # the report's own work (evaluation, checkpoints) is not training time
 
 

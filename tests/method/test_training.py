@@ -71,3 +71,32 @@ def test_bf16_autocasts_the_forward_but_keeps_weights_optimiser_and_loss_in_floa
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         FitConfig(precision="fp16")
+
+
+def test_each_report_gives_the_share_of_its_time_spent_waiting_for_the_next_batch():
+    """A data source that blocks before each batch: every report's ``data_wait`` covers at least the time the
+    source measured itself blocking in that report's steps, and is a share of the report's time."""
+    import threading
+    import time
+
+    from pipeline.method.training import train_loop
+
+    config = FitConfig(steps=8, warmup=1, batch_size=16)
+    model, ema, optimiser = new_training(VelocityConfig(dim=2, width=16, depth=1), config)
+    blocked: list[float] = []
+    data_ready = threading.Event()  # never set: the source's wait stands for a slow read
+
+    def slow_batches():
+        while True:
+            start = time.perf_counter()
+            data_ready.wait(0.02)
+            blocked.append(time.perf_counter() - start)
+            yield torch.randn(16, 2)
+
+    reports: list[dict] = []
+    train_loop(model, optimiser, ema, slow_batches(), config, reports.append, every=4)
+    assert [r["step"] for r in reports] == [4, 8]
+    for k, report in enumerate(reports):
+        window = 4 * 16 / report["samples_per_s"]  # this report's seconds of training
+        assert sum(blocked[4 * k:4 * k + 4]) <= report["data_wait"] * window + 1e-6
+        assert 0 < report["data_wait"] <= 1
