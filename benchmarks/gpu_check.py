@@ -25,6 +25,12 @@
    ``L_align`` and with distribution matching against a ``width x depth`` prior on the device, and a latent
    generator of that size fitted on the aligned latents, sampled and decoded: seconds per step of each.
 
+6. **Input pipeline vs the bf16 step**: the prior fit's per-file read (``pipeline.jobs.ingest.read_to_prior``,
+   what each Ray Data read task runs: Parquet decode of the feature columns, the NaN check, the row hash
+   and split, the map to prior space) on ``--ingest-rows`` rows of ``--dim`` float32 columns written to local
+   disk, in this process on one core: training rows per second per core against the bf16 step's samples per
+   second above, i.e. how many CPU cores of reading keep one device fed (needs pyarrow; skipped without it).
+
 Everything goes to ``--json`` (default ``benchmarks/results/gpu_check.json`` on a GPU); a failed
 check raises. Needs torch, numpy, safetensors, scipy and torchdiffeq (the method library's imports).
 """
@@ -274,6 +280,36 @@ def image_steps(args, device: torch.device) -> dict:
     return result
 
 
+def ingest_rate(args, consumed: float) -> dict:
+    """Section 6: training rows per second one core streams through the prior fit's read, against the
+    ``consumed`` samples per second of the bf16 step."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from pipeline.data.scan import scan_features
+        from pipeline.data.split import Split
+        from pipeline.jobs.ingest import read_to_prior
+        from pipeline.method.moments import Moments
+    except ImportError as error:  # the device machine may lack pyarrow
+        return {"skipped": f"{type(error).__name__}: {error}"}
+    x = mixture(args.ingest_rows, args.dim, 1, torch.device("cpu")).numpy()  # (n, d) float32
+    with tempfile.TemporaryDirectory() as folder:
+        pq.write_table(pa.table({f"f{j:02d}": x[:, j] for j in range(args.dim)}), f"{folder}/part-0.parquet",
+                       row_group_size=250_000)
+        scan = scan_features(folder)
+        space = PriorSpace.fit(Moments.of(x[:100_000]), args.dim).arrays()
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        rows = sum(len(block["z"]) for block in read_to_prior({"file": [0]}, scan, Split(0.1), space))
+        seconds = time.perf_counter() - start
+        torch.set_num_threads(os.cpu_count() or 1)
+    per_core = rows / seconds
+    return {"rows_read": args.ingest_rows, "train_rows": rows, "seconds": seconds,
+            "train_rows_per_s_per_core": per_core, "bf16_samples_per_s": consumed,
+            "cores_to_keep_up": consumed / per_core, "cpu_cores": os.cpu_count()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -286,6 +322,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="side of the image autoencoders' images")
     parser.add_argument("--image-widths", type=int, nargs="+", default=[64, 128, 256],
                         help="channels of the image autoencoders' stride-2 stages")
+    parser.add_argument("--ingest-rows", type=int, default=2_000_000, help="rows of the input-pipeline measurement")
     parser.add_argument("--json", help="output (default: benchmarks/results/gpu_check.json on a GPU, else none)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -317,11 +354,15 @@ def main() -> None:
     print("image autoencoders: " + ", ".join(f"{k} {images[k]['seconds_per_step'] * 1e3:.1f} ms/step"
                                              for k in ("plain", "align", "match"))
           + f"; latent generator {images['generator']['seconds']:.1f} s", flush=True)
+    ingest = ingest_rate(args, steps["bf16"]["samples_per_s"])
+    print("input pipeline: " + (ingest.get("skipped") or f"{ingest['train_rows_per_s_per_core']:,.0f} training rows/s "
+          f"per CPU core; the bf16 step takes {ingest['bf16_samples_per_s']:,.0f} samples/s: "
+          f"{ingest['cores_to_keep_up']:.2f} cores of reading keep it fed ({ingest['cpu_cores']} here)"), flush=True)
     machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "json")}, "machine": machine,
               "matmul_peak_flop_per_s": peaks, "train_step": steps, "kill_and_resume": resume, "site": site,
-              "images": images,
+              "images": images, "ingest": ingest,
               "seconds": time.perf_counter() - started}
     out = args.json or (str(Path(__file__).parent / "results" / "gpu_check.json") if device.type == "cuda" else None)
     if out:

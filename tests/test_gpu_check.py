@@ -15,7 +15,7 @@ def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
     out = tmp_path / "check.json"
     result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--width", "32", "--depth", "2",
                              "--batch", "64", "--steps", "5", "--site-steps", "40", "--image-size", "8",
-                             "--image-widths", "4", "8", "--json", str(out)],
+                             "--image-widths", "4", "8", "--ingest-rows", "30000", "--json", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads(out.read_text())
@@ -39,6 +39,11 @@ def test_the_gpu_check_runs_on_cpu_and_resumes_after_a_kill(tmp_path):
     assert {images[k]["device"] for k in ("plain", "align", "match", "generator")} == {"cpu"}
     assert images["generator"]["samples"] == [1000, 3 * 8 * 8] and images["generator"]["finite"]
     assert all(images[k]["seconds_per_step"] > 0 and images[k]["recon"] < 1 for k in ("plain", "align", "match"))
+    # the input pipeline read every row, kept the training rows (about 90%), and is set against the bf16 step
+    ingest = check["ingest"]
+    assert ingest["rows_read"] == 30_000 and 0.8 * 30_000 < ingest["train_rows"] < 30_000
+    assert ingest["cores_to_keep_up"] == pytest.approx(check["train_step"]["bf16"]["samples_per_s"]
+                                                       / ingest["train_rows_per_s_per_core"])
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
     return total
 
 
-def _read_to_prior(batch: dict, scan: FeatureScan, split: Split,
+def read_to_prior(batch: dict, scan: FeatureScan, split: Split,
                    space: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Iterator[dict]:
     """One file (``batch["file"]``: its index in ``scan.files``) streamed block by block as the validating pass
     reads it (:meth:`FeatureScan.blocks`): its training rows in prior space ``z`` ``(b, d1)`` and their hashes
@@ -158,7 +158,7 @@ def training_dataset(scan: FeatureScan, split: Split, space: "PriorSpace", seed:
 
     files = ray.data.from_items([{"file": i} for i in range(len(scan.files))], override_num_blocks=len(scan.files))
     dataset = files.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
-        _read_to_prior, batch_size=1, fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})
+        read_to_prior, batch_size=1, fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})
     dataset.context.target_max_block_size = BLOCK_BYTES
     dataset.context.custom_execution_callback_classes = [PacedExecution]
     return dataset
