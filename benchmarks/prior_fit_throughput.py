@@ -11,6 +11,11 @@ Same model (paper width by default), same data, same global batch (256), one run
 * ``ray task``: the bare loop inside a plain Ray task (separates Ray's worker process from
   Ray Train's control plane).
 
+* ``all-reduce``: what DDP adds per step with 2 workers, measured alone: two gloo processes (1 thread each)
+  all-reducing one float32 tensor of the model's parameter count, as DDP does with the gradients;
+* ``--large-batch``: Ray Train with 1 and 2 workers again at a larger global batch (fewer steps), where the
+  same all-reduce is a smaller share of a longer step.
+
 Ray's samples/s is the median of what its workers measure between reports, after the first
 (training only; held-out evaluation and checkpointing show in the job's wall time). It also measures the achieved FLOP/s
 of the training step (FLOPs counted by ``torch.utils.flop_counter`` on one step) against the
@@ -83,6 +88,44 @@ def bare_loop(z: torch.Tensor, velocity: VelocityConfig, fit: FitConfig, threads
     return {"samples_per_s": steps * BATCH / seconds, "step_seconds": seconds / steps, "flops_per_step": flops}
 
 
+def _all_reduce(rank: int, numel: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    flat = torch.ones(numel)
+    for _ in range(2):
+        dist.all_reduce(flat)
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        dist.all_reduce(flat)
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        out.put(statistics.median(times))
+    dist.destroy_process_group()
+
+
+def all_reduce_seconds(numel: int) -> float:
+    """Median seconds of one gloo all-reduce of ``numel`` float32 between two local processes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    out = context.Queue()
+    ranks = [context.Process(target=_all_reduce, args=(rank, numel, port, out)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    seconds = out.get(timeout=300)
+    for process in ranks:
+        process.join()
+    return seconds
+
+
 def ray_job(data: Path, store: Path, workers: int, cpus: int, args, fit: FitConfig) -> dict:
     spec = PriorFitSpec(features=str(data), width=args.width, depth=args.depth, fit=fit, workers=workers,
                         cpus_per_worker=cpus, report_every=args.report_every, eval_samples=64,
@@ -103,6 +146,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--report-every", type=int, default=25)
+    parser.add_argument("--large-batch", type=int, default=2048, help="global batch of the second 1-vs-2-worker pair")
+    parser.add_argument("--large-steps", type=int, default=24)
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "prior_fit_throughput.json"))
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -132,7 +177,17 @@ def main() -> None:
         print(f"ray, 1 worker: {results['ray_1']['samples_per_s']:.0f} samples/s", flush=True)
         results["ray_2"] = ray_job(data, Path(tmp) / "store", 2, max(1, cores // 2), args, fit)
         print(f"ray, 2 workers: {results['ray_2']['samples_per_s']:.0f} samples/s", flush=True)
+        large = FitConfig(steps=args.large_steps, warmup=5, batch_size=args.large_batch)
+        every = argparse.Namespace(**{**vars(args), "report_every": max(1, args.large_steps // 3)})
+        for workers, cpus in ((1, cores), (2, max(1, cores // 2))):
+            results[f"ray_{workers}_large"] = ray_job(data, Path(tmp) / "store", workers, cpus, every, large)
+            print(f"ray, {workers} worker(s), batch {args.large_batch}: "
+                  f"{results[f'ray_{workers}_large']['samples_per_s']:.0f} samples/s", flush=True)
         ray.shutdown()
+        parameters = sum(p.numel() for p in VelocityMLP(velocity).parameters())
+        results["all_reduce"] = {"parameters": parameters, "seconds": all_reduce_seconds(parameters)}
+        print(f"all-reduce of {parameters:,} float32 between 2 processes: "
+              f"{results['all_reduce']['seconds'] * 1e3:.0f} ms", flush=True)
         results["bare_after"] = bare_loop(z, velocity, fit, cores)  # the machine may drift: measure again
         print(f"bare loop again: {results['bare_after']['samples_per_s']:.0f} samples/s", flush=True)
 
@@ -153,6 +208,11 @@ def main() -> None:
         r = results[key]
         print(f"{label:24} {r['samples_per_s']:10.0f} {r['samples_per_s'] / bare['samples_per_s']:8.2f} "
               f"{r['wall_seconds']:11.1f}")
+    for suffix, batch in (("", BATCH), ("_large", args.large_batch)):
+        one, two = results[f"ray_1{suffix}"]["samples_per_s"], results[f"ray_2{suffix}"]["samples_per_s"]
+        step_two = batch / two
+        print(f"global batch {batch}: 2 workers / 1 worker = {two / one:.2f}; the all-reduce alone is "
+              f"{results['all_reduce']['seconds'] / step_two:.0%} of a 2-worker step ({step_two * 1e3:.0f} ms)")
     print(f"\ntraining step: {bare['flops_per_step'] / 1e9:.1f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = "
           f"{achieved / peak:.0%} of the measured matmul peak ({peak / 1e9:.1f} GFLOP/s)")
     print(f"machine: {results['machine']}")

@@ -28,12 +28,15 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.data.fingerprint import SourceFile
 from pipeline.data.scan import FeatureScan
 from pipeline.data.split import Split, digest
 from pipeline.errors import DataError
+from pipeline.jobs import validated_files
 from pipeline.method.moments import Moments
 from pipeline.method.prior_space import PriorSpace, to_prior_space
 from pipeline.progress import Progress, Say
+from pipeline.storage import Store
 
 TASKS_PER_CPU = 2  # statistics tasks per cluster CPU: enough to balance files of uneven size
 BLOCK_BYTES = 4 << 20  # Ray Data blocks of training rows in prior space: the first reaches a worker after a few
@@ -53,6 +56,7 @@ class FeatureStats:
     first_file: str | None = None  # where the dimension was first seen (for error messages)
     files: int = 0
     bytes: int = 0
+    files_validated_before: int = 0  # files whose statistics came from an earlier pass (validated_files)
 
     @property
     def train_rows(self) -> int:
@@ -61,7 +65,9 @@ class FeatureStats:
     def merge(self, other: "FeatureStats", sample: int) -> "FeatureStats":
         if other.train is None:
             return FeatureStats(**{**self.__dict__, "rows_dropped": self.rows_dropped + other.rows_dropped,
-                                   "files": self.files + other.files, "bytes": self.bytes + other.bytes})
+                                   "files": self.files + other.files, "bytes": self.bytes + other.bytes,
+                                   "files_validated_before": self.files_validated_before
+                                   + other.files_validated_before})
         if self.train is None:
             return other.merge(self, sample)
         if other.train.dim != self.train.dim:
@@ -74,28 +80,65 @@ class FeatureStats:
             sample=np.concatenate([self.sample, other.sample])[keep], sample_hash=hashes[keep],
             train_digest=(self.train_digest + other.train_digest) % 2**64,
             rows_dropped=self.rows_dropped + other.rows_dropped, first_file=self.first_file,
-            files=self.files + other.files, bytes=self.bytes + other.bytes)
+            files=self.files + other.files, bytes=self.bytes + other.bytes,
+            files_validated_before=self.files_validated_before + other.files_validated_before)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """One file's statistics as arrays (:mod:`pipeline.jobs.validated_files`)."""
+        train = self.train or Moments.empty(0)
+        sample = self.sample if self.sample is not None else np.zeros((0, train.dim), np.float32)
+        hashes = self.sample_hash if self.sample_hash is not None else np.zeros(0, np.uint64)
+        return {"n": np.array(train.n), "mean": train.mean, "m2": train.m2, "heldout_rows": np.array(self.heldout_rows),
+                "sample": sample, "sample_hash": hashes, "train_digest": np.array(self.train_digest, np.uint64),
+                "rows_dropped": np.array(self.rows_dropped)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: SourceFile) -> "FeatureStats":
+        """The statistics :meth:`arrays` saved for the file ``source``, counted as validated before."""
+        train = Moments(int(arrays["n"]), arrays["mean"], arrays["m2"]) if arrays["mean"].size else None
+        return cls(train=train, heldout_rows=int(arrays["heldout_rows"]), sample=arrays["sample"],
+                   sample_hash=arrays["sample_hash"], train_digest=int(arrays["train_digest"]),
+                   rows_dropped=int(arrays["rows_dropped"]), first_file=source.display, files=1, bytes=source.size,
+                   files_validated_before=1)
 
 
-def file_stats(scan: FeatureScan, indices: list[int], split: Split, sample: int) -> FeatureStats:
-    """Stream the files ``scan.files[i]`` for ``i`` in ``indices`` (one task's share): validate every
-    row, and accumulate the training rows' moments and the held-out sample."""
+def file_stats(scan: FeatureScan, indices: list[int], split: Split, sample: int,
+               validated: Store | None = None) -> FeatureStats:
+    """The statistics of the files ``scan.files[i]`` for ``i`` in ``indices`` (one task's share): each one's
+    from ``validated`` if an earlier pass kept them there (:mod:`pipeline.jobs.validated_files`), else read,
+    every row validated, and kept there."""
     filesystem = scan.filesystem()
     total = FeatureStats()
     for i in indices:
         source = scan.files[i]
-        total = total.merge(FeatureStats(files=1, bytes=source.size), sample)
-        for x, dropped in scan.blocks(source, filesystem=filesystem):
-            h, held = split.of(x)
-            order = np.argsort(h[held], kind="stable")[:sample]
-            block = FeatureStats(train=Moments.of(x[~held]), heldout_rows=int(held.sum()),
-                                 sample=x[held][order], sample_hash=h[held][order],
-                                 train_digest=digest(h[~held]), rows_dropped=dropped, first_file=source.display)
-            total = total.merge(block, sample)
+        key = validated_files.entry_key(scan, source, split, sample)
+        kept = validated_files.load(validated, key) if validated is not None else None
+        if kept is not None:
+            stats = FeatureStats.from_arrays(kept, source)
+        else:
+            stats = one_file_stats(scan, source, split, sample, filesystem)
+            if validated is not None:
+                validated_files.save(validated, key, stats.arrays())
+        total = total.merge(stats, sample)
     return total
 
 
-def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print) -> FeatureStats:
+def one_file_stats(scan: FeatureScan, source: SourceFile, split: Split, sample: int, filesystem) -> FeatureStats:
+    """Stream one file: validate every row, and accumulate the training rows' moments and the held-out sample
+    (its ``sample`` rows with the smallest hashes)."""
+    total = FeatureStats(files=1, bytes=source.size)
+    for x, dropped in scan.blocks(source, filesystem=filesystem):
+        h, held = split.of(x)
+        order = np.argsort(h[held], kind="stable")[:sample]
+        block = FeatureStats(train=Moments.of(x[~held]), heldout_rows=int(held.sum()),
+                             sample=x[held][order], sample_hash=h[held][order],
+                             train_digest=digest(h[~held]), rows_dropped=dropped, first_file=source.display)
+        total = total.merge(block, sample)
+    return total
+
+
+def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print,
+                 validated: Store | None = None) -> FeatureStats:
     """:func:`file_stats` over every file as Ray tasks (1 CPU, 1 thread each), merged as they finish;
     a data error in any file is raised as that ``DataError``. Prints progress."""
     import ray
@@ -105,7 +148,7 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
     groups = [list(range(len(scan.files)))[k::tasks] for k in range(tasks)]  # round robin: sizes mix
     task = ray.remote(num_cpus=1, max_retries=2, retry_exceptions=[OSError])(file_stats)
     scan_ref = ray.put(scan)
-    pending = [task.remote(scan_ref, g, split, sample) for g in groups]
+    pending = [task.remote(scan_ref, g, split, sample, validated) for g in groups]
     total, size = FeatureStats(), sum(f.size for f in scan.files)
     # nothing else prints while the files are checked: on a terminal, one line rewritten in place
     bar = Progress("prior fit", len(scan.files), "files checked", say, live=say is print)
@@ -120,8 +163,9 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print)
             if isinstance(cause, DataError):
                 raise DataError(str(cause)) from None  # the file, column and row, without a remote traceback
             raise
+        before = f", {total.files_validated_before} validated before" if total.files_validated_before else ""
         bar.update(total.files, f"{total.bytes / 2**20:,.0f} of {size / 2**20:,.0f} MiB, "
-                                f"{total.train_rows + total.heldout_rows:,} rows")
+                                f"{total.train_rows + total.heldout_rows:,} rows{before}")
     return total
 
 

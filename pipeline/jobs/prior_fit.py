@@ -71,10 +71,12 @@ def scan(spec: PriorFitSpec) -> FeatureScan:
                          filters=spec.filters, drop_nonfinite=spec.drop_nonfinite)
 
 
-def prepare(spec: PriorFitSpec, features: FeatureScan, say: Say = print) -> PreparedData:
-    """The validating pass over every row (Ray tasks), then the map to prior space from its moments."""
+def prepare(spec: PriorFitSpec, features: FeatureScan, say: Say = print,
+            validated: Store | None = None) -> PreparedData:
+    """The validating pass over every row (Ray tasks; files whose statistics an earlier pass kept in ``validated``
+    are not read again), then the map to prior space from its moments."""
     split = Split(spec.heldout_fraction, spec.seed)
-    stats = gather_stats(features, split, spec.heldout_sample, say)
+    stats = gather_stats(features, split, spec.heldout_sample, say, validated)
     n_train, n_heldout = stats.train_rows, stats.heldout_rows
     if n_train + n_heldout == 0:
         detail = f" after filters {spec.filters}" if spec.filters else ""
@@ -142,7 +144,7 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
     use_gpu = _check_resources(spec, runtime.connect(address), say)
     rss_before = runtime.peak_rss_mib()  # the driver with Ray and torch loaded, before any data work
     checking = time.time()
-    data = prepare(spec, features, say)
+    data = prepare(spec, features, say, validated=store)
     checking = time.time() - checking
     stats, space = data.stats, data.space
     say(f"[prior fit] {stats.train_rows:,} training and {stats.heldout_rows:,} held-out rows "
@@ -161,7 +163,8 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
                                                velocity=velocity)
     ingest = {"files": len(features.files), "bytes": stats.bytes, "train_rows": stats.train_rows,
               "heldout_rows": stats.heldout_rows, "heldout_sample": len(data.z_heldout),
-              "rows_dropped": stats.rows_dropped, "train_digest": f"{stats.train_digest:016x}",
+              "rows_dropped": stats.rows_dropped, "files_validated_before": stats.files_validated_before,
+              "train_digest": f"{stats.train_digest:016x}",
               "columns": list(schema.columns), "shards": state.get("shards", []),
               "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()},
               "seconds_validating": checking,

@@ -7,6 +7,7 @@
     registry/alias-snapshots/...parquet      the aliases' latest entries gathered into one object
     registry/gc/<expiry>-<random>.lease      present while a `registry gc` runs
     ray-runs/<run>/                          Ray Train and Tune runs (checkpoints, events, step logs)
+    validated/<digest>.npz                   a feature file's statistics from a prior fit's validating pass
 """
 
 ARTIFACTS = "artifacts"
@@ -16,3 +17,4 @@ SNAPSHOTS = "registry/snapshots"
 ALIAS_SNAPSHOTS = "registry/alias-snapshots"
 LEASES = "registry/gc"
 RAY_RUNS = "ray-runs"
+VALIDATED = "validated"

@@ -21,6 +21,7 @@ from pipeline.method.configs import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.sites.models import load_prior
 from pipeline.storage import S3Options, Store
+from pipeline.storage.layout import VALIDATED
 from tests.support.processes import pids_titled
 from tests.support.shards import assert_disjoint_shards
 from tests.support.tfevents import merged
@@ -135,6 +136,8 @@ def test_two_workers_fit_register_once_and_a_rerun_resumes_nothing_new(local_ray
     assert (ingest["train_rows"], ingest["heldout_rows"]) == ((~heldout).sum(), heldout.sum())
     assert 300 < heldout.sum() < 500  # 10% of 4,000 rows, within binomial noise
     assert_disjoint_shards(ingest, row_hash(x[~heldout], spec.seed))
+    # the validating pass kept each file's statistics in the store, for a later fit of the same bytes
+    assert ingest["files_validated_before"] == 0 and len(store.list(VALIDATED)) == ingest["files"]
     # the feature contract: the columns, their types and the training rows' mean and sd, in record and checkpoint
     contract = record.config["features"]
     assert contract["columns"] == ["features[0]", "features[1]"] and contract["dtypes"] == ["float", "float"]
