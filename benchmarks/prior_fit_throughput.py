@@ -129,7 +129,7 @@ def all_reduce_seconds(numel: int) -> float:
 def ray_job(data: Path, store: Path, workers: int, cpus: int, args, fit: FitConfig) -> dict:
     spec = PriorFitSpec(features=str(data), width=args.width, depth=args.depth, fit=fit, workers=workers,
                         cpus_per_worker=cpus, report_every=args.report_every, eval_samples=64,
-                        heldout_fraction=0.02, name=f"bench-{workers}w", max_failures=0)
+                        heldout_fraction=0.02, name=f"bench-{workers}w-{fit.batch_size}", max_failures=0)
     start = time.perf_counter()
     record = fit_core_prior(spec, Store.open(str(store)), say=lambda line: None)
     wall = time.perf_counter() - start

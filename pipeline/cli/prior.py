@@ -53,7 +53,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         width=args.width, depth=args.depth, fit=fit, workers=args.workers, gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource or []),
         heldout_fraction=args.heldout_fraction, heldout_sample=args.heldout_sample,
-        shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb,
+        shuffle_buffer=args.shuffle_buffer, cache_mb=args.cache_mb, read_ahead_mb=args.read_ahead_mb,
         report_every=args.report_every, name=args.name,
         max_failures=args.max_failures, seed=args.seed)
     store = open_store(args)
@@ -151,6 +151,9 @@ def _run_arguments(fit: argparse.ArgumentParser) -> None:
                      help="held-out rows kept for evaluation (the driver's only rows; default: %(default)s)")
     fit.add_argument("--shuffle-buffer", type=positive, default=SPEC["shuffle_buffer"],
                      help="rows in each worker's local shuffle buffer (default: %(default)s)")
+    fit.add_argument("--read-ahead-mb", type=positive, default=SPEC["read_ahead_mb"],
+                     help="object store for training rows read ahead of the step (Ray Data's budget; default: "
+                          "%(default)s): more buffers longer stalls, less leaves the CPUs to the step")
     fit.add_argument("--cache-mb", type=int, default=SPEC["cache_mb"],
                      help="a worker keeps a shard up to this size after its first epoch instead of streaming "
                           "every epoch; 0 streams always (default: %(default)s)")
