@@ -1,9 +1,9 @@
 """Fleet-scale feature ingest for the core prior fit: statistics from Ray tasks, training rows from Ray Data.
 
     scan = scan_features("s3://bucket/features/", filters={"year": 2014})   # driver: listing + one footer
-    stats = gather_stats(scan, split, sample=10_000)    # Ray tasks: validate every row, moments, held-out sample
+    stats = gather_stats(scan, split, sample=10_000, validated=store)  # Ray tasks: validate every row, moments, ...
     space = PriorSpace.fit(stats.train, ...)            # driver: the map to prior space from d^2 numbers
-    dataset = training_dataset(scan, split, space)      # Ray Data: read -> filter -> to prior space
+    dataset = training_dataset(scan, split, space)      # Ray Data: one task per file, read -> to prior space
 
 The driver never holds the data: it holds the listing, the moments of the training rows
 (``d^2`` float64), and a bounded sample of held-out rows for evaluation (the ``sample`` held-out
@@ -14,7 +14,12 @@ down, in one Ray task per group of files; a NaN/inf/null, a wrong type or a mixe
 ``DataError`` naming the file, column and row before any training starts. The same pass gives the
 moments (count, mean, centred cross-products, merged exactly across tasks) from which the
 normaliser and the PCA basis are fitted. It costs one extra read of the data (measured in
-``benchmarks/ingest_scale.py``).
+``benchmarks/ingest_scale.py``), once per file: each file's statistics are kept in the store by its
+bytes and how it is read (:mod:`pipeline.jobs.validated_files`), and a later fit does not read it again.
+
+**Training stream.** Ray Data runs the same reader, file by file, and maps each block to prior space;
+it reads at most :func:`read_ahead` ahead of the trainer, and its scheduling loop pauses while it has
+nothing to do (:mod:`pipeline.jobs.stream_pacing`).
 
 **The split.** A row is held out when its hash (``pipeline.data.split``) says so: a fixed function
 of its values, so the statistics pass, the training stream and any later reader agree on it
@@ -111,13 +116,13 @@ def file_stats(scan: FeatureScan, indices: list[int], split: Split, sample: int,
     total = FeatureStats()
     for i in indices:
         source = scan.files[i]
-        key = validated_files.entry_key(scan, source, split, sample)
-        kept = validated_files.load(validated, key) if validated is not None else None
+        key = validated_files.entry_key(scan, source, split, sample) if validated is not None else None
+        kept = validated_files.load(validated, key) if key else None
         if kept is not None:
             stats = FeatureStats.from_arrays(kept, source)
         else:
             stats = one_file_stats(scan, source, split, sample, filesystem)
-            if validated is not None:
+            if key:
                 validated_files.save(validated, key, stats.arrays())
         total = total.merge(stats, sample)
     return total
@@ -198,11 +203,12 @@ def training_dataset(scan: FeatureScan, split: Split, space: "PriorSpace", seed:
     import ray.data
     from ray.data import RandomSeedConfig
 
-    from pipeline.jobs.stream_pacing import PacedExecution
+    from pipeline.jobs import stream_pacing
 
     files = ray.data.from_items([{"file": i} for i in range(len(scan.files))], override_num_blocks=len(scan.files))
     dataset = files.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
         read_to_prior, batch_size=1, fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})
     dataset.context.target_max_block_size = BLOCK_BYTES
-    dataset.context.custom_execution_callback_classes = [PacedExecution]
+    if stream_pacing.AVAILABLE:
+        dataset.context.custom_execution_callback_classes = [stream_pacing.PacedExecution]
     return dataset

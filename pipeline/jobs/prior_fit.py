@@ -9,7 +9,8 @@ No single process holds the features (see :mod:`pipeline.jobs.ingest`):
    fingerprint); a missing path, no numeric columns or a bad filter is an error before Ray starts.
 2. A validating pass of Ray tasks reads every row (columns and filters pushed down): a NaN, a wrong
    type or a mixed dimension is an error naming the file, column and row before any training; it
-   returns the training rows' moments and a bounded held-out sample (``heldout_sample`` rows).
+   returns the training rows' moments and a bounded held-out sample (``heldout_sample`` rows). A file
+   whose statistics an earlier fit kept in the store is not read again.
 3. The driver fits the map to prior space (projection and normaliser) from the moments.
 4. A ``ray.data`` dataset reads the files again and maps each block to prior space; the
    ``TorchTrainer`` splits it so each worker streams only its own shard (``prior_fit_worker``).
@@ -152,7 +153,7 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
         f"run {spec.name}")
     storage_path, storage_filesystem = runtime.storage_for(store)
     velocity = VelocityConfig(dim=space.latent_dim, width=spec.width, depth=spec.depth)
-    marks = {"validated": time.time()}
+    timeline = {"validated": time.time()}  # + the worker's marks: when it started, when it asked for data
     checkpoint = _train(spec, store, features, data, velocity, use_gpu, (storage_path, storage_filesystem), sinks,
                         say)
     d2 = space.feature_dim
@@ -169,7 +170,7 @@ def _fit(spec: PriorFitSpec, store: Store, features: FeatureScan, address: str |
               "driver_peak_rss_mib": {"before_data": rss_before, "end": runtime.peak_rss_mib()},
               "seconds_validating": checking,
               "seconds_to_first_step": state["first_step_unix"] - started if "first_step_unix" in state else None,
-              "timeline": {k: v - started for k, v in {**marks, **state.get("timeline_unix", {})}.items()}}
+              "timeline": {k: v - started for k, v in {**timeline, **state.get("timeline_unix", {})}.items()}}
     config = {**spec.to_dict(), "ray_run": {"name": spec.name, "path": f"{storage_path}/{spec.name}",
                                             "use_gpu": use_gpu}, "ingest": ingest}
     record = publish_prior(tracked_registry(store), prior, fingerprint=features.fingerprint, config=config,
