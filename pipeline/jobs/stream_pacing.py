@@ -7,10 +7,12 @@ coordinator at 74% of a core at 30 M rows, measured by ``benchmarks/ingest_scale
 the same spin). On a 2-core machine that core is half the training step's.
 
 :class:`PacedExecution` is an execution callback (``DataContext.custom_execution_callback_classes``,
-shipped with the dataset to whichever process runs its executor): after each step of the loop, if the
-consumer still has blocks waiting, it sleeps ``PAUSE_S``. Nothing the trainer needs waits for it: the
-consumer is served from the blocks already read, and the moment its queue is empty the loop runs
-unpaced again. ``PacedExecution.pauses`` counts the pauses taken in this process.
+shipped with the dataset to whichever process runs its executor): after a step of the loop that changed
+nothing (no task submitted or finished, no block received, made or handed on by any operator), it
+sleeps ``PAUSE_S``. A step that does anything is followed by the next at once, so a block the trainer
+frees room for is read at most ``PAUSE_S`` later, while the read-ahead still holds blocks for it.
+(The executor's own "consumer idling" signal does not help here: behind a streaming split its output
+queue is always empty.) ``PacedExecution.pauses`` counts the pauses taken in this process.
 """
 
 from __future__ import annotations
