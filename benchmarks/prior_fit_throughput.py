@@ -2,7 +2,7 @@
 
     python benchmarks/prior_fit_throughput.py [--width 1024 --depth 6] [--dim 32] [--steps 60] [--json out.json]
 
-Same model (paper width by default), same data, same global batch (256), one run:
+Same model (paper width by default), same data, same global batch (256), in one Ray session:
 
 * ``bare``: one process (the driver), ``train_step`` in a loop (fused AdamW, clipping, EMA), all cores' threads;
 * ``ray task``: the bare loop inside a plain Ray task (separates Ray's worker process from
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--large-batch", type=int, default=2048, help="global batch of the second 1-vs-2-worker pair")
     parser.add_argument("--large-steps", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved runs of bare / Ray task / Ray Train 1 worker")
+                        help="interleaved runs of the bare loop, Ray task, Ray Train 1 worker and the one-core pair")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "prior_fit_throughput.json"))
     args = parser.parse_args()
     cores = os.cpu_count() or 1
