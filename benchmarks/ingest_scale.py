@@ -7,8 +7,8 @@ Synthetic features, 32 float32 columns, 1 M rows per Parquet file, on a SeaweedF
 script starts on 127.0.0.1 (as the tests do). For each size, one fit per path, each in its own
 process (so each process's peak memory is its own):
 
-* ``streaming``: ``fit_core_prior`` as shipped: a validating pass of Ray tasks, the map to prior
-  space from streamed moments, Ray Data shards to the Train workers;
+* ``streaming``: ``fit_core_prior`` as shipped: a validating pass of Ray tasks while Ray Train starts, the
+  map to prior space from streamed moments, Ray Data shards to the Train workers;
 * ``refit``: the same fit again into the same store (another run name), as a platform team refits the same
   files with other settings: the validating pass finds each file's statistics kept by the first
   (``pipeline.jobs.validated_files``) and reads no rows;

@@ -44,6 +44,7 @@ class FeatureScan:
     s3: S3Options | None = None
     read_dtypes: tuple[str, ...] = ()  # the read columns' Parquet types (a list column: its values' type)
     shape: tuple[int, ...] | None = None  # each row's shape, for a fixed-shape tensor column (e.g. an image)
+    dim: int | None = None  # features per row, where the footer says (not for a list column of any length)
 
     @property
     def local(self) -> bool:
@@ -190,10 +191,14 @@ def scan_features(
     digest = fingerprint(files, columns=list(read), options=options)
     dtypes = tuple(str(list_type(schema, name, where).value_type if list_column else schema.field(name).type)
                    if name in schema.names else "missing" for name in read)
+    dim = len(read)
+    if list_column:  # a tensor column's storage is a fixed-size list too
+        kind = list_type(schema, read[0], where)
+        dim = kind.list_size if pa.types.is_fixed_size_list(kind) else None
     return FeatureScan(uri=uri, files=tuple(files), read_columns=read, list_column=list_column,
                        filters=coerce_filters(filters, schema, where), drop_nonfinite=drop_nonfinite,
                        fingerprint=digest, exclude=auto, s3=s3, read_dtypes=dtypes,
-                       shape=tensor_shape(schema, read[0]) if list_column else None)
+                       shape=tensor_shape(schema, read[0]) if list_column else None, dim=dim)
 
 
 def column_names(scan: FeatureScan, dim: int) -> list[str]:

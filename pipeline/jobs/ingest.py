@@ -11,7 +11,7 @@ rows with the smallest row hashes: a uniform sample, the same however the work w
 
 **Validating pass.** ``gather_stats`` reads every row once, with the columns and filters pushed
 down, in one Ray task per group of files; a NaN/inf/null, a wrong type or a mixed dimension is a
-``DataError`` naming the file, column and row before any training starts. The same pass gives the
+``DataError`` naming the file, column and row before any training step. The same pass gives the
 moments (count, mean, centred cross-products, merged exactly across tasks) from which the
 normaliser and the PCA basis are fitted. It costs one extra read of the data (measured in
 ``benchmarks/ingest_scale.py``), once per file: each file's statistics are kept in the store by its
@@ -38,6 +38,7 @@ from pipeline.data.scan import FeatureScan
 from pipeline.data.split import Split, digest
 from pipeline.errors import DataError
 from pipeline.jobs import validated_files
+from pipeline.jobs.handoff import Handoff
 from pipeline.method.moments import Moments
 from pipeline.method.prior_space import PriorSpace, to_prior_space
 from pipeline.progress import Progress, Say
@@ -143,22 +144,30 @@ def one_file_stats(scan: FeatureScan, source: SourceFile, split: Split, sample: 
 
 
 def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print,
-                 validated: Store | None = None) -> FeatureStats:
-    """:func:`file_stats` over every file as Ray tasks (1 CPU, 1 thread each), merged as they finish;
-    a data error in any file is raised as that ``DataError``. Prints progress."""
+                 validated: Store | None = None, beside_training: bool = False) -> FeatureStats:
+    """:func:`file_stats` over every file as Ray tasks (1 CPU, 1 thread each; as many at once as the cluster
+    has CPUs), merged as they finish; a data error in any file is raised as that ``DataError``. Prints progress.
+
+    ``beside_training``: the pass runs while Ray Train starts workers that will wait for it
+    (:mod:`pipeline.jobs.handoff`), on this one machine (the embedded Ray): its tasks ask for no CPU, so the
+    workers' resources are not held back by them, and the driver keeps as many running as there are CPUs."""
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     tasks = min(len(scan.files), cpus * TASKS_PER_CPU)
     groups = [list(range(len(scan.files)))[k::tasks] for k in range(tasks)]  # round robin: sizes mix
-    task = ray.remote(num_cpus=1, max_retries=2, retry_exceptions=[OSError])(file_stats)
+    task = ray.remote(num_cpus=0 if beside_training else 1, max_retries=2, retry_exceptions=[OSError])(file_stats)
     scan_ref = ray.put(scan)
-    pending = [task.remote(scan_ref, g, split, sample, validated) for g in groups]
+    window = cpus if beside_training else len(groups)
+    pending = [task.remote(scan_ref, g, split, sample, validated) for g in groups[:window]]
+    waiting = groups[window:]
     total, size = FeatureStats(), sum(f.size for f in scan.files)
     # nothing else prints while the files are checked: on a terminal, one line rewritten in place
     bar = Progress("prior fit", len(scan.files), "files checked", say, live=say is print)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
+        if waiting:
+            pending.append(task.remote(scan_ref, waiting.pop(0), split, sample, validated))
         try:
             total = total.merge(ray.get(done[0]), sample)
         except ray.exceptions.RayTaskError as error:
@@ -175,11 +184,14 @@ def gather_stats(scan: FeatureScan, split: Split, sample: int, say: Say = print,
 
 
 def read_to_prior(batch: dict, scan: FeatureScan, split: Split,
-                   space: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Iterator[dict]:
+                  space: tuple[np.ndarray, np.ndarray, np.ndarray] | Handoff) -> Iterator[dict]:
     """One file (``batch["file"]``: its index in ``scan.files``) streamed block by block as the validating pass
     reads it (:meth:`FeatureScan.blocks`): its training rows in prior space ``z`` ``(b, d1)`` and their hashes
-    ``row`` (``space``: :meth:`PriorSpace.arrays`, so the task never loads torch)."""
+    ``row``. ``space``: :meth:`PriorSpace.arrays` (so the task never loads torch), or a :class:`Handoff` whose
+    ``"space"`` they will be once the validating pass is done (the task waits for it)."""
     (index,) = batch["file"]
+    if isinstance(space, Handoff):
+        space = space.get("space")
     for x, _ in scan.blocks(scan.files[int(index)]):
         h, heldout = split.of(x)
         train = ~heldout
@@ -195,19 +207,21 @@ def read_ahead(megabytes: int):
     return ExecutionOptions(resource_limits=ExecutionResources.for_limits(object_store_memory=megabytes << 20))
 
 
-def training_dataset(scan: FeatureScan, split: Split, space: "PriorSpace", seed: int):
+def training_dataset(scan: FeatureScan, split: Split, space: PriorSpace | Handoff, seed: int):
     """A ``ray.data`` dataset of the training rows in prior space (columns ``z``, ``row``): one task per
     file, in an order reshuffled every epoch (seeded), reading it as the validating pass did (only the
     feature columns, filters pushed down, in blocks of ``BATCH_ROWS``) and mapping each block to prior
-    space. Ray Data's own Parquet reader would first read every footer again, in actors it starts for that."""
+    space (``space``, or the one a :class:`Handoff` will hold). Ray Data's own Parquet reader would first read
+    every footer again, in actors it starts for that."""
     import ray.data
     from ray.data import RandomSeedConfig
 
     from pipeline.jobs import stream_pacing
 
     files = ray.data.from_items([{"file": i} for i in range(len(scan.files))], override_num_blocks=len(scan.files))
+    arrays = space if isinstance(space, Handoff) else space.arrays()
     dataset = files.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True)).map_batches(
-        read_to_prior, batch_size=1, fn_kwargs={"scan": scan, "split": split, "space": space.arrays()})
+        read_to_prior, batch_size=1, fn_kwargs={"scan": scan, "split": split, "space": arrays})
     dataset.context.target_max_block_size = BLOCK_BYTES
     if stream_pacing.AVAILABLE:
         dataset.context.custom_execution_callback_classes = [stream_pacing.PacedExecution]

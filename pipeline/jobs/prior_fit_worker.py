@@ -39,14 +39,14 @@ from pipeline.method.training_state import load_training_state, save_training_st
 from pipeline.progress import status
 
 if TYPE_CHECKING:
-    from ray import ObjectRef
+    from pipeline.jobs.handoff import Handoff
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """What every worker of one fit is given by the driver (:mod:`pipeline.jobs.prior_fit`)."""
 
-    velocity: VelocityConfig
+    velocity: VelocityConfig | None  # None: the validating pass's ("velocity"), where only it knows the dimension
     fit: FitConfig
     batch_per_worker: int  # rows per step on each worker: the global batch over the workers
     seed: int
@@ -55,7 +55,7 @@ class WorkerConfig:
     report_every: int  # steps between reports, held-out evaluations and checkpoints
     eval_samples: int  # prior samples compared with the held-out points at each report
     threads: int  # torch threads: the worker's CPUs
-    heldout: ObjectRef  # the held-out sample in prior space, (k, d1) float32; rank 0 evaluates on it
+    handoff: Handoff  # the validating pass's results: "heldout", the sample rank 0 evaluates on ((k, d1) float32)
     sinks: tuple = ()  # where rank 0 writes each report, ``sink.write(step, metrics)`` (TensorBoard, MLflow)
     lines: LineDrop | None = None  # rank 0's progress lines, relayed to the driver
 
@@ -127,19 +127,32 @@ def _gather(value: object) -> list:
 def train_loop_per_worker(config: dict) -> None:
     """One worker's fit (see the module docstring). ``config`` is ``{"worker": WorkerConfig}``: Ray Train hands
     its ``train_loop_config`` to this function as given, but also exports it as the run's settings, which must
-    be a dict; so the typed config travels as that dict's one entry."""
-    import ray
+    be a dict; so the typed config travels as that dict's one entry.
+
+    The worker starts while the validating pass still runs: its first batch waits for the pass (Ray Data's read
+    tasks wait for the map to prior space, :mod:`pipeline.jobs.handoff`). If the pass finds a bad row, the worker
+    returns without a step or a checkpoint (no restart would change that) and the driver says why."""
+    worker: WorkerConfig = config["worker"]
+    try:
+        _fit_shard(worker)
+    except Exception:
+        if worker.handoff.failure() is not None:
+            return
+        raise
+
+
+def _fit_shard(worker: WorkerConfig) -> None:
+    """The fit on this worker's shard: model, resume, the stream of batches, the training loop."""
     import ray.train
     import ray.train.torch
 
     entered = time.time()  # when Ray Train started this function (the start-up timeline)
-    worker: WorkerConfig = config["worker"]
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(worker.threads)
     device = ray.train.torch.get_device()
-    heldout = torch.tensor(ray.get(worker.heldout), device=device) if rank == 0 else None  # a bounded sample
+    velocity = worker.velocity or worker.handoff.get("velocity")  # a list column of any length: after the pass
     # identical initial weights on every rank; on the device before the optimiser and any resume
-    model, ema, optimiser = new_training(worker.velocity, worker.fit, device, worker.seed)
+    model, ema, optimiser = new_training(velocity, worker.fit, device, worker.seed)
     state = _resumed(worker, model, ema, optimiser, rank)
     model = ray.train.torch.prepare_model(model)  # DDP around the model, already on its device
     epochs: list[dict] = []
@@ -149,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
     batches = timed_first(epoch_batches(shard, state, worker.batch_per_worker,
                                         worker.shuffle_buffer, worker.cache_mb << 20, worker.seed, rank, device,
                                         epochs), first_step)
-    report = _reporter(worker, state, model, ema, optimiser, heldout, epochs, first_step)
+    report = _reporter(worker, state, model, ema, optimiser, device, epochs, first_step)
     # the noise draws are a function of (seed, rank, step), so a resumed run draws fresh ones
     generator = torch.Generator(device=device).manual_seed(worker.seed * 100_003 + rank * 1_009 + state["step"])
     train_loop(model, optimiser, ema, batches, worker.fit, report, every=worker.report_every,
@@ -187,9 +200,10 @@ def _resumed(worker: WorkerConfig, model: torch.nn.Module, ema: EMA, optimiser: 
 
 
 def _reporter(worker: WorkerConfig, state: dict, model: torch.nn.Module, ema: EMA, optimiser: torch.optim.Optimizer,
-              heldout: torch.Tensor | None, epochs: list, first_step: list) -> Callable[[dict], None]:
+              device: torch.device, epochs: list, first_step: list) -> Callable[[dict], None]:
     """The loop's ``on_report`` on this worker: every rank reports its metrics and what it read; rank 0 adds
-    the held-out metrics, logs them (:func:`_log`) and writes the checkpoint."""
+    the held-out metrics (on the validating pass's held-out sample, fetched at its first report), logs them
+    (:func:`_log`) and writes the checkpoint."""
     import ray
     import ray.train
     from ray.train import Checkpoint
@@ -198,6 +212,7 @@ def _reporter(worker: WorkerConfig, state: dict, model: torch.nn.Module, ema: EM
     rank, world = context.get_world_rank(), context.get_world_size()
     node = ray.get_runtime_context().get_node_id()
     seconds_before = state["seconds"]
+    heldout: list[torch.Tensor] = []  # rank 0's held-out sample, once fetched
 
     def report(metrics: dict) -> None:
         state["first_step_unix"] = first_step[0]  # when this run's first batch arrived (wall clock)
@@ -209,7 +224,8 @@ def _reporter(worker: WorkerConfig, state: dict, model: torch.nn.Module, ema: EM
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        metrics.update(heldout_metrics(ema.model, heldout, worker.seed, worker.eval_samples))
+        heldout[:] = heldout or [torch.tensor(worker.handoff.get("heldout"), device=device)]  # a bounded sample
+        metrics.update(heldout_metrics(ema.model, heldout[0], worker.seed, worker.eval_samples))
         state.update(step=metrics["step"], history=[*state["history"], metrics], seconds=metrics["seconds"],
                      shards=shards if all("rows" in s for s in shards) or not state["shards"] else state["shards"])
         _log(worker, metrics)

@@ -208,3 +208,17 @@ def test_only_the_feature_and_filter_columns_are_read(tmp_path):
     np.testing.assert_array_equal(values[:, 0], np.arange(n // 2, n))
     # "a" is 320 kB of the file's 775 kB, "blob" as much again: it was never read
     assert CountingFS.read < 0.55 * path.stat().st_size, (CountingFS.read, path.stat().st_size)
+
+
+def test_the_scan_knows_the_dimension_where_the_footer_says_it(tmp_path):
+    from pipeline.data.scan import scan_features
+
+    images = pa.FixedShapeTensorArray.from_numpy_ndarray(np.zeros((2, 2, 3, 4), np.float32))
+    pq.write_table(list_table(np.ones((2, 3)), ["x", "y"]), tmp_path / "fixed.parquet")
+    write(tmp_path / "numeric.parquet", a=[1.0, 2.0], b=[3, 4], site=["x", "y"])
+    write(tmp_path / "tensor.parquet", pixels=images)
+    write(tmp_path / "any.parquet", features=pa.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], pa.list_(pa.float32())))
+    dims = {name: scan_features(str(tmp_path / f"{name}.parquet"), feature_column=column).dim
+            for name, column in [("numeric", "features"), ("fixed", "features"), ("tensor", "pixels"),
+                                 ("any", "features")]}
+    assert dims == {"numeric": 2, "fixed": 3, "tensor": 24, "any": None}  # a list of any length: only rows say

@@ -12,7 +12,8 @@ from pipeline.data import read_features
 from pipeline.data.scan import scan_features
 from pipeline.data.split import Split, digest, is_heldout, row_hash
 from pipeline.errors import DataError
-from pipeline.jobs.ingest import file_stats, training_dataset
+from pipeline.jobs.handoff import Handoff
+from pipeline.jobs.ingest import file_stats, gather_stats, training_dataset
 from pipeline.method.prior_space import PriorSpace
 
 SPLIT = Split(heldout_fraction=0.1, seed=7)
@@ -64,10 +65,25 @@ def test_a_bad_row_is_named_by_file_and_row_across_blocks(tmp_path):
     assert stats.rows_dropped == 1 and stats.train_rows + stats.heldout_rows == 2999
 
 
-def test_the_training_stream_is_the_validated_training_rows_in_prior_space(local_ray, tmp_path):
+@pytest.mark.parametrize("beside_training", [False, True])
+def test_the_pass_as_ray_tasks_merges_every_file_once(local_ray, tmp_path, beside_training):
+    """Seven files in six tasks: 1-CPU tasks all queued at once, or (beside a starting Train run) 0-CPU tasks the
+    driver keeps one per cluster CPU running, topped up as each ends; the same statistics either way."""
+    x = _rows()
+    scan = scan_features(str(_write(tmp_path / "many", x, 7)))
+    direct = file_stats(scan, list(range(7)), SPLIT, sample=100)
+    merged = gather_stats(scan, SPLIT, sample=100, say=lambda _: None, beside_training=beside_training)
+    assert (merged.files, merged.train_rows, merged.heldout_rows) == (7, direct.train_rows, direct.heldout_rows)
+    assert merged.train_digest == direct.train_digest
+    np.testing.assert_array_equal(merged.sample_hash, direct.sample_hash)
+    np.testing.assert_allclose(merged.train.m2, direct.train.m2, rtol=1e-9)
+
+
+@pytest.mark.parametrize("handed_off", [False, True])
+def test_the_training_stream_is_the_validated_training_rows_in_prior_space(local_ray, tmp_path, handed_off):
     """Ray Data reads each file as the validating pass does: over three files, with a filter and a row dropped
     for NaN, every epoch streams exactly the training rows the pass counted (number and digest), each
-    mapped to prior space."""
+    mapped to prior space: the one given, or the one a :class:`Handoff` holds once the pass put it there."""
     x = _rows(3000)
     x[5, 1] = np.nan
     plant = np.arange(3000) % 3
@@ -83,7 +99,10 @@ def test_the_training_stream_is_the_validated_training_rows_in_prior_space(local
     kept = read_features(str(folder), columns=columns, filters=filters, drop_nonfinite=True).values
     h, held = SPLIT.of(kept)
     expected = space.apply(torch.from_numpy(kept[~held])).numpy()[np.argsort(h[~held])]  # (n_train, 3)
-    dataset = training_dataset(scan, SPLIT, space, seed=0)
+    handoff = Handoff.start() if handed_off else None
+    dataset = training_dataset(scan, SPLIT, handoff or space, seed=0)
+    if handoff:
+        handoff.put(space=space.arrays())
     for _ in range(2):  # two executions: two epochs
         batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
         z, row = np.concatenate([b["z"] for b in batches]), np.concatenate([b["row"] for b in batches]).view(np.uint64)

@@ -21,8 +21,8 @@ from pipeline.method.configs import FitConfig
 from pipeline.registry import CORE_ALIAS, Registry
 from pipeline.sites.models import load_prior
 from pipeline.storage import S3Options, Store
-from pipeline.storage.layout import VALIDATED
-from tests.support.processes import pids_titled
+from pipeline.storage.layout import RAY_RUNS, VALIDATED
+from tests.support.processes import pids_titled, poll
 from tests.support.shards import assert_disjoint_shards
 from tests.support.tfevents import merged
 
@@ -60,10 +60,45 @@ def test_bad_rows_fail_in_the_validating_pass_before_any_training(local_ray, tmp
     with pytest.raises(ValueError, match=message):
         fit_core_prior(PriorFitSpec(features=str(path), **SMALL), Store.open(str(tmp_path / "store")),
                        say=lambda _: None)
-    # no Ray Train run, no checkpoint, no record: at most the statistics of files whose rows passed the checks
+    # no checkpoint, no record: the statistics of files whose rows passed the checks, and the folder of the Ray
+    # Train run that started beside the pass (no checkpoint in it)
     store = tmp_path / "store"
-    assert not store.exists() or {p.name for p in store.iterdir()} == {VALIDATED}
-    assert ("NaN" in message) is not store.exists()  # a file with a bad row leaves nothing
+    kept = [p.relative_to(store).parts for p in store.rglob("*") if p.is_file()]
+    assert {parts[0] for parts in kept} <= {VALIDATED, RAY_RUNS}
+    assert not [parts for parts in kept if any(part.startswith("checkpoint") for part in parts)]
+    assert ("NaN" in message) is not any(parts[0] == VALIDATED for parts in kept)  # a bad row's file: no statistics
+
+
+@pytest.mark.slow
+def test_ray_train_starts_while_the_validating_pass_runs(local_ray, tmp_path, monkeypatch):
+    """The pass here cannot end before a Ray Train worker exists, so a fit that started Ray Train only after it
+    would never train (the poll's deadline fails the test). The features are a list column of any length: the
+    network's size comes from the pass too."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.jobs import prior_fit
+
+    x = np.random.default_rng(0).normal(size=(3000, 3)).astype(np.float32) * [1.0, 2.0, 0.5]
+    pq.write_table(pa.table({"features": pa.array(list(x), pa.list_(pa.float32()))}), tmp_path / "v.parquet")
+    assert scan(PriorFitSpec(features=str(tmp_path / "v.parquet"))).dim is None
+    prepare, workers = prior_fit.prepare, []
+
+    def prepare_once_a_train_worker_runs(*args, **kwargs):
+        workers.extend(poll(lambda: pids_titled("ray::RayTrainWorker"), bool, timeout=180))
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(prior_fit, "prepare", prepare_once_a_train_worker_runs)
+    store = Store.open(str(tmp_path / "store"))
+    record = fit_core_prior(PriorFitSpec(features=str(tmp_path / "v.parquet"), **SMALL), store, say=lambda _: None)
+    assert workers, "no Ray Train worker started while the validating pass ran"
+    timeline = record.config["ingest"]["timeline"]
+    assert timeline["validating"] < timeline["validated"] < record.config["ingest"]["seconds_to_first_step"]
+    prior = load_prior(Registry(store), record.id)
+    assert prior.latent_dim == 3 and record.metrics["step"] == 300
+    ingest = record.config["ingest"]
+    assert ingest["columns"] == ["features[0]", "features[1]", "features[2]"]
+    assert ingest["train_rows"] + ingest["heldout_rows"] == 3000
 
 
 def _garbage(path: Path) -> Path:
