@@ -12,7 +12,9 @@ row makes every waiter's :meth:`Handoff.get` raise :class:`HandoffFailed`, so no
 driver then raises the pass's own error (file, column, row).
 
 The values live in one actor (no CPU) that the driver holds for the fit: an object handed over once,
-read by every read task (one call per file) and by rank 0 (the held-out sample).
+read by every read task (one call per file) and by rank 0 (the held-out sample). Each method imports Ray
+itself: :mod:`pipeline.jobs.ingest` imports this module, and ``benchmarks/gpu_check.py`` imports ingest's reader
+on machines without Ray.
 """
 
 from __future__ import annotations
