@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from site_decisions import CORE, core_pool, group_pool, turbine_sites
 
 from pipeline.data.split import split_indices
 from pipeline.method.adapter import attach
@@ -47,6 +46,7 @@ from pipeline.sites.site_prior import site_fit_config, train_site_prior
 from pipeline.sites.spec import FinetuneSettings, Thresholds
 
 from machine import cpu_name
+from site_decisions import CORE, core_pool, group_pool, turbine_sites
 
 EVAL_ROWS = 4000  # held-out rows each FM loss is measured on (the same rows, the same noise, for every prior)
 HARD_FIRST = ("R80711 2014", "power x0.5", "shifted +3 sd", "group R80711", "group R80721", "high wind", "permuted",

@@ -86,5 +86,9 @@ class RayUnreachable(Unreachable, ConnectionError):
     """Nothing answers at the Ray address (``ray.init`` itself would wait without a limit)."""
 
 
+class SuperLinkUnreachable(Unreachable, ConnectionError):
+    """Flower's SuperLink does not answer at the address given (``flowprior federated fit``)."""
+
+
 class TrackingUnreachable(Unreachable, RuntimeError):
     """The MLflow server asked for does not answer."""

@@ -40,3 +40,13 @@ def test_specs_settings_and_the_cli_parser_load_neither_torch_nor_ray():
             "assert not bad, bad[:5]")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_federated_run_needs_neither_ray_nor_flower():
+    """The federated run's maths and its in-process sites load no Flower (only its ServerApp, ClientApp and the
+    commands that start Flower's processes do) and no Ray; the CLI's parser loads neither."""
+    code = ("import sys, pipeline.federated.server, pipeline.federated.local, pipeline.federated.site, "
+            "pipeline.federated.privacy; from pipeline.cli import build_parser; build_parser(); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'flwr')); assert not bad, bad[:5]")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ import os
 import select
 import sys
 
-from pipeline.cli import demo, fleet, prior, registry, runtime_env, site, sweep, toy
+from pipeline.cli import demo, federated, fleet, prior, registry, runtime_env, site, sweep, toy
 from pipeline.cli.common import add_store_arguments, apply_global_store
 from pipeline.errors import FlowpriorError
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(commands)
     registry.add_parser(commands)
     fleet.add_parser(commands)
+    federated.add_parser(commands)
     runtime_env.add_parser(commands)
     return parser
 

@@ -74,17 +74,20 @@ def autocast(config: FitConfig, device: torch.device):
 def train_step(
     model: torch.nn.Module,
     optimiser: torch.optim.Optimizer,
-    ema: EMA,
+    ema: EMA | None,
     x_1: torch.Tensor,
     step: int,
     config: FitConfig,
     generator: torch.Generator | None = None,
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One optimisation step on the batch ``x_1`` ``(b, d)``: scheduled lr, ``L_FM``, clipping, EMA.
 
-    Returns the batch loss (a detached scalar tensor; no device sync is forced). ``model`` may be
-    wrapped (e.g. in DDP); the EMA follows the unwrapped module. With ``config.precision == "bf16"``
-    the forward runs under autocast; the backward follows the forward's dtypes (as autocast intends).
+    Returns the batch loss ``L_FM`` (a detached scalar tensor; no device sync is forced). ``model`` may be
+    wrapped (e.g. in DDP); the EMA (none: not kept) follows the unwrapped module. ``penalty(model)`` is
+    added to the loss that is minimised (a federated site's proximal term), not to the one returned.
+    With ``config.precision == "bf16"`` the forward runs under autocast; the backward follows the
+    forward's dtypes (as autocast intends).
     """
     for group in optimiser.param_groups:
         group["lr"] = config.lr_at(step)
@@ -92,10 +95,11 @@ def train_step(
         per_sample = flow_matching_loss(model, x_1, generator=generator, t_group=config.t_group)
     loss = per_sample.float().mean()
     optimiser.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if penalty is None else loss + penalty(model)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimiser.step()
-    ema.update(getattr(model, "module", model), step)
+    if ema is not None:
+        ema.update(getattr(model, "module", model), step)
     return loss.detach()
 
 

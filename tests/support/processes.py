@@ -67,3 +67,23 @@ def poll(probe: Callable[[], T], until: Callable[[T], bool], timeout: float, eve
         time.sleep(every)
         value = probe()
     return value
+
+
+def descendant_commands(pid: int) -> dict[int, str]:
+    """The processes descended from ``pid`` (children, their children, ... even those that started their own
+    session, as Flower's ``flower-superexec`` does), by pid: their command lines, from /proc."""
+    parents, commands = {}, {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            pass
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found[child] = commands.get(child, "")
+                frontier.append(child)
+    return found

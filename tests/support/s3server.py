@@ -59,8 +59,12 @@ def weed_binary() -> str:
 
 
 class SeaweedServer:
-    def __init__(self, data_dir: Path) -> None:
+    """``identities`` ({name: [actions]}, e.g. ``{"site-a": ["Read:site-a", "List:site-a"]}``) adds users beside
+    the admin (``ACCESS_KEY``), each with its own keys (:meth:`credentials`) and only those actions."""
+
+    def __init__(self, data_dir: Path, identities: dict[str, list[str]] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.identities = dict(identities or {})
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port_pair() for name in PORT_NAMES}
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
@@ -72,6 +76,8 @@ class SeaweedServer:
         args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 *(f"-{name}={port}" for name, port in self.ports.items())]
+        if self.identities:
+            args.append(f"-s3.config={self._write_identities()}")
         log = open(self.data_dir / "weed.log", "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                         start_new_session=True)
@@ -84,6 +90,21 @@ class SeaweedServer:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"SeaweedFS S3 did not answer within {timeout:.0f} s; see {self.data_dir / 'weed.log'}")
+
+    def credentials(self, name: str) -> dict[str, str]:
+        """The environment of identity ``name``: its own keys, this server's endpoint."""
+        return {**self.env, "AWS_ACCESS_KEY_ID": f"{name}-key", "AWS_SECRET_ACCESS_KEY": f"{name}-secret"}
+
+    def _write_identities(self) -> Path:
+        import json
+
+        users = [{"name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                  "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]
+        users += [{"name": name, "credentials": [{"accessKey": f"{name}-key", "secretKey": f"{name}-secret"}],
+                   "actions": actions} for name, actions in self.identities.items()]
+        path = self.data_dir / "s3-identities.json"
+        path.write_text(json.dumps({"identities": users}))
+        return path
 
     def _s3_ready(self) -> bool:
         import urllib.error
