@@ -125,7 +125,7 @@ def _fit_arguments(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--mu", type=float, default=SPEC.mu, help="FedProx's proximal weight (default: %(default)s)")
     fit.add_argument("--fresh-optimiser", action="store_true",
                      help="each site starts a fresh AdamW every round instead of the global state: a third of the "
-                          "bytes, but far worse on sites that differ (docs/measured.md, 'Federated')")
+                          "bytes, but far worse on sites that differ (docs/measured.md)")
     fit.add_argument("--min-sites", type=positive, help="sites a round needs (default: all but one)")
     fit.add_argument("--batch-size", type=positive, default=SPEC.fit.batch_size,
                      help="global batch of a step, split over the sites (default: %(default)s)")
