@@ -102,9 +102,9 @@ def fit_federated(link: Sites, spec: FederatedSpec, store: Store, say: Say = pri
         say(f"[federated] run {spec.name} is already registered as {done.id}")
         return done
     state = RoundCheckpoint.latest(store, prefix)
-    descriptions = _join(link, spec, say)
+    descriptions, contract = _join(link, spec, say)
     if state is None:
-        state = _start(link, spec, descriptions, say)
+        state = _start(link, spec, descriptions, contract, say)
     else:
         _require_same_data(state.sites, descriptions)
         say(f"[federated] resuming {spec.name} after round {state.round} of {spec.rounds}")
@@ -121,26 +121,26 @@ def fit_federated(link: Sites, spec: FederatedSpec, store: Store, say: Say = pri
     return record
 
 
-def _join(link: Sites, spec: FederatedSpec, say: Say) -> dict[str, dict]:
-    """Every site's description (waiting up to ``join_timeout``), their columns agreed."""
+def _join(link: Sites, spec: FederatedSpec, say: Say) -> tuple[dict[str, dict], tuple[list[str], list[str]]]:
+    """Every site's description (waiting up to ``join_timeout``) and the columns and types they agree on."""
     say(f"[federated] waiting for {len(spec.sites)} sites: {', '.join(spec.sites)}")
     descriptions = link.describe(spec.sites, spec.join_timeout)
     missing = [s for s in spec.sites if s not in descriptions]
     if missing:
         raise FederationError(f"sites {', '.join(missing)} did not connect within {spec.join_timeout:.0f} s; start "
                               f"their SuperNodes (flowprior federated join) and rerun; nothing was trained")
-    agree_contract(descriptions)
-    return descriptions
+    return descriptions, agree_contract(descriptions)
 
 
-def _start(link: Sites, spec: FederatedSpec, descriptions: dict[str, dict], say: Say) -> RoundCheckpoint:
+def _start(link: Sites, spec: FederatedSpec, descriptions: dict[str, dict], contract: tuple[list[str], list[str]],
+           say: Say) -> RoundCheckpoint:
     """Round 0: the merged moments, the map to prior space, the contract and fresh weights."""
     moments = link.moments(list(spec.sites), spec.privacy)
     missing = [s for s in spec.sites if s not in moments]
     if missing:
         raise FederationError(f"sites {', '.join(missing)} sent no moments; nothing was trained")
     merged = merge_moments(moments[s] for s in spec.sites)
-    columns, dtypes = agree_contract(descriptions)
+    columns, dtypes = contract
     space = PriorSpace.fit(merged, spec.latent_dim, spec.projection, spec.normaliser, spec.seed)
     schema = FeatureSchema.from_moments(columns, dtypes, merged.mean, merged.covariance)
     with torch.random.fork_rng(devices=[]):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
 
 from pipeline.errors import SpecError
 from pipeline.method.configs import NORMALISERS, PROJECTIONS, FitConfig, VelocityConfig
 from pipeline.storage import validate_name
+from pipeline.storage.names import fresh_run_name
 
 STRATEGIES = ("fedavg", "fedprox")
 """How the server combines the sites' work: both average the sites' weights by rows (FedAvg, McMahan et al.,
@@ -113,7 +112,7 @@ class FederatedSpec:
         """This spec with a run name (a fresh unique one if none was given)."""
         if self.name:
             return self
-        return replace(self, name=f"federated-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
+        return replace(self, name=fresh_run_name("federated"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,13 +4,12 @@ defaults from here, and the driver (:mod:`pipeline.jobs.prior_fit`) runs it."""
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 
 from pipeline.errors import SpecError
 from pipeline.method.configs import NORMALISERS, PROJECTIONS, FitConfig
 from pipeline.storage import validate_name
+from pipeline.storage.names import fresh_run_name
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class PriorFitSpec:
         """This spec with a run name (a fresh unique one if none was given)."""
         if self.name:
             return self
-        return replace(self, name=f"prior-fit-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}")
+        return replace(self, name=fresh_run_name("prior-fit"))
 
     def to_dict(self) -> dict:
         return asdict(self)

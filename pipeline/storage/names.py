@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
+from datetime import datetime, timezone
 
 from pipeline.errors import SpecError
 
@@ -20,3 +22,8 @@ def validate_name(value: object, what: str = "name") -> str:
             f"invalid {what} {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a "
             "letter or digit, with no '..', slashes or spaces")
     return value
+
+
+def fresh_run_name(prefix: str) -> str:
+    """A unique run name ``<prefix>-<UTC time>-<6 hex>``, for a run given none."""
+    return f"{prefix}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
